@@ -1,0 +1,88 @@
+//! pardec's error type: one variant per situation a caller can act on.
+
+use std::fmt;
+
+/// A pardec error. Every variant maps to one C status code (`ffi::Status`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Error {
+    /// llama.cpp's backend could not start.
+    Backend(String),
+    /// The model file does not exist or cannot be read.
+    ModelNotFound(String),
+    /// The file exists but is not a GGUF file (bad magic).
+    NotGguf(String),
+    /// llama.cpp could not load the GGUF (unknown architecture, corrupt tensors, ...).
+    ModelLoad(String),
+    /// The model loads but pardec cannot fork on it (recurrent or hybrid state cannot be joined).
+    UnsupportedModel(String),
+    /// llama.cpp could not create a context with the requested parameters.
+    Context(String),
+    /// A caller argument is out of range or inconsistent.
+    InvalidArgument(String),
+    /// Text that must be UTF-8 is not.
+    InvalidUtf8(String),
+    /// A prompt with no tokens.
+    EmptyPrompt,
+    /// The prompt does not fit into the context.
+    PromptTooLong { tokens: usize, n_ctx: usize },
+    /// A branch prefix that tokenizes to nothing.
+    EmptyBranchPrefix { branch: usize },
+    /// More branches requested than free sequence ids.
+    TooManyBranches { requested: usize, free: usize },
+    /// Forking deeper than the session's nesting limit.
+    DepthLimit { limit: usize },
+    /// The operation is not valid in the session's current state (e.g. join with no open block).
+    InvalidState(String),
+    /// The KV cache has no free cell for the next step; what was generated so far is kept.
+    KvCacheFull,
+    /// The caller's callback asked to stop.
+    Cancelled,
+    /// llama_decode failed for another reason (its return code).
+    Decode(i32),
+    /// A bug in pardec (a caught panic, a broken invariant).
+    Internal(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Backend(m) => write!(f, "backend: {m}"),
+            Error::ModelNotFound(m) => write!(f, "model not found: {m}"),
+            Error::NotGguf(m) => write!(f, "not a GGUF file: {m}"),
+            Error::ModelLoad(m) => write!(f, "model failed to load: {m}"),
+            Error::UnsupportedModel(m) => write!(f, "unsupported model: {m}"),
+            Error::Context(m) => write!(f, "context creation failed: {m}"),
+            Error::InvalidArgument(m) => write!(f, "invalid argument: {m}"),
+            Error::InvalidUtf8(m) => write!(f, "invalid UTF-8: {m}"),
+            Error::EmptyPrompt => write!(f, "the prompt is empty (it tokenizes to no tokens)"),
+            Error::PromptTooLong { tokens, n_ctx } => write!(
+                f,
+                "the prompt has {tokens} tokens but the context holds only {n_ctx}"
+            ),
+            Error::EmptyBranchPrefix { branch } => {
+                write!(f, "the prefix of branch {branch} tokenizes to no tokens")
+            }
+            Error::TooManyBranches { requested, free } => write!(
+                f,
+                "{requested} branches requested but only {free} sequence ids are free \
+                 (raise max_branches in the session params)"
+            ),
+            Error::DepthLimit { limit } => {
+                write!(f, "nesting deeper than the session's limit of {limit} levels")
+            }
+            Error::InvalidState(m) => write!(f, "invalid state: {m}"),
+            Error::KvCacheFull => write!(
+                f,
+                "the KV cache is full: generation stopped, the text so far is kept \
+                 (raise n_ctx, or join/discard branches to free cells)"
+            ),
+            Error::Cancelled => write!(f, "cancelled by the caller"),
+            Error::Decode(code) => write!(f, "llama_decode failed with code {code}"),
+            Error::Internal(m) => write!(f, "internal error: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}

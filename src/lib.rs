@@ -1,0 +1,36 @@
+//! # pardec — parallel decoding of independent branches on llama.cpp
+//!
+//! A response is decoded serially until it forks; the branches then share the KV cells of
+//! everything before the fork, are decoded together (one `llama_decode` per step), and are
+//! joined so decoding continues while attending to every branch. See [`Session`].
+//!
+//! ```no_run
+//! use pardec::{BranchSpec, JoinMode, Model, ModelParams, NodeId, Session, SessionParams, Silent};
+//! let model = Model::load("model.gguf", &ModelParams::default())?;
+//! let mut s = Session::new(&model, SessionParams::default())?;
+//! s.prompt("Three fruits and one fact about each:\n")?;
+//! s.fork(NodeId::TRUNK, &[BranchSpec::new("1. Apple:", 32), BranchSpec::new("2. Pear:", 32)])?;
+//! s.run(&mut Silent)?;
+//! s.join(NodeId::TRUNK, JoinMode::All, Some("\nIn short,"))?;
+//! println!("{}\n{:?}", s.transcript().text, s.stats());
+//! # Ok::<(), pardec::Error>(())
+//! ```
+
+mod backend;
+mod error;
+mod model;
+pub mod session;
+mod stats;
+
+pub use backend::backend;
+pub use error::{Error, Result};
+pub use model::{Model, ModelParams, Token};
+pub use session::sampling::SamplingParams;
+pub use session::{
+    BranchSpec, Event, ItemReport, JoinMode, KvType, NodeId, NodeReport, Observer, Origin, RunLimits,
+    Session, SessionParams, Silent, StopReason, Transcript,
+};
+pub use stats::Stats;
+
+/// The crate version, also in the C header as `PARDEC_VERSION`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

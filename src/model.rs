@@ -1,0 +1,215 @@
+//! Loading a GGUF model once and sharing it.
+//!
+//! A [`Model`] is a cheap handle (an `Arc`): clone it into as many sessions and threads as
+//! needed. Loading checks what llama.cpp would otherwise abort or misbehave on: a missing file,
+//! a file that is not GGUF, and architectures whose state cannot be forked and joined.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
+use llama_cpp_2::token::LlamaToken;
+
+use crate::backend::backend;
+use crate::error::{Error, Result};
+
+/// A token id of the model's vocabulary.
+pub type Token = i32;
+
+/// How to load a model.
+#[derive(Debug, Clone)]
+pub struct ModelParams {
+    /// Layers to offload to the GPU (`None`: llama.cpp's default, all layers when a GPU
+    /// backend is compiled in). Ignored on CPU builds.
+    pub n_gpu_layers: Option<u32>,
+}
+
+impl Default for ModelParams {
+    fn default() -> Self {
+        ModelParams { n_gpu_layers: None }
+    }
+}
+
+pub(crate) struct ModelInner {
+    pub(crate) llama: LlamaModel,
+    path: PathBuf,
+    /// False for models without a tokenizer (`tokenizer.ggml.model = "none"`): llama.cpp
+    /// asserts if such a vocabulary is asked to tokenize or render text, so they are driven
+    /// by token ids only and their tokens are rendered as `<id>`.
+    has_text_vocab: bool,
+    architecture: String,
+}
+
+/// A loaded GGUF model, shareable between sessions and threads (`Send + Sync`).
+#[derive(Clone)]
+pub struct Model {
+    pub(crate) inner: Arc<ModelInner>,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("path", &self.inner.path)
+            .field("architecture", &self.inner.architecture)
+            .finish()
+    }
+}
+
+const GGUF_MAGIC: &[u8; 4] = b"GGUF";
+
+fn check_gguf_file(path: &Path) -> Result<()> {
+    let mut file = std::fs::File::open(path)
+        .map_err(|e| Error::ModelNotFound(format!("{}: {e}", path.display())))?;
+    if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
+        return Err(Error::ModelNotFound(format!("{} is a directory", path.display())));
+    }
+    let mut magic = [0u8; 4];
+    if file.read_exact(&mut magic).is_err() || &magic != GGUF_MAGIC {
+        return Err(Error::NotGguf(format!(
+            "{} does not start with the GGUF magic bytes",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+impl Model {
+    /// Loads a GGUF model.
+    ///
+    /// Errors: [`Error::ModelNotFound`], [`Error::NotGguf`], [`Error::ModelLoad`] (llama.cpp
+    /// refused the file, e.g. an unknown architecture), [`Error::UnsupportedModel`] (recurrent
+    /// or hybrid models, whose per-sequence state cannot be merged at a join).
+    pub fn load(path: impl AsRef<Path>, params: &ModelParams) -> Result<Model> {
+        let path = path.as_ref();
+        check_gguf_file(path)?;
+        let backend = backend()?;
+        let mut llama_params = LlamaModelParams::default();
+        if let Some(n) = params.n_gpu_layers {
+            llama_params = llama_params.with_n_gpu_layers(n);
+        }
+        let llama = LlamaModel::load_from_file(backend, path, &llama_params).map_err(|e| {
+            Error::ModelLoad(format!(
+                "llama.cpp could not load {} ({e}); the architecture may be unknown to this \
+                 llama.cpp or the file corrupt (PARDEC_LLAMA_LOG=1 shows llama.cpp's log)",
+                path.display()
+            ))
+        })?;
+        let architecture = llama
+            .meta_val_str("general.architecture")
+            .unwrap_or_else(|_| "unknown".to_string());
+        if llama.is_recurrent() || llama.is_hybrid() {
+            return Err(Error::UnsupportedModel(format!(
+                "{} has a {} architecture: its recurrent state cannot be shared by branches \
+                 and merged at a join",
+                path.display(),
+                if llama.is_recurrent() { "recurrent" } else { "hybrid" },
+            )));
+        }
+        let has_text_vocab = llama
+            .meta_val_str("tokenizer.ggml.model")
+            .map(|m| m != "none")
+            .unwrap_or(true);
+        Ok(Model {
+            inner: Arc::new(ModelInner {
+                llama,
+                path: path.to_path_buf(),
+                has_text_vocab,
+                architecture,
+            }),
+        })
+    }
+
+    /// The file the model was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// `general.architecture` from the GGUF metadata.
+    pub fn architecture(&self) -> &str {
+        &self.inner.architecture
+    }
+
+    /// Number of tokens in the vocabulary.
+    pub fn n_vocab(&self) -> usize {
+        self.inner.llama.n_vocab().max(0) as usize
+    }
+
+    /// The context length the model was trained with.
+    pub fn n_ctx_train(&self) -> u32 {
+        self.inner.llama.n_ctx_train()
+    }
+
+    /// Whether the model has a real tokenizer (text in, text out).
+    pub fn has_text_vocab(&self) -> bool {
+        self.inner.has_text_vocab
+    }
+
+    /// Whether `token` ends a generation (EOS, EOT, ...).
+    pub fn is_eog(&self, token: Token) -> bool {
+        self.inner.llama.vocab().is_eog(LlamaToken(token))
+    }
+
+    /// Tokenizes text. `add_bos` adds the model's start token where its metadata asks for
+    /// one; special tokens written in the text (`<|im_start|>`) are parsed as such.
+    pub fn tokenize(&self, text: &str, add_bos: bool) -> Result<Vec<Token>> {
+        if !self.inner.has_text_vocab {
+            return Err(Error::InvalidArgument(
+                "this model has no tokenizer (tokenizer.ggml.model = none): pass token ids"
+                    .into(),
+            ));
+        }
+        Ok(self
+            .inner
+            .llama
+            .vocab()
+            .tokenize(text.as_bytes(), add_bos, true)
+            .into_iter()
+            .map(|t| t.0)
+            .collect())
+    }
+
+    /// The bytes a token renders to (special tokens rendered as their text). Not always
+    /// valid UTF-8 on its own: a character can be split over several tokens.
+    pub fn token_bytes(&self, token: Token, out: &mut Vec<u8>) {
+        if !self.inner.has_text_vocab {
+            out.extend_from_slice(format!("<{token}>").as_bytes());
+            return;
+        }
+        let mut piece = Vec::new();
+        self.inner
+            .llama
+            .vocab()
+            .token_to_piece_into(LlamaToken(token), &mut piece, true, None);
+        out.extend_from_slice(&piece);
+    }
+
+    /// Renders tokens to text (invalid UTF-8 sequences replaced).
+    pub fn detokenize(&self, tokens: &[Token]) -> String {
+        let mut bytes = Vec::new();
+        for &t in tokens {
+            self.token_bytes(t, &mut bytes);
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Formats a chat with the model's own template (from its GGUF metadata), ending with the
+    /// assistant's turn opened. `messages` are (role, content) pairs.
+    pub fn apply_chat_template(&self, messages: &[(&str, &str)]) -> Result<String> {
+        let llama = &self.inner.llama;
+        let template = llama.chat_template(None).map_err(|e| {
+            Error::UnsupportedModel(format!("the model has no usable chat template: {e}"))
+        })?;
+        let chat = messages
+            .iter()
+            .map(|(role, content)| {
+                LlamaChatMessage::new(role.to_string(), content.to_string())
+                    .map_err(|e| Error::InvalidArgument(format!("chat message: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        llama
+            .apply_chat_template(&template, &chat, true)
+            .map_err(|e| Error::UnsupportedModel(format!("chat template failed: {e}")))
+    }
+}

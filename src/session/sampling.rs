@@ -1,0 +1,263 @@
+//! Per-branch token selection.
+//!
+//! Each branch owns its sampler and its random stream. The stream is seeded from the session
+//! seed and the branch's *path* in the fork tree (block ordinal and branch index at every
+//! level), never from the order in which branches happen to be decoded, so a branch's output
+//! is the same whether it runs in a batch with siblings, alone, or after them.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::Token;
+
+/// How a branch picks its next token. `temperature <= 0` means greedy (argmax).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SamplingParams {
+    pub temperature: f32,
+    /// Keep only the k most likely tokens (0: off).
+    pub top_k: usize,
+    /// Keep the smallest set whose probability reaches p (1.0: off).
+    pub top_p: f32,
+    /// Drop tokens below min_p × the top probability (0.0: off).
+    pub min_p: f32,
+    pub seed: u64,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0, seed: 0 }
+    }
+}
+
+impl SamplingParams {
+    pub fn greedy() -> Self {
+        Self::default()
+    }
+
+    pub fn is_greedy(&self) -> bool {
+        self.temperature <= 0.0
+    }
+
+    pub(crate) fn validate(&self) -> crate::Result<()> {
+        let ok = self.temperature.is_finite()
+            && self.top_p.is_finite()
+            && (0.0..=1.0).contains(&self.top_p)
+            && self.min_p.is_finite()
+            && (0.0..=1.0).contains(&self.min_p);
+        if ok {
+            Ok(())
+        } else {
+            Err(crate::Error::InvalidArgument(format!(
+                "sampling parameters out of range: {self:?} (temperature finite, top_p and \
+                 min_p in [0, 1])"
+            )))
+        }
+    }
+}
+
+/// SplitMix64: tiny, fast, and good enough to draw one token per step.
+#[derive(Debug, Clone)]
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Seed of a branch's random stream from the session seed and the branch path.
+pub(crate) fn branch_seed(seed: u64, path: &[u32]) -> u64 {
+    let mut mix = SplitMix64(seed ^ 0x5041_5244_4543_0001); // "PARDEC"
+    let mut h = mix.next_u64();
+    for &step in path {
+        let mut m = SplitMix64(h ^ u64::from(step).wrapping_mul(0xA24B_AED4_963E_E407));
+        h = m.next_u64();
+    }
+    h
+}
+
+/// Index of the largest logit (first on ties). Written as independent lanes so the compiler
+/// vectorises it: this runs once per branch per step and must stay cheap next to a decode.
+pub fn argmax(logits: &[f32]) -> usize {
+    const LANES: usize = 8;
+    if logits.len() < LANES * 2 {
+        return scalar_argmax(logits, 0);
+    }
+    let chunks = logits.len() / LANES;
+    let mut best = [f32::NEG_INFINITY; LANES];
+    for c in 0..chunks {
+        let base = c * LANES;
+        for l in 0..LANES {
+            let v = logits[base + l];
+            best[l] = if v > best[l] { v } else { best[l] };
+        }
+    }
+    let mut max = f32::NEG_INFINITY;
+    for &b in &best {
+        if b > max {
+            max = b;
+        }
+    }
+    let tail = scalar_argmax(&logits[chunks * LANES..], chunks * LANES);
+    if logits[tail] > max {
+        return tail;
+    }
+    // First index holding the maximum keeps ties deterministic and identical to a scalar scan.
+    logits.iter().position(|&v| v == max).unwrap_or(0)
+}
+
+fn scalar_argmax(values: &[f32], offset: usize) -> usize {
+    let mut best = 0;
+    for (i, &v) in values.iter().enumerate() {
+        if v > values[best] {
+            best = i;
+        }
+    }
+    offset + best
+}
+
+/// A branch's sampler: parameters, random stream and reusable scratch space.
+#[derive(Debug, Clone)]
+pub(crate) struct BranchSampler {
+    params: SamplingParams,
+    rng: SplitMix64,
+    scratch: Vec<(f32, u32)>,
+}
+
+impl BranchSampler {
+    pub(crate) fn new(params: &SamplingParams, path: &[u32]) -> Self {
+        BranchSampler {
+            params: params.clone(),
+            rng: SplitMix64(branch_seed(params.seed, path)),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Picks the next token from one row of logits. `banned` tokens are never chosen.
+    pub(crate) fn sample(&mut self, logits: &[f32], banned: &[Token]) -> Token {
+        if self.params.is_greedy() {
+            if banned.is_empty() {
+                return argmax(logits) as Token;
+            }
+            return self.greedy_with_bans(logits, banned);
+        }
+        self.sample_stochastic(logits, banned)
+    }
+
+    fn greedy_with_bans(&mut self, logits: &[f32], banned: &[Token]) -> Token {
+        let mut best: Option<usize> = None;
+        for (i, &v) in logits.iter().enumerate() {
+            if banned.contains(&(i as Token)) {
+                continue;
+            }
+            if best.map_or(true, |b| v > logits[b]) {
+                best = Some(i);
+            }
+        }
+        best.unwrap_or(0) as Token
+    }
+
+    fn sample_stochastic(&mut self, logits: &[f32], banned: &[Token]) -> Token {
+        let p = &self.params;
+        let inv_t = 1.0 / p.temperature;
+        let cand = &mut self.scratch;
+        cand.clear();
+        cand.extend(
+            logits
+                .iter()
+                .enumerate()
+                .filter(|(i, v)| v.is_finite() && !banned.contains(&(*i as Token)))
+                .map(|(i, &v)| (v * inv_t, i as u32)),
+        );
+        if cand.is_empty() {
+            return argmax(logits) as Token;
+        }
+        let by_logit_desc = |a: &(f32, u32), b: &(f32, u32)| {
+            b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal).then(a.1.cmp(&b.1))
+        };
+        // Top-k first: it bounds the sort below to k elements.
+        if p.top_k > 0 && p.top_k < cand.len() {
+            cand.select_nth_unstable_by(p.top_k - 1, by_logit_desc);
+            cand.truncate(p.top_k);
+        }
+        cand.sort_unstable_by(by_logit_desc);
+        // Softmax in place (probabilities replace scaled logits).
+        let max = cand[0].0;
+        let mut sum = 0.0f64;
+        for c in cand.iter_mut() {
+            c.0 = (c.0 - max).exp();
+            sum += f64::from(c.0);
+        }
+        let top_prob = f64::from(cand[0].0) / sum;
+        let mut keep = cand.len();
+        if p.min_p > 0.0 {
+            let floor = f64::from(p.min_p) * top_prob;
+            keep = cand.iter().take_while(|c| f64::from(c.0) / sum >= floor).count().max(1);
+        }
+        if p.top_p < 1.0 {
+            let mut acc = 0.0;
+            for (i, c) in cand.iter().take(keep).enumerate() {
+                acc += f64::from(c.0) / sum;
+                if acc >= f64::from(p.top_p) {
+                    keep = i + 1;
+                    break;
+                }
+            }
+        }
+        let kept_sum: f64 = cand[..keep].iter().map(|c| f64::from(c.0)).sum();
+        let mut r = self.rng.next_f64() * kept_sum;
+        for c in &cand[..keep] {
+            r -= f64::from(c.0);
+            if r < 0.0 {
+                return c.1 as Token;
+            }
+        }
+        cand[keep - 1].1 as Token
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argmax_matches_scalar_scan_and_prefers_first_tie() {
+        let mut v: Vec<f32> = (0..1000).map(|i| ((i * 7919) % 1013) as f32 * 0.01).collect();
+        assert_eq!(argmax(&v), scalar_argmax(&v, 0));
+        v[3] = 100.0;
+        v[700] = 100.0;
+        assert_eq!(argmax(&v), 3);
+        v[999] = 101.0;
+        assert_eq!(argmax(&v), 999);
+        assert_eq!(argmax(&[1.0, 3.0, 2.0]), 1);
+    }
+
+    #[test]
+    fn branch_seeds_differ_by_path_and_repeat_by_value() {
+        assert_eq!(branch_seed(1, &[0, 1]), branch_seed(1, &[0, 1]));
+        assert_ne!(branch_seed(1, &[0, 1]), branch_seed(1, &[0, 2]));
+        assert_ne!(branch_seed(1, &[0, 1]), branch_seed(2, &[0, 1]));
+        assert_ne!(branch_seed(1, &[1]), branch_seed(1, &[1, 0]));
+    }
+
+    #[test]
+    fn stochastic_sampling_respects_top_k_and_bans() {
+        let logits: Vec<f32> = (0..100).map(|i| i as f32 * 0.1).collect();
+        let params = SamplingParams { temperature: 1.0, top_k: 3, seed: 9, ..Default::default() };
+        let mut s = BranchSampler::new(&params, &[0]);
+        for _ in 0..200 {
+            let t = s.sample(&logits, &[99]);
+            assert!((96..=98).contains(&t), "token {t} outside the top 3 after the ban");
+        }
+        let mut g = BranchSampler::new(&SamplingParams::greedy(), &[]);
+        assert_eq!(g.sample(&logits, &[99, 98]), 97);
+    }
+}
