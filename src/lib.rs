@@ -17,6 +17,7 @@
 //! ```
 
 mod backend;
+pub mod bench;
 mod error;
 mod model;
 pub mod session;

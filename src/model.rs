@@ -40,6 +40,8 @@ pub(crate) struct ModelInner {
     /// by token ids only and their tokens are rendered as `<id>`.
     has_text_vocab: bool,
     architecture: String,
+    /// Every end-of-generation token, for callers that must ban them.
+    eog_tokens: Vec<Token>,
 }
 
 /// A loaded GGUF model, shareable between sessions and threads (`Send + Sync`).
@@ -111,12 +113,15 @@ impl Model {
             .meta_val_str("tokenizer.ggml.model")
             .map(|m| m != "none")
             .unwrap_or(true);
+        let vocab = llama.vocab();
+        let eog_tokens = (0..llama.n_vocab()).filter(|&t| vocab.is_eog(LlamaToken(t))).collect();
         Ok(Model {
             inner: Arc::new(ModelInner {
                 llama,
                 path: path.to_path_buf(),
                 has_text_vocab,
                 architecture,
+                eog_tokens,
             }),
         })
     }
@@ -144,6 +149,11 @@ impl Model {
     /// Whether the model has a real tokenizer (text in, text out).
     pub fn has_text_vocab(&self) -> bool {
         self.inner.has_text_vocab
+    }
+
+    /// Every end-of-generation token of the vocabulary.
+    pub fn eog_tokens(&self) -> &[Token] {
+        &self.inner.eog_tokens
     }
 
     /// Whether `token` ends a generation (EOS, EOT, ...).

@@ -1,1 +1,329 @@
-fn main(){}
+//! `pardec`: run and benchmark parallel branch decoding from the command line.
+//!
+//! Errors go to stderr as one line, with exit code 1 (2 for usage errors).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use pardec::bench::{self, BenchParams};
+use pardec::{
+    BranchSpec, Error, Event, JoinMode, Model, ModelParams, NodeId, RunLimits, SamplingParams,
+    Session, SessionParams, Silent, Stats,
+};
+use serde::Serialize;
+
+const USAGE: &str = "\
+usage:
+  pardec run   [--model PATH] --prompt TEXT --branch TEXT [--branch TEXT ...] [--then TEXT]
+               [--max-tokens N] [--max-branch-tokens N] [--temp T] [--top-k K] [--top-p P]
+               [--min-p P] [--seed S] [--ctx N] [--threads N] [--raw] [--stream] [--json]
+  pardec bench [--model PATH] [--branches 1,2,4,8] [--tokens N] [--reps N] [--threads N] [--json]
+
+The model defaults to $PARDEC_MODEL, else the default model fetched by scripts/fetch-models.sh.
+run: the prompt is wrapped in the model's chat template unless --raw; one branch is forked per
+--branch (the text is its prefix), all branches decode in parallel, are joined, and the trunk
+continues after --then (default: a newline) for --max-tokens tokens.";
+
+/// A usage error (exit code 2) or a pardec error (exit code 1).
+enum CliError {
+    Usage(String),
+    Pardec(Error),
+}
+
+impl From<Error> for CliError {
+    fn from(e: Error) -> Self {
+        CliError::Pardec(e)
+    }
+}
+
+type CliResult<T> = Result<T, CliError>;
+
+fn usage(msg: impl Into<String>) -> CliError {
+    CliError::Usage(msg.into())
+}
+
+/// Command-line arguments as (flag, value) pairs; flags without values get "".
+struct Args {
+    pairs: Vec<(String, String)>,
+}
+
+const SWITCHES: &[&str] = &["--json", "--raw", "--stream"];
+
+impl Args {
+    fn parse(raw: &[String]) -> CliResult<Args> {
+        let mut pairs = Vec::new();
+        let mut it = raw.iter();
+        while let Some(flag) = it.next() {
+            if !flag.starts_with("--") {
+                return Err(usage(format!("unexpected argument {flag:?}")));
+            }
+            if SWITCHES.contains(&flag.as_str()) {
+                pairs.push((flag.clone(), String::new()));
+                continue;
+            }
+            let value = it.next().ok_or_else(|| usage(format!("{flag} needs a value")))?;
+            pairs.push((flag.clone(), value.clone()));
+        }
+        Ok(Args { pairs })
+    }
+
+    fn check_known(&self, known: &[&str]) -> CliResult<()> {
+        for (flag, _) in &self.pairs {
+            if !known.contains(&flag.as_str()) {
+                return Err(usage(format!("unknown option {flag}")));
+            }
+        }
+        Ok(())
+    }
+
+    fn get(&self, flag: &str) -> Option<&str> {
+        self.pairs.iter().rev().find(|(f, _)| f == flag).map(|(_, v)| v.as_str())
+    }
+
+    fn all(&self, flag: &str) -> Vec<String> {
+        self.pairs.iter().filter(|(f, _)| f == flag).map(|(_, v)| v.clone()).collect()
+    }
+
+    fn has(&self, flag: &str) -> bool {
+        self.pairs.iter().any(|(f, _)| f == flag)
+    }
+
+    fn num<T: std::str::FromStr>(&self, flag: &str, default: T) -> CliResult<T> {
+        match self.get(flag) {
+            None => Ok(default),
+            Some(v) => v.parse().map_err(|_| usage(format!("{flag}: {v:?} is not a valid number"))),
+        }
+    }
+}
+
+fn default_model_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("PARDEC_MODEL") {
+        return PathBuf::from(p);
+    }
+    let dir = std::env::var_os("PARDEC_MODEL_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        let cache = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache"));
+        cache.join("pardec").join("models")
+    });
+    dir.join("SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+fn load_model(args: &Args) -> CliResult<Model> {
+    let path = args.get("--model").map(PathBuf::from).unwrap_or_else(default_model_path);
+    if args.get("--model").is_none() && !path.exists() {
+        return Err(CliError::Pardec(Error::ModelNotFound(format!(
+            "{} (run scripts/fetch-models.sh, or pass --model / set PARDEC_MODEL)",
+            path.display()
+        ))));
+    }
+    Ok(Model::load(&path, &ModelParams::default())?)
+}
+
+fn sampling(args: &Args) -> CliResult<SamplingParams> {
+    Ok(SamplingParams {
+        temperature: args.num("--temp", 0.0)?,
+        top_k: args.num("--top-k", 0)?,
+        top_p: args.num("--top-p", 1.0)?,
+        min_p: args.num("--min-p", 0.0)?,
+        seed: args.num("--seed", 0)?,
+    })
+}
+
+#[derive(Serialize)]
+struct BranchOut {
+    label: String,
+    prefix: String,
+    text: String,
+    tokens: usize,
+    stop_reason: Option<pardec::StopReason>,
+}
+
+#[derive(Serialize)]
+struct RunOut {
+    text: String,
+    prompt: String,
+    branches: Vec<BranchOut>,
+    continuation: String,
+    stats: Stats,
+}
+
+fn cmd_run(args: &Args) -> CliResult<()> {
+    args.check_known(&[
+        "--model", "--prompt", "--branch", "--then", "--max-tokens", "--max-branch-tokens",
+        "--temp", "--top-k", "--top-p", "--min-p", "--seed", "--ctx", "--threads", "--raw",
+        "--stream", "--json",
+    ])?;
+    let prompt = args.get("--prompt").ok_or_else(|| usage("run needs --prompt TEXT"))?;
+    let branches = args.all("--branch");
+    if branches.is_empty() {
+        return Err(usage("run needs at least one --branch TEXT"));
+    }
+    let max_tokens: usize = args.num("--max-tokens", 64)?;
+    let branch_tokens: usize = args.num("--max-branch-tokens", 48)?;
+    let then = args.get("--then").unwrap_or("\n").to_string();
+    let json = args.has("--json");
+    let stream = args.has("--stream") && !json;
+
+    let model = load_model(args)?;
+    let params = SessionParams {
+        n_ctx: args.num("--ctx", 4096)?,
+        n_threads: args.num("--threads", 0)?,
+        max_branches: (branches.len() as u32).clamp(1, pardec::session::MAX_SEQUENCES - 1),
+        sampling: sampling(args)?,
+        ..Default::default()
+    };
+    let mut session = Session::new(&model, params)?;
+    let prompt_text = if args.has("--raw") || !model.has_text_vocab() {
+        prompt.to_string()
+    } else {
+        model.apply_chat_template(&[("user", prompt)]).unwrap_or_else(|_| prompt.to_string())
+    };
+    session.prompt(&prompt_text)?;
+    let specs: Vec<BranchSpec> =
+        branches.iter().map(|b| BranchSpec::new(b.as_str(), branch_tokens)).collect();
+    let mut printer = |ev: &Event<'_>| {
+        if let Event::Token { label, text, .. } = ev {
+            if label.is_empty() {
+                print!("{text}");
+            } else {
+                print!("[{label}]{text}");
+            }
+        }
+        true
+    };
+    let observer: &mut dyn pardec::Observer = if stream { &mut printer } else { &mut Silent };
+    session.fork(NodeId::TRUNK, &specs)?;
+    session.run(observer)?;
+    session.join(NodeId::TRUNK, JoinMode::All, Some(&then))?;
+    let continuation = session.generate(&RunLimits::tokens(max_tokens), observer)?;
+    if stream {
+        println!();
+    }
+
+    let transcript = session.transcript();
+    let block = transcript.top_level_branches(0).unwrap_or(&[]);
+    let out = RunOut {
+        text: transcript.text.clone(),
+        prompt: prompt_text,
+        branches: block
+            .iter()
+            .zip(&branches)
+            .map(|(b, prefix)| BranchOut {
+                label: b.label.clone(),
+                prefix: prefix.clone(),
+                text: b.text.clone(),
+                tokens: b.tokens,
+                stop_reason: b.stop_reason.clone(),
+            })
+            .collect(),
+        continuation: format!("{then}{continuation}"),
+        stats: session.stats(),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&out).map_err(|e| Error::Internal(e.to_string()))?);
+    } else {
+        print_run(&out);
+    }
+    Ok(())
+}
+
+fn print_run(out: &RunOut) {
+    println!("── prompt ──\n{}", out.prompt.trim_end());
+    for b in &out.branches {
+        println!("── branch {} ({} tokens) ──\n{}", b.label, b.tokens, b.text.trim());
+    }
+    println!("── continuation ──\n{}", out.continuation.trim());
+    let s = &out.stats;
+    println!("── stats ──");
+    println!(
+        "tokens {} (branches {}), steps {}, #parallel {:.2}, DP {:.2}, ABN {:.1}",
+        s.tokens_total, s.tokens_branch, s.steps, s.parallel, s.dp, s.abn
+    );
+    println!(
+        "TPS {:.1}, P-TPS {:.1} (serial {:.2}s, parallel {:.2}s, prefill {:.2}s)",
+        s.tps, s.p_tps, s.serial_seconds, s.parallel_seconds, s.prefill_seconds
+    );
+    println!(
+        "KV cells {} shared vs {} with a prefix copy per branch",
+        s.kv_cells_used, s.kv_cells_unshared
+    );
+}
+
+fn cmd_bench(args: &Args) -> CliResult<()> {
+    args.check_known(&["--model", "--branches", "--tokens", "--reps", "--threads", "--json"])?;
+    let mut p = BenchParams::default();
+    if let Some(list) = args.get("--branches") {
+        p.branches = list
+            .split(',')
+            .map(|x| match x.trim().parse::<usize>() {
+                Ok(n) if (1..=255).contains(&n) => Ok(n),
+                _ => Err(usage(format!("--branches: {x:?} is not a count in 1..=255"))),
+            })
+            .collect::<CliResult<_>>()?;
+    }
+    p.tokens = args.num("--tokens", p.tokens)?;
+    if p.tokens == 0 {
+        return Err(usage("--tokens must be at least 1"));
+    }
+    p.reps = args.num("--reps", p.reps)?;
+    p.session.n_threads = args.num("--threads", 0)?;
+    let model = load_model(args)?;
+    let rows = bench::run(&model, &p)?;
+    if args.has("--json") {
+        #[derive(Serialize)]
+        struct Out<'a> {
+            model: String,
+            threads: usize,
+            results: &'a [bench::BenchRow],
+        }
+        let threads = if p.session.n_threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            p.session.n_threads as usize
+        };
+        let out = Out { model: model.path().display().to_string(), threads, results: &rows };
+        println!("{}", serde_json::to_string_pretty(&out).map_err(|e| Error::Internal(e.to_string()))?);
+        return Ok(());
+    }
+    println!("model {} · {} tokens per branch · best of {}", model.path().display(), p.tokens, p.reps);
+    println!(
+        "{:>3} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8} {:>10} {:>8} {:>16}",
+        "B", "serial t/s", "engine t/s", "raw t/s", "speedup", "ceiling", "vs ceil", "engine/raw",
+        "host µs", "KV shared/unsh."
+    );
+    for r in &rows {
+        println!(
+            "{:>3} {:>10.1} {:>10.1} {:>10.1} {:>7.2}× {:>7.2}× {:>8.2} {:>10.2} {:>8.0} {:>16}",
+            r.branches, r.serial_tps, r.parallel_tps, r.raw_tps, r.speedup, r.raw_speedup,
+            r.speedup_vs_ceiling, r.engine_vs_raw, r.host_us_per_step,
+            format!("{}/{}", r.kv_cells_shared, r.kv_cells_unshared)
+        );
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let result = match argv.first().map(String::as_str) {
+        Some("run") => Args::parse(&argv[1..]).and_then(|a| cmd_run(&a)),
+        Some("bench") => Args::parse(&argv[1..]).and_then(|a| cmd_bench(&a)),
+        Some("-h" | "--help" | "help") => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => Err(usage(format!("unknown command {other:?}"))),
+        None => Err(usage("no command given")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(CliError::Usage(msg)) => {
+            eprintln!("pardec: {msg}\n{USAGE}");
+            ExitCode::from(2)
+        }
+        Err(CliError::Pardec(e)) => {
+            eprintln!("pardec: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -106,9 +106,11 @@ pub fn argmax(logits: &[f32]) -> usize {
             max = b;
         }
     }
-    let tail = scalar_argmax(&logits[chunks * LANES..], chunks * LANES);
-    if logits[tail] > max {
-        return tail;
+    if chunks * LANES < logits.len() {
+        let tail = scalar_argmax(&logits[chunks * LANES..], chunks * LANES);
+        if logits[tail] > max {
+            return tail;
+        }
     }
     // First index holding the maximum keeps ties deterministic and identical to a scalar scan.
     logits.iter().position(|&v| v == max).unwrap_or(0)
@@ -153,6 +155,10 @@ impl BranchSampler {
     }
 
     fn greedy_with_bans(&mut self, logits: &[f32], banned: &[Token]) -> Token {
+        let fast = argmax(logits) as Token;
+        if !banned.contains(&fast) {
+            return fast;
+        }
         let mut best: Option<usize> = None;
         for (i, &v) in logits.iter().enumerate() {
             if banned.contains(&(i as Token)) {
@@ -238,6 +244,10 @@ mod tests {
         v[999] = 101.0;
         assert_eq!(argmax(&v), 999);
         assert_eq!(argmax(&[1.0, 3.0, 2.0]), 1);
+        // Lengths that are multiples of the lane count have no scalar tail.
+        let mut w = vec![0.0f32; 64];
+        w[63] = 1.0;
+        assert_eq!(argmax(&w), 63);
     }
 
     #[test]

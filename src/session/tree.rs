@@ -85,6 +85,8 @@ pub(crate) struct Node {
     pub limit: usize,
     pub generated_in_run: usize,
     pub stops: Vec<String>,
+    /// Tokens this run may not sample.
+    pub banned: Vec<Token>,
     pub sampler: BranchSampler,
     /// Logits after this node's last decoded token, kept when it stops so it can resume or
     /// fork. Empty when stale (after a join that kept branches).
@@ -117,6 +119,7 @@ impl Node {
             limit: 0,
             generated_in_run: 0,
             stops: Vec::new(),
+            banned: Vec::new(),
             sampler,
             saved_logits: Vec::new(),
             pending_bytes: Vec::new(),

@@ -93,7 +93,9 @@ impl SplitMix64 {
         ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
     fn vec(&mut self, n: usize, center: f32, half_width: f32) -> Vec<f32> {
-        (0..n).map(|_| center + half_width * self.uniform()).collect()
+        (0..n)
+            .map(|_| center + half_width * self.uniform())
+            .collect()
     }
     /// A `[n_out][n_in]` matrix; `gain` is the std of each output for unit-RMS input
     /// (uniform on ±a has variance a²/3, so a = gain·sqrt(3/n_in)).
@@ -111,8 +113,14 @@ impl TinyModel {
     /// embeddings and attention/FFN outputs are of comparable size so context matters; the
     /// output matrix has gain 3 so logits differ clearly between tokens.
     pub fn random(cfg: TinyConfig) -> TinyModel {
-        assert!(cfg.n_embd % cfg.n_head == 0, "n_embd must be a multiple of n_head");
-        assert!(cfg.n_head % cfg.n_head_kv == 0, "n_head must be a multiple of n_head_kv");
+        assert!(
+            cfg.n_embd % cfg.n_head == 0,
+            "n_embd must be a multiple of n_head"
+        );
+        assert!(
+            cfg.n_head % cfg.n_head_kv == 0,
+            "n_head must be a multiple of n_head_kv"
+        );
         assert!(cfg.head_dim() % 2 == 0, "RoPE needs an even head dimension");
         let mut rng = SplitMix64(cfg.seed);
         let (e, f, hd) = (cfg.n_embd, cfg.n_ff, cfg.head_dim());
@@ -133,7 +141,13 @@ impl TinyModel {
             .collect();
         let output_norm = rng.vec(e, 1.0, 0.1);
         let output = rng.matrix(cfg.n_vocab, e, 3.0);
-        TinyModel { cfg, tok_embd, output_norm, output, layers }
+        TinyModel {
+            cfg,
+            tok_embd,
+            output_norm,
+            output,
+            layers,
+        }
     }
 
     /// All tensors as (GGUF name, ne, data), in file order. `ne[0]` is the contiguous
@@ -145,9 +159,17 @@ impl TinyModel {
         let nq = (c.n_head * c.head_dim()) as u64;
         let nkv = (c.n_head_kv * c.head_dim()) as u64;
         let mut t: Vec<(String, Vec<u64>, &[f32])> = vec![
-            ("token_embd.weight".into(), vec![e, c.n_vocab as u64], &self.tok_embd),
+            (
+                "token_embd.weight".into(),
+                vec![e, c.n_vocab as u64],
+                &self.tok_embd,
+            ),
             ("output_norm.weight".into(), vec![e], &self.output_norm),
-            ("output.weight".into(), vec![e, c.n_vocab as u64], &self.output),
+            (
+                "output.weight".into(),
+                vec![e, c.n_vocab as u64],
+                &self.output,
+            ),
         ];
         for (i, l) in self.layers.iter().enumerate() {
             t.push((format!("blk.{i}.attn_norm.weight"), vec![e], &l.attn_norm));
@@ -233,7 +255,11 @@ impl TinyModel {
         let pad = |n: u64| n.div_ceil(ALIGN) * ALIGN;
         let mut offset = 0u64;
         for (name, ne, data) in &tensors {
-            assert_eq!(ne.iter().product::<u64>(), data.len() as u64, "{name}: shape/data mismatch");
+            assert_eq!(
+                ne.iter().product::<u64>(),
+                data.len() as u64,
+                "{name}: shape/data mismatch"
+            );
             put_str(&mut b, name);
             b.extend_from_slice(&(ne.len() as u32).to_le_bytes());
             for d in ne {
@@ -279,7 +305,10 @@ impl TinyModel {
             .map(|&t| {
                 let t = t as usize;
                 assert!(t < c.n_vocab, "token {t} out of vocabulary");
-                self.tok_embd[t * e..(t + 1) * e].iter().map(|&x| x as f64).collect()
+                self.tok_embd[t * e..(t + 1) * e]
+                    .iter()
+                    .map(|&x| x as f64)
+                    .collect()
             })
             .collect();
 
@@ -326,8 +355,11 @@ impl TinyModel {
                 let x = rms_norm(hi, &l.ffn_norm, eps);
                 let gate = matvec(&l.ffn_gate, &x);
                 let up = matvec(&l.ffn_up, &x);
-                let act: Vec<f64> =
-                    gate.iter().zip(&up).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
+                let act: Vec<f64> = gate
+                    .iter()
+                    .zip(&up)
+                    .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
+                    .collect();
                 add_into(hi, &matvec(&l.ffn_down, &act));
             }
         }
@@ -335,7 +367,10 @@ impl TinyModel {
         h.iter()
             .map(|hi| {
                 let x = rms_norm(hi, &self.output_norm, eps);
-                matvec(&self.output, &x).into_iter().map(|y| y as f32).collect()
+                matvec(&self.output, &x)
+                    .into_iter()
+                    .map(|y| y as f32)
+                    .collect()
             })
             .collect()
     }
@@ -400,7 +435,10 @@ pub fn max_rel_err(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
         .zip(b)
         .map(|(ra, rb)| {
             assert_eq!(ra.len(), rb.len(), "row lengths differ");
-            let scale = rb.iter().fold(0.0f64, |m, &x| m.max((x as f64).abs())).max(1e-30);
+            let scale = rb
+                .iter()
+                .fold(0.0f64, |m, &x| m.max((x as f64).abs()))
+                .max(1e-30);
             let diff = ra
                 .iter()
                 .zip(rb)

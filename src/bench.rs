@@ -1,0 +1,170 @@
+//! `pardec bench`: what parallel branches buy on this machine, measured in one process.
+//!
+//! For each branch count B, the same B branches (same prompt, same prefixes, same token counts,
+//! EOG banned so every branch decodes exactly `tokens` tokens) are decoded four ways:
+//! - **serial**: through the engine, one single-branch block after another;
+//! - **parallel**: through the engine, all B in one block (one batch per step);
+//! - **raw parallel** / **raw serial**: plain batched `llama_decode` calls on the same
+//!   sequences with no sampling or bookkeeping, B lanes at once or one lane at a time.
+//! Prefills are excluded from every timing. Each measurement keeps the fastest of `reps`.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::model::Model;
+use crate::session::{BranchSpec, JoinMode, NodeId, RunLimits, Session, SessionParams, Silent};
+
+#[derive(Debug, Clone)]
+pub struct BenchParams {
+    pub branches: Vec<usize>,
+    /// Tokens each branch decodes.
+    pub tokens: usize,
+    pub reps: usize,
+    pub prompt: String,
+    pub session: SessionParams,
+}
+
+impl Default for BenchParams {
+    fn default() -> Self {
+        BenchParams {
+            branches: vec![1, 2, 4, 8, 16],
+            tokens: 64,
+            reps: 2,
+            prompt: "Write a short note about each of the following topics.\n".into(),
+            session: SessionParams { n_ctx: 8192, max_branches: 32, ..Default::default() },
+        }
+    }
+}
+
+/// One line of the benchmark.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchRow {
+    pub branches: usize,
+    pub tokens_per_branch: usize,
+    /// Engine, branches one after another (tokens/s).
+    pub serial_tps: f64,
+    /// Engine, branches in one batch per step (tokens/s).
+    pub parallel_tps: f64,
+    /// Plain llama_decode, B lanes per batch, no sampling (tokens/s).
+    pub raw_tps: f64,
+    /// Plain llama_decode, one lane at a time (tokens/s).
+    pub raw_serial_tps: f64,
+    /// parallel_tps / serial_tps.
+    pub speedup: f64,
+    /// raw_tps / raw_serial_tps: the ceiling llama.cpp itself gives on this machine.
+    pub raw_speedup: f64,
+    /// speedup / raw_speedup.
+    pub speedup_vs_ceiling: f64,
+    /// parallel_tps / raw_tps.
+    pub engine_vs_raw: f64,
+    /// Engine time per parallel step beyond the raw decode (sampling, bookkeeping), µs.
+    pub host_us_per_step: f64,
+    /// Cells used with a shared prefix: P + B·L.
+    pub kv_cells_shared: u64,
+    /// Cells needed if each branch had its own prefix copy: B·(P + L).
+    pub kv_cells_unshared: u64,
+}
+
+fn specs(b: usize, tokens: usize) -> Vec<BranchSpec> {
+    (0..b)
+        .map(|i| BranchSpec {
+            prefix: format!("\nTopic {}:", i + 1),
+            limits: RunLimits { max_tokens: tokens, ban_eog: true, ..Default::default() },
+            ..Default::default()
+        })
+        .collect()
+}
+
+fn tps(tokens: usize, d: Duration) -> f64 {
+    tokens as f64 / d.as_secs_f64().max(1e-9)
+}
+
+/// Runs the engine on `specs` in one block and returns (decode time, cells used, cells unshared).
+fn engine_block(s: &mut Session, specs: &[BranchSpec]) -> Result<(Duration, u64, u64)> {
+    s.reset_stats();
+    s.fork(NodeId::TRUNK, specs)?;
+    s.run(&mut Silent)?;
+    let st = s.stats();
+    s.join(NodeId::TRUNK, JoinMode::Discard, None)?;
+    Ok((Duration::from_secs_f64(st.parallel_seconds), st.kv_cells_used, st.kv_cells_unshared))
+}
+
+/// Forks `specs` with no generation and times raw decoding of their lanes.
+fn raw_block(s: &mut Session, specs: &[BranchSpec], tokens: usize) -> Result<Duration> {
+    let idle: Vec<BranchSpec> = specs
+        .iter()
+        .map(|sp| BranchSpec { limits: RunLimits::tokens(0), ..sp.clone() })
+        .collect();
+    let nodes = s.fork(NodeId::TRUNK, &idle)?;
+    let t = s.raw_decode_steps(&nodes, tokens);
+    s.join(NodeId::TRUNK, JoinMode::Discard, None)?;
+    t
+}
+
+fn best<F: FnMut() -> Result<Duration>>(reps: usize, mut f: F) -> Result<Duration> {
+    let mut min = Duration::MAX;
+    for _ in 0..reps.max(1) {
+        min = min.min(f()?);
+    }
+    Ok(min)
+}
+
+/// Runs the benchmark on one session of `model`.
+pub fn run(model: &Model, p: &BenchParams) -> Result<Vec<BenchRow>> {
+    let max_b = p.branches.iter().copied().max().unwrap_or(1);
+    let mut params = p.session.clone();
+    params.max_branches = params.max_branches.max(max_b as u32);
+    let mut s = Session::new(model, params)?;
+    s.prompt(&p.prompt)?;
+    // Warm-up: the first decodes pay one-off allocation costs.
+    engine_block(&mut s, &specs(2, 4))?;
+
+    let mut rows = Vec::new();
+    for &b in &p.branches {
+        let all = specs(b, p.tokens);
+        let total = b * p.tokens;
+        let serial = best(p.reps, || {
+            let mut sum = Duration::ZERO;
+            for spec in &all {
+                sum += engine_block(&mut s, std::slice::from_ref(spec))?.0;
+            }
+            Ok(sum)
+        })?;
+        let mut cells = (0, 0);
+        let parallel = best(p.reps, || {
+            let (t, used, unshared) = engine_block(&mut s, &all)?;
+            cells = (used, unshared);
+            Ok(t)
+        })?;
+        let raw = best(p.reps, || raw_block(&mut s, &all, p.tokens))?;
+        let raw_serial = best(p.reps, || {
+            let mut sum = Duration::ZERO;
+            for spec in &all {
+                sum += raw_block(&mut s, std::slice::from_ref(spec), p.tokens)?;
+            }
+            Ok(sum)
+        })?;
+        let (serial_tps, parallel_tps) = (tps(total, serial), tps(total, parallel));
+        let (raw_tps, raw_serial_tps) = (tps(total, raw), tps(total, raw_serial));
+        let speedup = parallel_tps / serial_tps;
+        let raw_speedup = raw_tps / raw_serial_tps;
+        rows.push(BenchRow {
+            branches: b,
+            tokens_per_branch: p.tokens,
+            serial_tps,
+            parallel_tps,
+            raw_tps,
+            raw_serial_tps,
+            speedup,
+            raw_speedup,
+            speedup_vs_ceiling: speedup / raw_speedup,
+            engine_vs_raw: parallel_tps / raw_tps,
+            host_us_per_step: (parallel.as_secs_f64() - raw.as_secs_f64()) * 1e6 / p.tokens as f64,
+            kv_cells_shared: cells.0,
+            kv_cells_unshared: cells.1,
+        });
+    }
+    Ok(rows)
+}
