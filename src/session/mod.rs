@@ -120,6 +120,9 @@ pub struct RunLimits {
     pub stop: Vec<String>,
     /// Never sample an end-of-generation token (benchmarks that need exact token counts).
     pub ban_eog: bool,
+    /// Tokens this run may never sample (e.g. a protocol's control tokens in a state where
+    /// they are illegal).
+    pub banned_tokens: Vec<Token>,
 }
 
 impl RunLimits {
@@ -680,6 +683,24 @@ impl Session {
             .unwrap_or_default()
     }
 
+    /// Whether the node is generating (has a token waiting for the next step).
+    pub fn is_running(&self, node: NodeId) -> bool {
+        self.nodes.get(node.0).is_some_and(|n| n.alive && n.is_decoding())
+    }
+
+    /// The node's own text (nested blocks excluded), as decoded so far.
+    pub fn node_text(&self, node: NodeId) -> String {
+        let mut bytes = Vec::new();
+        if let Some(n) = self.nodes.get(node.0) {
+            for item in &n.items {
+                if let Item::Text { bytes: b, .. } = item {
+                    bytes.extend_from_slice(b);
+                }
+            }
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
     /// Why the node last stopped.
     pub fn stop_reason(&self, node: NodeId) -> Option<&StopReason> {
         self.nodes.get(node.0).and_then(|n| n.stop_reason.as_ref())
@@ -778,7 +799,10 @@ impl Session {
         let node = &mut self.nodes[idx];
         node.limit = limits.max_tokens;
         node.stops = limits.stop.clone();
-        node.banned = if limits.ban_eog { self.model.eog_tokens().to_vec() } else { Vec::new() };
+        node.banned = limits.banned_tokens.clone();
+        if limits.ban_eog {
+            node.banned.extend_from_slice(self.model.eog_tokens());
+        }
         node.generated_in_run = 0;
         node.stop_reason = None;
         // A fresh run starts a fresh text item so stop strings only match its own text.
@@ -800,8 +824,9 @@ impl Session {
 
     /// One parallel step: decodes the pending token of every running node in one batch
     /// (split only beyond `n_batch`), commits them, and samples each node's next token.
-    /// Returns false when nothing was running.
-    fn step(&mut self, observer: &mut dyn Observer) -> Result<bool> {
+    /// Returns false when nothing was running. Drivers that react to a node's end while
+    /// others keep running (protocols) call this instead of [`Session::run`].
+    pub fn step(&mut self, observer: &mut dyn Observer) -> Result<bool> {
         self.entries.clear();
         let mut parallel = false;
         for (i, n) in self.nodes.iter().enumerate() {
