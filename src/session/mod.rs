@@ -110,6 +110,11 @@ impl NodeId {
     pub fn index(self) -> usize {
         self.0
     }
+
+    /// The handle of the node with this index (as in [`NodeReport::node`]).
+    pub fn from_index(index: usize) -> NodeId {
+        NodeId(index)
+    }
 }
 
 /// Limits of one generation run (serial, or one branch's).

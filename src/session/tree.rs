@@ -182,6 +182,8 @@ pub(crate) struct Block {
 /// One branch (or the trunk) as reported in a [`Transcript`].
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeReport {
+    /// The node's handle in its session (index 0 is the trunk).
+    pub node: usize,
     /// "" for the trunk, "1", "2", "2.1" ... for branches.
     pub label: String,
     /// Every token this node decoded, own text only (nested blocks excluded).
@@ -283,6 +285,7 @@ pub(crate) fn report(nodes: &[Node], blocks: &[Block], idx: usize) -> (NodeRepor
     let text = String::from_utf8_lossy(&flat).into_owned();
     (
         NodeReport {
+            node: idx,
             label: node.label.clone(),
             tokens,
             text,
