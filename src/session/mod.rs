@@ -364,9 +364,20 @@ impl Session {
     /// Appends text to the trunk (the model's special tokens in it are parsed). The first
     /// text of a session gets the model's start token if its metadata asks for one.
     pub fn prompt(&mut self, text: &str) -> Result<()> {
+        if text.is_empty() {
+            return Err(Error::EmptyPrompt);
+        }
         let add_bos = self.nodes[0].next_pos == 0;
         let tokens = self.model.tokenize(text, add_bos)?;
         self.prompt_tokens(&tokens)
+    }
+
+    /// [`Session::prompt`] for bytes from outside Rust: rejects invalid UTF-8.
+    pub fn prompt_bytes(&mut self, text: &[u8]) -> Result<()> {
+        let text = std::str::from_utf8(text).map_err(|e| {
+            Error::InvalidUtf8(format!("prompt byte {} starts an invalid sequence", e.valid_up_to()))
+        })?;
+        self.prompt(text)
     }
 
     /// Appends token ids to the trunk.

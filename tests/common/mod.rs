@@ -5,3 +5,4 @@
 #![allow(dead_code)]
 
 pub mod tiny_model;
+pub mod models;
