@@ -166,3 +166,27 @@ fn branches_run_with_an_f32_cache_on_gemma_swa() {
     assert!(!t.text.contains("1. Cat:"), "a discarded branch is still in the text");
     assert!(t.text.contains("2. Dog:"));
 }
+
+#[test]
+fn sessions_on_four_threads_share_one_model_and_match_a_lone_run() {
+    let model = models::load(models::DEFAULT_MODEL_FILE);
+    let run = |model: &Model, seed: u64| {
+        let mut s = session(model, |p| {
+            p.sampling = SamplingParams { temperature: 0.8, seed, ..Default::default() };
+        });
+        s.prompt(PROMPT).unwrap();
+        s.fork(NodeId::TRUNK, &specs(2, 12)).unwrap();
+        s.run(&mut Silent).unwrap();
+        s.transcript().text
+    };
+    let alone: Vec<String> = (0..4).map(|i| run(&model, i)).collect();
+    let threads: Vec<_> = (0..4)
+        .map(|i| {
+            let m = model.clone();
+            std::thread::spawn(move || run(&m, i))
+        })
+        .collect();
+    for (i, t) in threads.into_iter().enumerate() {
+        assert_eq!(t.join().unwrap(), alone[i], "thread {i} differs from its lone run");
+    }
+}

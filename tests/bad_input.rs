@@ -1,0 +1,206 @@
+//! Bad situations: each gets its specific error, and the session keeps working afterwards.
+
+mod common;
+
+use common::{models, tiny_model};
+use pardec::{
+    BranchSpec, Error, JoinMode, Model, ModelParams, NodeId, RunLimits, Session, SessionParams, Silent,
+    StopReason,
+};
+
+fn session(model: &Model, n_ctx: u32, max_branches: u32) -> Session {
+    Session::new(model, SessionParams { n_ctx, max_branches, n_threads: 2, ..Default::default() }).unwrap()
+}
+
+fn specs(n: usize, tokens: usize) -> Vec<BranchSpec> {
+    (0..n)
+        .map(|i| BranchSpec {
+            prefix: format!("{}.", i + 1),
+            limits: RunLimits { max_tokens: tokens, ban_eog: true, ..Default::default() },
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// The session still forks, runs, joins and generates.
+fn assert_usable(s: &mut Session) {
+    let before = s.transcript().text.len();
+    s.fork(NodeId::TRUNK, &specs(2, 4)).expect("fork after the error");
+    s.run(&mut Silent).expect("run after the error");
+    s.join(NodeId::TRUNK, JoinMode::All, Some("\n")).expect("join after the error");
+    s.generate(&RunLimits { max_tokens: 4, ban_eog: true, ..Default::default() }, &mut Silent)
+        .expect("generate after the error");
+    assert!(s.transcript().text.len() > before);
+}
+
+#[test]
+fn more_branches_than_sequence_ids_is_refused_before_llama_cpp() {
+    let model = models::load(models::DEFAULT_MODEL_FILE);
+    let mut s = session(&model, 1024, 4);
+    s.prompt("List things:\n").unwrap();
+    assert_eq!(s.fork(NodeId::TRUNK, &specs(5, 4)), Err(Error::TooManyBranches { requested: 5, free: 4 }));
+    assert_eq!(s.free_branch_slots(), 4, "a refused fork must not leak ids");
+    // Nested forks draw on the same pool.
+    let ids = s.fork(NodeId::TRUNK, &specs(3, 2)).unwrap();
+    s.run(&mut Silent).unwrap();
+    assert_eq!(s.fork(ids[0], &specs(2, 2)), Err(Error::TooManyBranches { requested: 2, free: 1 }));
+    s.join(NodeId::TRUNK, JoinMode::Discard, None).unwrap();
+    assert_eq!(s.free_branch_slots(), 4, "ids come back at the join");
+    assert_usable(&mut s);
+}
+
+#[test]
+fn kv_cache_full_in_the_parallel_phase_keeps_what_was_generated() {
+    let model = models::load(models::DEFAULT_MODEL_FILE);
+    let mut s = session(&model, 256, 8);
+    s.prompt("Name eight colours and describe each one in detail.\n").unwrap();
+    let ids = s.fork(NodeId::TRUNK, &specs(8, 64)).unwrap();
+    let mut seen = 0;
+    let result = s.run(&mut |_: &pardec::Event<'_>| {
+        seen += 1;
+        true
+    });
+    assert_eq!(result, Err(Error::KvCacheFull));
+    assert!(seen > 0);
+    let t = s.transcript();
+    let branches = t.top_level_branches(0).unwrap();
+    assert!(branches.iter().all(|b| b.tokens > 2), "generated text must be kept");
+    assert!(branches.iter().all(|b| b.stop_reason == Some(StopReason::KvCacheFull)));
+    assert_eq!(s.stop_reason(ids[0]), Some(&StopReason::KvCacheFull));
+    // The cells hold exactly what the transcript reports: every reported token is decoded.
+    assert!(s.kv_cells_used() <= 256);
+    // Keeping the branches is possible; discarding frees their cells for more work.
+    s.join(NodeId::TRUNK, JoinMode::Discard, None).unwrap();
+    assert_usable(&mut s);
+}
+
+#[test]
+fn prompt_errors_are_specific() {
+    let model = models::load(models::DEFAULT_MODEL_FILE);
+    let mut s = session(&model, 64, 2);
+    assert_eq!(s.prompt(""), Err(Error::EmptyPrompt));
+    assert_eq!(s.prompt_tokens(&[]), Err(Error::EmptyPrompt));
+    let long = "word ".repeat(2000);
+    let n_ctx = s.n_ctx() as usize; // llama.cpp may round the requested size up
+    assert!(matches!(s.prompt(&long), Err(Error::PromptTooLong { n_ctx: n, tokens }) if n == n_ctx && tokens > n_ctx));
+    assert!(matches!(s.prompt_bytes(b"caf\xC3"), Err(Error::InvalidUtf8(_))));
+    assert!(matches!(s.prompt_tokens(&[1, -5]), Err(Error::InvalidArgument(_))));
+    assert!(matches!(s.prompt_tokens(&[model.n_vocab() as i32]), Err(Error::InvalidArgument(_))));
+    assert_eq!(s.kv_cells_used(), 0, "failed prompts leave nothing behind");
+    s.prompt("Hello:\n").unwrap();
+    assert_usable(&mut s);
+}
+
+#[test]
+fn state_errors_are_specific_and_harmless() {
+    let model = models::load(models::DEFAULT_MODEL_FILE);
+    let mut s = Session::new(&model, SessionParams { n_ctx: 1024, max_branches: 8, max_depth: 1, n_threads: 2, ..Default::default() })
+        .unwrap();
+    // Nothing to sample from yet.
+    assert!(matches!(s.generate(&RunLimits::tokens(4), &mut Silent), Err(Error::InvalidState(_))));
+    s.prompt("Two points:\n").unwrap();
+    assert!(matches!(s.join(NodeId::TRUNK, JoinMode::All, None), Err(Error::InvalidState(_))));
+    assert!(matches!(s.fork(NodeId::TRUNK, &[]), Err(Error::InvalidArgument(_))));
+    let ids = s.fork(NodeId::TRUNK, &specs(2, 3)).unwrap();
+    // The trunk waits for its block; branches are running.
+    assert!(matches!(s.generate(&RunLimits::tokens(2), &mut Silent), Err(Error::InvalidState(_))));
+    assert!(matches!(s.fork(NodeId::TRUNK, &specs(1, 1)), Err(Error::InvalidState(_))));
+    assert!(matches!(s.join(NodeId::TRUNK, JoinMode::All, None), Err(Error::InvalidState(_))));
+    s.run(&mut Silent).unwrap();
+    assert_eq!(s.fork(ids[0], &specs(2, 2)), Err(Error::DepthLimit { limit: 1 }));
+    assert!(matches!(s.join(NodeId::TRUNK, JoinMode::Keep(vec![0, 0]), None), Err(Error::InvalidArgument(_))));
+    assert!(matches!(s.join(NodeId::TRUNK, JoinMode::Keep(vec![2]), None), Err(Error::InvalidArgument(_))));
+    s.join(NodeId::TRUNK, JoinMode::All, None).unwrap();
+    // After a join that kept branches, no token has seen them all yet: text must come first.
+    assert!(matches!(s.generate(&RunLimits::tokens(2), &mut Silent), Err(Error::InvalidState(_))));
+    assert!(matches!(s.append_text(ids[0], "x"), Err(Error::InvalidArgument(_))), "joined node");
+    assert!(matches!(s.append_text(NodeId::from_index(999), "x"), Err(Error::InvalidArgument(_))));
+    s.append_text(NodeId::TRUNK, "\nSo").unwrap();
+    assert_usable(&mut s);
+}
+
+#[test]
+fn cancelling_mid_branch_leaves_a_usable_session() {
+    let model = models::load(models::DEFAULT_MODEL_FILE);
+    let mut s = session(&model, 1024, 4);
+    s.prompt("Three ideas:\n").unwrap();
+    s.fork(NodeId::TRUNK, &specs(3, 32)).unwrap();
+    let mut tokens = 0;
+    let r = s.run(&mut |e: &pardec::Event<'_>| {
+        if matches!(e, pardec::Event::Token { .. }) {
+            tokens += 1;
+        }
+        tokens < 10
+    });
+    assert_eq!(r, Err(Error::Cancelled));
+    let t = s.transcript();
+    let total: usize = t.top_level_branches(0).unwrap().iter().map(|b| b.tokens).sum();
+    assert!(total < 3 * 34, "cancel did not stop the run");
+    assert!(t.top_level_branches(0).unwrap().iter().all(|b| b.stop_reason == Some(StopReason::Cancelled)));
+    s.join(NodeId::TRUNK, JoinMode::All, Some("\n")).unwrap();
+    assert_usable(&mut s);
+}
+
+#[test]
+fn model_loading_errors_are_specific() {
+    let dir = std::env::temp_dir().join(format!("pardec-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    assert!(matches!(Model::load(dir.join("missing.gguf"), &ModelParams::default()), Err(Error::ModelNotFound(_))));
+    assert!(matches!(Model::load(&dir, &ModelParams::default()), Err(Error::ModelNotFound(_))));
+    let text = dir.join("notes.gguf");
+    std::fs::write(&text, b"this is not a model").unwrap();
+    assert!(matches!(Model::load(&text, &ModelParams::default()), Err(Error::NotGguf(_))));
+    let empty = dir.join("empty.gguf");
+    std::fs::write(&empty, b"").unwrap();
+    assert!(matches!(Model::load(&empty, &ModelParams::default()), Err(Error::NotGguf(_))));
+
+    // A valid GGUF whose architecture llama.cpp does not know.
+    let tiny = tiny_model::TinyModel::random(tiny_model::TinyConfig::default());
+    let good = dir.join("tiny.gguf");
+    tiny.write_gguf(&good).unwrap();
+    let mut bytes = std::fs::read(&good).unwrap();
+    let key = b"general.architecture";
+    let at = bytes.windows(key.len()).position(|w| w == key).unwrap() + key.len();
+    // Skip the value type (u32) and string length (u64) to reach "llama".
+    let value = at + 4 + 8;
+    assert_eq!(&bytes[value..value + 5], b"llama");
+    bytes[value..value + 5].copy_from_slice(b"zzzzz");
+    let unknown = dir.join("unknown-arch.gguf");
+    std::fs::write(&unknown, &bytes).unwrap();
+    assert!(matches!(Model::load(&unknown, &ModelParams::default()), Err(Error::ModelLoad(_))));
+
+    // A truncated file.
+    let cut = dir.join("truncated.gguf");
+    std::fs::write(&cut, &std::fs::read(&good).unwrap()[..1000]).unwrap();
+    assert!(matches!(Model::load(&cut, &ModelParams::default()), Err(Error::ModelLoad(_))));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn invalid_session_parameters_are_refused() {
+    let model = models::load(models::DEFAULT_MODEL_FILE);
+    let bad = |p: SessionParams| matches!(Session::new(&model, p), Err(Error::InvalidArgument(_)));
+    assert!(bad(SessionParams { max_branches: 0, ..Default::default() }));
+    assert!(bad(SessionParams { max_branches: 256, ..Default::default() }));
+    assert!(bad(SessionParams { n_batch: 0, ..Default::default() }));
+    assert!(bad(SessionParams { n_ctx: 0, ..Default::default() }));
+    assert!(bad(SessionParams { max_depth: 0, ..Default::default() }));
+    let mut nan = SessionParams::default();
+    nan.sampling.top_p = f32::NAN;
+    assert!(bad(nan));
+}
+
+#[test]
+fn kv_cache_full_while_prefilling_branch_prefixes_undoes_the_fork() {
+    let model = models::load(models::DEFAULT_MODEL_FILE);
+    let mut s = session(&model, 256, 8);
+    s.prompt("Topics:\n").unwrap();
+    let cells = s.kv_cells_used();
+    let long = "a very long branch prefix that repeats itself ".repeat(8);
+    let specs: Vec<BranchSpec> = (0..8).map(|_| BranchSpec::new(long.clone(), 4)).collect();
+    assert_eq!(s.fork(NodeId::TRUNK, &specs), Err(Error::KvCacheFull));
+    assert_eq!(s.free_branch_slots(), 8, "the failed fork returned its ids");
+    assert_eq!(s.kv_cells_used(), cells);
+    assert!(s.transcript().top_level_branches(0).is_none(), "no block was opened");
+    assert_usable(&mut s);
+}
