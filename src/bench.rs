@@ -67,14 +67,26 @@ pub struct BenchRow {
     pub kv_cells_unshared: u64,
 }
 
-fn specs(b: usize, tokens: usize) -> Vec<BranchSpec> {
+/// The same B branch openings for every measurement. Models without a tokenizer (random
+/// weights made for a device check) get token-id prefixes of the same length instead.
+fn specs(model: &Model, b: usize, tokens: usize) -> Vec<BranchSpec> {
     (0..b)
         .map(|i| BranchSpec {
-            prefix: format!("\nTopic {}:", i + 1),
+            prefix: if model.has_text_vocab() { format!("\nTopic {}:", i + 1) } else { String::new() },
+            prefix_tokens: if model.has_text_vocab() { Vec::new() } else { vec![10 + i as i32, 3, 4] },
             limits: RunLimits { max_tokens: tokens, ban_eog: true, ..Default::default() },
-            ..Default::default()
         })
         .collect()
+}
+
+fn prompt(s: &mut Session, model: &Model, text: &str) -> Result<()> {
+    if model.has_text_vocab() {
+        s.prompt(text)
+    } else {
+        let n = model.n_vocab().max(2) as i32;
+        let ids: Vec<i32> = (0..24).map(|i| 1 + (i * 37) % (n - 1)).collect();
+        s.prompt_tokens(&ids)
+    }
 }
 
 fn tps(tokens: usize, d: Duration) -> f64 {
@@ -117,13 +129,13 @@ pub fn run(model: &Model, p: &BenchParams) -> Result<Vec<BenchRow>> {
     let mut params = p.session.clone();
     params.max_branches = params.max_branches.max(max_b as u32);
     let mut s = Session::new(model, params)?;
-    s.prompt(&p.prompt)?;
+    prompt(&mut s, model, &p.prompt)?;
     // Warm-up: the first decodes pay one-off allocation costs.
-    engine_block(&mut s, &specs(2, 4))?;
+    engine_block(&mut s, &specs(model, 2, 4))?;
 
     let mut rows = Vec::new();
     for &b in &p.branches {
-        let all = specs(b, p.tokens);
+        let all = specs(model, b, p.tokens);
         let total = b * p.tokens;
         let serial = best(p.reps, || {
             let mut sum = Duration::ZERO;
