@@ -18,6 +18,7 @@
 
 mod backend;
 pub mod bench;
+pub mod equivalence;
 mod error;
 mod model;
 pub mod session;

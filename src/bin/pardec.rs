@@ -18,11 +18,15 @@ usage:
                [--max-tokens N] [--max-branch-tokens N] [--temp T] [--top-k K] [--top-p P]
                [--min-p P] [--seed S] [--ctx N] [--threads N] [--raw] [--stream] [--json]
   pardec bench [--model PATH] [--branches 1,2,4,8] [--tokens N] [--reps N] [--threads N] [--json]
+  pardec equiv [--model PATH] [--branches N] [--tokens N] [--bound X] [--threads N]
 
 The model defaults to $PARDEC_MODEL, else the default model fetched by scripts/fetch-models.sh.
 run: the prompt is wrapped in the model's chat template unless --raw; one branch is forked per
 --branch (the text is its prefix), all branches decode in parallel, are joined, and the trunk
-continues after --then (default: a newline) for --max-tokens tokens.";
+continues after --then (default: a newline) for --max-tokens tokens.
+equiv: decodes branches in one batch and each alone and prints the largest logit distance
+(relative to the largest logit), then the same with branches deliberately leaking into each
+other; exits 1 unless the first is within --bound (default 0.15) and the second beyond it.";
 
 /// A usage error (exit code 2) or a pardec error (exit code 1).
 enum CliError {
@@ -303,11 +307,34 @@ fn cmd_bench(args: &Args) -> CliResult<()> {
     Ok(())
 }
 
+fn cmd_equiv(args: &Args) -> CliResult<()> {
+    args.check_known(&["--model", "--branches", "--tokens", "--bound", "--threads"])?;
+    let branches: usize = args.num("--branches", 4)?;
+    let tokens: usize = args.num("--tokens", 12)?;
+    let bound: f64 = args.num("--bound", 0.15)?;
+    if !(2..=64).contains(&branches) || tokens == 0 {
+        return Err(usage("equiv needs --branches in 2..=64 and --tokens ≥ 1"));
+    }
+    let model = load_model(args)?;
+    let params = SessionParams { n_ctx: 4096, n_threads: args.num("--threads", 0)?, ..Default::default() };
+    let noise = pardec::equivalence::batch_vs_alone(&model, &params, branches, tokens, false)?;
+    let leak = pardec::equivalence::batch_vs_alone(&model, &params, branches, tokens, true)?;
+    println!("batch vs alone: {noise:.6}   with a sibling leak: {leak:.6}   bound: {bound}");
+    if noise > bound || leak <= bound {
+        return Err(CliError::Pardec(Error::Internal(format!(
+            "equivalence check failed: noise {noise:.4} must be ≤ {bound} < leak {leak:.4}"
+        ))));
+    }
+    println!("ok: batched branches match branches decoded alone, and a leak is detectable");
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let result = match argv.first().map(String::as_str) {
         Some("run") => Args::parse(&argv[1..]).and_then(|a| cmd_run(&a)),
         Some("bench") => Args::parse(&argv[1..]).and_then(|a| cmd_bench(&a)),
+        Some("equiv") => Args::parse(&argv[1..]).and_then(|a| cmd_equiv(&a)),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(())

@@ -1,0 +1,286 @@
+//! Parameter structs passed from C, their defaults, and their conversion to the Rust types.
+//!
+//! Every input struct starts with `size_t struct_size`, set by its `_default` function: the
+//! struct can then grow (fields are only ever appended) without breaking callers built against
+//! an older header. Enum-valued fields are plain integers, because a C caller can put any value
+//! in them and an out-of-range Rust enum would be undefined behaviour; they are checked here.
+
+use std::ffi::c_char;
+use std::mem::size_of;
+
+use super::boundary::{array_arg, guard, read_versioned, str_arg, write_versioned, FfiError, FfiResult, Versioned};
+use super::status::pardec_status;
+use crate::{KvType, ModelParams, RunLimits, SamplingParams, SessionParams};
+
+/// Most stop strings in one `pardec_run_limits`.
+pub const PARDEC_MAX_STOP_STRINGS: usize = 64;
+/// Most banned token ids in one `pardec_run_limits`.
+pub const PARDEC_MAX_BANNED_TOKENS: usize = 1 << 20;
+
+/// How to load a model. Get defaults from `pardec_model_params_default()`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct pardec_model_params {
+    /// `sizeof(pardec_model_params)` of the header the caller was built with.
+    pub struct_size: usize,
+    /// Layers to offload to the GPU; -1: llama.cpp's default (all layers when a GPU backend
+    /// is compiled in). Ignored by CPU builds.
+    pub n_gpu_layers: i32,
+}
+
+impl Versioned for pardec_model_params {
+    const NAME: &'static str = "pardec_model_params";
+    const SIZES: &'static [usize] = &[size_of::<pardec_model_params>()];
+}
+
+impl Default for pardec_model_params {
+    fn default() -> Self {
+        let rust = ModelParams::default();
+        pardec_model_params {
+            struct_size: size_of::<Self>(),
+            n_gpu_layers: rust.n_gpu_layers.map_or(-1, |n| n.min(i32::MAX as u32) as i32),
+        }
+    }
+}
+
+impl pardec_model_params {
+    pub(crate) fn to_rust(&self) -> FfiResult<ModelParams> {
+        let n_gpu_layers = match self.n_gpu_layers {
+            -1 => None,
+            n if n >= 0 => Some(n as u32),
+            n => return Err(FfiError::invalid(format!("n_gpu_layers {n}: use -1 for the default or a count >= 0"))),
+        };
+        Ok(ModelParams { n_gpu_layers })
+    }
+}
+
+/// KV cache precision (the `kv_type` field of `pardec_session_params`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum pardec_kv_type {
+    F16 = 0,
+    /// Exact keys and values (for equivalence tests).
+    F32 = 1,
+}
+
+/// How a session picks tokens. `temperature <= 0` is greedy (argmax), fully deterministic.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct pardec_sampling_params {
+    pub temperature: f32,
+    /// Keep only the k most likely tokens (0: off).
+    pub top_k: u32,
+    /// Keep the smallest set whose probability reaches p (1.0: off).
+    pub top_p: f32,
+    /// Drop tokens below min_p times the top probability (0.0: off).
+    pub min_p: f32,
+    /// Seed of the random streams; each branch derives its own from this and its path in the
+    /// fork tree, so results do not depend on batching or thread timing.
+    pub seed: u64,
+}
+
+/// How a session's context is made. Get defaults from `pardec_session_params_default()`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct pardec_session_params {
+    /// `sizeof(pardec_session_params)` of the header the caller was built with.
+    pub struct_size: usize,
+    /// KV cells shared by the trunk and all branches.
+    pub n_ctx: u32,
+    /// Most tokens per llama_decode call (larger steps are split).
+    pub n_batch: u32,
+    /// Most branches alive at once, all nesting levels together (1..=255).
+    pub max_branches: u32,
+    /// Most nesting levels (1: branches cannot fork).
+    pub max_depth: u32,
+    /// CPU threads for this session (0: all cores).
+    pub n_threads: u32,
+    /// A `pardec_kv_type` value.
+    pub kv_type: u32,
+    /// Flash attention: -1 lets llama.cpp decide, 0 off, 1 on.
+    pub flash_attn: i32,
+    pub sampling: pardec_sampling_params,
+}
+
+impl Versioned for pardec_session_params {
+    const NAME: &'static str = "pardec_session_params";
+    const SIZES: &'static [usize] = &[size_of::<pardec_session_params>()];
+}
+
+impl Default for pardec_session_params {
+    fn default() -> Self {
+        let SessionParams {
+            n_ctx,
+            n_batch,
+            max_branches,
+            max_depth,
+            n_threads,
+            kv_type,
+            flash_attn,
+            sampling,
+            ..
+        } = SessionParams::default();
+        pardec_session_params {
+            struct_size: size_of::<Self>(),
+            n_ctx,
+            n_batch,
+            max_branches,
+            max_depth,
+            n_threads,
+            kv_type: match kv_type {
+                KvType::F16 => pardec_kv_type::F16 as u32,
+                KvType::F32 => pardec_kv_type::F32 as u32,
+            },
+            flash_attn: match flash_attn {
+                None => -1,
+                Some(false) => 0,
+                Some(true) => 1,
+            },
+            sampling: pardec_sampling_params {
+                temperature: sampling.temperature,
+                top_k: sampling.top_k.min(u32::MAX as usize) as u32,
+                top_p: sampling.top_p,
+                min_p: sampling.min_p,
+                seed: sampling.seed,
+            },
+        }
+    }
+}
+
+impl pardec_session_params {
+    pub(crate) fn to_rust(&self) -> FfiResult<SessionParams> {
+        let kv_type = match self.kv_type {
+            x if x == pardec_kv_type::F16 as u32 => KvType::F16,
+            x if x == pardec_kv_type::F32 as u32 => KvType::F32,
+            x => return Err(FfiError::invalid(format!("kv_type {x} is not a pardec_kv_type"))),
+        };
+        let flash_attn = match self.flash_attn {
+            -1 => None,
+            0 => Some(false),
+            1 => Some(true),
+            x => return Err(FfiError::invalid(format!("flash_attn {x}: use -1, 0 or 1"))),
+        };
+        let s = &self.sampling;
+        Ok(SessionParams {
+            n_ctx: self.n_ctx,
+            n_batch: self.n_batch,
+            max_branches: self.max_branches,
+            max_depth: self.max_depth,
+            n_threads: self.n_threads,
+            kv_type,
+            flash_attn,
+            sampling: SamplingParams {
+                temperature: s.temperature,
+                top_k: s.top_k as usize,
+                top_p: s.top_p,
+                min_p: s.min_p,
+                seed: s.seed,
+            },
+            ..SessionParams::default()
+        })
+    }
+}
+
+/// Limits of one generation run: the trunk's (`pardec_session_generate`) or each branch's
+/// (`pardec_session_fork`). Get defaults from `pardec_run_limits_default()`. The arrays are
+/// only read during the call they are passed to.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct pardec_run_limits {
+    /// `sizeof(pardec_run_limits)` of the header the caller was built with.
+    pub struct_size: usize,
+    /// Most tokens to sample (default 256).
+    pub max_tokens: u32,
+    /// Stop when any of these UTF-8 strings appears in the run's text (the token completing
+    /// it is kept). `n_stop` entries, none NULL; may be NULL when `n_stop` is 0.
+    pub stop: *const *const c_char,
+    /// Number of stop strings (at most PARDEC_MAX_STOP_STRINGS).
+    pub n_stop: usize,
+    /// Never sample an end-of-generation token.
+    pub ban_eog: bool,
+    /// Token ids never to sample; may be NULL when `n_banned_tokens` is 0.
+    pub banned_tokens: *const i32,
+    /// Number of banned tokens (at most PARDEC_MAX_BANNED_TOKENS).
+    pub n_banned_tokens: usize,
+}
+
+impl Versioned for pardec_run_limits {
+    const NAME: &'static str = "pardec_run_limits";
+    const SIZES: &'static [usize] = &[size_of::<pardec_run_limits>()];
+}
+
+/// The default token budget of a run. (Rust's `RunLimits::default()` has 0, which generates
+/// nothing: a C caller who only sets the stop strings should still get text.)
+const DEFAULT_MAX_TOKENS: u32 = 256;
+
+impl Default for pardec_run_limits {
+    fn default() -> Self {
+        pardec_run_limits {
+            struct_size: size_of::<Self>(),
+            max_tokens: DEFAULT_MAX_TOKENS,
+            stop: std::ptr::null(),
+            n_stop: 0,
+            ban_eog: false,
+            banned_tokens: std::ptr::null(),
+            n_banned_tokens: 0,
+        }
+    }
+}
+
+/// Reads optional run limits (NULL: the defaults) into the Rust type.
+///
+/// # Safety
+/// `p` is NULL or a valid `pardec_run_limits` whose arrays hold their counts.
+pub(crate) unsafe fn run_limits_arg(p: *const pardec_run_limits) -> FfiResult<RunLimits> {
+    let limits = if p.is_null() { pardec_run_limits::default() } else { read_versioned(p, pardec_run_limits::default())? };
+    let stops = array_arg(limits.stop, limits.n_stop, PARDEC_MAX_STOP_STRINGS, "run_limits.stop")?;
+    let stop = stops
+        .iter()
+        .enumerate()
+        .map(|(i, &s)| str_arg(s, &format!("run_limits.stop[{i}]")).map(str::to_owned))
+        .collect::<FfiResult<Vec<_>>>()?;
+    let banned =
+        array_arg(limits.banned_tokens, limits.n_banned_tokens, PARDEC_MAX_BANNED_TOKENS, "run_limits.banned_tokens")?;
+    Ok(RunLimits {
+        max_tokens: limits.max_tokens as usize,
+        stop,
+        ban_eog: limits.ban_eog,
+        banned_tokens: banned.to_vec(),
+    })
+}
+
+/// Fills `out` with the default model parameters. Pass `sizeof(pardec_model_params)` as
+/// `struct_size`; it is stored in `out->struct_size`.
+///
+/// Errors: NULL_ARGUMENT, STRUCT_SIZE.
+#[no_mangle]
+pub unsafe extern "C" fn pardec_model_params_default(out: *mut pardec_model_params, struct_size: usize) -> pardec_status {
+    guard(|| {
+        let value = pardec_model_params { struct_size, ..Default::default() };
+        write_versioned(out, &value, struct_size)
+    })
+}
+
+/// Fills `out` with the default session parameters (4096-cell context, greedy sampling, ...).
+/// Pass `sizeof(pardec_session_params)` as `struct_size`.
+///
+/// Errors: NULL_ARGUMENT, STRUCT_SIZE.
+#[no_mangle]
+pub unsafe extern "C" fn pardec_session_params_default(out: *mut pardec_session_params, struct_size: usize) -> pardec_status {
+    guard(|| {
+        let value = pardec_session_params { struct_size, ..Default::default() };
+        write_versioned(out, &value, struct_size)
+    })
+}
+
+/// Fills `out` with the default run limits (256 tokens, no stop strings, nothing banned).
+/// Pass `sizeof(pardec_run_limits)` as `struct_size`.
+///
+/// Errors: NULL_ARGUMENT, STRUCT_SIZE.
+#[no_mangle]
+pub unsafe extern "C" fn pardec_run_limits_default(out: *mut pardec_run_limits, struct_size: usize) -> pardec_status {
+    guard(|| {
+        let value = pardec_run_limits { struct_size, ..Default::default() };
+        write_versioned(out, &value, struct_size)
+    })
+}

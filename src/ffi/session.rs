@@ -1,0 +1,559 @@
+//! Session handles: prompt, generate, fork, run, join, streaming events.
+
+use std::ffi::{c_char, c_void};
+use std::mem::size_of;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::Mutex;
+
+use super::boundary::{
+    array_arg, c_string, fill_c_buf, guard, guard_void, opt_str_arg, out_arg, read_versioned, set_last_error, str_arg,
+    write_versioned, FfiError, FfiResult,
+};
+use super::model::{model_arg, pardec_model};
+use super::params::{pardec_session_params, run_limits_arg, pardec_run_limits};
+use super::result::{pardec_result, pardec_stats, stop_reason_code, pardec_stop_reason};
+use super::status::pardec_status;
+use crate::session::MAX_SEQUENCES;
+use crate::{BranchSpec, Event, JoinMode, NodeId, Observer, Session};
+
+/// A node of a session's fork tree: `PARDEC_NODE_TRUNK` or a branch returned by
+/// `pardec_session_fork`. Node ids are never reused until `pardec_session_clear`.
+pub type pardec_node = u32;
+
+/// The trunk: the serial part of the response.
+pub const PARDEC_NODE_TRUNK: pardec_node = 0;
+
+/// Most branches in one fork (llama.cpp's sequence limit, minus the trunk).
+pub const PARDEC_MAX_FORK_BRANCHES: usize = MAX_SEQUENCES as usize - 1;
+
+/// A decoding session (opaque): one llama.cpp context holding a trunk and its branches.
+///
+/// Thread safety: a session may move between threads but must be used by one thread at a
+/// time. A call made while the session is inside another call (from one of its callbacks, or
+/// from a second thread) returns PARDEC_STATUS_BUSY instead of corrupting it; freeing it while
+/// another thread uses it is undefined behaviour. Many sessions on many threads may share one
+/// model.
+pub struct pardec_session {
+    inner: Mutex<Session>,
+    /// Set when a call panicked inside the session: its state may be inconsistent, so later
+    /// calls are refused with PARDEC_STATUS_PANIC.
+    poisoned: AtomicBool,
+}
+
+/// Marks the session poisoned if dropped during a panic.
+struct PoisonOnUnwind<'a>(&'a AtomicBool);
+
+impl Drop for PoisonOnUnwind<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Runs `f` with exclusive access to the session behind `p`.
+///
+/// # Safety
+/// `p` is NULL or a live handle from `pardec_session_new`.
+unsafe fn with_session<R>(p: *const pardec_session, f: impl FnOnce(&mut Session) -> FfiResult<R>) -> FfiResult<R> {
+    let handle = p.as_ref().ok_or_else(|| FfiError::null("session"))?;
+    if handle.poisoned.load(Ordering::SeqCst) {
+        return Err(FfiError::new(
+            pardec_status::Panic,
+            "an earlier call panicked inside this session; free it and create a new one",
+        ));
+    }
+    let mut session = handle.inner.try_lock().ok_or_else(|| {
+        FfiError::new(
+            pardec_status::Busy,
+            "the session is in use (a call from inside its own callback, or from another thread at the same time)",
+        )
+    })?;
+    let _poison = PoisonOnUnwind(&handle.poisoned);
+    f(&mut session)
+}
+
+fn node_id(node: pardec_node) -> NodeId {
+    NodeId(node as usize)
+}
+
+fn node_out(id: NodeId) -> FfiResult<pardec_node> {
+    pardec_node::try_from(id.index()).map_err(|_| FfiError::new(pardec_status::Internal, "node id overflow"))
+}
+
+// ----- events -----------------------------------------------------------------------------
+
+/// What a `pardec_event` reports.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum pardec_event_kind {
+    /// A token was decoded into `node`: `text` holds the characters it completed (whole UTF-8,
+    /// possibly empty while a character is split over tokens). `token` is -1 for the flush of a
+    /// node's last incomplete bytes.
+    Token = 0,
+    /// `node` stopped generating; `stop_reason` says why.
+    End = 1,
+    /// The call (generate or run) is about to return `status`. The callback's return value is
+    /// ignored. Not sent by `pardec_session_step`.
+    Done = 2,
+}
+
+/// One streamed event. Everything it points to is valid only during the callback.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct pardec_event {
+    /// `sizeof(pardec_event)` as this library knows it: fields beyond a caller's own header
+    /// are absent when this is smaller.
+    pub struct_size: usize,
+    pub kind: pardec_event_kind,
+    /// The node the event is about (`PARDEC_NODE_TRUNK` for the trunk and for DONE).
+    pub node: pardec_node,
+    /// The node's label path, NUL-terminated: "" for the trunk, "1", "2", "2.1" ... for
+    /// branches (branch 1 of the fork of branch 2).
+    pub label: *const c_char,
+    /// TOKEN: the text piece, NUL-terminated; "" for other kinds.
+    pub text: *const c_char,
+    /// Length of `text` in bytes.
+    pub text_len: usize,
+    /// TOKEN: the token id (-1 for a flush); -1 otherwise.
+    pub token: i32,
+    /// END: why the node stopped; NONE otherwise.
+    pub stop_reason: pardec_stop_reason,
+    /// END with STOP_STRING: the stop string that matched; NULL otherwise.
+    pub stop_string: *const c_char,
+    /// DONE: the status the call returns; OK otherwise.
+    pub status: pardec_status,
+}
+
+/// Receives events on the thread that made the call, before it returns. Return true to go
+/// on, false to cancel: the call then returns PARDEC_STATUS_CANCELLED after the events of the
+/// current step (which may include a few more TOKEN and END events), and the session stays
+/// usable. The callback must not unwind (no C++ exceptions, no longjmp) and must not call
+/// functions of the same session (they return PARDEC_STATUS_BUSY).
+pub type pardec_callback = Option<unsafe extern "C" fn(user_data: *mut c_void, event: *const pardec_event) -> bool>;
+
+/// Turns Rust events into `pardec_event`s for a C callback. The buffers are reused, so no
+/// allocation per token once they have grown.
+struct CObserver {
+    callback: pardec_callback,
+    user_data: *mut c_void,
+    label: Vec<u8>,
+    text: Vec<u8>,
+    stop: Vec<u8>,
+}
+
+impl CObserver {
+    fn new(callback: pardec_callback, user_data: *mut c_void) -> Self {
+        CObserver { callback, user_data, label: Vec::new(), text: Vec::new(), stop: Vec::new() }
+    }
+
+    fn blank(&mut self, kind: pardec_event_kind) -> pardec_event {
+        fill_c_buf(&mut self.label, "");
+        fill_c_buf(&mut self.text, "");
+        pardec_event {
+            struct_size: size_of::<pardec_event>(),
+            kind,
+            node: PARDEC_NODE_TRUNK,
+            label: self.label.as_ptr() as *const c_char,
+            text: self.text.as_ptr() as *const c_char,
+            text_len: 0,
+            token: -1,
+            stop_reason: pardec_stop_reason::None,
+            stop_string: std::ptr::null(),
+            status: pardec_status::Ok,
+        }
+    }
+
+    /// Sends the final DONE event (its return value means nothing).
+    fn done(&mut self, status: pardec_status) {
+        if let Some(cb) = self.callback {
+            let mut ev = self.blank(pardec_event_kind::Done);
+            ev.status = status;
+            unsafe { cb(self.user_data, &ev) };
+        }
+    }
+}
+
+impl Observer for CObserver {
+    fn on_event(&mut self, event: &Event<'_>) -> bool {
+        let Some(cb) = self.callback else { return true };
+        // Exhaustive on purpose: a new event kind needs an ABI decision.
+        let ev = match *event {
+            Event::Token { node, label, token, text } => {
+                fill_c_buf(&mut self.label, label);
+                fill_c_buf(&mut self.text, text);
+                pardec_event {
+                    struct_size: size_of::<pardec_event>(),
+                    kind: pardec_event_kind::Token,
+                    node: node.index() as pardec_node,
+                    label: self.label.as_ptr() as *const c_char,
+                    text: self.text.as_ptr() as *const c_char,
+                    text_len: self.text.len() - 1,
+                    token,
+                    stop_reason: pardec_stop_reason::None,
+                    stop_string: std::ptr::null(),
+                    status: pardec_status::Ok,
+                }
+            }
+            Event::End { node, label, reason } => {
+                fill_c_buf(&mut self.label, label);
+                fill_c_buf(&mut self.text, "");
+                let (code, stop) = stop_reason_code(Some(reason));
+                let stop_string = match stop {
+                    Some(s) => {
+                        fill_c_buf(&mut self.stop, s);
+                        self.stop.as_ptr() as *const c_char
+                    }
+                    None => std::ptr::null(),
+                };
+                pardec_event {
+                    struct_size: size_of::<pardec_event>(),
+                    kind: pardec_event_kind::End,
+                    node: node.index() as pardec_node,
+                    label: self.label.as_ptr() as *const c_char,
+                    text: self.text.as_ptr() as *const c_char,
+                    text_len: 0,
+                    token: -1,
+                    stop_reason: code,
+                    stop_string,
+                    status: pardec_status::Ok,
+                }
+            }
+        };
+        unsafe { cb(self.user_data, &ev) }
+    }
+}
+
+/// Runs a streaming operation and sends DONE with its status.
+fn streaming<R>(
+    callback: pardec_callback,
+    user_data: *mut c_void,
+    op: impl FnOnce(&mut CObserver) -> FfiResult<R>,
+) -> FfiResult<R> {
+    let mut observer = CObserver::new(callback, user_data);
+    let result = op(&mut observer);
+    observer.done(match &result {
+        Ok(_) => pardec_status::Ok,
+        Err(e) => e.status,
+    });
+    result
+}
+
+// ----- lifecycle --------------------------------------------------------------------------
+
+/// Creates a session on a model. `params` may be NULL for the defaults. On success
+/// `*out_session` holds a new handle, to be released with `pardec_session_free`.
+///
+/// Errors: NULL_ARGUMENT, STRUCT_SIZE, INVALID_ARGUMENT (parameters out of range), CONTEXT.
+#[no_mangle]
+pub unsafe extern "C" fn pardec_session_new(
+    model: *const pardec_model,
+    params: *const pardec_session_params,
+    out_session: *mut *mut pardec_session,
+) -> pardec_status {
+    guard(|| {
+        let model = model_arg(model)?;
+        let out = out_arg(out_session, "out_session")?;
+        let params = if params.is_null() {
+            pardec_session_params::default()
+        } else {
+            read_versioned(params, pardec_session_params::default())?
+        };
+        let session = Session::new(&model.model, params.to_rust()?)?;
+        let handle = pardec_session { inner: Mutex::new(session), poisoned: AtomicBool::new(false) };
+        *out = Box::into_raw(Box::new(handle));
+        Ok(())
+    })
+}
+
+/// Releases a session and its llama.cpp context (NULL is ignored). Results taken from it stay
+/// valid. Calling it from inside the session's own callback does nothing (the session is in
+/// use; `pardec_last_error()` says so).
+#[no_mangle]
+pub unsafe extern "C" fn pardec_session_free(session: *mut pardec_session) {
+    guard_void(|| {
+        if session.is_null() {
+            return;
+        }
+        if (*session).inner.is_locked() {
+            set_last_error("pardec_session_free: the session is in use; not freed");
+            return;
+        }
+        drop(Box::from_raw(session));
+    })
+}
+
+/// Forgets everything: empties the KV cache, the fork tree and the statistics. Node ids
+/// start again from the trunk.
+///
+/// Errors: NULL_ARGUMENT, BUSY.
+#[no_mangle]
+pub unsafe extern "C" fn pardec_session_clear(session: *mut pardec_session) -> pardec_status {
+    guard(|| with_session(session, |s| Ok(s.clear())))
+}
+
+/// Resets the statistics (not the KV cache).
+///
+/// Errors: NULL_ARGUMENT, BUSY.
+#[no_mangle]
+pub unsafe extern "C" fn pardec_session_reset_stats(session: *mut pardec_session) -> pardec_status {
+    guard(|| with_session(session, |s| Ok(s.reset_stats())))
+}
+
+// ----- text in ----------------------------------------------------------------------------
+
+/// Appends UTF-8 text to the trunk (special tokens written in it, like `<|im_start|>`, are
+/// parsed as such). The session's first text gets the model's start token if the model asks
+/// for one.
+///
+/// Errors: NULL_ARGUMENT, INVALID_UTF8, BUSY, EMPTY_PROMPT, PROMPT_TOO_LONG, INVALID_STATE,
+/// KV_CACHE_FULL, DECODE.
+#[no_mangle]
+pub unsafe extern "C" fn pardec_session_prompt(session: *mut pardec_session, text: *const c_char) -> pardec_status {
+    guard(|| {
+        let text = str_arg(text, "text")?;
+        with_session(session, |s| Ok(s.prompt(text)?))
+    })
+}
+
+/// Appends UTF-8 text to an idle node (the trunk, or a branch that stopped), decoded as if the
+/// model had written it; the node can then generate or fork from there.
+///
+/// Errors: NULL_ARGUMENT, INVALID_UTF8, BUSY, INVALID_ARGUMENT (unknown node, text with no
+/// tokens), INVALID_STATE (node running or waiting on a block), KV_CACHE_FULL, DECODE.
+#[no_mangle]
+pub unsafe extern "C" fn pardec_session_append(
+    session: *mut pardec_session,
+    node: pardec_node,
+    text: *const c_char,
+) -> pardec_status {
+    guard(|| {
+        let text = str_arg(text, "text")?;
+        with_session(session, |s| Ok(s.append_text(node_id(node), text)?))
+    })
+}
+
+// ----- generation -------------------------------------------------------------------------
+
+/// Generates on the trunk until an end-of-generation token, a stop string or
+/// `limits->max_tokens` (`limits` may be NULL for the defaults). Events go to `callback`
+/// (may be NULL) on this thread, then DONE. On success, if `out_text` is not NULL, it
+/// receives the text generated by this call, to release with `pardec_string_free`.
+///
+/// Errors: NULL_ARGUMENT, INVALID_UTF8, STRUCT_SIZE, INVALID_ARGUMENT, BUSY, INVALID_STATE (a
+/// block is open; or the trunk has no next-token logits, e.g. right after a join without join
+/// text), CANCELLED (the text so far is kept in the session), KV_CACHE_FULL, DECODE.
+#[no_mangle]
+pub unsafe extern "C" fn pardec_session_generate(
+    session: *mut pardec_session,
+    limits: *const pardec_run_limits,
+    callback: pardec_callback,
+    user_data: *mut c_void,
+    out_text: *mut *mut c_char,
+) -> pardec_status {
+    guard(|| {
+        let limits = run_limits_arg(limits)?;
+        let text = with_session(session, |s| streaming(callback, user_data, |obs| Ok(s.generate(&limits, obs)?)))?;
+        if !out_text.is_null() {
+            *out_text = c_string(&text).into_raw();
+        }
+        Ok(())
+    })
+}
+
+/// Forks the idle node `parent` into `n_branches` branches that share its KV cells. Branch i
+/// starts with the UTF-8 text `prefixes[i]` (prefilled, not sampled; "" lets the model start
+/// it). `limits` (may be NULL for the defaults) applies to every branch. On success, if
+/// `out_nodes` is not NULL, it receives the `n_branches` new node ids. Branch labels are
+/// "1".."n" under the trunk and "<parent label>.i" under a branch. Call `pardec_session_run`
+/// to decode them.
+///
+/// Errors: NULL_ARGUMENT (session, prefixes or one of them), INVALID_UTF8, STRUCT_SIZE,
+/// INVALID_ARGUMENT (0 or more than PARDEC_MAX_FORK_BRANCHES branches, unknown node), BUSY,
+/// EMPTY_BRANCH_PREFIX, TOO_MANY_BRANCHES (more than the free slots of `max_branches`),
+/// DEPTH_LIMIT, INVALID_STATE (parent running or already forked), KV_CACHE_FULL, DECODE.
+#[no_mangle]
+pub unsafe extern "C" fn pardec_session_fork(
+    session: *mut pardec_session,
+    parent: pardec_node,
+    prefixes: *const *const c_char,
+    n_branches: usize,
+    limits: *const pardec_run_limits,
+    out_nodes: *mut pardec_node,
+) -> pardec_status {
+    guard(|| {
+        if n_branches == 0 {
+            return Err(FfiError::invalid("a fork needs at least one branch"));
+        }
+        let prefixes = array_arg(prefixes, n_branches, PARDEC_MAX_FORK_BRANCHES, "prefixes")?;
+        let limits = run_limits_arg(limits)?;
+        let specs = prefixes
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| {
+                Ok(BranchSpec {
+                    prefix: str_arg(p, &format!("prefixes[{i}]"))?.to_owned(),
+                    prefix_tokens: Vec::new(),
+                    limits: limits.clone(),
+                })
+            })
+            .collect::<FfiResult<Vec<_>>>()?;
+        let nodes = with_session(session, |s| Ok(s.fork(node_id(parent), &specs)?))?;
+        let nodes = nodes.into_iter().map(node_out).collect::<FfiResult<Vec<_>>>()?;
+        if !out_nodes.is_null() {
+            std::ptr::copy_nonoverlapping(nodes.as_ptr(), out_nodes, nodes.len());
+        }
+        Ok(())
+    })
+}
+
+/// Runs every running node (normally the branches of a fork) to its end, decoding all of them
+/// in one batch per step. Events go to `callback` (may be NULL) on this thread, then DONE.
+///
+/// Errors: NULL_ARGUMENT, BUSY, CANCELLED (the branches stop where they are, with stop reason
+/// CANCELLED; they can be joined), KV_CACHE_FULL, DECODE.
+#[no_mangle]
+pub unsafe extern "C" fn pardec_session_run(
+    session: *mut pardec_session,
+    callback: pardec_callback,
+    user_data: *mut c_void,
+) -> pardec_status {
+    guard(|| with_session(session, |s| streaming(callback, user_data, |obs| Ok(s.run(obs)?))))
+}
+
+/// Starts (or restarts) generation on an idle node without decoding anything yet:
+/// `pardec_session_step` or `pardec_session_run` then advance it. With a step loop a caller can
+/// interleave its own work (a UI, an event loop) with decoding. `limits` may be NULL.
+///
+/// Errors: NULL_ARGUMENT, STRUCT_SIZE, INVALID_UTF8, INVALID_ARGUMENT, BUSY, INVALID_STATE.
+#[no_mangle]
+pub unsafe extern "C" fn pardec_session_resume(
+    session: *mut pardec_session,
+    node: pardec_node,
+    limits: *const pardec_run_limits,
+) -> pardec_status {
+    guard(|| {
+        let limits = run_limits_arg(limits)?;
+        with_session(session, |s| Ok(s.resume(node_id(node), &limits)?))
+    })
+}
+
+/// Decodes one step: the pending token of every running node, in one batch. Events go to
+/// `callback` (may be NULL; no DONE event). On success `*out_running` (if not NULL) is true when
+/// something was decoded, false when nothing was running.
+///
+/// Errors: NULL_ARGUMENT, BUSY, CANCELLED, KV_CACHE_FULL, DECODE.
+#[no_mangle]
+pub unsafe extern "C" fn pardec_session_step(
+    session: *mut pardec_session,
+    callback: pardec_callback,
+    user_data: *mut c_void,
+    out_running: *mut bool,
+) -> pardec_status {
+    guard(|| {
+        let running = with_session(session, |s| {
+            let mut observer = CObserver::new(callback, user_data);
+            Ok(s.step(&mut observer)?)
+        })?;
+        if !out_running.is_null() {
+            *out_running = running;
+        }
+        Ok(())
+    })
+}
+
+/// How `pardec_session_join` treats a block's branches.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum pardec_join_mode {
+    /// Keep every branch: the parent attends to all of them.
+    All = 0,
+    /// Keep the branches listed in `keep`, discard the others.
+    Keep = 1,
+    /// Drop every branch: the parent continues as if they never existed.
+    Discard = 2,
+}
+
+/// Joins the open block of `parent` once all its branches have stopped. `mode` is a
+/// `pardec_join_mode`; with KEEP, `keep` lists `n_keep` distinct branch indices (0-based, in
+/// fork order); with ALL and DISCARD, `n_keep` must be 0. If `join_text` is not NULL or empty,
+/// it is appended to the parent afterwards: after a join that kept branches the parent needs
+/// such text (or `pardec_session_append`) before it can generate, since no token has yet
+/// attended to every branch.
+///
+/// Errors: NULL_ARGUMENT, INVALID_UTF8, INVALID_ARGUMENT (unknown mode, bad indices, unknown
+/// node), BUSY, INVALID_STATE (no open block, a branch still running), KV_CACHE_FULL, DECODE.
+#[no_mangle]
+pub unsafe extern "C" fn pardec_session_join(
+    session: *mut pardec_session,
+    parent: pardec_node,
+    mode: u32,
+    keep: *const usize,
+    n_keep: usize,
+    join_text: *const c_char,
+) -> pardec_status {
+    guard(|| {
+        let mode = match mode {
+            m if m == pardec_join_mode::All as u32 || m == pardec_join_mode::Discard as u32 => {
+                if n_keep != 0 {
+                    return Err(FfiError::invalid("n_keep must be 0 unless mode is PARDEC_JOIN_MODE_KEEP"));
+                }
+                if m == pardec_join_mode::All as u32 {
+                    JoinMode::All
+                } else {
+                    JoinMode::Discard
+                }
+            }
+            m if m == pardec_join_mode::Keep as u32 => {
+                JoinMode::Keep(array_arg(keep, n_keep, PARDEC_MAX_FORK_BRANCHES, "keep")?.to_vec())
+            }
+            m => return Err(FfiError::invalid(format!("join mode {m} is not a pardec_join_mode"))),
+        };
+        let join_text = opt_str_arg(join_text, "join_text")?;
+        with_session(session, |s| Ok(s.join(node_id(parent), mode, join_text)?))
+    })
+}
+
+// ----- auto mode (reserved) ---------------------------------------------------------------
+//
+// The model-driven "auto mode" (the model decides when to fork, following a protocol such as
+// Multiverse's tags) will be exposed here as `pardec_session_generate_auto`, wrapping
+// `Session::generate_auto` once the Rust API has it. It will take a protocol description and
+// stream through the same `pardec_callback`/`pardec_event` as generate and run.
+
+// ----- results ----------------------------------------------------------------------------
+
+/// Takes a snapshot of everything the session holds: the flattened text, every block's
+/// branches, and the statistics. `*out_result` receives a new handle, to release with
+/// `pardec_result_free`; it does not change when the session goes on.
+///
+/// Errors: NULL_ARGUMENT, BUSY.
+#[no_mangle]
+pub unsafe extern "C" fn pardec_session_result(
+    session: *const pardec_session,
+    out_result: *mut *mut pardec_result,
+) -> pardec_status {
+    guard(|| {
+        let out = out_arg(out_result, "out_result")?;
+        let result = with_session(session, |s| Ok(pardec_result::snapshot(&s.transcript(), &s.stats())))?;
+        *out = Box::into_raw(Box::new(result));
+        Ok(())
+    })
+}
+
+/// Writes the session's statistics since creation, `pardec_session_clear` or
+/// `pardec_session_reset_stats`. Pass `sizeof(pardec_stats)` as `size`.
+///
+/// Errors: NULL_ARGUMENT, STRUCT_SIZE, BUSY.
+#[no_mangle]
+pub unsafe extern "C" fn pardec_session_stats(
+    session: *const pardec_session,
+    out_stats: *mut pardec_stats,
+    size: usize,
+) -> pardec_status {
+    guard(|| {
+        let stats = with_session(session, |s| Ok(pardec_stats::from(&s.stats())))?;
+        write_versioned(out_stats, &stats, size)
+    })
+}
