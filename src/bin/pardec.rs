@@ -345,7 +345,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(CliError::Usage(msg)) => {
-            eprintln!("pardec: {msg}\n{USAGE}");
+            eprintln!("pardec: {msg} (see pardec --help)");
             ExitCode::from(2)
         }
         Err(CliError::Pardec(e)) => {

@@ -1,0 +1,90 @@
+//! The `pardec` command line, run as a user would.
+
+mod common;
+
+use std::process::Command;
+
+use common::models;
+
+fn pardec(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_pardec"))
+        .args(args)
+        .env("PARDEC_MODEL", models::model_path(models::DEFAULT_MODEL_FILE))
+        .output()
+        .expect("run pardec")
+}
+
+fn json(out: &std::process::Output) -> serde_json::Value {
+    assert!(out.status.success(), "pardec failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("stdout is one JSON object")
+}
+
+#[test]
+fn run_json_reports_text_branches_and_stats() {
+    let out = pardec(&[
+        "run", "--prompt", "Name three fruits.", "--branch", "1. Apple:", "--branch", "2. Pear:",
+        "--branch", "3. Plum:", "--max-branch-tokens", "12", "--max-tokens", "8", "--then", "\nAll",
+        "--json",
+    ]);
+    let v = json(&out);
+    let text = v["text"].as_str().unwrap();
+    let branches = v["branches"].as_array().unwrap();
+    assert_eq!(branches.len(), 3);
+    for (b, prefix) in branches.iter().zip(["1. Apple:", "2. Pear:", "3. Plum:"]) {
+        let t = b["text"].as_str().unwrap();
+        assert!(t.starts_with(prefix), "branch text {t:?}");
+        assert!(text.contains(t), "flattened text lacks a branch");
+    }
+    let st = &v["stats"];
+    for key in ["tokens_total", "tokens_branch", "steps", "tps", "p_tps", "dp", "abn", "parallel"] {
+        assert!(st[key].is_number(), "stats.{key} missing");
+    }
+    assert_eq!(st["abn"].as_f64(), Some(3.0));
+    assert!(st["parallel"].as_f64().unwrap() > 1.0, "three branches must give #parallel > 1");
+    assert!(st["tokens_branch"].as_u64().unwrap() <= 36);
+}
+
+#[test]
+fn run_prints_readable_sections() {
+    let out = pardec(&["run", "--prompt", "Two colours.", "--branch", "1.", "--branch", "2.", "--max-branch-tokens", "6", "--max-tokens", "4"]);
+    assert!(out.status.success());
+    let s = String::from_utf8_lossy(&out.stdout);
+    for section in ["── prompt ──", "── branch 1", "── branch 2", "── continuation ──", "── stats ──", "#parallel"] {
+        assert!(s.contains(section), "missing {section:?} in:\n{s}");
+    }
+}
+
+#[test]
+fn bench_json_has_the_documented_fields() {
+    let v = json(&pardec(&["bench", "--branches", "1,2", "--tokens", "4", "--reps", "1", "--json"]));
+    let rows = v["results"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for (row, b) in rows.iter().zip([1u64, 2]) {
+        assert_eq!(row["branches"].as_u64(), Some(b));
+        for key in ["serial_tps", "parallel_tps", "raw_tps", "speedup", "engine_vs_raw", "kv_cells_shared", "kv_cells_unshared"] {
+            assert!(row[key].as_f64().is_some_and(|x| x > 0.0), "{key} missing or not positive");
+        }
+    }
+    // Sharing the prefix saves one prefix copy at B = 2.
+    assert!(rows[1]["kv_cells_shared"].as_u64() < rows[1]["kv_cells_unshared"].as_u64());
+    assert_eq!(rows[0]["kv_cells_shared"], rows[0]["kv_cells_unshared"]);
+}
+
+#[test]
+fn errors_are_one_line_on_stderr_with_a_nonzero_exit() {
+    let cases: &[(&[&str], i32)] = &[
+        (&["run", "--prompt", "x"], 2),
+        (&["run", "--prompt", "x", "--branch", "a", "--max-tokens", "lots"], 2),
+        (&["frobnicate"], 2),
+        (&["bench", "--branches", "0"], 2),
+        (&["run", "--model", "/nonexistent.gguf", "--prompt", "x", "--branch", "a"], 1),
+        (&["run", "--model", "Cargo.toml", "--prompt", "x", "--branch", "a"], 1),
+    ];
+    for (args, code) in cases {
+        let out = pardec(args);
+        assert_eq!(out.status.code(), Some(*code), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: stderr is not one line: {err}");
+        assert!(err.starts_with("pardec: "));
+    }
+}
