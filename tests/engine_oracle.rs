@@ -288,3 +288,31 @@ fn batched_branches_equal_branches_decoded_alone() {
     }
     let _ = std::fs::remove_file(path);
 }
+
+/// Detached branches (APR's children) run from their own prompts: they match a fresh session
+/// given the same prompt, and see nothing of the parent's context.
+#[test]
+fn detached_branches_see_only_their_own_prompt() {
+    let (tiny, model, path) = tiny_model();
+    let child_prompts: [&[i32]; 3] = [&[9, 8, 7], &[40, 41], &[300, 2, 77, 5]];
+    let mut s = session(&model);
+    s.prompt_tokens(&PROMPT).unwrap();
+    let specs: Vec<BranchSpec> = child_prompts
+        .iter()
+        .map(|p| BranchSpec { prefix_tokens: p.to_vec(), limits: limits(16), ..Default::default() })
+        .collect();
+    let ids = s.fork_detached(NodeId::TRUNK, &specs).unwrap();
+    s.run(&mut Silent).unwrap();
+    for (id, prompt) in ids.iter().zip(child_prompts) {
+        let tokens: Vec<u32> = s.node_tokens(*id).iter().map(|&t| t as u32).collect();
+        // The oracle sees only the child's own tokens, at positions from 0.
+        let oracle = tiny.causal_forward(&tokens);
+        let engine = s.logit_trace(*id);
+        let err = max_rel_err(engine, &oracle[prompt.len() - 1..tokens.len() - 1]);
+        assert!(err <= MATCH_TOL, "detached branch differs from its own-prompt oracle: {err:.3e}");
+    }
+    assert!(matches!(s.join(NodeId::TRUNK, JoinMode::All, None), Err(pardec::Error::InvalidArgument(_))));
+    s.join(NodeId::TRUNK, JoinMode::Discard, None).unwrap();
+    assert_eq!(s.kv_cells_used(), PROMPT.len() as u64, "discarding freed every child cell");
+    let _ = std::fs::remove_file(path);
+}

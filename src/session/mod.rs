@@ -451,6 +451,21 @@ impl Session {
     /// parent's next position; its prefix (if any) is prefilled for all branches in one batch,
     /// and its first token is sampled. Call [`Session::run`] to decode them.
     pub fn fork(&mut self, parent: NodeId, specs: &[BranchSpec]) -> Result<Vec<NodeId>> {
+        self.fork_impl(parent, specs, true)
+    }
+
+    /// Opens a block of *detached* branches: each runs from its own prefix alone (its own
+    /// prompt, starting at position 0) and sees nothing of the parent — APR's sub-searches.
+    /// They still decode in one batch per step with everything else. Such a block can only be
+    /// joined with [`JoinMode::Discard`]; the parent receives their results as text.
+    pub fn fork_detached(&mut self, parent: NodeId, specs: &[BranchSpec]) -> Result<Vec<NodeId>> {
+        if specs.iter().any(|s| s.prefix.is_empty() && s.prefix_tokens.is_empty()) {
+            return Err(Error::InvalidArgument("a detached branch needs its own prompt as prefix".into()));
+        }
+        self.fork_impl(parent, specs, false)
+    }
+
+    fn fork_impl(&mut self, parent: NodeId, specs: &[BranchSpec], shared: bool) -> Result<Vec<NodeId>> {
         let p = self.idle_node(parent, "fork")?;
         if specs.is_empty() {
             return Err(Error::InvalidArgument("a fork needs at least one branch".into()));
@@ -488,10 +503,12 @@ impl Session {
         let block_ordinal = self.nodes[p].blocks_opened;
         let first_child = self.nodes.len();
         for (i, &seq) in seqs.iter().enumerate() {
-            // Zero copy: the child's id is added to every cell the parent can see.
-            self.ctx.copy_kv_cache_seq(self.nodes[p].seq, seq, None, None).map_err(|e| {
-                Error::Internal(format!("seq_cp failed: {e}"))
-            })?;
+            if shared {
+                // Zero copy: the child's id is added to every cell the parent can see.
+                self.ctx.copy_kv_cache_seq(self.nodes[p].seq, seq, None, None).map_err(|e| {
+                    Error::Internal(format!("seq_cp failed: {e}"))
+                })?;
+            }
             let parent = &self.nodes[p];
             let mut path = parent.path.clone();
             path.extend([block_ordinal, i as u32]);
@@ -505,9 +522,11 @@ impl Session {
             child.path = path;
             child.label = label;
             child.depth = depth;
-            child.next_pos = parent.next_pos;
-            child.cells = parent.cells;
-            child.cells_at_fork = parent.cells;
+            if shared {
+                child.next_pos = parent.next_pos;
+                child.cells = parent.cells;
+                child.cells_at_fork = parent.cells;
+            }
             if prefixes[i].is_empty() {
                 child.saved_logits = parent.saved_logits.clone();
             }
@@ -534,11 +553,12 @@ impl Session {
         }
         self.counters.prefill_time += start.elapsed();
 
-        let prefix_cells = self.nodes[p].cells;
+        let prefix_cells = if shared { self.nodes[p].cells } else { 0 };
         self.blocks.push(Block {
             children: children.clone(),
-            fork_pos: self.nodes[p].next_pos,
+            fork_pos: if shared { self.nodes[p].next_pos } else { 0 },
             prefix_cells,
+            detached: !shared,
             join: None,
         });
         let parent = &mut self.nodes[p];
@@ -568,6 +588,13 @@ impl Session {
             Error::InvalidState(format!("node {:?} has no open block to join", self.nodes[p].label))
         })?;
         let children = self.blocks[b].children.clone();
+        if self.blocks[b].detached && mode != JoinMode::Discard {
+            return Err(Error::InvalidArgument(
+                "detached branches cannot be merged (their positions restart at 0): join them \
+                 with Discard and pass their results on as text"
+                    .into(),
+            ));
+        }
         for &c in &children {
             let child = &self.nodes[c];
             if child.is_decoding() || child.open_block.is_some() {

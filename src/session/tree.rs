@@ -176,6 +176,8 @@ pub(crate) struct Block {
     pub fork_pos: i32,
     /// Cells the parent could see at the fork: the prefix every branch shares.
     pub prefix_cells: u64,
+    /// Branches that run from their own prompts and share nothing with the parent.
+    pub detached: bool,
     pub join: Option<JoinMode>,
 }
 
