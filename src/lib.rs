@@ -21,6 +21,7 @@ pub mod bench;
 pub mod equivalence;
 mod error;
 mod model;
+pub mod protocol;
 pub mod session;
 mod stats;
 
