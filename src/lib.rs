@@ -16,6 +16,7 @@
 //! # Ok::<(), pardec::Error>(())
 //! ```
 
+pub mod auto;
 mod backend;
 pub mod bench;
 pub mod equivalence;
@@ -31,7 +32,7 @@ pub use model::{Model, ModelParams, Token};
 pub use session::sampling::SamplingParams;
 pub use session::{
     BranchSpec, Event, ItemReport, JoinMode, KvType, NodeId, NodeReport, Observer, Origin, RunLimits,
-    Session, SessionParams, Silent, StopReason, Transcript,
+    Session, SessionParams, Silent, StopReason, TokenScript, Transcript,
 };
 pub use stats::Stats;
 

@@ -164,6 +164,12 @@ pub enum Event<'a> {
     Token { node: NodeId, label: &'a str, token: Token, text: &'a str },
     /// `node` stopped generating.
     End { node: NodeId, label: &'a str, reason: &'a StopReason },
+    /// Auto mode: `parent` (label `label`) forked into branches labelled `branches`.
+    Fork { parent: NodeId, label: &'a str, branches: &'a [String] },
+    /// Auto mode: the block of `parent` was joined; it continues seeing its branches.
+    Join { parent: NodeId, label: &'a str, kept: usize },
+    /// Auto mode: malformed model output in stream `label`; the documented fallback was taken.
+    Warning { label: &'a str, message: &'a str },
 }
 
 /// Receives events; returning `false` cancels the run (the session stays usable).
@@ -184,6 +190,14 @@ impl Observer for Silent {
     fn on_event(&mut self, _: &Event<'_>) -> bool {
         true
     }
+}
+
+/// Forces tokens instead of sampling: a scripted sampler for tests (make a model write a
+/// given structure while it writes the rest itself) and for hosts that constrain output.
+pub trait TokenScript: Send {
+    /// Called before each sample of the node labelled `label` ("" is the trunk), whose own
+    /// text so far is `text`. `Some(token)` is used instead of sampling.
+    fn next_token(&mut self, label: &str, text: &str) -> Option<Token>;
 }
 
 /// One token to decode, and whose it is.
@@ -216,6 +230,7 @@ pub struct Session {
     entries: Vec<BatchEntry>,
     seq_scratch: Vec<i32>,
     text_scratch: String,
+    script: Option<Box<dyn TokenScript>>,
 }
 
 impl std::fmt::Debug for Session {
@@ -311,6 +326,7 @@ impl Session {
             entries: Vec::with_capacity(n_batch),
             seq_scratch: Vec::with_capacity(n_seq_max as usize),
             text_scratch: String::new(),
+            script: None,
             params,
         };
         session.reset_tree();
@@ -347,6 +363,11 @@ impl Session {
     /// Sequence ids free for new branches.
     pub fn free_branch_slots(&self) -> usize {
         self.pool.free_count()
+    }
+
+    /// Installs (or, with `None`, removes) a script that may force tokens instead of sampling.
+    pub fn set_script(&mut self, script: Option<Box<dyn TokenScript>>) {
+        self.script = script;
     }
 
     /// Replaces the sampling parameters for branches forked from now on (and the trunk's, if
@@ -744,6 +765,14 @@ impl Session {
         String::from_utf8_lossy(&bytes).into_owned()
     }
 
+    /// The text the node generated (sampled), excluding forced text and nested blocks.
+    pub fn node_generated_text(&self, node: NodeId) -> String {
+        if node.0 >= self.nodes.len() {
+            return String::new();
+        }
+        self.generated_text_from(node.0, 0)
+    }
+
     /// Why the node last stopped.
     pub fn stop_reason(&self, node: NodeId) -> Option<&StopReason> {
         self.nodes.get(node.0).and_then(|n| n.stop_reason.as_ref())
@@ -861,7 +890,8 @@ impl Session {
             return;
         }
         let logits = std::mem::take(&mut node.saved_logits);
-        sample_next(node, &self.model, self.params.record_logits, &logits);
+        let forced = scripted_token(&mut self.script, node);
+        sample_next(node, &self.model, self.params.record_logits, &logits, forced);
         node.saved_logits = logits;
     }
 
@@ -957,7 +987,8 @@ impl Session {
             }
             None => {
                 let node = &mut self.nodes[idx];
-                sample_next(node, &self.model, self.params.record_logits, logits);
+                let forced = scripted_token(&mut self.script, node);
+                sample_next(node, &self.model, self.params.record_logits, logits, forced);
                 if matches!(node.stop_reason, Some(StopReason::Eog)) {
                     // Kept so the node can be resumed (or forked) after the EOG.
                     node.saved_logits.clear();
@@ -1099,11 +1130,14 @@ impl Session {
 
 /// Samples a node's next token from `logits` and sets its state: EOG stops it (the EOG is
 /// not decoded), the run's last token becomes `Finishing`, anything else `Running`.
-fn sample_next(node: &mut Node, model: &Model, record_logits: bool, logits: &[f32]) {
+fn sample_next(node: &mut Node, model: &Model, record_logits: bool, logits: &[f32], forced: Option<Token>) {
     if record_logits {
         node.logit_trace.push(logits.to_vec());
     }
-    let token = node.sampler.sample(logits, &node.banned);
+    let token = match forced {
+        Some(t) if t >= 0 && (t as usize) < logits.len() => t,
+        _ => node.sampler.sample(logits, &node.banned),
+    };
     if model.is_eog(token) {
         node.state = NodeState::Idle;
         node.stop_reason = Some(StopReason::Eog);
@@ -1121,6 +1155,18 @@ fn sample_next(node: &mut Node, model: &Model, record_logits: bool, logits: &[f3
         Some(reason) => NodeState::Finishing { pending: token, reason },
         None => NodeState::Running { pending: token },
     };
+}
+
+/// Asks the session's script, if any, for the node's next token.
+fn scripted_token(script: &mut Option<Box<dyn TokenScript>>, node: &Node) -> Option<Token> {
+    let script = script.as_mut()?;
+    let mut bytes = Vec::new();
+    for item in &node.items {
+        if let Item::Text { bytes: b, .. } = item {
+            bytes.extend_from_slice(b);
+        }
+    }
+    script.next_token(&node.label, &String::from_utf8_lossy(&bytes))
 }
 
 /// Calls llama_decode and maps its status. Code 1 (no KV slot) leaves the memory unchanged.

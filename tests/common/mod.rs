@@ -6,3 +6,4 @@
 
 pub mod tiny_model;
 pub mod models;
+pub mod script;

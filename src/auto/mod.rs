@@ -1,0 +1,385 @@
+//! Auto mode: the model decides when to fork.
+//!
+//! A driver runs a [`Session`] under a protocol: every stream (the trunk and each branch)
+//! has a [`Watcher`] that reads what the stream wrote. Streams run with the watcher's stop
+//! strings, so each run ends exactly where the protocol's state may change; the driver then
+//! feeds the run's text to the watcher and does what it says — fork (branches decode in one
+//! batch per step with everything else still running), end a branch, join a finished block
+//! with the protocol's join text, or carry on serially after a malformed block.
+//!
+//! - [`generate_auto`]: stream protocols (Multiverse, ASPD, Parallel-R1, ThreadWeaver, NPR,
+//!   or any [`ProtocolSpec`]).
+//! - [`apr::generate_apr`]: sub-searches on their own prompts.
+//! - [`sot::generate_sot`]: Skeleton-of-Thought for plain instruction-tuned models.
+//!
+//! Malformed output never stops decoding: each case takes the watcher's documented fallback
+//! and is reported as an [`AutoWarning`] (and an [`Event::Warning`]).
+
+pub mod apr;
+pub mod sot;
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::model::Token;
+use crate::protocol::{Action, EndCause, ProtocolSpec, StreamEnd, Warning, WarningKind, Watcher};
+use crate::session::{BranchSpec, Event, JoinMode, NodeId, Observer, RunLimits, Session, StopReason};
+
+/// Budgets of an automatic generation.
+#[derive(Debug, Clone)]
+pub struct AutoParams {
+    /// Tokens the trunk may generate in all (branches not counted).
+    pub max_tokens: usize,
+    /// Tokens each branch may generate in all.
+    pub max_branch_tokens: usize,
+    /// Text put in the model's mouth at the start of the response: decoded as if the model
+    /// had written it, and watched like generated text (it may open a block itself).
+    pub response_prefix: String,
+}
+
+impl Default for AutoParams {
+    fn default() -> Self {
+        AutoParams { max_tokens: 512, max_branch_tokens: 256, response_prefix: String::new() }
+    }
+}
+
+/// A block the model opened.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AutoBlock {
+    /// Label path of the stream that forked ("" for the trunk).
+    pub parent: String,
+    /// The label the model announced for each branch opened (`2.1`), or its 1-based order
+    /// where the protocol announces titles only.
+    pub labels: Vec<String>,
+    /// The announced title of each branch (the outline text; empty where none).
+    pub titles: Vec<String>,
+    /// The engine's label paths of the branches ("2", "2.1", ...).
+    pub paths: Vec<String>,
+}
+
+/// Malformed output and the fallback taken.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AutoWarning {
+    /// Label path of the stream ("" for the trunk).
+    pub stream: String,
+    pub kind: WarningKind,
+    /// Byte offset in that stream's own text.
+    pub at: usize,
+    pub message: String,
+}
+
+/// What an automatic generation did, besides the text (see [`Session::transcript`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct AutoReport {
+    pub blocks: Vec<AutoBlock>,
+    pub warnings: Vec<AutoWarning>,
+}
+
+impl AutoReport {
+    pub(crate) fn warn(&mut self, stream: &str, w: Warning, observer: &mut dyn Observer) -> bool {
+        let ok = observer.on_event(&Event::Warning { label: stream, message: &w.message });
+        self.warnings.push(AutoWarning { stream: stream.to_string(), kind: w.kind, at: w.at, message: w.message });
+        ok
+    }
+}
+
+/// One watched stream.
+struct Stream {
+    watcher: Watcher,
+    /// Tokens left for this stream.
+    budget: usize,
+    /// Byte length of the node's text when its current run started.
+    run_from: usize,
+    /// Tokens the node had when its current run started.
+    tokens_from: usize,
+    state: StreamState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreamState {
+    Running,
+    /// Forked; waits for its branches.
+    Waiting,
+    Done,
+}
+
+/// Single-token control strings become banned token ids; multi-token ones cannot be banned
+/// by id (a plain-text tag spread over tokens) and are left to the watcher's fallbacks.
+struct Bans {
+    cache: HashMap<String, Option<Token>>,
+}
+
+impl Bans {
+    fn tokens(&mut self, session: &Session, strings: &[String]) -> Vec<Token> {
+        let model = session.model();
+        strings
+            .iter()
+            .filter_map(|s| {
+                *self.cache.entry(s.clone()).or_insert_with(|| match model.tokenize(s, false) {
+                    Ok(t) if t.len() == 1 => Some(t[0]),
+                    _ => None,
+                })
+            })
+            .collect()
+    }
+}
+
+struct Driver<'s, 'o> {
+    session: &'s mut Session,
+    observer: &'o mut dyn Observer,
+    streams: BTreeMap<NodeId, Stream>,
+    /// Open blocks: parent → its branches.
+    blocks: BTreeMap<NodeId, Vec<NodeId>>,
+    report: AutoReport,
+    bans: Bans,
+    branch_budget: usize,
+}
+
+/// Generates on the trunk under a stream protocol until the trunk ends (EOG, or its budget).
+/// The session must hold the prompt (and nothing running). Branch counts are capped by the
+/// session's free sequence ids and nesting by its `max_depth`, with warnings.
+pub fn generate_auto(
+    session: &mut Session,
+    spec: &ProtocolSpec,
+    params: &AutoParams,
+    observer: &mut dyn Observer,
+) -> Result<AutoReport> {
+    spec.validate().map_err(|e| Error::InvalidArgument(format!("protocol: {e}")))?;
+    let mut spec = spec.clone();
+    // The session's limits win: deeper nesting is read as text, extra branches are cut.
+    spec.max_depth = spec.max_depth.min(session.params().max_depth);
+    let mut driver = Driver {
+        session,
+        observer,
+        streams: BTreeMap::new(),
+        blocks: BTreeMap::new(),
+        report: AutoReport::default(),
+        bans: Bans { cache: HashMap::new() },
+        branch_budget: params.max_branch_tokens,
+    };
+    let watcher = Watcher::trunk(&spec);
+    driver.add_stream(NodeId::TRUNK, watcher, params.max_tokens);
+    if !params.response_prefix.is_empty() {
+        driver.session.append_text(NodeId::TRUNK, &params.response_prefix)?;
+        let actions = driver.feed(NodeId::TRUNK, &params.response_prefix);
+        driver.act(NodeId::TRUNK, actions, false)?;
+    } else {
+        driver.start_run(NodeId::TRUNK)?;
+    }
+    driver.drive()?;
+    Ok(driver.report)
+}
+
+impl Driver<'_, '_> {
+    fn add_stream(&mut self, node: NodeId, watcher: Watcher, budget: usize) {
+        let run_from = self.session.node_text(node).len();
+        let tokens_from = self.session.node_tokens(node).len();
+        self.streams.insert(node, Stream { watcher, budget, run_from, tokens_from, state: StreamState::Running });
+    }
+
+    fn limits(&mut self, node: NodeId) -> RunLimits {
+        let stream = &self.streams[&node];
+        let stop = stream.watcher.stop_strings();
+        let banned = stream.watcher.banned_strings();
+        let budget = stream.budget;
+        RunLimits { max_tokens: budget, stop, ban_eog: false, banned_tokens: self.bans.tokens(self.session, &banned) }
+    }
+
+    /// (Re)starts a stream's generation from where it is; a spent budget ends it instead.
+    fn start_run(&mut self, node: NodeId) -> Result<()> {
+        if self.streams[&node].budget == 0 {
+            let actions = self.finish(node, StreamEnd::Limit);
+            return self.act(node, actions, true);
+        }
+        let limits = self.limits(node);
+        let text_len = self.session.node_text(node).len();
+        let tokens = self.session.node_tokens(node).len();
+        let stream = self.streams.get_mut(&node).expect("stream");
+        stream.run_from = text_len;
+        stream.tokens_from = tokens;
+        stream.state = StreamState::Running;
+        self.session.resume(node, &limits)
+    }
+
+    fn feed(&mut self, node: NodeId, text: &str) -> Vec<Action> {
+        let cap = self.session.free_branch_slots();
+        let stream = self.streams.get_mut(&node).expect("stream");
+        stream.watcher.set_branch_cap(cap.min(stream.watcher.spec().max_branches));
+        stream.watcher.feed(text)
+    }
+
+    fn finish(&mut self, node: NodeId, end: StreamEnd) -> Vec<Action> {
+        self.streams.get_mut(&node).expect("stream").watcher.finish(end)
+    }
+
+    /// Steps the session until every stream is done.
+    fn drive(&mut self) -> Result<()> {
+        loop {
+            let progressed = self.session.step(self.observer)?;
+            let stopped: Vec<NodeId> = self
+                .streams
+                .iter()
+                .filter(|(n, s)| s.state == StreamState::Running && !self.session.is_running(**n))
+                .map(|(n, _)| *n)
+                .collect();
+            for node in stopped {
+                self.on_stopped(node)?;
+            }
+            self.join_finished_blocks()?;
+            if self.streams[&NodeId::TRUNK].state == StreamState::Done {
+                return Ok(());
+            }
+            let anything_running = self.streams.iter().any(|(n, _)| self.session.is_running(*n));
+            if !progressed && !anything_running {
+                // Every stream waits on something that cannot come: a driver bug, reported
+                // rather than looped on.
+                return Err(Error::Internal("auto mode stalled with no stream running".into()));
+            }
+        }
+    }
+
+    /// A stream's run ended: read what it wrote and act on it.
+    fn on_stopped(&mut self, node: NodeId) -> Result<()> {
+        let text = self.session.node_text(node);
+        let tokens = self.session.node_tokens(node).len();
+        let (from, used) = {
+            let s = &self.streams[&node];
+            (s.run_from.min(text.len()), tokens.saturating_sub(s.tokens_from))
+        };
+        let stream = self.streams.get_mut(&node).expect("stream");
+        stream.budget = stream.budget.saturating_sub(used);
+        let mut actions = self.feed(node, &text[from..]);
+        // A stop string means "look at the text"; anything else ends the stream.
+        let end = match self.session.stop_reason(node) {
+            Some(StopReason::StopString(_)) => None,
+            Some(StopReason::Eog) => Some(StreamEnd::Eos),
+            Some(StopReason::MaxTokens) => Some(StreamEnd::Limit),
+            Some(StopReason::Cancelled) => Some(StreamEnd::Cancelled),
+            Some(StopReason::KvCacheFull) | None => Some(StreamEnd::Truncated),
+        };
+        let decided = actions.iter().any(|a| matches!(a, Action::Fork(_) | Action::BranchEnd { .. }));
+        if let (false, Some(end)) = (decided, end) {
+            actions.extend(self.finish(node, end));
+        }
+        self.act(node, actions, end.is_some())
+    }
+
+    /// Carries out a watcher's actions for `node`: report warnings, then fork, end the
+    /// branch, end the stream (`stream_over`), or run on with the new stop strings.
+    fn act(&mut self, node: NodeId, actions: Vec<Action>, stream_over: bool) -> Result<()> {
+        let label = self.session.label(node).unwrap_or("").to_string();
+        let mut next = None;
+        for action in actions {
+            match action {
+                Action::Warning(w) => {
+                    if !self.report.warn(&label, w, self.observer) {
+                        return Err(Error::Cancelled);
+                    }
+                }
+                Action::Fork(plan) => next = Some(Next::Fork(plan)),
+                Action::BranchEnd { cause, .. } => next = Some(Next::End(cause)),
+                // Informational: the next run's stop strings and bans reflect them.
+                Action::NoFork { .. } | Action::BlockOpened { .. } | Action::BlockClosed { .. } => {}
+            }
+        }
+        match next {
+            Some(Next::Fork(plan)) => self.fork(node, &label, plan),
+            Some(Next::End(cause)) => {
+                let unclosed = matches!(cause, EndCause::Stream(StreamEnd::Limit | StreamEnd::Cancelled));
+                if unclosed && node != NodeId::TRUNK {
+                    // Close the branch in the text so the joined stream reads well-formed.
+                    let end = self.streams[&node].watcher.spec().branch_end.clone();
+                    if !end.is_empty() {
+                        self.session.append_text(node, &end)?;
+                    }
+                }
+                self.streams.get_mut(&node).expect("stream").state = StreamState::Done;
+                Ok(())
+            }
+            None if stream_over => {
+                self.streams.get_mut(&node).expect("stream").state = StreamState::Done;
+                Ok(())
+            }
+            None => self.start_run(node),
+        }
+    }
+
+    fn fork(&mut self, node: NodeId, label: &str, plan: crate::protocol::ForkPlan) -> Result<()> {
+        let parent_watcher = self.streams[&node].watcher.clone();
+        let children: Vec<Watcher> = plan.branches.iter().map(|b| parent_watcher.child(b)).collect();
+        let mut specs = Vec::with_capacity(children.len());
+        for (b, w) in plan.branches.iter().zip(&children) {
+            let banned = w.banned_strings();
+            specs.push(BranchSpec {
+                prefix: b.prefix.clone(),
+                prefix_tokens: Vec::new(),
+                limits: RunLimits {
+                    max_tokens: self.branch_budget,
+                    stop: w.stop_strings(),
+                    ban_eog: false,
+                    banned_tokens: self.bans.tokens(self.session, &banned),
+                },
+            });
+        }
+        let ids = self.session.fork(node, &specs)?;
+        let labels: Vec<String> = plan.branches.iter().map(|b| b.label.clone()).collect();
+        let titles: Vec<String> = plan.branches.iter().map(|b| b.title.clone()).collect();
+        let paths: Vec<String> = ids.iter().map(|&id| self.session.label(id).unwrap_or("").to_string()).collect();
+        if !self.observer.on_event(&Event::Fork { parent: node, label, branches: &paths }) {
+            return Err(Error::Cancelled);
+        }
+        self.report.blocks.push(AutoBlock { parent: label.to_string(), labels, titles, paths });
+        self.streams.get_mut(&node).expect("stream").state = StreamState::Waiting;
+        for (&id, w) in ids.iter().zip(children) {
+            self.add_stream(id, w, self.branch_budget);
+            // Forks sample each branch's first token right away; an immediate stop (EOG,
+            // a zero budget) is picked up by the next pass of `drive`.
+            let prefix_len = self.session.node_text(id).len();
+            let stream = self.streams.get_mut(&id).expect("stream");
+            stream.run_from = prefix_len;
+            stream.tokens_from = self.session.node_tokens(id).len();
+        }
+        self.blocks.insert(node, ids);
+        Ok(())
+    }
+
+    /// Joins every open block whose branches are all done, innermost first, and resumes
+    /// its parent after the protocol's join text.
+    fn join_finished_blocks(&mut self) -> Result<()> {
+        loop {
+            let ready = self.blocks.iter().rev().find_map(|(parent, kids)| {
+                kids.iter().all(|k| self.streams[k].state == StreamState::Done).then_some(*parent)
+            });
+            let Some(parent) = ready else { return Ok(()) };
+            let kids = self.blocks.remove(&parent).expect("block");
+            let kept = kids.len();
+            let join_text = self.streams[&parent].watcher.join_text().to_string();
+            let join_text = if join_text.is_empty() { "\n".to_string() } else { join_text };
+            self.session.join(parent, JoinMode::All, Some(&join_text))?;
+            for k in kids {
+                self.streams.remove(&k);
+            }
+            let label = self.session.label(parent).unwrap_or("").to_string();
+            if !self.observer.on_event(&Event::Join { parent, label: &label, kept }) {
+                return Err(Error::Cancelled);
+            }
+            let actions = self.streams.get_mut(&parent).expect("stream").watcher.joined();
+            self.streams.get_mut(&parent).expect("stream").state = StreamState::Running;
+            for a in actions {
+                if let Action::Warning(w) = a {
+                    if !self.report.warn(&label, w, self.observer) {
+                        return Err(Error::Cancelled);
+                    }
+                }
+            }
+            self.start_run(parent)?;
+        }
+    }
+}
+
+enum Next {
+    Fork(crate::protocol::ForkPlan),
+    End(EndCause),
+}
