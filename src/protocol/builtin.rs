@@ -164,7 +164,8 @@ impl SkeletonFormat {
                 "\n\nNow write the answer. Expand every point of the outline in one or two \
                 sentences, keeping its number.\n",
             ),
-            point_prefix: s("{index}. {point}: "),
+            // Bold points keep small models from treating the prefix as the next list line.
+            point_prefix: s("{index}. **{point}**:"),
             point_end: s("\n"),
         }
     }

@@ -131,11 +131,17 @@ impl SkeletonFormat {
         for (i, point) in points.iter().enumerate() {
             let mut line = self.point_prefix(i, point);
             let body = expansions.get(i).map(String::as_str).unwrap_or("");
+            // Leading blank lines are not the end of the point (the engine does not stop on
+            // a whitespace-only end marker before the expansion has started either).
+            let body = body.trim_start();
             let body = if self.point_end.is_empty() {
                 body
             } else {
                 body.split(self.point_end.as_str()).next().unwrap_or("")
             };
+            if !body.is_empty() {
+                line.push(' ');
+            }
             line.push_str(body.trim_end());
             if i > 0 {
                 out.push('\n');
@@ -226,9 +232,9 @@ mod tests {
         let f = SkeletonFormat::sot();
         assert!(f.request_prompt("Why sleep?").contains("Question: Why sleep?"));
         let points = vec!["Memory".to_string(), "Mood".to_string()];
-        assert_eq!(f.point_prefix(1, "Mood"), "2. Mood: ");
+        assert_eq!(f.point_prefix(1, "Mood"), "2. **Mood**:");
         let out =
-            f.assemble(&points, &["sleep consolidates memory. \n".into(), "it steadies mood.\nextra".into()]);
-        assert_eq!(out, "1. Memory: sleep consolidates memory.\n2. Mood: it steadies mood.");
+            f.assemble(&points, &[" sleep consolidates memory. \n".into(), "\n\nit steadies mood.\nextra".into()]);
+        assert_eq!(out, "1. **Memory**: sleep consolidates memory.\n2. **Mood**: it steadies mood.");
     }
 }

@@ -1181,10 +1181,18 @@ fn decode_status(ctx: &mut LlamaContext<'static>, batch: &mut LlamaBatch<'static
 
 /// Whether appending `piece` to `text` completes one of `stops` (only matches that end inside
 /// the new piece count, so a stop string is reported once, at the token that completes it).
+///
+/// A stop string made only of whitespace (say "\n") does not match while the run has written
+/// nothing but whitespace: a point or paragraph that starts on a new line has not ended.
 fn stop_string_hit(text: &[u8], piece: &[u8], stops: &[String]) -> Option<StopReason> {
     for stop in stops {
         let s = stop.as_bytes();
         if s.is_empty() {
+            continue;
+        }
+        if s.iter().all(u8::is_ascii_whitespace)
+            && !text.iter().chain(piece).any(|b| !b.is_ascii_whitespace())
+        {
             continue;
         }
         let keep = (s.len() - 1).min(text.len());
@@ -1212,5 +1220,9 @@ mod tests {
         assert_eq!(stop_string_hit(b"</Path> x", b"y", &stops), None);
         assert_eq!(stop_string_hit(b"", b"</Path>", &stops), Some(StopReason::StopString("</Path>".into())));
         assert_eq!(stop_string_hit(b"abc", b"def", &[String::new()]), None);
+        // Whitespace-only stops wait for content.
+        let nl = vec!["\n".to_string()];
+        assert_eq!(stop_string_hit(b" ", b"\n", &nl), None);
+        assert_eq!(stop_string_hit(b" x", b"\n", &nl), Some(StopReason::StopString("\n".into())));
     }
 }

@@ -1,0 +1,203 @@
+//! Auto mode when the model's output is malformed, and the APR and Skeleton-of-Thought modes,
+//! on the real default model with a scripted sampler. Every malformed case must take its
+//! documented fallback, report a warning, and never hang or crash.
+
+mod common;
+
+use common::models;
+use common::script::{seg, seg_eos, Script, When};
+use pardec::auto::apr::generate_apr;
+use pardec::auto::sot::{generate_sot, SotParams};
+use pardec::auto::{generate_auto, AutoParams, AutoReport};
+use pardec::protocol::{ProtocolSpec, SkeletonFormat, SubSearchFormat, WarningKind};
+use pardec::{Model, NodeId, Session, SessionParams, Silent};
+
+fn session(model: &Model, max_branches: u32, max_depth: u32) -> Session {
+    Session::new(model, SessionParams { n_ctx: 4096, max_branches, max_depth, n_threads: 2, ..Default::default() })
+        .unwrap()
+}
+
+fn multiverse(
+    max_branches: u32,
+    max_depth: u32,
+    branch_tokens: usize,
+    prefix: &str,
+    script: Vec<(&str, Vec<common::script::Segment>)>,
+) -> (Session, AutoReport) {
+    let model = models::load(models::DEFAULT_MODEL_FILE);
+    let mut s = session(&model, max_branches, max_depth);
+    s.prompt("Write about fruit.\n").unwrap();
+    s.set_script(Some(Box::new(Script::new(&model, script))));
+    let params = AutoParams { max_tokens: 100, max_branch_tokens: branch_tokens, response_prefix: prefix.into() };
+    let report = generate_auto(&mut s, &ProtocolSpec::builtin("multiverse").unwrap(), &params, &mut Silent).unwrap();
+    (s, report)
+}
+
+fn kinds(r: &AutoReport) -> Vec<WarningKind> {
+    r.warnings.iter().map(|w| w.kind).collect()
+}
+
+const CLOSE: &str = "\n</Path>";
+
+#[test]
+fn a_trigger_without_outlines_continues_serially() {
+    let (s, r) = multiverse(8, 2, 40, "", vec![(
+        "",
+        vec![
+            seg(When::Start, "<Parallel>\n<Goal>\nno plan here\n</Goal>"),
+            seg_eos(When::LongerThan(60), "\n</Parallel>\nEnd."),
+        ],
+    )]);
+    assert!(r.blocks.is_empty());
+    assert!(kinds(&r).contains(&WarningKind::NoAnnouncements), "{:?}", r.warnings);
+    assert_eq!(s.stats().blocks, 0);
+    assert!(s.transcript().text.ends_with("End."));
+}
+
+#[test]
+fn more_outlines_than_free_sequence_ids_are_capped() {
+    let (s, r) = multiverse(2, 2, 40, "", vec![
+        ("", vec![
+            seg(When::Start, "<Parallel>\n<Goal>\n<Outline>1: A</Outline>\n<Outline>2: B</Outline>\n<Outline>3: C</Outline>\n<Outline>4: D</Outline>\n</Goal>"),
+            seg_eos(When::EndsWith("<Conclusion>\n".into()), "ok\n</Conclusion>\n</Parallel>"),
+        ]),
+        ("1", vec![seg(When::LongerThan(20), CLOSE)]),
+        ("2", vec![seg(When::LongerThan(20), CLOSE)]),
+    ]);
+    assert_eq!(r.blocks.len(), 1);
+    assert_eq!(r.blocks[0].labels, vec!["1", "2"]);
+    assert!(kinds(&r).contains(&WarningKind::TooManyBranches), "{:?}", r.warnings);
+    assert_eq!(s.stats().branches, 2);
+}
+
+#[test]
+fn a_path_that_never_closes_is_closed_at_its_limit() {
+    let (s, r) = multiverse(8, 2, 10, "", vec![(
+        "",
+        vec![
+            seg(When::Start, "<Parallel>\n<Goal>\n<Outline>1: A</Outline>\n<Outline>2: B</Outline>\n</Goal>"),
+            seg_eos(When::EndsWith("<Conclusion>\n".into()), "ok\n</Conclusion>\n</Parallel>"),
+        ],
+    )]);
+    let unclosed = r.warnings.iter().filter(|w| w.kind == WarningKind::BranchNotClosed).count();
+    assert_eq!(unclosed, 2, "{:?}", r.warnings);
+    let t = s.transcript();
+    for b in t.top_level_branches(0).unwrap() {
+        assert!(b.text.ends_with("</Path>"), "branch {} not closed: {:?}", b.label, b.text);
+    }
+    assert!(t.text.ends_with("</Parallel>"));
+}
+
+#[test]
+fn nesting_past_the_limit_is_read_as_text() {
+    let (s, r) = multiverse(8, 1, 60, "", vec![
+        ("", vec![
+            seg(When::Start, "<Parallel>\n<Goal>\n<Outline>1: A</Outline>\n<Outline>2: B</Outline>\n</Goal>"),
+            seg_eos(When::EndsWith("<Conclusion>\n".into()), "ok\n</Conclusion>\n</Parallel>"),
+        ]),
+        ("1", vec![
+            seg(When::LongerThan(12), "\n<Parallel>\n<Goal>\n<Outline>1.1: x</Outline>\n</Goal>"),
+            seg(When::LongerThan(70), CLOSE),
+        ]),
+        ("2", vec![seg(When::LongerThan(20), CLOSE)]),
+    ]);
+    assert_eq!(r.blocks.len(), 1, "no nested block may open at max_depth 1");
+    assert!(kinds(&r).contains(&WarningKind::NestingTooDeep), "{:?}", r.warnings);
+    assert_eq!(s.stats().blocks, 1);
+}
+
+#[test]
+fn eos_inside_a_branch_ends_it_and_the_block_still_joins() {
+    let (s, r) = multiverse(8, 2, 40, "", vec![
+        ("", vec![
+            seg(When::Start, "<Parallel>\n<Goal>\n<Outline>1: A</Outline>\n<Outline>2: B</Outline>\n</Goal>"),
+            seg_eos(When::EndsWith("<Conclusion>\n".into()), "ok\n</Conclusion>\n</Parallel>"),
+        ]),
+        ("1", vec![seg_eos(When::LongerThan(16), " stop")]),
+        ("2", vec![seg(When::LongerThan(20), CLOSE)]),
+    ]);
+    assert_eq!(r.blocks.len(), 1);
+    assert_eq!(s.stop_reason(NodeId::from_index(1)), Some(&pardec::StopReason::Eog));
+    assert!(s.transcript().text.contains("<Conclusion>\nok"));
+}
+
+#[test]
+fn a_response_prefix_can_open_the_block_itself() {
+    let (s, r) = multiverse(8, 2, 40, "<Parallel>\n<Goal>\n<Outline>1: A</Outline>\n<Outline>2: B</Outline>\n</Goal>", vec![
+        ("", vec![seg_eos(When::EndsWith("<Conclusion>\n".into()), "ok\n</Conclusion>\n</Parallel>")]),
+        ("1", vec![seg(When::LongerThan(20), CLOSE)]),
+        ("2", vec![seg(When::LongerThan(20), CLOSE)]),
+    ]);
+    assert_eq!(r.blocks.len(), 1);
+    // The model may imitate tags inside a branch; nothing else may be reported.
+    assert!(r.warnings.iter().all(|w| w.kind == WarningKind::ForbiddenTag), "{:?}", r.warnings);
+    assert!(s.transcript().text.contains("<Outline>2: B</Outline>\n</Goal>\n<Path>\n1:"));
+}
+
+#[test]
+fn apr_children_run_on_their_own_prompts() {
+    let model = models::load(models::DEFAULT_MODEL_FILE);
+    let mut s = session(&model, 8, 2);
+    s.prompt("Solve the puzzle.\n").unwrap();
+    s.set_script(Some(Box::new(Script::new(&model, vec![(
+        "",
+        vec![
+            seg(When::Start, "<Calling Sub Searches>\n<Start Sub Search 1 at level 1> Name a red fruit.\n<Start Sub Search 2 at level 1> Name a yellow fruit.\n<End Calling Sub Searches>"),
+            seg_eos(When::EndsWith("<End Sub Searches>\n".into()), "Done."),
+        ],
+    )]))));
+    let params = AutoParams { max_tokens: 80, max_branch_tokens: 12, response_prefix: String::new() };
+    let r = generate_apr(&mut s, &SubSearchFormat::apr(), &params, &mut Silent).unwrap();
+    assert_eq!(r.blocks.len(), 1);
+    assert_eq!(r.blocks[0].titles, vec!["Name a red fruit.", "Name a yellow fruit."]);
+    let trunk = s.node_text(NodeId::TRUNK);
+    assert!(trunk.contains("<Sub Searches>\nSub search 1 at level 1 returned: "), "{trunk}");
+    assert!(trunk.contains("Sub search 2 at level 1 returned: "));
+    assert!(trunk.ends_with("Done."));
+    // Each child saw only its own prompt.
+    let t = s.transcript();
+    let kids = t.top_level_branches(0).unwrap();
+    assert!(kids[0].text.contains("Name a red fruit.") && !kids[0].text.contains("Solve the puzzle"));
+    assert_eq!(s.stats().branches, 2);
+}
+
+#[test]
+fn skeleton_of_thought_for_real() {
+    let model = models::load(models::DEFAULT_MODEL_FILE);
+    let mut s = session(&model, 12, 1);
+    let format = SkeletonFormat::sot();
+    let params = SotParams { skeleton_tokens: 80, point_tokens: 40 };
+    let answer = generate_sot(&mut s, "How can I sleep better?", &format, &params, &mut Silent).unwrap();
+    println!("points {:?}\n{}", answer.points, answer.answer);
+    assert!(!answer.serial_fallback, "the model's skeleton was unusable: {:?}", answer.report.warnings);
+    assert!((2..=10).contains(&answer.points.len()));
+    // Every point appears in the answer, in order.
+    let mut at = 0;
+    for p in &answer.points {
+        let found = answer.answer[at..].find(p.as_str()).unwrap_or_else(|| panic!("point {p:?} missing or out of order"));
+        at += found + p.len();
+    }
+    let st = s.stats();
+    assert_eq!(st.blocks, 1);
+    assert_eq!(st.branches as usize, answer.points.len());
+    // One shared prefix: the branches' prefix cells were not copied.
+    assert!(st.kv_cells_unshared > st.kv_cells_used);
+}
+
+#[test]
+fn a_rambling_skeleton_is_cut_with_a_warning() {
+    let model = models::load(models::DEFAULT_MODEL_FILE);
+    let mut s = session(&model, 12, 1);
+    let mut ramble = String::from(" Sleep early\n2. Sleep early\n");
+    for i in 3..=14 {
+        ramble.push_str(&format!("{i}. Point number {i}\n"));
+    }
+    s.set_script(Some(Box::new(Script::new(&model, vec![("", vec![seg_eos(When::Start, &ramble)])]))));
+    let answer = generate_sot(&mut s, "How can I sleep better?", &SkeletonFormat::sot(), &SotParams { skeleton_tokens: 200, point_tokens: 8 }, &mut Silent)
+        .unwrap();
+    assert_eq!(answer.points.len(), 10);
+    let k = kinds(&answer.report);
+    assert!(k.contains(&WarningKind::DuplicateLabel), "{k:?}");
+    assert!(k.contains(&WarningKind::TooManyBranches), "{k:?}");
+    assert_eq!(s.stats().branches, 10);
+}
