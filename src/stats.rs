@@ -26,6 +26,8 @@ pub(crate) struct Counters {
     pub serial_time: Duration,
     pub parallel_time: Duration,
     pub prefill_time: Duration,
+    /// Step time outside llama_decode (sampling, bookkeeping, callbacks).
+    pub host_time: Duration,
     /// Cells that would be needed if each branch had decoded its own copy of the prefix
     /// beyond those actually used: Σ over blocks of (branches − 1) × prefix cells.
     pub prefix_copies_avoided: u64,
@@ -47,6 +49,8 @@ pub struct Stats {
     pub serial_seconds: f64,
     pub parallel_seconds: f64,
     pub prefill_seconds: f64,
+    /// Host time per decode step outside llama_decode (sampling, bookkeeping, callbacks), µs.
+    pub host_us_per_step: f64,
     pub tps: f64,
     pub p_tps: f64,
     pub dp: f64,
@@ -81,6 +85,7 @@ impl Counters {
             serial_seconds: serial,
             parallel_seconds: parallel,
             prefill_seconds: self.prefill_time.as_secs_f64(),
+            host_us_per_step: ratio(self.host_time.as_secs_f64() * 1e6, self.steps as f64),
             tps: ratio(total as f64, serial + parallel),
             p_tps: ratio(self.branch_tokens as f64, parallel),
             dp: ratio(self.branch_tokens as f64, total as f64),

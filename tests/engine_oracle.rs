@@ -18,7 +18,13 @@ use pardec::{
     RunLimits, Session, SessionParams, Silent,
 };
 
-const MATCH_TOL: f64 = 1e-3;
+/// Agreement required with the oracle. 1e-3 holds on the CPU backend (measured ~1e-6). On
+/// CUDA (H100, 2026-11-26) the same runs measured 2.8e-3 to 5.3e-3 — already 2.8e-3 with a
+/// single branch, so it is the backend's f32 matmul precision, not leakage (the leak controls
+/// stay above 1.1) — so GPU runs set `PARDEC_ORACLE_TOL=1e-2`.
+fn match_tol() -> f64 {
+    std::env::var("PARDEC_ORACLE_TOL").ok().and_then(|v| v.parse().ok()).unwrap_or(1e-3)
+}
 const MISMATCH_MIN: f64 = 1e-2;
 const BRANCH_TOKENS: usize = 32;
 
@@ -220,7 +226,7 @@ fn check_equivalence(b: usize, nested: bool) {
     let oracle = tiny.forward(&tl.tokens, &pos, &|i, j| tl.tree_visible(i, j, &pos));
     let err = compare(&s, &tl, &oracle);
     println!("B={b} nested={nested}: {} tokens, max rel err vs oracle {err:.2e}", tl.tokens.len());
-    assert!(err <= MATCH_TOL, "engine differs from the branch-invisible oracle: {err:.3e}");
+    assert!(err <= match_tol(), "engine differs from the branch-invisible oracle: {err:.3e}");
 
     // Negative control 1: siblings see each other (every earlier token at a lower position).
     let leaky = tiny.forward(&tl.tokens, &pos, &|i, j| j <= i && pos[j] <= pos[i]);
@@ -309,7 +315,7 @@ fn detached_branches_see_only_their_own_prompt() {
         let oracle = tiny.causal_forward(&tokens);
         let engine = s.logit_trace(*id);
         let err = max_rel_err(engine, &oracle[prompt.len() - 1..tokens.len() - 1]);
-        assert!(err <= MATCH_TOL, "detached branch differs from its own-prompt oracle: {err:.3e}");
+        assert!(err <= match_tol(), "detached branch differs from its own-prompt oracle: {err:.3e}");
     }
     assert!(matches!(s.join(NodeId::TRUNK, JoinMode::All, None), Err(pardec::Error::InvalidArgument(_))));
     s.join(NodeId::TRUNK, JoinMode::Discard, None).unwrap();

@@ -231,6 +231,10 @@ pub struct Session {
     seq_scratch: Vec<i32>,
     text_scratch: String,
     script: Option<Box<dyn TokenScript>>,
+    /// Argmax of each row of the current chunk for greedy nodes, computed ahead (in
+    /// parallel for wide steps); `usize::MAX` where the node samples otherwise.
+    picks: Vec<usize>,
+    selection_threads: usize,
 }
 
 impl std::fmt::Debug for Session {
@@ -327,6 +331,8 @@ impl Session {
             seq_scratch: Vec::with_capacity(n_seq_max as usize),
             text_scratch: String::new(),
             script: None,
+            picks: Vec::with_capacity(n_batch),
+            selection_threads: selection_threads(threads.max(1) as usize)?,
             params,
         };
         session.reset_tree();
@@ -891,7 +897,7 @@ impl Session {
         }
         let logits = std::mem::take(&mut node.saved_logits);
         let forced = scripted_token(&mut self.script, node);
-        sample_next(node, &self.model, self.params.record_logits, &logits, forced);
+        sample_next(node, &self.model, self.params.record_logits, &logits, forced, None);
         node.saved_logits = logits;
     }
 
@@ -915,11 +921,17 @@ impl Session {
         let mut cancelled = false;
         let mut failure = None;
         let entries = std::mem::take(&mut self.entries);
+        let mut device_time = std::time::Duration::ZERO;
         for chunk in entries.chunks(self.n_batch) {
+            let t = Instant::now();
             if let Err(e) = self.decode_chunk(chunk) {
                 failure = Some(e);
                 break;
             }
+            // Wait for the backend here, so that what follows is pure host time.
+            self.ctx.synchronize();
+            device_time += t.elapsed();
+            self.preselect_greedy(chunk);
             for (row, entry) in chunk.iter().enumerate() {
                 if !self.commit_step_token(entry, row as i32, observer) {
                     cancelled = true;
@@ -929,6 +941,7 @@ impl Session {
         self.entries = entries;
         self.counters.steps += 1;
         let elapsed = started.elapsed();
+        self.counters.host_time += elapsed.saturating_sub(device_time);
         if parallel {
             self.counters.parallel_time += elapsed;
             self.counters.parallel_steps += 1;
@@ -945,6 +958,47 @@ impl Session {
             return Err(Error::Cancelled);
         }
         Ok(true)
+    }
+
+    /// Computes the argmax of every greedy node's row in this chunk before committing, split
+    /// over threads when the step is wide: B rows of a 128k–262k vocabulary cost as much as
+    /// a GPU decode step when scanned one after another on one core.
+    fn preselect_greedy(&mut self, chunk: &[BatchEntry]) {
+        /// Below this many logits per step, threads cost more than they save.
+        const PARALLEL_MIN_FLOATS: usize = 1 << 20;
+        self.picks.clear();
+        self.picks.resize(chunk.len(), usize::MAX);
+        if self.script.is_some() {
+            return; // a script may force any token: sample row by row as usual
+        }
+        let rows: Vec<(usize, &[f32])> = chunk
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| {
+                let n = &self.nodes[e.node];
+                matches!(n.state, NodeState::Running { .. }) && n.sampler.is_greedy()
+            })
+            .map(|(row, _)| (row, self.ctx.get_logits_ith(row as i32)))
+            .collect();
+        let floats: usize = rows.iter().map(|(_, l)| l.len()).sum();
+        let threads = self.selection_threads.min(rows.len()).min(8);
+        if threads <= 1 || floats < PARALLEL_MIN_FLOATS {
+            for (row, logits) in rows {
+                self.picks[row] = sampling::argmax(logits);
+            }
+            return;
+        }
+        let per = rows.len().div_ceil(threads);
+        let results: Vec<Vec<(usize, usize)>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = rows
+                .chunks(per)
+                .map(|part| scope.spawn(move || part.iter().map(|(r, l)| (*r, sampling::argmax(l))).collect()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
+        });
+        for (row, pick) in results.into_iter().flatten() {
+            self.picks[row] = pick;
+        }
     }
 
     /// Commits one decoded step token and samples the node's next one. Returns the
@@ -988,7 +1042,8 @@ impl Session {
             None => {
                 let node = &mut self.nodes[idx];
                 let forced = scripted_token(&mut self.script, node);
-                sample_next(node, &self.model, self.params.record_logits, logits, forced);
+                let pick = self.picks.get(row as usize).copied().filter(|&p| p != usize::MAX);
+                sample_next(node, &self.model, self.params.record_logits, logits, forced, pick);
                 if matches!(node.stop_reason, Some(StopReason::Eog)) {
                     // Kept so the node can be resumed (or forked) after the EOG.
                     node.saved_logits.clear();
@@ -1130,13 +1185,20 @@ impl Session {
 
 /// Samples a node's next token from `logits` and sets its state: EOG stops it (the EOG is
 /// not decoded), the run's last token becomes `Finishing`, anything else `Running`.
-fn sample_next(node: &mut Node, model: &Model, record_logits: bool, logits: &[f32], forced: Option<Token>) {
+fn sample_next(
+    node: &mut Node,
+    model: &Model,
+    record_logits: bool,
+    logits: &[f32],
+    forced: Option<Token>,
+    argmax_hint: Option<usize>,
+) {
     if record_logits {
         node.logit_trace.push(logits.to_vec());
     }
     let token = match forced {
         Some(t) if t >= 0 && (t as usize) < logits.len() => t,
-        _ => node.sampler.sample(logits, &node.banned),
+        _ => node.sampler.sample(logits, &node.banned, argmax_hint),
     };
     if model.is_eog(token) {
         node.state = NodeState::Idle;
@@ -1155,6 +1217,18 @@ fn sample_next(node: &mut Node, model: &Model, record_logits: bool, logits: &[f3
         Some(reason) => NodeState::Finishing { pending: token, reason },
         None => NodeState::Running { pending: token },
     };
+}
+
+/// Threads for greedy selection. With a GPU backend the CPU cores are idle while the device
+/// decodes, so selection spreads over them; on CPU-only builds llama.cpp's own worker threads
+/// are still spinning after a decode and extra threads only contend with them (measured here
+/// on 2 cores: slower), so selection stays on the calling thread. `PARDEC_SELECT_THREADS`
+/// overrides the choice.
+fn selection_threads(decode_threads: usize) -> Result<usize> {
+    if let Some(n) = std::env::var("PARDEC_SELECT_THREADS").ok().and_then(|v| v.parse().ok()) {
+        return Ok(n);
+    }
+    Ok(if backend()?.supports_gpu_offload() { decode_threads } else { 1 })
 }
 
 /// Asks the session's script, if any, for the node's next token.
