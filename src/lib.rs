@@ -21,6 +21,7 @@ mod backend;
 pub mod bench;
 pub mod equivalence;
 mod error;
+pub mod ffi;
 mod model;
 pub mod protocol;
 pub mod session;

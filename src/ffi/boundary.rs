@@ -65,9 +65,7 @@ fn clear_last_error() {
 
 /// Pointer to this thread's last error (valid until the next pardec call on this thread).
 pub(crate) fn last_error_ptr() -> *const c_char {
-    LAST_ERROR
-        .try_with(|slot| slot.borrow().as_ptr())
-        .unwrap_or(c"".as_ptr())
+    LAST_ERROR.try_with(|slot| slot.borrow().as_ptr()).unwrap_or(c"".as_ptr())
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
@@ -103,6 +101,12 @@ pub(crate) fn guard_void(body: impl FnOnce()) {
     if let Err(payload) = catch_unwind(AssertUnwindSafe(body)) {
         set_last_error(&format!("panic: {}", panic_message(payload.as_ref())));
     }
+}
+
+/// Runs the body of a function returning a static string (no status to report): a panic
+/// gives "" instead of unwinding.
+pub(crate) fn guard_str(body: impl FnOnce() -> *const c_char) -> *const c_char {
+    catch_unwind(AssertUnwindSafe(body)).unwrap_or(c"".as_ptr())
 }
 
 /// A Rust string as a C string. Interior NUL bytes (which C cannot represent and which would
@@ -272,7 +276,10 @@ mod tests {
             assert_eq!(array_arg(p, 1, 4, "xs").unwrap_err().status, pardec_status::NullArgument);
             // A bogus non-null pointer with a huge count is never dereferenced.
             let bogus = 16 as *const u32;
-            assert_eq!(array_arg(bogus, usize::MAX, 4, "xs").unwrap_err().status, pardec_status::InvalidArgument);
+            assert_eq!(
+                array_arg(bogus, usize::MAX, 4, "xs").unwrap_err().status,
+                pardec_status::InvalidArgument
+            );
         }
     }
 }

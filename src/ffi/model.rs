@@ -3,7 +3,9 @@
 use std::ffi::c_char;
 use std::path::PathBuf;
 
-use super::boundary::{array_arg, c_string, guard, guard_void, out_arg, read_versioned, str_arg, FfiError, FfiResult};
+use super::boundary::{
+    array_arg, c_string, guard, guard_void, out_arg, read_versioned, str_arg, FfiError, FfiResult,
+};
 use super::params::pardec_model_params;
 use super::status::pardec_status;
 use crate::Model;
@@ -96,7 +98,10 @@ pub unsafe extern "C" fn pardec_model_free(model: *mut pardec_model) {
 ///
 /// Errors: NULL_ARGUMENT.
 #[no_mangle]
-pub unsafe extern "C" fn pardec_model_n_vocab(model: *const pardec_model, out_n_vocab: *mut usize) -> pardec_status {
+pub unsafe extern "C" fn pardec_model_n_vocab(
+    model: *const pardec_model,
+    out_n_vocab: *mut usize,
+) -> pardec_status {
     guard(|| {
         let model = model_arg(model)?;
         let out = out_arg(out_n_vocab, "out_n_vocab")?;
@@ -110,7 +115,10 @@ pub unsafe extern "C" fn pardec_model_n_vocab(model: *const pardec_model, out_n_
 ///
 /// Errors: NULL_ARGUMENT.
 #[no_mangle]
-pub unsafe extern "C" fn pardec_model_architecture(model: *const pardec_model, out_text: *mut *mut c_char) -> pardec_status {
+pub unsafe extern "C" fn pardec_model_architecture(
+    model: *const pardec_model,
+    out_text: *mut *mut c_char,
+) -> pardec_status {
     guard(|| {
         let model = model_arg(model)?;
         let out = out_arg(out_text, "out_text")?;

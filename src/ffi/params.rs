@@ -8,7 +8,9 @@
 use std::ffi::c_char;
 use std::mem::size_of;
 
-use super::boundary::{array_arg, guard, read_versioned, str_arg, write_versioned, FfiError, FfiResult, Versioned};
+use super::boundary::{
+    array_arg, guard, read_versioned, str_arg, write_versioned, FfiError, FfiResult, Versioned,
+};
 use super::status::pardec_status;
 use crate::{KvType, ModelParams, RunLimits, SamplingParams, SessionParams};
 
@@ -44,11 +46,15 @@ impl Default for pardec_model_params {
 }
 
 impl pardec_model_params {
-    pub(crate) fn to_rust(&self) -> FfiResult<ModelParams> {
+    pub(crate) fn to_rust(self) -> FfiResult<ModelParams> {
         let n_gpu_layers = match self.n_gpu_layers {
             -1 => None,
             n if n >= 0 => Some(n as u32),
-            n => return Err(FfiError::invalid(format!("n_gpu_layers {n}: use -1 for the default or a count >= 0"))),
+            n => {
+                return Err(FfiError::invalid(format!(
+                    "n_gpu_layers {n}: use -1 for the default or a count >= 0"
+                )))
+            }
         };
         Ok(ModelParams { n_gpu_layers })
     }
@@ -148,7 +154,7 @@ impl Default for pardec_session_params {
 }
 
 impl pardec_session_params {
-    pub(crate) fn to_rust(&self) -> FfiResult<SessionParams> {
+    pub(crate) fn to_rust(self) -> FfiResult<SessionParams> {
         let kv_type = match self.kv_type {
             x if x == pardec_kv_type::F16 as u32 => KvType::F16,
             x if x == pardec_kv_type::F32 as u32 => KvType::F32,
@@ -232,15 +238,23 @@ impl Default for pardec_run_limits {
 /// # Safety
 /// `p` is NULL or a valid `pardec_run_limits` whose arrays hold their counts.
 pub(crate) unsafe fn run_limits_arg(p: *const pardec_run_limits) -> FfiResult<RunLimits> {
-    let limits = if p.is_null() { pardec_run_limits::default() } else { read_versioned(p, pardec_run_limits::default())? };
+    let limits = if p.is_null() {
+        pardec_run_limits::default()
+    } else {
+        read_versioned(p, pardec_run_limits::default())?
+    };
     let stops = array_arg(limits.stop, limits.n_stop, PARDEC_MAX_STOP_STRINGS, "run_limits.stop")?;
     let stop = stops
         .iter()
         .enumerate()
         .map(|(i, &s)| str_arg(s, &format!("run_limits.stop[{i}]")).map(str::to_owned))
         .collect::<FfiResult<Vec<_>>>()?;
-    let banned =
-        array_arg(limits.banned_tokens, limits.n_banned_tokens, PARDEC_MAX_BANNED_TOKENS, "run_limits.banned_tokens")?;
+    let banned = array_arg(
+        limits.banned_tokens,
+        limits.n_banned_tokens,
+        PARDEC_MAX_BANNED_TOKENS,
+        "run_limits.banned_tokens",
+    )?;
     Ok(RunLimits {
         max_tokens: limits.max_tokens as usize,
         stop,
@@ -254,7 +268,10 @@ pub(crate) unsafe fn run_limits_arg(p: *const pardec_run_limits) -> FfiResult<Ru
 ///
 /// Errors: NULL_ARGUMENT, STRUCT_SIZE.
 #[no_mangle]
-pub unsafe extern "C" fn pardec_model_params_default(out: *mut pardec_model_params, struct_size: usize) -> pardec_status {
+pub unsafe extern "C" fn pardec_model_params_default(
+    out: *mut pardec_model_params,
+    struct_size: usize,
+) -> pardec_status {
     guard(|| {
         let value = pardec_model_params { struct_size, ..Default::default() };
         write_versioned(out, &value, struct_size)
@@ -266,7 +283,10 @@ pub unsafe extern "C" fn pardec_model_params_default(out: *mut pardec_model_para
 ///
 /// Errors: NULL_ARGUMENT, STRUCT_SIZE.
 #[no_mangle]
-pub unsafe extern "C" fn pardec_session_params_default(out: *mut pardec_session_params, struct_size: usize) -> pardec_status {
+pub unsafe extern "C" fn pardec_session_params_default(
+    out: *mut pardec_session_params,
+    struct_size: usize,
+) -> pardec_status {
     guard(|| {
         let value = pardec_session_params { struct_size, ..Default::default() };
         write_versioned(out, &value, struct_size)
@@ -278,7 +298,10 @@ pub unsafe extern "C" fn pardec_session_params_default(out: *mut pardec_session_
 ///
 /// Errors: NULL_ARGUMENT, STRUCT_SIZE.
 #[no_mangle]
-pub unsafe extern "C" fn pardec_run_limits_default(out: *mut pardec_run_limits, struct_size: usize) -> pardec_status {
+pub unsafe extern "C" fn pardec_run_limits_default(
+    out: *mut pardec_run_limits,
+    struct_size: usize,
+) -> pardec_status {
     guard(|| {
         let value = pardec_run_limits { struct_size, ..Default::default() };
         write_versioned(out, &value, struct_size)

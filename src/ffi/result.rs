@@ -3,7 +3,9 @@
 use std::ffi::{c_char, CString};
 use std::mem::size_of;
 
-use super::boundary::{c_string, guard, guard_void, out_arg, write_versioned, FfiError, FfiResult, Versioned};
+use super::boundary::{
+    c_string, guard, guard_void, out_arg, write_versioned, FfiError, FfiResult, Versioned,
+};
 use super::status::pardec_status;
 use crate::{ItemReport, JoinMode, NodeReport, Stats, StopReason, Transcript};
 
@@ -98,6 +100,8 @@ impl From<&Stats> for pardec_stats {
             parallel,
             kv_cells_used,
             kv_cells_unshared,
+            // Added by the lead after this ABI was drafted: not in the C struct (yet).
+            host_us_per_step: _,
         } = *s;
         pardec_stats {
             tokens_total,
@@ -238,7 +242,12 @@ fn collect_blocks(node: &NodeReport, out: &mut Vec<ResultBlock>) {
                 }
             })
             .collect();
-        out.push(ResultBlock { parent_label: c_string(&node.label), fork_pos: *fork_pos, join_state, branches: branches_out });
+        out.push(ResultBlock {
+            parent_label: c_string(&node.label),
+            fork_pos: *fork_pos,
+            join_state,
+            branches: branches_out,
+        });
         for b in branches {
             collect_blocks(b, out);
         }
@@ -251,7 +260,10 @@ unsafe fn result_arg<'a>(p: *const pardec_result) -> FfiResult<&'a pardec_result
 
 fn block_at(r: &pardec_result, block: usize) -> FfiResult<&ResultBlock> {
     r.blocks.get(block).ok_or_else(|| {
-        FfiError::new(pardec_status::OutOfRange, format!("block {block}: the result has {} blocks", r.blocks.len()))
+        FfiError::new(
+            pardec_status::OutOfRange,
+            format!("block {block}: the result has {} blocks", r.blocks.len()),
+        )
     })
 }
 
@@ -270,7 +282,10 @@ pub unsafe extern "C" fn pardec_result_free(result: *mut pardec_result) {
 ///
 /// Errors: NULL_ARGUMENT.
 #[no_mangle]
-pub unsafe extern "C" fn pardec_result_text(result: *const pardec_result, out_text: *mut *const c_char) -> pardec_status {
+pub unsafe extern "C" fn pardec_result_text(
+    result: *const pardec_result,
+    out_text: *mut *const c_char,
+) -> pardec_status {
     guard(|| {
         let r = result_arg(result)?;
         let out = out_arg(out_text, "out_text")?;
@@ -284,7 +299,10 @@ pub unsafe extern "C" fn pardec_result_text(result: *const pardec_result, out_te
 ///
 /// Errors: NULL_ARGUMENT.
 #[no_mangle]
-pub unsafe extern "C" fn pardec_result_n_blocks(result: *const pardec_result, out_n_blocks: *mut usize) -> pardec_status {
+pub unsafe extern "C" fn pardec_result_n_blocks(
+    result: *const pardec_result,
+    out_n_blocks: *mut usize,
+) -> pardec_status {
     guard(|| {
         let r = result_arg(result)?;
         let out = out_arg(out_n_blocks, "out_n_blocks")?;
@@ -351,7 +369,11 @@ pub unsafe extern "C" fn pardec_result_branch(
 ///
 /// Errors: NULL_ARGUMENT, STRUCT_SIZE.
 #[no_mangle]
-pub unsafe extern "C" fn pardec_result_stats(result: *const pardec_result, out_stats: *mut pardec_stats, size: usize) -> pardec_status {
+pub unsafe extern "C" fn pardec_result_stats(
+    result: *const pardec_result,
+    out_stats: *mut pardec_stats,
+    size: usize,
+) -> pardec_status {
     guard(|| {
         let r = result_arg(result)?;
         write_versioned(out_stats, &r.stats, size)

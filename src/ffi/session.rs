@@ -7,12 +7,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use parking_lot::Mutex;
 
 use super::boundary::{
-    array_arg, c_string, fill_c_buf, guard, guard_void, opt_str_arg, out_arg, read_versioned, set_last_error, str_arg,
-    write_versioned, FfiError, FfiResult,
+    array_arg, c_string, fill_c_buf, guard, guard_void, opt_str_arg, out_arg, read_versioned, set_last_error,
+    str_arg, write_versioned, FfiError, FfiResult,
 };
 use super::model::{model_arg, pardec_model};
-use super::params::{pardec_session_params, run_limits_arg, pardec_run_limits};
-use super::result::{pardec_result, pardec_stats, stop_reason_code, pardec_stop_reason};
+use super::params::{pardec_run_limits, pardec_session_params, run_limits_arg};
+use super::result::{pardec_result, pardec_stats, pardec_stop_reason, stop_reason_code};
 use super::status::pardec_status;
 use crate::session::MAX_SEQUENCES;
 use crate::{BranchSpec, Event, JoinMode, NodeId, Observer, Session};
@@ -25,7 +25,9 @@ pub type pardec_node = u32;
 pub const PARDEC_NODE_TRUNK: pardec_node = 0;
 
 /// Most branches in one fork (llama.cpp's sequence limit, minus the trunk).
-pub const PARDEC_MAX_FORK_BRANCHES: usize = MAX_SEQUENCES as usize - 1;
+pub const PARDEC_MAX_FORK_BRANCHES: usize = 255;
+// A literal above so that cbindgen can write it; tied to the engine's limit here.
+const _: () = assert!(PARDEC_MAX_FORK_BRANCHES == MAX_SEQUENCES as usize - 1);
 
 /// A decoding session (opaque): one llama.cpp context holding a trunk and its branches.
 ///
@@ -56,7 +58,10 @@ impl Drop for PoisonOnUnwind<'_> {
 ///
 /// # Safety
 /// `p` is NULL or a live handle from `pardec_session_new`.
-unsafe fn with_session<R>(p: *const pardec_session, f: impl FnOnce(&mut Session) -> FfiResult<R>) -> FfiResult<R> {
+unsafe fn with_session<R>(
+    p: *const pardec_session,
+    f: impl FnOnce(&mut Session) -> FfiResult<R>,
+) -> FfiResult<R> {
     let handle = p.as_ref().ok_or_else(|| FfiError::null("session"))?;
     if handle.poisoned.load(Ordering::SeqCst) {
         return Err(FfiError::new(
@@ -131,7 +136,8 @@ pub struct pardec_event {
 /// current step (which may include a few more TOKEN and END events), and the session stays
 /// usable. The callback must not unwind (no C++ exceptions, no longjmp) and must not call
 /// functions of the same session (they return PARDEC_STATUS_BUSY).
-pub type pardec_callback = Option<unsafe extern "C" fn(user_data: *mut c_void, event: *const pardec_event) -> bool>;
+pub type pardec_callback =
+    Option<unsafe extern "C" fn(user_data: *mut c_void, event: *const pardec_event) -> bool>;
 
 /// Turns Rust events into `pardec_event`s for a C callback. The buffers are reused, so no
 /// allocation per token once they have grown.
@@ -196,6 +202,9 @@ impl Observer for CObserver {
                     status: pardec_status::Ok,
                 }
             }
+            // Auto-mode events: added to the engine by the lead after this ABI was drafted;
+            // not yet given an ABI shape (TODO: fork/join/warning event kinds).
+            Event::Fork { .. } | Event::Join { .. } | Event::Warning { .. } => return true,
             Event::End { node, label, reason } => {
                 fill_c_buf(&mut self.label, label);
                 fill_c_buf(&mut self.text, "");
@@ -290,7 +299,12 @@ pub unsafe extern "C" fn pardec_session_free(session: *mut pardec_session) {
 /// Errors: NULL_ARGUMENT, BUSY.
 #[no_mangle]
 pub unsafe extern "C" fn pardec_session_clear(session: *mut pardec_session) -> pardec_status {
-    guard(|| with_session(session, |s| Ok(s.clear())))
+    guard(|| {
+        with_session(session, |s| {
+            s.clear();
+            Ok(())
+        })
+    })
 }
 
 /// Resets the statistics (not the KV cache).
@@ -298,7 +312,12 @@ pub unsafe extern "C" fn pardec_session_clear(session: *mut pardec_session) -> p
 /// Errors: NULL_ARGUMENT, BUSY.
 #[no_mangle]
 pub unsafe extern "C" fn pardec_session_reset_stats(session: *mut pardec_session) -> pardec_status {
-    guard(|| with_session(session, |s| Ok(s.reset_stats())))
+    guard(|| {
+        with_session(session, |s| {
+            s.reset_stats();
+            Ok(())
+        })
+    })
 }
 
 // ----- text in ----------------------------------------------------------------------------
@@ -310,7 +329,10 @@ pub unsafe extern "C" fn pardec_session_reset_stats(session: *mut pardec_session
 /// Errors: NULL_ARGUMENT, INVALID_UTF8, BUSY, EMPTY_PROMPT, PROMPT_TOO_LONG, INVALID_STATE,
 /// KV_CACHE_FULL, DECODE.
 #[no_mangle]
-pub unsafe extern "C" fn pardec_session_prompt(session: *mut pardec_session, text: *const c_char) -> pardec_status {
+pub unsafe extern "C" fn pardec_session_prompt(
+    session: *mut pardec_session,
+    text: *const c_char,
+) -> pardec_status {
     guard(|| {
         let text = str_arg(text, "text")?;
         with_session(session, |s| Ok(s.prompt(text)?))
@@ -354,7 +376,8 @@ pub unsafe extern "C" fn pardec_session_generate(
 ) -> pardec_status {
     guard(|| {
         let limits = run_limits_arg(limits)?;
-        let text = with_session(session, |s| streaming(callback, user_data, |obs| Ok(s.generate(&limits, obs)?)))?;
+        let text =
+            with_session(session, |s| streaming(callback, user_data, |obs| Ok(s.generate(&limits, obs)?)))?;
         if !out_text.is_null() {
             *out_text = c_string(&text).into_raw();
         }

@@ -1,0 +1,344 @@
+"""ctypes declarations of include/pardec.h, and finding libpardec.
+
+Every struct mirrors the header field by field; every function has its argtypes and restype
+declared, with the C prototype in a comment above it. A struct that drifted from the header is
+caught at run time: the library refuses sizes it does not know (PARDEC_STATUS_STRUCT_SIZE), and
+tests/test_header_sync.py compares these declarations with the header.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+import threading
+from ctypes import (
+    CFUNCTYPE,
+    POINTER,
+    Structure,
+    c_bool,
+    c_char_p,
+    c_double,
+    c_float,
+    c_int,
+    c_int32,
+    c_size_t,
+    c_uint32,
+    c_uint64,
+    c_void_p,
+)
+from pathlib import Path
+from typing import List, Optional
+
+# ----- finding the library -----------------------------------------------------------------
+
+if sys.platform == "darwin":
+    LIB_NAME = "libpardec.dylib"
+elif os.name == "nt":
+    LIB_NAME = "pardec.dll"
+else:
+    LIB_NAME = "libpardec.so"
+
+
+class LibraryNotFoundError(OSError):
+    """libpardec could not be loaded; the message lists every path tried and why it failed."""
+
+
+def candidate_paths() -> List[Path]:
+    """Where libpardec is looked for, in order.
+
+    1. ``$PARDEC_LIB`` (a file), if set: then nothing else is tried;
+    2. next to this package (a wheel or an install that bundles the library);
+    3. the cargo target dir of a source checkout: ``$CARGO_TARGET_DIR/release``, then
+       ``<repo>/target/release`` where ``<repo>`` is the folder holding ``bindings-python/``.
+    """
+    override = os.environ.get("PARDEC_LIB")
+    if override:
+        return [Path(override)]
+    here = Path(__file__).resolve().parent
+    paths = [here / LIB_NAME]
+    target_dir = os.environ.get("CARGO_TARGET_DIR")
+    if target_dir:
+        paths.append(Path(target_dir) / "release" / LIB_NAME)
+    repo = here.parent.parent
+    paths.append(repo / "target" / "release" / LIB_NAME)
+    return paths
+
+
+_lib: Optional[ctypes.CDLL] = None
+_lib_lock = threading.Lock()
+
+
+def lib() -> ctypes.CDLL:
+    """The loaded library with its prototypes declared (loaded on first use)."""
+    global _lib
+    if _lib is not None:
+        return _lib
+    with _lib_lock:
+        if _lib is None:
+            tried = []
+            for path in candidate_paths():
+                if not path.is_file():
+                    tried.append(f"{path}: no such file")
+                    continue
+                try:
+                    loaded = ctypes.CDLL(str(path))
+                except OSError as e:
+                    tried.append(f"{path}: {e}")
+                    continue
+                _declare(loaded)
+                _lib = loaded
+                break
+            else:
+                raise LibraryNotFoundError(
+                    "libpardec not found; tried:\n  "
+                    + "\n  ".join(tried)
+                    + "\nBuild it with `cargo build --release`, or set PARDEC_LIB to its path."
+                )
+    return _lib
+
+
+# ----- types -------------------------------------------------------------------------------
+
+pardec_status = c_int  # enum pardec_status
+pardec_node = c_uint32
+
+
+class pardec_model_params(Structure):
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("n_gpu_layers", c_int32),
+    ]
+
+
+class pardec_chat_message(Structure):
+    _fields_ = [
+        ("role", c_char_p),
+        ("content", c_char_p),
+    ]
+
+
+class pardec_sampling_params(Structure):
+    _fields_ = [
+        ("temperature", c_float),
+        ("top_k", c_uint32),
+        ("top_p", c_float),
+        ("min_p", c_float),
+        ("seed", c_uint64),
+    ]
+
+
+class pardec_session_params(Structure):
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("n_ctx", c_uint32),
+        ("n_batch", c_uint32),
+        ("max_branches", c_uint32),
+        ("max_depth", c_uint32),
+        ("n_threads", c_uint32),
+        ("kv_type", c_uint32),
+        ("flash_attn", c_int32),
+        ("sampling", pardec_sampling_params),
+    ]
+
+
+class pardec_run_limits(Structure):
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("max_tokens", c_uint32),
+        ("stop", POINTER(c_char_p)),
+        ("n_stop", c_size_t),
+        ("ban_eog", c_bool),
+        ("banned_tokens", POINTER(c_int32)),
+        ("n_banned_tokens", c_size_t),
+    ]
+
+
+class pardec_block_info(Structure):
+    _fields_ = [
+        ("parent_label", c_char_p),
+        ("n_branches", c_size_t),
+        ("fork_pos", c_int32),
+        ("join_state", c_int),  # enum pardec_join_state
+    ]
+
+
+class pardec_branch_info(Structure):
+    _fields_ = [
+        ("label", c_char_p),
+        ("text", c_char_p),
+        ("n_tokens", c_size_t),
+        ("stop_reason", c_int),  # enum pardec_stop_reason
+        ("stop_string", c_char_p),
+        ("kept", c_bool),
+    ]
+
+
+class pardec_stats(Structure):
+    _fields_ = [
+        ("tokens_total", c_uint64),
+        ("tokens_branch", c_uint64),
+        ("tokens_prefill", c_uint64),
+        ("steps", c_uint64),
+        ("blocks", c_uint64),
+        ("branches", c_uint64),
+        ("serial_seconds", c_double),
+        ("parallel_seconds", c_double),
+        ("prefill_seconds", c_double),
+        ("tps", c_double),
+        ("p_tps", c_double),
+        ("dp", c_double),
+        ("abn", c_double),
+        ("parallel", c_double),
+        ("kv_cells_used", c_uint64),
+        ("kv_cells_unshared", c_uint64),
+    ]
+
+
+class pardec_event(Structure):
+    # `label`, `text` and `stop_string` are c_void_p, not c_char_p: text is read with its
+    # length (string_at), and all three are valid only during the callback.
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("kind", c_int),  # enum pardec_event_kind
+        ("node", pardec_node),
+        ("label", c_void_p),
+        ("text", c_void_p),
+        ("text_len", c_size_t),
+        ("token", c_int32),
+        ("stop_reason", c_int),  # enum pardec_stop_reason
+        ("stop_string", c_void_p),
+        ("status", c_int),  # enum pardec_status
+    ]
+
+
+# typedef bool (*pardec_callback)(void *user_data, const struct pardec_event *event);
+pardec_callback = CFUNCTYPE(c_bool, c_void_p, POINTER(pardec_event))
+
+model_p = c_void_p  # struct pardec_model *
+session_p = c_void_p  # struct pardec_session *
+result_p = c_void_p  # struct pardec_result *
+
+
+def _declare(L: ctypes.CDLL) -> None:
+    """Declares every function of the header on the loaded library."""
+
+    def fn(name, restype, *argtypes):
+        f = getattr(L, name)
+        f.restype = restype
+        f.argtypes = list(argtypes)
+
+    # Strings returned as `char *` must reach pardec_string_free, so they are c_void_p here
+    # (c_char_p would convert them to bytes and lose the pointer).
+    char_pp = POINTER(c_void_p)
+
+    # const char *pardec_version(void);
+    fn("pardec_version", c_char_p)
+    # const char *pardec_status_str(int32_t status);
+    fn("pardec_status_str", c_char_p, c_int32)
+    # const char *pardec_last_error(void);
+    fn("pardec_last_error", c_char_p)
+    # void pardec_string_free(char *s);
+    fn("pardec_string_free", None, c_void_p)
+
+    # enum pardec_status pardec_model_params_default(struct pardec_model_params *out, size_t struct_size);
+    fn("pardec_model_params_default", pardec_status, POINTER(pardec_model_params), c_size_t)
+    # enum pardec_status pardec_session_params_default(struct pardec_session_params *out, size_t struct_size);
+    fn("pardec_session_params_default", pardec_status, POINTER(pardec_session_params), c_size_t)
+    # enum pardec_status pardec_run_limits_default(struct pardec_run_limits *out, size_t struct_size);
+    fn("pardec_run_limits_default", pardec_status, POINTER(pardec_run_limits), c_size_t)
+
+    # enum pardec_status pardec_model_load(const char *path, const struct pardec_model_params *params,
+    #                                      struct pardec_model **out_model);
+    fn("pardec_model_load", pardec_status, c_char_p, POINTER(pardec_model_params), POINTER(model_p))
+    # void pardec_model_free(struct pardec_model *model);
+    fn("pardec_model_free", None, model_p)
+    # enum pardec_status pardec_model_n_vocab(const struct pardec_model *model, size_t *out_n_vocab);
+    fn("pardec_model_n_vocab", pardec_status, model_p, POINTER(c_size_t))
+    # enum pardec_status pardec_model_architecture(const struct pardec_model *model, char **out_text);
+    fn("pardec_model_architecture", pardec_status, model_p, char_pp)
+    # enum pardec_status pardec_model_apply_chat_template(const struct pardec_model *model,
+    #     const struct pardec_chat_message *messages, size_t n_messages, char **out_text);
+    fn("pardec_model_apply_chat_template", pardec_status, model_p, POINTER(pardec_chat_message), c_size_t, char_pp)
+
+    # enum pardec_status pardec_session_new(const struct pardec_model *model,
+    #     const struct pardec_session_params *params, struct pardec_session **out_session);
+    fn("pardec_session_new", pardec_status, model_p, POINTER(pardec_session_params), POINTER(session_p))
+    # void pardec_session_free(struct pardec_session *session);
+    fn("pardec_session_free", None, session_p)
+    # enum pardec_status pardec_session_clear(struct pardec_session *session);
+    fn("pardec_session_clear", pardec_status, session_p)
+    # enum pardec_status pardec_session_reset_stats(struct pardec_session *session);
+    fn("pardec_session_reset_stats", pardec_status, session_p)
+    # enum pardec_status pardec_session_prompt(struct pardec_session *session, const char *text);
+    fn("pardec_session_prompt", pardec_status, session_p, c_char_p)
+    # enum pardec_status pardec_session_append(struct pardec_session *session, pardec_node node,
+    #                                          const char *text);
+    fn("pardec_session_append", pardec_status, session_p, pardec_node, c_char_p)
+    # enum pardec_status pardec_session_generate(struct pardec_session *session,
+    #     const struct pardec_run_limits *limits, pardec_callback callback, void *user_data,
+    #     char **out_text);
+    fn("pardec_session_generate", pardec_status, session_p, POINTER(pardec_run_limits), pardec_callback, c_void_p, char_pp)
+    # enum pardec_status pardec_session_fork(struct pardec_session *session, pardec_node parent,
+    #     const char *const *prefixes, size_t n_branches, const struct pardec_run_limits *limits,
+    #     pardec_node *out_nodes);
+    fn("pardec_session_fork", pardec_status, session_p, pardec_node, POINTER(c_char_p), c_size_t,
+       POINTER(pardec_run_limits), POINTER(pardec_node))
+    # enum pardec_status pardec_session_run(struct pardec_session *session, pardec_callback callback,
+    #                                       void *user_data);
+    fn("pardec_session_run", pardec_status, session_p, pardec_callback, c_void_p)
+    # enum pardec_status pardec_session_resume(struct pardec_session *session, pardec_node node,
+    #                                          const struct pardec_run_limits *limits);
+    fn("pardec_session_resume", pardec_status, session_p, pardec_node, POINTER(pardec_run_limits))
+    # enum pardec_status pardec_session_step(struct pardec_session *session, pardec_callback callback,
+    #                                        void *user_data, bool *out_running);
+    fn("pardec_session_step", pardec_status, session_p, pardec_callback, c_void_p, POINTER(c_bool))
+    # enum pardec_status pardec_session_join(struct pardec_session *session, pardec_node parent,
+    #     uint32_t mode, const size_t *keep, size_t n_keep, const char *join_text);
+    fn("pardec_session_join", pardec_status, session_p, pardec_node, c_uint32, POINTER(c_size_t), c_size_t, c_char_p)
+    # enum pardec_status pardec_session_result(const struct pardec_session *session,
+    #                                          struct pardec_result **out_result);
+    fn("pardec_session_result", pardec_status, session_p, POINTER(result_p))
+    # enum pardec_status pardec_session_stats(const struct pardec_session *session,
+    #                                         struct pardec_stats *out_stats, size_t size);
+    fn("pardec_session_stats", pardec_status, session_p, POINTER(pardec_stats), c_size_t)
+
+    # void pardec_result_free(struct pardec_result *result);
+    fn("pardec_result_free", None, result_p)
+    # enum pardec_status pardec_result_text(const struct pardec_result *result, const char **out_text);
+    fn("pardec_result_text", pardec_status, result_p, POINTER(c_char_p))
+    # enum pardec_status pardec_result_n_blocks(const struct pardec_result *result, size_t *out_n_blocks);
+    fn("pardec_result_n_blocks", pardec_status, result_p, POINTER(c_size_t))
+    # enum pardec_status pardec_result_block(const struct pardec_result *result, size_t block,
+    #                                        struct pardec_block_info *out_info, size_t size);
+    fn("pardec_result_block", pardec_status, result_p, c_size_t, POINTER(pardec_block_info), c_size_t)
+    # enum pardec_status pardec_result_branch(const struct pardec_result *result, size_t block,
+    #     size_t index, struct pardec_branch_info *out_info, size_t size);
+    fn("pardec_result_branch", pardec_status, result_p, c_size_t, c_size_t, POINTER(pardec_branch_info), c_size_t)
+    # enum pardec_status pardec_result_stats(const struct pardec_result *result,
+    #                                        struct pardec_stats *out_stats, size_t size);
+    fn("pardec_result_stats", pardec_status, result_p, POINTER(pardec_stats), c_size_t)
+
+
+#: Every function the header declares (tests check the two lists agree).
+FUNCTIONS = [
+    "pardec_version", "pardec_status_str", "pardec_last_error", "pardec_string_free",
+    "pardec_model_params_default", "pardec_session_params_default", "pardec_run_limits_default",
+    "pardec_model_load", "pardec_model_free", "pardec_model_n_vocab", "pardec_model_architecture",
+    "pardec_model_apply_chat_template",
+    "pardec_session_new", "pardec_session_free", "pardec_session_clear", "pardec_session_reset_stats",
+    "pardec_session_prompt", "pardec_session_append", "pardec_session_generate", "pardec_session_fork",
+    "pardec_session_run", "pardec_session_resume", "pardec_session_step", "pardec_session_join",
+    "pardec_session_result", "pardec_session_stats",
+    "pardec_result_free", "pardec_result_text", "pardec_result_n_blocks", "pardec_result_block",
+    "pardec_result_branch", "pardec_result_stats",
+]
+
+#: Every struct mirrored here, by C name (tests compare their fields with the header).
+STRUCTS = {
+    cls.__name__: cls
+    for cls in (
+        pardec_model_params, pardec_chat_message, pardec_sampling_params, pardec_session_params,
+        pardec_run_limits, pardec_block_info, pardec_branch_info, pardec_stats, pardec_event,
+    )
+}

@@ -1,0 +1,287 @@
+"""The Python package against the real default model: generation, fork/run/join, streaming,
+cancellation, errors, closing, threads, interpreter exit. Generations stay short (a 2-core CI)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+import pardec
+from pardec import Cancelled, ClosedError, PardecError, Status
+
+PROMPT = "The three primary colors are"
+PREFIXES = [" 1. Red:", " 2. Green:", " 3. Blue:"]
+
+
+def test_model_queries(model):
+    assert model.n_vocab > 1000
+    assert model.architecture == "llama"
+    chat = model.chat([("user", "hello")])
+    assert "hello" in chat and "<|im_start|>" in chat
+
+
+def test_generate_iterates_events_and_collects_text(session):
+    session.prompt(PROMPT)
+    gen = session.generate(max_tokens=8, ban_eog=True)
+    events = list(gen)
+    tokens = [e for e in events if e.kind == "token"]
+    assert all(e.is_trunk and e.node == pardec.TRUNK for e in events)
+    assert len([e for e in tokens if e.token >= 0]) == 8
+    assert events[-1].kind == "end" and events[-1].stop_reason == "max_tokens"
+    assert gen.text == "".join(e.text for e in tokens) and gen.text
+    assert session.result().text == PROMPT + gen.text
+    # Exhausted: iterating again yields nothing.
+    assert list(gen) == []
+
+
+def test_iterator_and_one_call_generation_agree(model):
+    # The step-by-step iterator and the single C call decode the same greedy tokens.
+    texts = []
+    for one_call in (False, True):
+        with pardec.Session(model, n_ctx=256, n_threads=1) as s:
+            s.prompt(PROMPT)
+            if one_call:
+                texts.append(s.generate_text(max_tokens=10, ban_eog=True))
+            else:
+                gen = s.generate(max_tokens=10, ban_eog=True)
+                for _ in gen:
+                    pass
+                texts.append(gen.text)
+    assert texts[0] == texts[1] and texts[0]
+
+
+def test_fork_run_join_streams_every_branch(session):
+    session.prompt(PROMPT)
+    nodes = session.fork(PREFIXES, max_tokens=6, ban_eog=True)
+    assert len(nodes) == 3 and pardec.TRUNK not in nodes and len(set(nodes)) == 3
+    events = []
+    session.run(on_event=events.append)  # None return value means "go on"
+    assert events[-1].kind == "done" and events[-1].status == Status.OK
+    token_labels = [e.label for e in events if e.kind == "token"]
+    assert token_labels[:3] == ["1", "2", "3"]  # one batch per step: every branch per step
+    ends = {e.label: e.stop_reason for e in events if e.kind == "end"}
+    assert ends == {"1": "max_tokens", "2": "max_tokens", "3": "max_tokens"}
+    by_node = {n: "".join(e.text for e in events if e.kind == "token" and e.node == n) for n in nodes}
+
+    session.join(keep=[0, 2], text="\nSo")
+    tail = session.generate_text(max_tokens=4, ban_eog=True)
+    r = session.result()
+    assert len(r.blocks) == 1
+    block = r.blocks[0]
+    assert block.join_state == "keep" and block.parent_label == ""
+    assert [b.label for b in block.branches] == ["1", "2", "3"]
+    assert [b.kept for b in block.branches] == [True, False, True]
+    for b, prefix, node in zip(block.branches, PREFIXES, nodes):
+        assert b.text == prefix + by_node[node]
+        assert b.stop_reason == "max_tokens"
+    assert r.text == PROMPT + block.branches[0].text + block.branches[2].text + "\nSo" + tail
+    s = r.stats
+    assert (s.blocks, s.branches, s.tokens_branch) == (1, 3, 18)
+    assert s.tokens_total == 18 + 4 and s.abn == 3.0 and 0 < s.dp < 1
+    assert s.kv_cells_unshared > s.kv_cells_used > 0
+    assert session.stats() == s
+
+
+def test_run_iter_streams_and_join_discard(session):
+    session.prompt(PROMPT)
+    session.fork(PREFIXES[:2], max_tokens=4, ban_eog=True)
+    events = list(session.run_iter())
+    assert {e.label for e in events} == {"1", "2"}
+    assert all(e.kind in ("token", "end") for e in events)
+    session.join(keep="discard")
+    assert session.result().text == PROMPT
+    # After a discard the trunk continues where it forked, without extra text.
+    assert session.generate_text(max_tokens=3, ban_eog=True)
+
+
+def test_callback_cancels_mid_branch_and_session_stays_usable(session):
+    session.prompt(PROMPT)
+    session.fork(PREFIXES, max_tokens=16, ban_eog=True)
+    seen = []
+
+    def stop_after_four(ev):
+        seen.append(ev)
+        return sum(e.kind == "token" for e in seen) < 4
+
+    with pytest.raises(Cancelled) as info:
+        session.run(on_event=stop_after_four)
+    assert info.value.status == Status.CANCELLED
+    assert seen[-1].kind == "done" and seen[-1].status == Status.CANCELLED
+    assert {e.label: e.stop_reason for e in seen if e.kind == "end"} == {
+        "1": "cancelled", "2": "cancelled", "3": "cancelled"}
+    # Usable: join, continue, and the result records the cancellation.
+    session.join(text="\nThen")
+    assert session.generate_text(max_tokens=3, ban_eog=True)
+    assert [b.stop_reason for b in session.result().blocks[0].branches] == ["cancelled"] * 3
+
+
+def test_callback_exception_cancels_and_is_reraised(session):
+    session.prompt(PROMPT)
+
+    def boom(ev):
+        raise KeyError("from the callback")
+
+    with pytest.raises(Cancelled) as info:
+        session.generate_text(max_tokens=8, on_event=boom)
+    assert isinstance(info.value.__cause__, KeyError)
+    session.append(" and")
+    assert session.generate_text(max_tokens=2, ban_eog=True)
+
+
+def test_closing_a_generation_early_cancels_it(session):
+    session.prompt(PROMPT)
+    with session.generate(max_tokens=20, ban_eog=True) as gen:
+        for i, ev in enumerate(gen):
+            if i == 2:
+                break
+    assert session.result().stats.tokens_total < 20
+    # The iterator was closed: the trunk is idle again (needs text before generating).
+    with pytest.raises(PardecError) as info:
+        session.generate_text(max_tokens=2)
+    assert info.value.status == Status.INVALID_STATE
+    session.append(" red")
+    assert session.generate_text(max_tokens=2, ban_eog=True)
+
+
+def test_an_abandoned_generation_is_closed_when_collected(session):
+    session.prompt(PROMPT)
+    for i, ev in enumerate(session.generate(max_tokens=20, ban_eog=True)):
+        if i == 1:
+            break
+    # CPython drops the iterator at once: its __del__ cancelled the trunk.
+    with pytest.raises(PardecError) as info:
+        session.generate_text(max_tokens=2)
+    assert info.value.status == Status.INVALID_STATE
+    assert "no next-token logits" in info.value.message
+
+
+def test_errors_carry_status_and_message(model, session, tmp_path):
+    cases = []
+
+    def expect(status, fn, *args, **kw):
+        with pytest.raises(PardecError) as info:
+            fn(*args, **kw)
+        assert info.value.status == status, info.value
+        assert info.value.message
+        cases.append(status)
+
+    expect(Status.MODEL_NOT_FOUND, pardec.Model, tmp_path / "missing.gguf")
+    not_gguf = tmp_path / "x.gguf"
+    not_gguf.write_bytes(b"definitely not a model")
+    expect(Status.NOT_GGUF, pardec.Model, not_gguf)
+    expect(Status.INVALID_ARGUMENT, pardec.Session, model, n_ctx=0)
+    expect(Status.INVALID_ARGUMENT, pardec.Session, model, top_p=2.0)
+    expect(Status.EMPTY_PROMPT, session.prompt, "")
+    expect(Status.INVALID_UTF8, session.prompt, "lone surrogate \ud800")
+    expect(Status.INVALID_STATE, session.generate_text, max_tokens=2)  # nothing to continue
+    session.prompt(PROMPT)
+    expect(Status.INVALID_STATE, session.join)  # no open block
+    expect(Status.TOO_MANY_BRANCHES, session.fork, ["a", "b", "c", "d", "e"])
+    expect(Status.INVALID_ARGUMENT, session.fork, [])
+    expect(Status.INVALID_ARGUMENT, session.fork, ["a"], parent=999)
+    session.fork(["a"], max_tokens=1)
+    expect(Status.INVALID_STATE, session.generate_text, max_tokens=2)  # a block is open
+    session.run()
+    expect(Status.INVALID_ARGUMENT, session.join, keep=[0, 0])
+    with pytest.raises(ValueError):
+        session.join(keep="some")
+    assert len(cases) == 13
+
+
+def test_close_twice_and_use_after_close(model_file):
+    model = pardec.Model(model_file)
+    session = pardec.Session(model, n_ctx=256, n_threads=1)
+    model.close()
+    model.close()
+    assert model.closed
+    with pytest.raises(ClosedError):
+        _ = model.n_vocab
+    with pytest.raises(ValueError):  # ClosedError is also a ValueError
+        pardec.Session(model)
+    # The session holds its own reference to the model.
+    session.prompt(PROMPT)
+    assert session.generate_text(max_tokens=2, ban_eog=True)
+    session.close()
+    session.close()
+    for call in (lambda: session.prompt("x"), session.result, session.stats, session.run,
+                 lambda: session.fork(["a"]), session.join, session.clear):
+        with pytest.raises(ClosedError) as info:
+            call()
+        assert info.value.status == Status.INVALID_STATE
+    with pardec.Model(model_file) as m2, pardec.Session(m2, n_ctx=256, n_threads=1) as s2:
+        s2.prompt(PROMPT)
+    assert m2.closed and s2.closed
+
+
+def test_reentrant_calls_from_a_callback_are_busy(session):
+    session.prompt(PROMPT)
+    errors = []
+
+    def reenter(ev):
+        for call in (lambda: session.prompt("x"), session.close, session.stats):
+            try:
+                call()
+            except PardecError as e:
+                errors.append(e.status)
+        return True
+
+    session.generate_text(max_tokens=2, ban_eog=True, on_event=reenter)
+    assert errors and set(errors) == {Status.BUSY}
+    assert not session.closed
+
+
+def _scenario(model, seeded: bool) -> str:
+    kw = dict(temperature=0.9, top_k=40, seed=1234) if seeded else {}
+    with pardec.Session(model, n_ctx=512, max_branches=3, n_threads=1, **kw) as s:
+        s.prompt("Three colors and what they mean:")
+        s.fork(["\n1. Red:", "\n2. Green:", "\n3. Blue:"], max_tokens=8)
+        s.run()
+        s.join(text="\nIn short,")
+        s.generate_text(max_tokens=6)
+        return s.result().text
+
+
+def test_four_threads_match_single_threaded_runs(model):
+    want = {seeded: _scenario(model, seeded) for seeded in (False, True)}
+    assert want[False] != want[True]  # the comparison can tell runs apart
+    got = [None] * 4
+    errors = []
+
+    def worker(i):
+        try:
+            got[i] = _scenario(model, seeded=bool(i % 2))
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for i, text in enumerate(got):
+        assert text == want[bool(i % 2)], f"thread {i}"
+
+
+def test_no_crash_at_interpreter_exit_with_everything_open(model_file):
+    # Model, session, a half-consumed generation and a result left open at exit.
+    code = f"""
+import pardec
+m = pardec.Model({str(model_file)!r})
+s = pardec.Session(m, n_ctx=256, n_threads=1)
+s.prompt("Hello")
+g = s.generate(max_tokens=8)
+next(g)
+s2 = pardec.Session(m, n_ctx=256, n_threads=1)
+print("ok")
+"""
+    pkg = str(Path(pardec.__file__).resolve().parents[1])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**__import__("os").environ, "PYTHONPATH": pkg})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+    assert "Traceback" not in out.stderr and "Exception ignored" not in out.stderr, out.stderr

@@ -1,0 +1,107 @@
+//! The C ABI's layouts and numbers are frozen: a struct field moved, resized or inserted, or an
+//! enum value renumbered, breaks every program built against an older header even when the
+//! regenerated header looks fine. This test pins them (64-bit targets); a deliberate change
+//! must come with a new struct size in the `Versioned` list (src/ffi/) and a version bump.
+
+#![cfg(target_pointer_width = "64")]
+
+use std::mem::{align_of, offset_of, size_of};
+
+use pardec::ffi::*;
+
+macro_rules! layout {
+    ($t:ty, size $size:expr, { $($field:ident @ $off:expr),* $(,)? }) => {{
+        assert_eq!(size_of::<$t>(), $size, "size of {}", stringify!($t));
+        $( assert_eq!(offset_of!($t, $field), $off, "{}.{}", stringify!($t), stringify!($field)); )*
+    }};
+}
+
+#[test]
+fn struct_layouts_are_frozen() {
+    layout!(pardec_model_params, size 16, { struct_size @ 0, n_gpu_layers @ 8 });
+    layout!(pardec_chat_message, size 16, { role @ 0, content @ 8 });
+    layout!(pardec_sampling_params, size 24, { temperature @ 0, top_k @ 4, top_p @ 8, min_p @ 12, seed @ 16 });
+    layout!(pardec_session_params, size 64, {
+        struct_size @ 0, n_ctx @ 8, n_batch @ 12, max_branches @ 16, max_depth @ 20,
+        n_threads @ 24, kv_type @ 28, flash_attn @ 32, sampling @ 40,
+    });
+    layout!(pardec_run_limits, size 56, {
+        struct_size @ 0, max_tokens @ 8, stop @ 16, n_stop @ 24, ban_eog @ 32,
+        banned_tokens @ 40, n_banned_tokens @ 48,
+    });
+    layout!(pardec_event, size 64, {
+        struct_size @ 0, kind @ 8, node @ 12, label @ 16, text @ 24, text_len @ 32, token @ 40,
+        stop_reason @ 44, stop_string @ 48, status @ 56,
+    });
+    layout!(pardec_stats, size 128, {
+        tokens_total @ 0, tokens_branch @ 8, tokens_prefill @ 16, steps @ 24, blocks @ 32,
+        branches @ 40, serial_seconds @ 48, parallel_seconds @ 56, prefill_seconds @ 64,
+        tps @ 72, p_tps @ 80, dp @ 88, abn @ 96, parallel @ 104, kv_cells_used @ 112,
+        kv_cells_unshared @ 120,
+    });
+    layout!(pardec_block_info, size 24, { parent_label @ 0, n_branches @ 8, fork_pos @ 16, join_state @ 20 });
+    layout!(pardec_branch_info, size 48, {
+        label @ 0, text @ 8, n_tokens @ 16, stop_reason @ 24, stop_string @ 32, kept @ 40,
+    });
+    // C enums are int-sized.
+    assert_eq!(size_of::<pardec_status>(), 4);
+    assert_eq!(align_of::<pardec_event>(), 8);
+}
+
+#[test]
+fn enum_values_are_frozen() {
+    let statuses = [
+        (pardec_status::Ok, 0),
+        (pardec_status::NullArgument, 1),
+        (pardec_status::InvalidUtf8, 2),
+        (pardec_status::InvalidArgument, 3),
+        (pardec_status::StructSize, 4),
+        (pardec_status::OutOfRange, 5),
+        (pardec_status::Busy, 6),
+        (pardec_status::Backend, 7),
+        (pardec_status::ModelNotFound, 8),
+        (pardec_status::NotGguf, 9),
+        (pardec_status::ModelLoad, 10),
+        (pardec_status::UnsupportedModel, 11),
+        (pardec_status::Context, 12),
+        (pardec_status::EmptyPrompt, 13),
+        (pardec_status::PromptTooLong, 14),
+        (pardec_status::EmptyBranchPrefix, 15),
+        (pardec_status::TooManyBranches, 16),
+        (pardec_status::DepthLimit, 17),
+        (pardec_status::InvalidState, 18),
+        (pardec_status::KvCacheFull, 19),
+        (pardec_status::Cancelled, 20),
+        (pardec_status::Decode, 21),
+        (pardec_status::Internal, 22),
+        (pardec_status::Panic, 23),
+    ];
+    for (status, value) in statuses {
+        assert_eq!(status as i32, value, "{status:?}");
+    }
+    assert_eq!(pardec_stop_reason::Cancelled as i32, 5);
+    assert_eq!(pardec_event_kind::Done as i32, 2);
+    assert_eq!(pardec_join_mode::Discard as i32, 2);
+    assert_eq!(pardec_join_state::Discard as i32, 3);
+    assert_eq!(pardec_kv_type::F32 as i32, 1);
+    assert_eq!(PARDEC_NODE_TRUNK, 0);
+}
+
+/// Defaults come through the C functions with the sizes a caller would pass, and unknown sizes
+/// are refused without writing anything.
+#[test]
+fn defaults_honour_struct_sizes() {
+    unsafe {
+        let mut p = std::mem::MaybeUninit::<pardec_session_params>::zeroed();
+        let st = pardec_session_params_default(p.as_mut_ptr(), size_of::<pardec_session_params>());
+        assert_eq!(st, pardec_status::Ok);
+        let p = p.assume_init();
+        assert_eq!(p.struct_size, size_of::<pardec_session_params>());
+        assert!(p.n_ctx > 0 && p.max_branches > 0 && p.flash_attn == -1);
+
+        let mut l = std::mem::MaybeUninit::<pardec_run_limits>::zeroed();
+        assert_eq!(pardec_run_limits_default(l.as_mut_ptr(), 8), pardec_status::StructSize);
+        assert_eq!(l.assume_init().struct_size, 0, "nothing written on failure");
+        assert_eq!(pardec_run_limits_default(std::ptr::null_mut(), 56), pardec_status::NullArgument);
+    }
+}
