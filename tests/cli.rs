@@ -88,3 +88,63 @@ fn errors_are_one_line_on_stderr_with_a_nonzero_exit() {
         assert!(err.starts_with("pardec: "));
     }
 }
+
+const MULTIVERSE: &str = "<Parallel>\n<Goal>\n<Outline>1: A</Outline>\n<Outline>2: B</Outline>\n</Goal>\n<Path>\n1: x y</Path>\n<Path>\n2: z</Path>\n<Conclusion>\nok\n</Conclusion>\n</Parallel>\n";
+
+fn pardec_stdin(args: &[&str], stdin: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pardec"))
+        .args(args)
+        .env("PARDEC_MODEL", models::model_path(models::DEFAULT_MODEL_FILE))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn layout_json_gives_shared_branch_positions_and_sibling_invisibility() {
+    let v = json(&pardec_stdin(&["layout", "--protocol", "multiverse", "--json"], MULTIVERSE));
+    let tokens = v["tokens"].as_array().unwrap();
+    let visible = v["visible"].as_array().unwrap();
+    assert_eq!(tokens.len(), visible.len());
+    let first = |b: &str| tokens.iter().position(|t| t["branch"] == b).unwrap();
+    let (b1, b2) = (first("1"), first("2"));
+    assert_eq!(tokens[b1]["pos"], tokens[b2]["pos"], "branches start at one position");
+    let sees = |i: usize, j: usize| visible[i].as_array().unwrap().iter().any(|x| x.as_u64() == Some(j as u64));
+    assert!(!sees(b2, b1), "branch 2 must not see branch 1");
+    assert!(sees(b2, 0), "branches see the prefix");
+    let last = tokens.len() - 1;
+    assert!(sees(last, b1) && sees(last, b2), "after the join the trunk sees both branches");
+    assert!(tokens[last]["branch"].is_null());
+}
+
+#[test]
+fn check_names_structural_errors_with_lines() {
+    let ok = pardec_stdin(&["check", "--protocol", "multiverse"], MULTIVERSE);
+    assert!(ok.status.success());
+    let bad = pardec_stdin(&["check", "--protocol", "multiverse"], "<Parallel>\n<Goal>\n<Outline>1: A</Outline>\n</Goal>\n<Path>\n1: x</Path>\n<Path>\n2: y</Path>\n</Parallel>");
+    assert_eq!(bad.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&bad.stdout);
+    assert!(out.lines().any(|l| l.starts_with("line ")), "{out}");
+}
+
+#[test]
+fn run_with_a_protocol_reports_blocks_and_warnings() {
+    // SmolLM2 was not trained on any protocol: with a response prefix that opens a block,
+    // the fork still happens; the JSON carries blocks[] and warnings[].
+    let v = json(&pardec(&[
+        "run", "--protocol", "multiverse", "--prompt", "Two fruits.", "--max-tokens", "24",
+        "--max-branch-tokens", "12", "--response-prefix",
+        "<Parallel>\n<Goal>\n<Outline>1: Apple</Outline>\n<Outline>2: Pear</Outline>\n</Goal>", "--json",
+    ]));
+    let blocks = v["blocks"].as_array().unwrap();
+    assert_eq!(blocks.len(), 1);
+    assert_eq!(blocks[0]["labels"], serde_json::json!(["1", "2"]));
+    assert!(v["warnings"].is_array());
+    assert_eq!(v["stats"]["branches"].as_u64(), Some(2));
+    assert!(v["text"].as_str().unwrap().contains("<Path>\n2:"));
+}

@@ -10,6 +10,10 @@ use pardec::{
     BranchSpec, Error, Event, JoinMode, Model, ModelParams, NodeId, RunLimits, SamplingParams,
     Session, SessionParams, Silent, Stats,
 };
+use pardec::auto::apr::generate_apr;
+use pardec::auto::sot::{generate_sot, SotParams};
+use pardec::auto::{generate_auto, AutoParams};
+use pardec::protocol::{check, layout, ProtocolSpec, SkeletonFormat, SubSearchFormat};
 use serde::Serialize;
 
 const USAGE: &str = "\
@@ -18,12 +22,20 @@ usage:
                [--max-tokens N] [--max-branch-tokens N] [--temp T] [--top-k K] [--top-p P]
                [--min-p P] [--seed S] [--ctx N] [--threads N] [--raw] [--stream] [--json]
   pardec bench [--model PATH] [--branches 1,2,4,8] [--tokens N] [--reps N] [--threads N] [--json]
+  pardec run   [--model PATH] --prompt TEXT --protocol P [--response-prefix TEXT]
+               [--max-tokens N] [--max-branch-tokens N] [sampling options] [--json]
+  pardec layout [--model PATH] --protocol P [--json]     (tagged text on stdin)
+  pardec check  --protocol P                             (tagged text on stdin)
   pardec equiv [--model PATH] [--branches N] [--tokens N] [--bound X] [--threads N]
 
 The model defaults to $PARDEC_MODEL, else the default model fetched by scripts/fetch-models.sh.
 run: the prompt is wrapped in the model's chat template unless --raw; one branch is forked per
 --branch (the text is its prefix), all branches decode in parallel, are joined, and the trunk
 continues after --then (default: a newline) for --max-tokens tokens.
+--protocol: the model decides when to fork: multiverse, aspd, parallel-r1, threadweaver, npr,
+apr (sub-searches on their own prompts), sot (skeleton-of-thought), or a protocol JSON file.
+layout: position ids, branch and visible tokens of every token of a tagged training text, as
+the engine decodes it (visible lists include the token itself). check: structural errors.
 equiv: decodes branches in one batch and each alone and prints the largest logit distance
 (relative to the largest logit), then the same with branches deliberately leaking into each
 other; exits 1 unless the first is within --bound (default 0.15) and the second beyond it.";
@@ -156,9 +168,15 @@ fn cmd_run(args: &Args) -> CliResult<()> {
     args.check_known(&[
         "--model", "--prompt", "--branch", "--then", "--max-tokens", "--max-branch-tokens",
         "--temp", "--top-k", "--top-p", "--min-p", "--seed", "--ctx", "--threads", "--raw",
-        "--stream", "--json",
+        "--stream", "--json", "--protocol", "--response-prefix",
     ])?;
     let prompt = args.get("--prompt").ok_or_else(|| usage("run needs --prompt TEXT"))?;
+    if let Some(protocol) = args.get("--protocol") {
+        if args.has("--branch") || args.has("--then") {
+            return Err(usage("--protocol lets the model fork: drop --branch/--then"));
+        }
+        return cmd_run_auto(args, prompt, protocol);
+    }
     let branches = args.all("--branch");
     if branches.is_empty() {
         return Err(usage("run needs at least one --branch TEXT"));
@@ -232,13 +250,230 @@ fn cmd_run(args: &Args) -> CliResult<()> {
     Ok(())
 }
 
+/// A protocol by built-in name, or a JSON file describing one.
+enum ProtocolChoice {
+    Stream(ProtocolSpec),
+    Apr,
+    Sot,
+}
+
+fn protocol_choice(name: &str) -> CliResult<ProtocolChoice> {
+    match name {
+        "apr" => return Ok(ProtocolChoice::Apr),
+        "sot" => return Ok(ProtocolChoice::Sot),
+        _ => {}
+    }
+    if let Some(spec) = ProtocolSpec::builtin(name) {
+        return Ok(ProtocolChoice::Stream(spec));
+    }
+    let path = std::path::Path::new(name);
+    if path.is_file() {
+        let json = std::fs::read_to_string(path)
+            .map_err(|e| Error::InvalidArgument(format!("protocol file {name}: {e}")))?;
+        let spec = ProtocolSpec::from_json(&json)
+            .map_err(|e| Error::InvalidArgument(format!("protocol file {name}: {e}")))?;
+        return Ok(ProtocolChoice::Stream(spec));
+    }
+    Err(usage(format!(
+        "unknown protocol {name:?}: use one of {}, apr, sot, or a JSON file",
+        ProtocolSpec::builtin_names().join(", ")
+    )))
+}
+
+fn stream_spec(args: &Args) -> CliResult<ProtocolSpec> {
+    let name = args.get("--protocol").ok_or_else(|| usage("needs --protocol P"))?;
+    match protocol_choice(name)? {
+        ProtocolChoice::Stream(spec) => Ok(spec),
+        _ => Err(usage(format!("{name} has no tagged text layout: use a stream protocol"))),
+    }
+}
+
+#[derive(Serialize)]
+struct AutoOut {
+    text: String,
+    /// Skeleton-of-Thought: the points with their expansions, in order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    answer: Option<String>,
+    prompt: String,
+    branches: Vec<BranchOut>,
+    blocks: Vec<pardec::auto::AutoBlock>,
+    warnings: Vec<pardec::auto::AutoWarning>,
+    stats: Stats,
+}
+
+fn cmd_run_auto(args: &Args, prompt: &str, protocol: &str) -> CliResult<()> {
+    let choice = protocol_choice(protocol)?;
+    let model = load_model(args)?;
+    let params = SessionParams {
+        n_ctx: args.num("--ctx", 4096)?,
+        n_threads: args.num("--threads", 0)?,
+        max_branches: 16,
+        sampling: sampling(args)?,
+        ..Default::default()
+    };
+    let mut session = Session::new(&model, params)?;
+    let auto = AutoParams {
+        max_tokens: args.num("--max-tokens", 256)?,
+        max_branch_tokens: args.num("--max-branch-tokens", 96)?,
+        response_prefix: args.get("--response-prefix").unwrap_or("").to_string(),
+    };
+    let json = args.has("--json");
+    let mut printer = |ev: &Event<'_>| {
+        match ev {
+            Event::Token { label, text, .. } if label.is_empty() => print!("{text}"),
+            Event::Token { label, text, .. } => print!("[{label}]{text}"),
+            Event::Fork { branches, .. } => print!("\n[fork → {}]\n", branches.join(", ")),
+            Event::Join { label, .. } => print!("\n[join into {:?}]\n", label),
+            Event::Warning { label, message } => eprint!("\n[warning in {label:?}: {message}]\n"),
+            Event::End { .. } => {}
+        }
+        true
+    };
+    let observer: &mut dyn pardec::Observer = if args.has("--stream") && !json { &mut printer } else { &mut Silent };
+    let prompt_text = if args.has("--raw") || !model.has_text_vocab() {
+        prompt.to_string()
+    } else {
+        model.apply_chat_template(&[("user", prompt)]).unwrap_or_else(|_| prompt.to_string())
+    };
+    let mut answer = None;
+    let report = match choice {
+        ProtocolChoice::Sot => {
+            let sot = SotParams { skeleton_tokens: 120, point_tokens: auto.max_branch_tokens };
+            let result = generate_sot(&mut session, prompt, &SkeletonFormat::sot(), &sot, observer)?;
+            answer = Some(result.answer);
+            result.report
+        }
+        ProtocolChoice::Apr => {
+            session.prompt(&prompt_text)?;
+            generate_apr(&mut session, &SubSearchFormat::apr(), &auto, observer)?
+        }
+        ProtocolChoice::Stream(spec) => {
+            session.prompt(&prompt_text)?;
+            generate_auto(&mut session, &spec, &auto, observer)?
+        }
+    };
+    let t = session.transcript();
+    let branches = t
+        .blocks()
+        .iter()
+        .flat_map(|b| match b {
+            pardec::ItemReport::Block { branches, .. } => branches.clone(),
+            _ => Vec::new(),
+        })
+        .map(|b| BranchOut { label: b.label.clone(), prefix: String::new(), text: b.text, tokens: b.tokens, stop_reason: b.stop_reason })
+        .collect();
+    let out = AutoOut {
+        text: t.text.clone(),
+        answer,
+        prompt: prompt_text,
+        branches,
+        blocks: report.blocks,
+        warnings: report.warnings,
+        stats: session.stats(),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&out).map_err(|e| Error::Internal(e.to_string()))?);
+        return Ok(());
+    }
+    println!("── text ──\n{}", out.text.trim_end());
+    if let Some(answer) = &out.answer {
+        println!("── answer ──\n{answer}");
+    }
+    for b in &out.blocks {
+        println!("── block in {:?}: branches {} ──", b.parent, b.paths.join(", "));
+    }
+    for w in &out.warnings {
+        println!("── warning in {:?} at byte {}: {}", w.stream, w.at, w.message);
+    }
+    print_stats(&out.stats);
+    Ok(())
+}
+
+fn read_stdin() -> CliResult<String> {
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)
+        .map_err(|e| Error::InvalidArgument(format!("reading stdin: {e}")))?;
+    String::from_utf8(bytes).map_err(|e| CliError::Pardec(Error::InvalidUtf8(format!("stdin: {e}"))))
+}
+
+fn cmd_layout(args: &Args) -> CliResult<()> {
+    args.check_known(&["--model", "--protocol", "--json"])?;
+    let spec = stream_spec(args)?;
+    let text = read_stdin()?;
+    let model = load_model(args)?;
+    let tokens = model.tokenize(&text, false)?;
+    let pieces: Vec<Vec<u8>> = tokens
+        .iter()
+        .map(|&t| {
+            let mut b = Vec::new();
+            model.token_bytes(t, &mut b);
+            b
+        })
+        .collect();
+    let lay = layout(&spec, &pieces);
+    #[derive(Serialize)]
+    struct Tok {
+        text: String,
+        pos: u32,
+        branch: Option<String>,
+    }
+    #[derive(Serialize)]
+    struct Out {
+        tokens: Vec<Tok>,
+        visible: Vec<Vec<usize>>,
+        warnings: Vec<String>,
+    }
+    let out = Out {
+        tokens: pieces
+            .iter()
+            .zip(&lay.pieces)
+            .map(|(p, l)| Tok { text: String::from_utf8_lossy(p).into_owned(), pos: l.pos, branch: l.branch.clone() })
+            .collect(),
+        visible: lay.pieces.iter().map(|l| l.visible.iter().flat_map(|r| r.clone()).collect()).collect(),
+        warnings: lay.warnings.iter().map(|w| w.to_string()).collect(),
+    };
+    if args.has("--json") {
+        println!("{}", serde_json::to_string(&out).map_err(|e| Error::Internal(e.to_string()))?);
+        return Ok(());
+    }
+    for (i, t) in out.tokens.iter().enumerate() {
+        println!("{i:>5} pos {:>5} {:<8} {:?}", t.pos, t.branch.as_deref().unwrap_or("-"), t.text);
+    }
+    for w in &out.warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(())
+}
+
+fn cmd_check(args: &Args) -> CliResult<()> {
+    args.check_known(&["--protocol"])?;
+    let spec = stream_spec(args)?;
+    let text = read_stdin()?;
+    let errors = check(&text, &spec);
+    if errors.is_empty() {
+        println!("ok: well-formed {} text", spec.name);
+        return Ok(());
+    }
+    for e in &errors {
+        println!("line {}: {}", e.line, e.message);
+    }
+    Err(CliError::Pardec(Error::InvalidArgument(format!(
+        "{} structural error(s) in the {} text",
+        errors.len(),
+        spec.name
+    ))))
+}
+
 fn print_run(out: &RunOut) {
     println!("── prompt ──\n{}", out.prompt.trim_end());
     for b in &out.branches {
         println!("── branch {} ({} tokens) ──\n{}", b.label, b.tokens, b.text.trim());
     }
     println!("── continuation ──\n{}", out.continuation.trim());
-    let s = &out.stats;
+    print_stats(&out.stats);
+}
+
+fn print_stats(s: &Stats) {
     println!("── stats ──");
     println!(
         "tokens {} (branches {}), steps {}, #parallel {:.2}, DP {:.2}, ABN {:.1}",
@@ -335,6 +570,8 @@ fn main() -> ExitCode {
         Some("run") => Args::parse(&argv[1..]).and_then(|a| cmd_run(&a)),
         Some("bench") => Args::parse(&argv[1..]).and_then(|a| cmd_bench(&a)),
         Some("equiv") => Args::parse(&argv[1..]).and_then(|a| cmd_equiv(&a)),
+        Some("layout") => Args::parse(&argv[1..]).and_then(|a| cmd_layout(&a)),
+        Some("check") => Args::parse(&argv[1..]).and_then(|a| cmd_check(&a)),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(())
