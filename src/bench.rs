@@ -195,3 +195,170 @@ pub fn run(model: &Model, p: &BenchParams) -> Result<Vec<BenchRow>> {
     }
     Ok(rows)
 }
+
+/// One line of `pardec bench --auto`.
+#[derive(Debug, Clone, Serialize)]
+pub struct AutoBenchRow {
+    pub branches: usize,
+    pub tokens_per_branch: usize,
+    /// Tokens of the response (trunk and branches, forced and sampled).
+    pub response_tokens: usize,
+    /// Of which the trunk's own (serial part), and the longest branch (the block's steps).
+    pub trunk_tokens: usize,
+    pub longest_branch: usize,
+    /// Wall time of auto mode (Multiverse, structure scripted, bodies by the model).
+    pub auto_seconds: f64,
+    /// Wall time of decoding the identical token sequence serially, one token per step.
+    pub serial_seconds: f64,
+    /// serial_seconds / auto_seconds.
+    pub speedup: f64,
+    /// The speedup the measured raw decode curve allows for this structure.
+    pub ideal: f64,
+    /// speedup / ideal.
+    pub vs_ideal: f64,
+}
+
+/// Forces a whole Multiverse response: the trunk writes B outlines and the trigger, each
+/// branch writes exactly `tokens` tokens of filler and its end marker, the trunk concludes and
+/// ends. Everything is forced so that the auto-mode run and the serial replay decode the very
+/// same tokens and branches are equally long; selection cost is measured by `run` instead.
+struct MultiverseScript {
+    model: Model,
+    branches: usize,
+    tokens: usize,
+    started: std::collections::HashSet<String>,
+    queue: std::collections::HashMap<String, std::collections::VecDeque<crate::Token>>,
+}
+
+impl MultiverseScript {
+    fn tokens_of(&self, text: &str) -> Vec<crate::Token> {
+        self.model.tokenize(text, false).unwrap_or_default()
+    }
+
+    fn start(&mut self, label: &str, text: &str) -> Option<crate::Token> {
+        let mut q: std::collections::VecDeque<crate::Token> = if label.is_empty() {
+            if self.started.contains(label) {
+                if !text.ends_with("<Conclusion>\n") {
+                    return None;
+                }
+                let mut t = self.tokens_of("Done.\n</Conclusion>\n</Parallel>");
+                t.extend(self.model.eog_tokens().first());
+                t.into()
+            } else {
+                let outlines: String =
+                    (1..=self.branches).map(|i| format!("<Outline>{i}: part {i}</Outline>\n")).collect();
+                self.tokens_of(&format!("<Parallel>\n<Goal>\n{outlines}</Goal>")).into()
+            }
+        } else {
+            if self.started.contains(label) {
+                return None;
+            }
+            let filler = " and then some more words about this part".repeat(1 + self.tokens / 4);
+            let mut t: Vec<crate::Token> = self.tokens_of(&filler).into_iter().take(self.tokens).collect();
+            t.extend(self.tokens_of("\n</Path>"));
+            t.into()
+        };
+        self.started.insert(label.to_string());
+        let first = q.pop_front();
+        self.queue.insert(label.to_string(), q);
+        first
+    }
+}
+
+impl crate::TokenScript for MultiverseScript {
+    fn next_token(&mut self, label: &str, text: &str) -> Option<crate::Token> {
+        if let Some(t) = self.queue.get_mut(label).and_then(|q| q.pop_front()) {
+            return Some(t);
+        }
+        self.start(label, text)
+    }
+}
+
+/// Replays a fixed token sequence, one token per sample.
+struct Replay(std::collections::VecDeque<crate::Token>);
+
+impl crate::TokenScript for Replay {
+    fn next_token(&mut self, _label: &str, _text: &str) -> Option<crate::Token> {
+        self.0.pop_front()
+    }
+}
+
+/// Auto mode with a scripted Multiverse structure versus the identical tokens decoded
+/// serially, next to the ideal the raw decode curve allows.
+pub fn auto_vs_serial(model: &Model, p: &BenchParams) -> Result<Vec<AutoBenchRow>> {
+    use crate::auto::{generate_auto, AutoParams};
+    use crate::protocol::ProtocolSpec;
+    let spec = ProtocolSpec::builtin("multiverse").expect("built-in");
+    let mut rows = Vec::new();
+    for &b in &p.branches {
+        let mut params = p.session.clone();
+        params.max_branches = params.max_branches.max(b as u32);
+        let mut s = Session::new(model, params.clone())?;
+        prompt(&mut s, model, &p.prompt)?;
+        let prompt_tokens = s.node_tokens(NodeId::TRUNK).len();
+        let script = MultiverseScript {
+            model: model.clone(),
+            branches: b,
+            tokens: p.tokens,
+            started: Default::default(),
+            queue: Default::default(),
+        };
+        s.set_script(Some(Box::new(script)));
+        let auto = AutoParams {
+            max_tokens: 64 + 16 * b,
+            max_branch_tokens: p.tokens + 16,
+            response_prefix: String::new(),
+            branches_ban_eog: true,
+        };
+        let started = std::time::Instant::now();
+        generate_auto(&mut s, &spec, &auto, &mut Silent)?;
+        let auto_seconds = started.elapsed().as_secs_f64();
+        let mut flat = Vec::new();
+        flatten_tokens(&s.transcript().trunk, &mut flat);
+        let response: Vec<crate::Token> = flat[prompt_tokens..].to_vec();
+        let trunk_tokens = s.node_tokens(NodeId::TRUNK).len() - prompt_tokens;
+        let longest = s
+            .transcript()
+            .top_level_branches(0)
+            .map_or(0, |br| br.iter().map(|x| x.tokens).max().unwrap_or(0));
+
+        // The same tokens, one per step, on a fresh session.
+        let mut serial = Session::new(model, params)?;
+        prompt(&mut serial, model, &p.prompt)?;
+        serial.set_script(Some(Box::new(Replay(response.iter().copied().collect()))));
+        let started = std::time::Instant::now();
+        serial.generate(&RunLimits::tokens(response.len()), &mut Silent)?;
+        let serial_seconds = started.elapsed().as_secs_f64();
+
+        // Ideal: trunk tokens at the one-lane step time, the block at the B-lane step time.
+        let lanes = specs(model, b, 0);
+        raw_block(&mut serial, &lanes, 4)?; // warm-up: first decodes of a shape pay set-up costs
+        let t1 = raw_block(&mut serial, &lanes[..1], 32)?.as_secs_f64() / 32.0;
+        let tb = raw_block(&mut serial, &lanes, 32)?.as_secs_f64() / 32.0;
+        let ideal_time = trunk_tokens as f64 * t1 + longest as f64 * tb;
+        let ideal = response.len() as f64 * t1 / ideal_time.max(1e-12);
+        let speedup = serial_seconds / auto_seconds.max(1e-12);
+        rows.push(AutoBenchRow {
+            branches: b,
+            tokens_per_branch: p.tokens,
+            response_tokens: response.len(),
+            trunk_tokens,
+            longest_branch: longest,
+            auto_seconds,
+            serial_seconds,
+            speedup,
+            ideal,
+            vs_ideal: speedup / ideal,
+        });
+    }
+    Ok(rows)
+}
+
+fn flatten_tokens(n: &crate::session::NodeReport, out: &mut Vec<crate::Token>) {
+    for item in &n.items {
+        match item {
+            crate::session::ItemReport::Text { tokens, .. } => out.extend_from_slice(tokens),
+            crate::session::ItemReport::Block { branches, .. } => branches.iter().for_each(|b| flatten_tokens(b, out)),
+        }
+    }
+}

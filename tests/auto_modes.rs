@@ -28,7 +28,7 @@ fn multiverse(
     let mut s = session(&model, max_branches, max_depth);
     s.prompt("Write about fruit.\n").unwrap();
     s.set_script(Some(Box::new(Script::new(&model, script))));
-    let params = AutoParams { max_tokens: 100, max_branch_tokens: branch_tokens, response_prefix: prefix.into() };
+    let params = AutoParams { max_tokens: 100, max_branch_tokens: branch_tokens, response_prefix: prefix.into(), ..Default::default() };
     let report = generate_auto(&mut s, &ProtocolSpec::builtin("multiverse").unwrap(), &params, &mut Silent).unwrap();
     (s, report)
 }
@@ -146,7 +146,7 @@ fn apr_children_run_on_their_own_prompts() {
             seg_eos(When::EndsWith("<End Sub Searches>\n".into()), "Done."),
         ],
     )]))));
-    let params = AutoParams { max_tokens: 80, max_branch_tokens: 12, response_prefix: String::new() };
+    let params = AutoParams { max_tokens: 80, max_branch_tokens: 12, response_prefix: String::new(), ..Default::default() };
     let r = generate_apr(&mut s, &SubSearchFormat::apr(), &params, &mut Silent).unwrap();
     assert_eq!(r.blocks.len(), 1);
     assert_eq!(r.blocks[0].titles, vec!["Name a red fruit.", "Name a yellow fruit."]);

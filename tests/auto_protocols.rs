@@ -17,7 +17,7 @@ fn session(model: &Model) -> Session {
 }
 
 fn params() -> AutoParams {
-    AutoParams { max_tokens: 120, max_branch_tokens: 80, response_prefix: String::new() }
+    AutoParams { max_tokens: 120, max_branch_tokens: 80, response_prefix: String::new(), ..Default::default() }
 }
 
 /// Every (token, position) in the order of the flattened text.

@@ -37,11 +37,14 @@ pub struct AutoParams {
     /// Text put in the model's mouth at the start of the response: decoded as if the model
     /// had written it, and watched like generated text (it may open a block itself).
     pub response_prefix: String,
+    /// Branches never sample end-of-generation: they end at their end marker or budget
+    /// (benchmarks that need every branch to write its full budget).
+    pub branches_ban_eog: bool,
 }
 
 impl Default for AutoParams {
     fn default() -> Self {
-        AutoParams { max_tokens: 512, max_branch_tokens: 256, response_prefix: String::new() }
+        AutoParams { max_tokens: 512, max_branch_tokens: 256, response_prefix: String::new(), branches_ban_eog: false }
     }
 }
 
@@ -135,6 +138,7 @@ struct Driver<'s, 'o> {
     report: AutoReport,
     bans: Bans,
     branch_budget: usize,
+    branches_ban_eog: bool,
 }
 
 /// Generates on the trunk under a stream protocol until the trunk ends (EOG, or its budget).
@@ -158,6 +162,7 @@ pub fn generate_auto(
         report: AutoReport::default(),
         bans: Bans { cache: HashMap::new() },
         branch_budget: params.max_branch_tokens,
+        branches_ban_eog: params.branches_ban_eog,
     };
     let watcher = Watcher::trunk(&spec);
     driver.add_stream(NodeId::TRUNK, watcher, params.max_tokens);
@@ -184,7 +189,8 @@ impl Driver<'_, '_> {
         let stop = stream.watcher.stop_strings();
         let banned = stream.watcher.banned_strings();
         let budget = stream.budget;
-        RunLimits { max_tokens: budget, stop, ban_eog: false, banned_tokens: self.bans.tokens(self.session, &banned) }
+        let ban_eog = self.branches_ban_eog && node != NodeId::TRUNK;
+        RunLimits { max_tokens: budget, stop, ban_eog, banned_tokens: self.bans.tokens(self.session, &banned) }
     }
 
     /// (Re)starts a stream's generation from where it is; a spent budget ends it instead.
@@ -318,7 +324,7 @@ impl Driver<'_, '_> {
                 limits: RunLimits {
                     max_tokens: self.branch_budget,
                     stop: w.stop_strings(),
-                    ban_eog: false,
+                    ban_eog: self.branches_ban_eog,
                     banned_tokens: self.bans.tokens(self.session, &banned),
                 },
             });

@@ -22,6 +22,7 @@ usage:
                [--max-tokens N] [--max-branch-tokens N] [--temp T] [--top-k K] [--top-p P]
                [--min-p P] [--seed S] [--ctx N] [--threads N] [--raw] [--stream] [--json]
   pardec bench [--model PATH] [--branches 1,2,4,8] [--tokens N] [--reps N] [--threads N] [--json]
+               [--auto]   (auto mode with scripted Multiverse blocks vs the same tokens serially)
   pardec run   [--model PATH] --prompt TEXT --protocol P [--response-prefix TEXT]
                [--max-tokens N] [--max-branch-tokens N] [sampling options] [--json]
   pardec layout [--model PATH] --protocol P [--json]     (tagged text on stdin)
@@ -63,7 +64,7 @@ struct Args {
     pairs: Vec<(String, String)>,
 }
 
-const SWITCHES: &[&str] = &["--json", "--raw", "--stream"];
+const SWITCHES: &[&str] = &["--json", "--raw", "--stream", "--auto"];
 
 impl Args {
     fn parse(raw: &[String]) -> CliResult<Args> {
@@ -316,6 +317,7 @@ fn cmd_run_auto(args: &Args, prompt: &str, protocol: &str) -> CliResult<()> {
         max_tokens: args.num("--max-tokens", 256)?,
         max_branch_tokens: args.num("--max-branch-tokens", 96)?,
         response_prefix: args.get("--response-prefix").unwrap_or("").to_string(),
+        ..Default::default()
     };
     let json = args.has("--json");
     let mut printer = |ev: &Event<'_>| {
@@ -490,7 +492,7 @@ fn print_stats(s: &Stats) {
 }
 
 fn cmd_bench(args: &Args) -> CliResult<()> {
-    args.check_known(&["--model", "--branches", "--tokens", "--reps", "--threads", "--json"])?;
+    args.check_known(&["--model", "--branches", "--tokens", "--reps", "--threads", "--json", "--auto"])?;
     let mut p = BenchParams::default();
     if let Some(list) = args.get("--branches") {
         p.branches = list
@@ -508,6 +510,9 @@ fn cmd_bench(args: &Args) -> CliResult<()> {
     p.reps = args.num("--reps", p.reps)?;
     p.session.n_threads = args.num("--threads", 0)?;
     let model = load_model(args)?;
+    if args.has("--auto") {
+        return cmd_bench_auto(args, &model, &p);
+    }
     let rows = bench::run(&model, &p)?;
     if args.has("--json") {
         #[derive(Serialize)]
@@ -537,6 +542,28 @@ fn cmd_bench(args: &Args) -> CliResult<()> {
             r.branches, r.serial_tps, r.parallel_tps, r.raw_tps, r.speedup, r.raw_speedup,
             r.speedup_vs_ceiling, r.engine_vs_raw, r.host_us_per_step,
             format!("{}/{}", r.kv_cells_shared, r.kv_cells_unshared)
+        );
+    }
+    Ok(())
+}
+
+/// `bench --auto`: auto mode with scripted Multiverse blocks vs the same tokens decoded serially.
+fn cmd_bench_auto(args: &Args, model: &Model, p: &BenchParams) -> CliResult<()> {
+    let mut p = p.clone();
+    if args.get("--branches").is_none() {
+        p.branches = vec![2, 4, 8];
+    }
+    let rows = bench::auto_vs_serial(model, &p)?;
+    if args.has("--json") {
+        let out = serde_json::json!({ "model": model.path().display().to_string(), "results": rows });
+        println!("{}", serde_json::to_string_pretty(&out).map_err(|e| Error::Internal(e.to_string()))?);
+        return Ok(());
+    }
+    println!("{:>3} {:>7} {:>9} {:>9} {:>8} {:>7} {:>8}", "B", "tokens", "auto s", "serial s", "speedup", "ideal", "vs ideal");
+    for r in &rows {
+        println!(
+            "{:>3} {:>7} {:>9.2} {:>9.2} {:>7.2}× {:>6.2}× {:>8.2}",
+            r.branches, r.response_tokens, r.auto_seconds, r.serial_seconds, r.speedup, r.ideal, r.vs_ideal
         );
     }
     Ok(())
