@@ -32,8 +32,8 @@
  * - Safety: arguments are checked (NULL, UTF-8, counts, sizes, node ids) before llama.cpp sees
  *   them, and a panic inside pardec is caught and returned as PARDEC_STATUS_PANIC.
  *
- * Reserved: an "auto mode", where the model itself decides when to fork (protocols such as
- * Multiverse's tags), will be added as pardec_session_generate_auto().
+ * Auto mode: pardec_session_generate_auto() lets the model itself decide when to fork, under a
+ * protocol given by name (multiverse, aspd, parallel-r1, threadweaver, npr, apr) or as JSON.
  */
 
 #ifndef PARDEC_H
@@ -899,6 +899,30 @@ enum pardec_status pardec_session_join(struct pardec_session *session,
                                        const size_t *keep,
                                        size_t n_keep,
                                        const char *join_text);
+
+/**
+ * Auto mode: generates on the trunk while the model decides when to fork, under a protocol:
+ * `protocol` is a built-in name (`multiverse`, `aspd`, `parallel-r1`, `threadweaver`, `npr`,
+ * `apr`) or a protocol description in JSON (text starting with `{`). The session must hold
+ * the prompt. `max_tokens` bounds the trunk, `max_branch_tokens` each branch;
+ * `response_prefix` (may be NULL) is put in the model's mouth and watched like generated text.
+ * Tokens stream through `callback` as in `pardec_session_generate`. On success, if
+ * `out_report_json` is not NULL it receives a JSON object `{"blocks": [{"parent", "labels",
+ * "titles", "paths"}], "warnings": [{"stream", "kind", "at", "message"}]}` (free it with
+ * `pardec_string_free`): malformed model output never fails the call, it is reported there.
+ *
+ * Errors: NULL_ARGUMENT, INVALID_UTF8, INVALID_ARGUMENT (unknown protocol, invalid JSON
+ * description), BUSY, INVALID_STATE (no prompt, or a node still running), KV_CACHE_FULL,
+ * CANCELLED (the session stays usable), DECODE.
+ */
+enum pardec_status pardec_session_generate_auto(struct pardec_session *session,
+                                                const char *protocol,
+                                                size_t max_tokens,
+                                                size_t max_branch_tokens,
+                                                const char *response_prefix,
+                                                pardec_callback callback,
+                                                void *user_data,
+                                                char **out_report_json);
 
 /**
  * Takes a snapshot of everything the session holds: the flattened text, every block's

@@ -498,6 +498,22 @@ class Session:
         cb.check(status)
         return _take_string(out)
 
+    def generate_auto(self, protocol: str, max_tokens: int = 256, max_branch_tokens: int = 96,
+                      response_prefix: Optional[str] = None,
+                      on_event: Optional[Callable[[Event], Optional[bool]]] = None) -> dict:
+        """Auto mode: the model decides when to fork, under ``protocol`` (a built-in name such
+        as "multiverse", "aspd" or "apr", or a protocol description as a JSON string). Returns
+        the report ``{"blocks": [...], "warnings": [...]}``; the text is in :meth:`result`."""
+        import json
+        cb = _Callback(on_event)
+        out = c_void_p()
+        prefix = _encode(response_prefix, "response_prefix") if response_prefix is not None else None
+        with self._use() as p:
+            status = _c.lib().pardec_session_generate_auto(
+                p, _encode(protocol, "protocol"), max_tokens, max_branch_tokens, prefix, cb.c, None, byref(out))
+        cb.check(status)
+        return json.loads(_take_string(out))
+
     def fork(self, prefixes: Sequence[str], max_tokens: int = 256, stop: Sequence[str] = (),
              ban_eog: bool = False, banned_tokens: Iterable[int] = (), parent: int = TRUNK) -> List[int]:
         """Forks ``parent`` into one branch per prefix; returns the branches' node ids."""

@@ -279,6 +279,12 @@ def _declare(L: ctypes.CDLL) -> None:
     #     const struct pardec_run_limits *limits, pardec_callback callback, void *user_data,
     #     char **out_text);
     fn("pardec_session_generate", pardec_status, session_p, POINTER(pardec_run_limits), pardec_callback, c_void_p, char_pp)
+    # enum pardec_status pardec_session_generate_auto(struct pardec_session *session,
+    #     const char *protocol, size_t max_tokens, size_t max_branch_tokens,
+    #     const char *response_prefix, pardec_callback callback, void *user_data,
+    #     char **out_report_json);
+    fn("pardec_session_generate_auto", pardec_status, session_p, c_char_p, c_size_t, c_size_t, c_char_p,
+       pardec_callback, c_void_p, char_pp)
     # enum pardec_status pardec_session_fork(struct pardec_session *session, pardec_node parent,
     #     const char *const *prefixes, size_t n_branches, const struct pardec_run_limits *limits,
     #     pardec_node *out_nodes);
@@ -327,7 +333,8 @@ FUNCTIONS = [
     "pardec_model_load", "pardec_model_free", "pardec_model_n_vocab", "pardec_model_architecture",
     "pardec_model_apply_chat_template",
     "pardec_session_new", "pardec_session_free", "pardec_session_clear", "pardec_session_reset_stats",
-    "pardec_session_prompt", "pardec_session_append", "pardec_session_generate", "pardec_session_fork",
+    "pardec_session_prompt", "pardec_session_append", "pardec_session_generate", "pardec_session_generate_auto",
+    "pardec_session_fork",
     "pardec_session_run", "pardec_session_resume", "pardec_session_step", "pardec_session_join",
     "pardec_session_result", "pardec_session_stats",
     "pardec_result_free", "pardec_result_text", "pardec_result_n_blocks", "pardec_result_block",

@@ -285,3 +285,17 @@ print("ok")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
     assert "Traceback" not in out.stderr and "Exception ignored" not in out.stderr, out.stderr
+
+
+def test_generate_auto_forks_where_the_response_prefix_opens_a_block(session):
+    session.prompt("Two fruits:\n")
+    report = session.generate_auto(
+        "multiverse", max_tokens=16, max_branch_tokens=8,
+        response_prefix="<Parallel>\n<Goal>\n<Outline>1: Apple</Outline>\n<Outline>2: Pear</Outline>\n</Goal>")
+    assert [b["labels"] for b in report["blocks"]] == [["1", "2"]]
+    assert isinstance(report["warnings"], list)
+    text = session.result().text
+    assert "<Path>\n1:" in text and "<Path>\n2:" in text
+    with pytest.raises(pardec.PardecError) as e:
+        session.generate_auto("no-such-protocol")
+    assert e.value.status == pardec.Status.INVALID_ARGUMENT

@@ -538,12 +538,65 @@ pub unsafe extern "C" fn pardec_session_join(
     })
 }
 
-// ----- auto mode (reserved) ---------------------------------------------------------------
-//
-// The model-driven "auto mode" (the model decides when to fork, following a protocol such as
-// Multiverse's tags) will be exposed here as `pardec_session_generate_auto`, wrapping
-// `Session::generate_auto` once the Rust API has it. It will take a protocol description and
-// stream through the same `pardec_callback`/`pardec_event` as generate and run.
+/// Auto mode: generates on the trunk while the model decides when to fork, under a protocol:
+/// `protocol` is a built-in name (`multiverse`, `aspd`, `parallel-r1`, `threadweaver`, `npr`,
+/// `apr`) or a protocol description in JSON (text starting with `{`). The session must hold
+/// the prompt. `max_tokens` bounds the trunk, `max_branch_tokens` each branch;
+/// `response_prefix` (may be NULL) is put in the model's mouth and watched like generated text.
+/// Tokens stream through `callback` as in `pardec_session_generate`. On success, if
+/// `out_report_json` is not NULL it receives a JSON object `{"blocks": [{"parent", "labels",
+/// "titles", "paths"}], "warnings": [{"stream", "kind", "at", "message"}]}` (free it with
+/// `pardec_string_free`): malformed model output never fails the call, it is reported there.
+///
+/// Errors: NULL_ARGUMENT, INVALID_UTF8, INVALID_ARGUMENT (unknown protocol, invalid JSON
+/// description), BUSY, INVALID_STATE (no prompt, or a node still running), KV_CACHE_FULL,
+/// CANCELLED (the session stays usable), DECODE.
+#[no_mangle]
+pub unsafe extern "C" fn pardec_session_generate_auto(
+    session: *mut pardec_session,
+    protocol: *const c_char,
+    max_tokens: usize,
+    max_branch_tokens: usize,
+    response_prefix: *const c_char,
+    callback: pardec_callback,
+    user_data: *mut c_void,
+    out_report_json: *mut *mut c_char,
+) -> pardec_status {
+    guard(|| {
+        let protocol = str_arg(protocol, "protocol")?;
+        let prefix = opt_str_arg(response_prefix, "response_prefix")?.unwrap_or("");
+        let params = crate::auto::AutoParams {
+            max_tokens,
+            max_branch_tokens,
+            response_prefix: prefix.to_string(),
+            ..Default::default()
+        };
+        let report = with_session(session, |s| {
+            streaming(callback, user_data, |obs| {
+                if protocol == "apr" {
+                    let format = crate::protocol::SubSearchFormat::apr();
+                    return Ok(crate::auto::apr::generate_apr(s, &format, &params, obs)?);
+                }
+                let spec = if protocol.trim_start().starts_with('{') {
+                    crate::protocol::ProtocolSpec::from_json(protocol)
+                        .map_err(|e| crate::Error::InvalidArgument(format!("protocol JSON: {e}")))?
+                } else {
+                    crate::protocol::ProtocolSpec::builtin(protocol).ok_or_else(|| {
+                        crate::Error::InvalidArgument(format!("unknown protocol {protocol:?}"))
+                    })?
+                };
+                Ok(crate::auto::generate_auto(s, &spec, &params, obs)?)
+            })
+        })?;
+        if !out_report_json.is_null() {
+            let json = serde_json::to_string(&report)
+                .map_err(|e| FfiError::from(crate::Error::Internal(e.to_string())))?;
+            *out_report_json = c_string(&json).into_raw();
+        }
+        Ok(())
+    })
+}
+
 
 // ----- results ----------------------------------------------------------------------------
 
