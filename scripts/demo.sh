@@ -8,4 +8,5 @@ cargo build --release --quiet
 exec ./target/release/pardec run \
     --prompt "Give four tips for staying healthy while working at a desk. One sentence each." \
     --branch "1. Posture:" --branch "2. Movement:" --branch "3. Eyes:" --branch "4. Hydration:" \
-    --max-branch-tokens 40 --then $'\n\nIn summary,' --max-tokens 40 "$@"
+    --max-branch-tokens 40 --branch-stop $'\n' --then $'\n\nIn summary,' --max-tokens 40 \
+    --temp 0.6 --top-p 0.9 --seed 1 "$@"

@@ -148,3 +148,18 @@ fn run_with_a_protocol_reports_blocks_and_warnings() {
     assert_eq!(v["stats"]["branches"].as_u64(), Some(2));
     assert!(v["text"].as_str().unwrap().contains("<Path>\n2:"));
 }
+
+#[test]
+fn branch_stop_strings_end_each_branch_at_its_line() {
+    let v = json(&pardec(&[
+        "run", "--prompt", "Name two fruits, one line each.", "--branch", "1.", "--branch", "2.",
+        "--max-branch-tokens", "40", "--branch-stop", "\n", "--max-tokens", "4", "--json",
+    ]));
+    for b in v["branches"].as_array().unwrap() {
+        let text = b["text"].as_str().unwrap();
+        let stopped = b["stop_reason"] == serde_json::json!({"stop_string": "\n"});
+        assert!(stopped || b["tokens"].as_u64() < Some(42), "{b}");
+        // Nothing follows the first line break of a branch.
+        assert!(text.trim_end().lines().count() == 1 || !stopped, "{text:?}");
+    }
+}

@@ -20,7 +20,8 @@ const USAGE: &str = "\
 usage:
   pardec run   [--model PATH] --prompt TEXT --branch TEXT [--branch TEXT ...] [--then TEXT]
                [--max-tokens N] [--max-branch-tokens N] [--temp T] [--top-k K] [--top-p P]
-               [--min-p P] [--seed S] [--ctx N] [--threads N] [--raw] [--stream] [--json]
+               [--min-p P] [--seed S] [--ctx N] [--threads N] [--branch-stop TEXT ...] [--raw]
+               [--stream] [--json]
   pardec bench [--model PATH] [--branches 1,2,4,8] [--tokens N] [--reps N] [--threads N] [--json]
                [--auto]   (auto mode with scripted Multiverse blocks vs the same tokens serially)
   pardec run   [--model PATH] --prompt TEXT --protocol P [--response-prefix TEXT]
@@ -169,7 +170,7 @@ fn cmd_run(args: &Args) -> CliResult<()> {
     args.check_known(&[
         "--model", "--prompt", "--branch", "--then", "--max-tokens", "--max-branch-tokens",
         "--temp", "--top-k", "--top-p", "--min-p", "--seed", "--ctx", "--threads", "--raw",
-        "--stream", "--json", "--protocol", "--response-prefix",
+        "--stream", "--json", "--protocol", "--response-prefix", "--branch-stop",
     ])?;
     let prompt = args.get("--prompt").ok_or_else(|| usage("run needs --prompt TEXT"))?;
     if let Some(protocol) = args.get("--protocol") {
@@ -203,8 +204,16 @@ fn cmd_run(args: &Args) -> CliResult<()> {
         model.apply_chat_template(&[("user", prompt)]).unwrap_or_else(|_| prompt.to_string())
     };
     session.prompt(&prompt_text)?;
-    let specs: Vec<BranchSpec> =
-        branches.iter().map(|b| BranchSpec::new(b.as_str(), branch_tokens)).collect();
+    // Stop strings end a branch early (e.g. a newline: one list item per branch).
+    let branch_stops = args.all("--branch-stop");
+    let specs: Vec<BranchSpec> = branches
+        .iter()
+        .map(|b| BranchSpec {
+            prefix: b.clone(),
+            limits: RunLimits { max_tokens: branch_tokens, stop: branch_stops.clone(), ..Default::default() },
+            ..Default::default()
+        })
+        .collect();
     let mut printer = |ev: &Event<'_>| {
         if let Event::Token { label, text, .. } = ev {
             if label.is_empty() {
