@@ -250,6 +250,20 @@ typedef enum pardec_event_kind {
      * ignored. Not sent by `pardec_session_step`.
      */
     PARDEC_EVENT_KIND_DONE = 2,
+    /**
+     * Auto mode: `node` (label `label`) forked; `text` lists the new branches' labels,
+     * comma-separated ("1,2,3" or "2.1,2.2").
+     */
+    PARDEC_EVENT_KIND_FORK = 3,
+    /**
+     * Auto mode: the block of `node` was joined; `node` continues seeing its branches.
+     */
+    PARDEC_EVENT_KIND_JOIN = 4,
+    /**
+     * Auto mode: malformed model output in the stream `label`; `text` says what and which
+     * fallback was taken (decoding goes on).
+     */
+    PARDEC_EVENT_KIND_WARNING = 5,
 } pardec_event_kind;
 
 /**
@@ -906,7 +920,8 @@ enum pardec_status pardec_session_join(struct pardec_session *session,
  * `apr`) or a protocol description in JSON (text starting with `{`). The session must hold
  * the prompt. `max_tokens` bounds the trunk, `max_branch_tokens` each branch;
  * `response_prefix` (may be NULL) is put in the model's mouth and watched like generated text.
- * Tokens stream through `callback` as in `pardec_session_generate`. On success, if
+ * Tokens stream through `callback` as in `pardec_session_generate`, with FORK, JOIN and
+ * WARNING events as the model opens and closes blocks. On success, if
  * `out_report_json` is not NULL it receives a JSON object `{"blocks": [{"parent", "labels",
  * "titles", "paths"}], "warnings": [{"stream", "kind", "at", "message"}]}` (free it with
  * `pardec_string_free`): malformed model output never fails the call, it is reported there.

@@ -81,6 +81,9 @@ fn enum_values_are_frozen() {
     }
     assert_eq!(pardec_stop_reason::Cancelled as i32, 5);
     assert_eq!(pardec_event_kind::Done as i32, 2);
+    assert_eq!(pardec_event_kind::Fork as i32, 3);
+    assert_eq!(pardec_event_kind::Join as i32, 4);
+    assert_eq!(pardec_event_kind::Warning as i32, 5);
     assert_eq!(pardec_join_mode::Discard as i32, 2);
     assert_eq!(pardec_join_state::Discard as i32, 3);
     assert_eq!(pardec_kv_type::F32 as i32, 1);

@@ -76,7 +76,7 @@ class Status(enum.IntEnum):
 
 
 _STOP_REASONS = {0: None, 1: "eog", 2: "max_tokens", 3: "stop_string", 4: "kv_cache_full", 5: "cancelled"}
-_EVENT_KINDS = {0: "token", 1: "end", 2: "done"}
+_EVENT_KINDS = {0: "token", 1: "end", 2: "done", 3: "fork", 4: "join", 5: "warning"}
 _JOIN_STATES = {0: "open", 1: "all", 2: "keep", 3: "discard"}
 _JOIN_ALL, _JOIN_KEEP, _JOIN_DISCARD = 0, 1, 2
 _KV_TYPES = {"f16": 0, "f32": 1}
@@ -142,7 +142,7 @@ def _encode(text: str, what: str) -> bytes:
 class Event:
     """One streamed event (``pardec_event``)."""
 
-    kind: str  # "token", "end" or "done"
+    kind: str  # "token", "end", "done"; auto mode also "fork", "join", "warning"
     node: int
     label: str  # "" for the trunk, "1", "2.1", ... for branches
     text: str = ""  # token: whole UTF-8 characters completed by this token

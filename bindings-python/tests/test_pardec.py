@@ -289,9 +289,13 @@ print("ok")
 
 def test_generate_auto_forks_where_the_response_prefix_opens_a_block(session):
     session.prompt("Two fruits:\n")
+    events = []
     report = session.generate_auto(
-        "multiverse", max_tokens=16, max_branch_tokens=8,
+        "multiverse", max_tokens=16, max_branch_tokens=8, on_event=events.append,
         response_prefix="<Parallel>\n<Goal>\n<Outline>1: Apple</Outline>\n<Outline>2: Pear</Outline>\n</Goal>")
+    forks = [e for e in events if e.kind == "fork"]
+    assert len(forks) == 1 and forks[0].text == "1,2" and forks[0].label == ""
+    assert [e.kind for e in events].count("join") == 1
     assert [b["labels"] for b in report["blocks"]] == [["1", "2"]]
     assert isinstance(report["warnings"], list)
     text = session.result().text

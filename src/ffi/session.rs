@@ -102,6 +102,14 @@ pub enum pardec_event_kind {
     /// The call (generate or run) is about to return `status`. The callback's return value is
     /// ignored. Not sent by `pardec_session_step`.
     Done = 2,
+    /// Auto mode: `node` (label `label`) forked; `text` lists the new branches' labels,
+    /// comma-separated ("1,2,3" or "2.1,2.2").
+    Fork = 3,
+    /// Auto mode: the block of `node` was joined; `node` continues seeing its branches.
+    Join = 4,
+    /// Auto mode: malformed model output in the stream `label`; `text` says what and which
+    /// fallback was taken (decoding goes on).
+    Warning = 5,
 }
 
 /// One streamed event. Everything it points to is valid only during the callback.
@@ -171,6 +179,18 @@ impl CObserver {
         }
     }
 
+    /// A FORK, JOIN or WARNING event: a node, its label and a text.
+    fn auto_event(&mut self, kind: pardec_event_kind, node: NodeId, label: &str, text: &str) -> pardec_event {
+        let mut ev = self.blank(kind);
+        fill_c_buf(&mut self.label, label);
+        fill_c_buf(&mut self.text, text);
+        ev.node = node.index() as pardec_node;
+        ev.label = self.label.as_ptr() as *const c_char;
+        ev.text = self.text.as_ptr() as *const c_char;
+        ev.text_len = self.text.len() - 1;
+        ev
+    }
+
     /// Sends the final DONE event (its return value means nothing).
     fn done(&mut self, status: pardec_status) {
         if let Some(cb) = self.callback {
@@ -202,9 +222,13 @@ impl Observer for CObserver {
                     status: pardec_status::Ok,
                 }
             }
-            // Auto-mode events: added to the engine by the lead after this ABI was drafted;
-            // not yet given an ABI shape (TODO: fork/join/warning event kinds).
-            Event::Fork { .. } | Event::Join { .. } | Event::Warning { .. } => return true,
+            Event::Fork { parent, label, branches } => {
+                self.auto_event(pardec_event_kind::Fork, parent, label, &branches.join(","))
+            }
+            Event::Join { parent, label, .. } => self.auto_event(pardec_event_kind::Join, parent, label, ""),
+            Event::Warning { label, message } => {
+                self.auto_event(pardec_event_kind::Warning, NodeId::TRUNK, label, message)
+            }
             Event::End { node, label, reason } => {
                 fill_c_buf(&mut self.label, label);
                 fill_c_buf(&mut self.text, "");
@@ -543,7 +567,8 @@ pub unsafe extern "C" fn pardec_session_join(
 /// `apr`) or a protocol description in JSON (text starting with `{`). The session must hold
 /// the prompt. `max_tokens` bounds the trunk, `max_branch_tokens` each branch;
 /// `response_prefix` (may be NULL) is put in the model's mouth and watched like generated text.
-/// Tokens stream through `callback` as in `pardec_session_generate`. On success, if
+/// Tokens stream through `callback` as in `pardec_session_generate`, with FORK, JOIN and
+/// WARNING events as the model opens and closes blocks. On success, if
 /// `out_report_json` is not NULL it receives a JSON object `{"blocks": [{"parent", "labels",
 /// "titles", "paths"}], "warnings": [{"stream", "kind", "at", "message"}]}` (free it with
 /// `pardec_string_free`): malformed model output never fails the call, it is reported there.
