@@ -59,6 +59,17 @@ static bool on_event(void *user_data, const pardec_event *ev) {
         printf("\n<done: %s>\n", pardec_status_str(ev->status));
         p->have_label = 0;
         break;
+    case PARDEC_EVENT_KIND_FORK: /* auto mode only (pardec_session_generate_auto) */
+        printf("\n<fork %s into %s>", ev->label[0] ? ev->label : "trunk", ev->text);
+        p->have_label = 0;
+        break;
+    case PARDEC_EVENT_KIND_JOIN:
+        printf("\n<join into %s>", ev->label[0] ? ev->label : "trunk");
+        p->have_label = 0;
+        break;
+    case PARDEC_EVENT_KIND_WARNING:
+        fprintf(stderr, "\n<warning in %s: %s>", ev->label[0] ? ev->label : "trunk", ev->text);
+        break;
     }
     fflush(stdout);
     return true; /* keep going */

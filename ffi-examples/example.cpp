@@ -125,6 +125,15 @@ int run(const char *path) {
             std::printf("\n<done: %s>\n", pardec_status_str(ev.status));
             fresh = true;
             break;
+        case PARDEC_EVENT_KIND_FORK: // auto mode only (pardec_session_generate_auto)
+        case PARDEC_EVENT_KIND_JOIN:
+            std::printf("\n<%s %s %s>", ev.kind == PARDEC_EVENT_KIND_FORK ? "fork" : "join",
+                        label.empty() ? "trunk" : ev.label, ev.text);
+            fresh = true;
+            break;
+        case PARDEC_EVENT_KIND_WARNING:
+            std::fprintf(stderr, "\n<warning in %s: %s>", label.empty() ? "trunk" : ev.label, ev.text);
+            break;
         }
         std::fflush(stdout);
         return true;

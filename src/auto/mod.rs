@@ -250,10 +250,15 @@ impl Driver<'_, '_> {
     fn on_stopped(&mut self, node: NodeId) -> Result<()> {
         let text = self.session.node_text(node);
         let tokens = self.session.node_tokens(node).len();
-        let (from, used) = {
+        let (mut from, used) = {
             let s = &self.streams[&node];
             (s.run_from.min(text.len()), tokens.saturating_sub(s.tokens_from))
         };
+        // A run that ended inside a split character saw it as U+FFFD; once completed, the
+        // character may be longer, so step back to a boundary rather than slice inside it.
+        while !text.is_char_boundary(from) {
+            from -= 1;
+        }
         let stream = self.streams.get_mut(&node).expect("stream");
         stream.budget = stream.budget.saturating_sub(used);
         let mut actions = self.feed(node, &text[from..]);
