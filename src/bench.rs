@@ -79,7 +79,9 @@ fn specs(model: &Model, b: usize, tokens: usize) -> Vec<BranchSpec> {
         .collect()
 }
 
-fn prompt(s: &mut Session, model: &Model, text: &str) -> Result<()> {
+/// Prompts with `text`, or — for a model without a tokenizer (random weights made for a
+/// device check) — with a fixed run of token ids.
+pub(crate) fn prompt(s: &mut Session, model: &Model, text: &str) -> Result<()> {
     if model.has_text_vocab() {
         s.prompt(text)
     } else {

@@ -6,6 +6,7 @@
 //! this engine must never have — so the distance it produces shows what a leak looks like
 //! next to the batch-shape noise of the backend.
 
+use crate::bench::prompt;
 use crate::error::Result;
 use crate::model::{Model, Token};
 use crate::session::{BranchSpec, NodeId, RunLimits, Session, SessionParams, Silent};
@@ -26,16 +27,6 @@ fn specs(model: &Model, n: usize, tokens: usize) -> Result<Vec<BranchSpec>> {
             Ok(BranchSpec { prefix_tokens, limits: limits.clone(), ..Default::default() })
         })
         .collect()
-}
-
-fn prompt(s: &mut Session, model: &Model) -> Result<()> {
-    if model.has_text_vocab() {
-        s.prompt(PROMPT)
-    } else {
-        let n = model.n_vocab().max(2) as Token;
-        let ids: Vec<Token> = (0..16).map(|i| 1 + (i * 37) % (n - 1)).collect();
-        s.prompt_tokens(&ids)
-    }
 }
 
 /// Relative distance of two logit rows: max |a − b| / max |b|.
@@ -59,14 +50,14 @@ pub fn batch_vs_alone(
     p.record_logits = true;
     p.max_branches = p.max_branches.max(branches as u32);
     let mut batched = Session::new(model, SessionParams { leak_between_siblings: leak, ..p.clone() })?;
-    prompt(&mut batched, model)?;
+    prompt(&mut batched, model, PROMPT)?;
     let all = specs(model, branches, tokens)?;
     let ids = batched.fork(NodeId::TRUNK, &all)?;
     batched.run(&mut Silent)?;
     let mut worst = 0f64;
     for (i, spec) in all.into_iter().enumerate() {
         let mut alone = Session::new(model, SessionParams { leak_between_siblings: false, ..p.clone() })?;
-        prompt(&mut alone, model)?;
+        prompt(&mut alone, model, PROMPT)?;
         let id = alone.fork(NodeId::TRUNK, &[spec])?[0];
         alone.run(&mut Silent)?;
         let (tb, ta) = (batched.node_tokens(ids[i]), alone.node_tokens(id));
