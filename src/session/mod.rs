@@ -760,15 +760,7 @@ impl Session {
 
     /// The node's own text (nested blocks excluded), as decoded so far.
     pub fn node_text(&self, node: NodeId) -> String {
-        let mut bytes = Vec::new();
-        if let Some(n) = self.nodes.get(node.0) {
-            for item in &n.items {
-                if let Item::Text { bytes: b, .. } = item {
-                    bytes.extend_from_slice(b);
-                }
-            }
-        }
-        String::from_utf8_lossy(&bytes).into_owned()
+        self.nodes.get(node.0).map(Node::own_text).unwrap_or_default()
     }
 
     /// The text the node generated (sampled), excluding forced text and nested blocks.
@@ -1234,13 +1226,7 @@ fn selection_threads(decode_threads: usize) -> Result<usize> {
 /// Asks the session's script, if any, for the node's next token.
 fn scripted_token(script: &mut Option<Box<dyn TokenScript>>, node: &Node) -> Option<Token> {
     let script = script.as_mut()?;
-    let mut bytes = Vec::new();
-    for item in &node.items {
-        if let Item::Text { bytes: b, .. } = item {
-            bytes.extend_from_slice(b);
-        }
-    }
-    script.next_token(&node.label, &String::from_utf8_lossy(&bytes))
+    script.next_token(&node.label, &node.own_text())
 }
 
 /// Calls llama_decode and maps its status. Code 1 (no KV slot) leaves the memory unchanged.

@@ -160,6 +160,17 @@ impl Node {
         self.cells += 1;
     }
 
+    /// The node's own text, nested blocks excluded (invalid UTF-8 replaced).
+    pub(crate) fn own_text(&self) -> String {
+        let mut bytes = Vec::new();
+        for item in &self.items {
+            if let Item::Text { bytes: b, .. } = item {
+                bytes.extend_from_slice(b);
+            }
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
     /// Bytes of the current trailing text item (where stop strings are searched).
     pub(crate) fn tail_bytes(&self) -> &[u8] {
         match self.items.last() {
