@@ -22,6 +22,7 @@ pub mod bench;
 pub mod equivalence;
 mod error;
 pub mod ffi;
+mod llama;
 mod model;
 pub mod protocol;
 pub mod session;
@@ -33,7 +34,7 @@ pub use model::{Model, ModelParams, Token};
 pub use session::sampling::SamplingParams;
 pub use session::{
     BranchSpec, Event, ItemReport, JoinMode, KvType, NodeId, NodeReport, Observer, Origin, RunLimits,
-    Session, SessionParams, Silent, StopReason, TokenScript, Transcript,
+    Selection, Session, SessionParams, Silent, StopReason, TokenScript, Transcript,
 };
 pub use stats::Stats;
 

@@ -8,12 +8,9 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use llama_cpp_2::model::params::LlamaModelParams;
-use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
-use llama_cpp_2::token::LlamaToken;
-
 use crate::backend::backend;
 use crate::error::{Error, Result};
+use crate::llama::{LlamaModel, LoadFailure};
 
 /// A token id of the model's vocabulary.
 pub type Token = i32;
@@ -86,21 +83,21 @@ impl Model {
     pub fn load(path: impl AsRef<Path>, params: &ModelParams) -> Result<Model> {
         let path = path.as_ref();
         check_gguf_file(path)?;
-        let backend = backend()?;
-        let mut llama_params = LlamaModelParams::default();
-        if let Some(n) = params.n_gpu_layers {
-            llama_params = llama_params.with_n_gpu_layers(n);
-        }
-        let llama = LlamaModel::load_from_file(backend, path, &llama_params).map_err(|e| {
-            Error::ModelLoad(format!(
-                "llama.cpp could not load {} ({e}); the architecture may be unknown to this \
+        backend()?;
+        let llama = LlamaModel::load(path, params.n_gpu_layers).map_err(|e| match e {
+            LoadFailure::BadPath => Error::InvalidArgument(format!(
+                "model path {} is not UTF-8 or holds a NUL byte",
+                path.display()
+            )),
+            LoadFailure::Refused => Error::ModelLoad(format!(
+                "llama.cpp could not load {}; the architecture may be unknown to this \
                  llama.cpp or the file corrupt (PARDEC_LLAMA_LOG=1 shows llama.cpp's log)",
                 path.display()
-            ))
+            )),
         })?;
         let architecture = llama
-            .meta_val_str("general.architecture")
-            .unwrap_or_else(|_| "unknown".to_string());
+            .meta_str("general.architecture")
+            .unwrap_or_else(|| "unknown".to_string());
         if llama.is_recurrent() || llama.is_hybrid() {
             return Err(Error::UnsupportedModel(format!(
                 "{} has a {} architecture: its recurrent state cannot be shared by branches \
@@ -110,11 +107,10 @@ impl Model {
             )));
         }
         let has_text_vocab = llama
-            .meta_val_str("tokenizer.ggml.model")
+            .meta_str("tokenizer.ggml.model")
             .map(|m| m != "none")
             .unwrap_or(true);
-        let vocab = llama.vocab();
-        let eog_tokens = (0..llama.n_vocab()).filter(|&t| vocab.is_eog(LlamaToken(t))).collect();
+        let eog_tokens = (0..llama.n_vocab()).filter(|&t| llama.is_eog(t)).collect();
         Ok(Model {
             inner: Arc::new(ModelInner {
                 llama,
@@ -158,7 +154,7 @@ impl Model {
 
     /// Whether `token` ends a generation (EOS, EOT, ...).
     pub fn is_eog(&self, token: Token) -> bool {
-        self.inner.llama.vocab().is_eog(LlamaToken(token))
+        self.inner.llama.is_eog(token)
     }
 
     /// Tokenizes text. `add_bos` adds the model's start token where its metadata asks for
@@ -170,14 +166,9 @@ impl Model {
                     .into(),
             ));
         }
-        Ok(self
-            .inner
-            .llama
-            .vocab()
-            .tokenize(text.as_bytes(), add_bos, true)
-            .into_iter()
-            .map(|t| t.0)
-            .collect())
+        self.inner.llama.tokenize(text, add_bos).ok_or_else(|| {
+            Error::InvalidArgument(format!("llama.cpp could not tokenize {} bytes of text", text.len()))
+        })
     }
 
     /// The bytes a token renders to (special tokens rendered as their text). Not always
@@ -187,12 +178,7 @@ impl Model {
             out.extend_from_slice(format!("<{token}>").as_bytes());
             return;
         }
-        let mut piece = Vec::new();
-        self.inner
-            .llama
-            .vocab()
-            .token_to_piece_into(LlamaToken(token), &mut piece, true, None);
-        out.extend_from_slice(&piece);
+        self.inner.llama.token_piece(token, out);
     }
 
     /// Renders tokens to text (invalid UTF-8 sequences replaced).
@@ -207,19 +193,16 @@ impl Model {
     /// Formats a chat with the model's own template (from its GGUF metadata), ending with the
     /// assistant's turn opened. `messages` are (role, content) pairs.
     pub fn apply_chat_template(&self, messages: &[(&str, &str)]) -> Result<String> {
-        let llama = &self.inner.llama;
-        let template = llama.chat_template(None).map_err(|e| {
-            Error::UnsupportedModel(format!("the model has no usable chat template: {e}"))
+        if messages.iter().any(|(r, c)| r.contains('\0') || c.contains('\0')) {
+            return Err(Error::InvalidArgument("a chat message holds a NUL byte".into()));
+        }
+        let template = self.inner.llama.chat_template().ok_or_else(|| {
+            Error::UnsupportedModel("the model has no chat template in its metadata".into())
         })?;
-        let chat = messages
-            .iter()
-            .map(|(role, content)| {
-                LlamaChatMessage::new(role.to_string(), content.to_string())
-                    .map_err(|e| Error::InvalidArgument(format!("chat message: {e}")))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        llama
-            .apply_chat_template(&template, &chat, true)
-            .map_err(|e| Error::UnsupportedModel(format!("chat template failed: {e}")))
+        LlamaModel::apply_chat_template(&template, messages).ok_or_else(|| {
+            Error::UnsupportedModel(
+                "the model's chat template is not one llama.cpp's built-in renderer knows".into(),
+            )
+        })
     }
 }

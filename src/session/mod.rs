@@ -19,23 +19,19 @@ pub mod sampling;
 mod text;
 mod tree;
 
-use std::num::NonZeroU32;
 use std::time::Instant;
 
-use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams};
-use llama_cpp_2::context::LlamaContext;
-use llama_cpp_2::llama_batch::LlamaBatch;
-use llama_cpp_2::token::LlamaToken;
 use once_cell::sync::Lazy;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::backend;
 use crate::error::{Error, Result};
+use crate::llama::{Batch, ContextConfig, LlamaContext};
 use crate::model::{Model, Token};
 use crate::stats::{Counters, Stats};
 use kv::{SeqPool, TRUNK_SEQ};
-use sampling::{BranchSampler, SamplingParams};
+use sampling::{BranchSampler, SamplingParams, SavedScores, Scores};
 use tree::{report, Block, Item, Node, NodeState};
 pub use tree::{ItemReport, JoinMode, NodeReport, Origin, StopReason, Transcript};
 
@@ -53,6 +49,27 @@ pub enum KvType {
     F16,
     /// Exact keys and values: for equivalence tests against a float32 reference.
     F32,
+}
+
+/// Where each step's next tokens are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Selection {
+    /// Every running node's full logit row is copied to the host, which picks its token:
+    /// exact for every sampling setting.
+    Host,
+    /// llama.cpp reduces each row to its `candidates` highest logits inside the decode graph
+    /// (on the GPU with a GPU backend), and only those reach the host, which picks among
+    /// them with the same per-branch sampler. The same tokens as `Host` for greedy and for
+    /// `top_k ≤ candidates` (up to exact ties); with `top_k` off or larger, sampling is
+    /// truncated to the candidates. A run may ban fewer tokens than `candidates`.
+    Device { candidates: u32 },
+}
+
+impl Selection {
+    /// The candidate count pardec uses for `Device` when none is given (llama.cpp's own
+    /// sampling default is top-k 40).
+    pub const DEFAULT_CANDIDATES: u32 = 64;
 }
 
 /// How a session's context is made and how it samples.
@@ -73,6 +90,7 @@ pub struct SessionParams {
     /// off (llama.cpp's flash-attention path rounds K and V to f16, defeating F32).
     pub flash_attn: Option<bool>,
     pub sampling: SamplingParams,
+    pub selection: Selection,
     /// Keep the logits of every sampled token (for equivalence tests; costs memory).
     #[doc(hidden)]
     pub record_logits: bool,
@@ -93,6 +111,7 @@ impl Default for SessionParams {
             kv_type: KvType::F16,
             flash_attn: None,
             sampling: SamplingParams::default(),
+            selection: Selection::Host,
             record_logits: false,
             leak_between_siblings: false,
         }
@@ -215,13 +234,15 @@ struct BatchEntry {
 /// sessions may share one [`Model`] on many threads.
 pub struct Session {
     // Field order matters: the context borrows the model and must be dropped first.
-    ctx: LlamaContext<'static>,
-    batch: LlamaBatch<'static>,
+    ctx: LlamaContext,
+    batch: Batch,
     model: Model,
     params: SessionParams,
     n_ctx: u32,
     n_batch: usize,
     n_seq_max: u32,
+    /// Candidates per row with device selection; None: full rows (host selection).
+    device_candidates: Option<u32>,
     pool: SeqPool,
     nodes: Vec<Node>,
     blocks: Vec<Block>,
@@ -246,11 +267,29 @@ impl std::fmt::Debug for Session {
     }
 }
 
-fn kv_cache_type(t: KvType) -> KvCacheType {
+fn kv_cache_type(t: KvType) -> llama_cpp_sys_2::ggml_type {
     match t {
-        KvType::F16 => KvCacheType::F16,
-        KvType::F32 => KvCacheType::F32,
+        KvType::F16 => llama_cpp_sys_2::GGML_TYPE_F16,
+        KvType::F32 => llama_cpp_sys_2::GGML_TYPE_F32,
     }
+}
+
+/// Checks a `Device` selection against the model and the session's test switches.
+fn device_candidates(params: &SessionParams, n_vocab: usize) -> Result<Option<u32>> {
+    let Selection::Device { candidates } = params.selection else {
+        return Ok(None);
+    };
+    if candidates == 0 || candidates as usize > n_vocab {
+        return Err(Error::InvalidArgument(format!(
+            "device selection keeps 1..={n_vocab} candidates per row, not {candidates}"
+        )));
+    }
+    if params.record_logits || params.leak_between_siblings {
+        return Err(Error::InvalidArgument(
+            "record_logits and leak_between_siblings read full logit rows: use Selection::Host".into(),
+        ));
+    }
+    Ok(Some(candidates))
 }
 
 impl Session {
@@ -284,38 +323,34 @@ impl Session {
             (Some(false), _) | (None, KvType::F32) => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED,
             (None, KvType::F16) => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO,
         };
-        let ctx_params = LlamaContextParams::default()
-            .with_flash_attention_policy(flash)
-            .with_n_ctx(NonZeroU32::new(params.n_ctx))
-            .with_n_batch(params.n_batch)
-            .with_n_ubatch(params.n_batch)
-            .with_n_seq_max(n_seq_max)
-            .with_kv_unified(true)
-            .with_swa_full(true)
-            .with_type_k(kv_cache_type(params.kv_type))
-            .with_type_v(kv_cache_type(params.kv_type))
-            .with_n_threads(threads)
-            .with_n_threads_batch(threads);
+        let device_candidates = device_candidates(&params, model.n_vocab())?;
+        let config = ContextConfig {
+            n_ctx: params.n_ctx,
+            n_batch: params.n_batch,
+            n_seq_max,
+            n_threads: threads,
+            flash_attn: flash,
+            kv_type: kv_cache_type(params.kv_type),
+            device_top_k: device_candidates,
+        };
+        backend()?;
+        // The context uses the model's llama.cpp handle: `Session` owns a clone of the `Arc`
+        // holding that model and declares `ctx` before `model`, so the context goes first.
         let ctx = {
             let _guard = CONTEXT_CREATION.lock();
-            model
-                .inner
-                .llama
-                .new_context(backend()?, ctx_params)
-                .map_err(|e| {
-                    Error::Context(format!(
-                        "llama.cpp refused n_ctx={} n_batch={} n_seq_max={n_seq_max}: {e}",
-                        params.n_ctx, params.n_batch
-                    ))
-                })?
+            LlamaContext::new(&model.inner.llama, &config).ok_or_else(|| {
+                Error::Context(format!(
+                    "llama.cpp refused n_ctx={} n_batch={} n_seq_max={n_seq_max}{} (out of \
+                     memory, or sizes it rejects; PARDEC_LLAMA_LOG=1 shows why)",
+                    params.n_ctx,
+                    params.n_batch,
+                    device_candidates.map_or(String::new(), |k| format!(" device top-k={k}")),
+                ))
+            })?
         };
-        // SAFETY: the context borrows the model's llama.cpp handle. `Session` owns a clone of
-        // the `Arc` holding that model and declares `ctx` before `model`, so the context is
-        // dropped first and the model outlives every use of the extended lifetime.
-        let ctx: LlamaContext<'static> = unsafe { std::mem::transmute(ctx) };
         let n_ctx = ctx.n_ctx();
         let n_batch = ctx.n_batch() as usize;
-        let batch = LlamaBatch::new(n_batch, n_seq_max as i32);
+        let batch = Batch::new(n_batch, n_seq_max as usize);
         let mut session = Session {
             ctx,
             batch,
@@ -323,6 +358,7 @@ impl Session {
             n_ctx,
             n_batch,
             n_seq_max,
+            device_candidates,
             pool: SeqPool::new(n_seq_max),
             nodes: Vec::new(),
             blocks: Vec::new(),
@@ -348,7 +384,7 @@ impl Session {
 
     /// Forgets everything: empties the KV cache, the tree and the statistics.
     pub fn clear(&mut self) {
-        self.ctx.clear_kv_cache();
+        self.ctx.clear();
         self.reset_tree();
         self.counters = Counters::default();
     }
@@ -455,7 +491,8 @@ impl Session {
     /// together with every other running node.
     pub fn resume(&mut self, node: NodeId, limits: &RunLimits) -> Result<()> {
         let idx = self.idle_node(node, "generate on")?;
-        if self.nodes[idx].saved_logits.is_empty() {
+        self.check_bans(limits)?;
+        if self.nodes[idx].saved.is_empty() {
             return Err(Error::InvalidState(format!(
                 "node {:?} has no next-token logits (after a join that kept branches, append \
                  text before generating)",
@@ -517,7 +554,10 @@ impl Session {
             };
             prefixes.push(tokens);
         }
-        if prefixes.iter().any(Vec::is_empty) && self.nodes[p].saved_logits.is_empty() {
+        for spec in specs {
+            self.check_bans(&spec.limits)?;
+        }
+        if prefixes.iter().any(Vec::is_empty) && self.nodes[p].saved.is_empty() {
             return Err(Error::InvalidState(
                 "a branch without prefix needs the parent's next-token logits: append text to \
                  the parent first"
@@ -532,9 +572,7 @@ impl Session {
         for (i, &seq) in seqs.iter().enumerate() {
             if shared {
                 // Zero copy: the child's id is added to every cell the parent can see.
-                self.ctx.copy_kv_cache_seq(self.nodes[p].seq, seq, None, None).map_err(|e| {
-                    Error::Internal(format!("seq_cp failed: {e}"))
-                })?;
+                self.ctx.seq_cp(self.nodes[p].seq, seq, -1);
             }
             let parent = &self.nodes[p];
             let mut path = parent.path.clone();
@@ -555,7 +593,7 @@ impl Session {
                 child.cells_at_fork = parent.cells;
             }
             if prefixes[i].is_empty() {
-                child.saved_logits = parent.saved_logits.clone();
+                child.saved = parent.saved.clone();
             }
             self.nodes.push(child);
         }
@@ -572,7 +610,7 @@ impl Session {
             // Undo the fork: the children's ids leave the prefix cells and return to the pool.
             for &c in &children {
                 let seq = self.nodes[c].seq;
-                let _ = self.ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
+                self.ctx.seq_rm(seq, -1);
                 self.pool.give_back(seq);
             }
             self.nodes.truncate(first_child);
@@ -660,21 +698,19 @@ impl Session {
             let child = &self.nodes[children[i]];
             let (seq, next, own) = (child.seq, child.next_pos, child.cells - child.cells_at_fork);
             // The parent's id joins the branch's own cells (positions ≥ fork_pos).
-            self.ctx
-                .copy_kv_cache_seq(seq, parent_seq, Some(fork_pos as u32), None)
-                .map_err(|e| Error::Internal(format!("seq_cp at join failed: {e}")))?;
+            self.ctx.seq_cp(seq, parent_seq, fork_pos);
             new_next = new_next.max(next);
             gained += own;
         }
         for &c in &children {
             let seq = self.nodes[c].seq;
-            self.ctx
-                .clear_kv_cache_seq(Some(seq as u32), None, None)
-                .map_err(|e| Error::Internal(format!("seq_rm at join failed: {e}")))?;
+            if !self.ctx.seq_rm(seq, -1) {
+                return Err(Error::Internal(format!("llama.cpp refused to remove sequence {seq}")));
+            }
             self.pool.give_back(seq);
             let child = &mut self.nodes[c];
             child.alive = false;
-            child.saved_logits = Vec::new();
+            child.saved = SavedScores::default();
         }
         let prefix_cells = self.blocks[b].prefix_cells;
         let unshared_drop = (children.len() - kept.len().max(1)) as u64 * prefix_cells;
@@ -686,7 +722,7 @@ impl Session {
         node.next_pos = new_next;
         node.cells += gained;
         if !kept.is_empty() {
-            node.saved_logits.clear(); // they predate the branches
+            node.saved.clear(); // they predate the branches
         }
         if let Some(tokens) = join_tokens.filter(|t| !t.is_empty()) {
             let start = Instant::now();
@@ -801,19 +837,19 @@ impl Session {
         'steps: for k in 0..steps as i32 {
             self.batch.clear();
             for &(seq, pos) in &lanes {
-                if let Err(e) = self.batch.add(LlamaToken(1), pos + k, &[seq], true) {
-                    result = Err(Error::Internal(format!("batch add: {e}")));
+                if !self.batch.add(1, pos + k, &[seq], true) {
+                    result = Err(Error::Internal("batch add: the batch is full".into()));
                     break 'steps;
                 }
             }
-            if let Err(e) = decode_status(&mut self.ctx, &mut self.batch) {
+            if let Err(e) = decode_status(&mut self.ctx, &self.batch) {
                 result = Err(e);
                 break;
             }
         }
         let elapsed = started.elapsed();
         for &(seq, pos) in &lanes {
-            let _ = self.ctx.clear_kv_cache_seq(Some(seq as u32), Some(pos as u32), None);
+            self.ctx.seq_rm(seq, pos);
         }
         result.map(|()| elapsed)
     }
@@ -853,6 +889,23 @@ impl Session {
         Ok(())
     }
 
+    /// With device selection a run must ban fewer tokens than the candidates per row, so
+    /// that every row keeps a token it may pick.
+    fn check_bans(&self, limits: &RunLimits) -> Result<()> {
+        let Some(k) = self.device_candidates else {
+            return Ok(());
+        };
+        let eog = if limits.ban_eog { self.model.eog_tokens().len() } else { 0 };
+        let banned = limits.banned_tokens.len() + eog;
+        if banned >= k as usize {
+            return Err(Error::InvalidArgument(format!(
+                "a run bans {banned} tokens but device selection keeps only {k} candidates per \
+                 row: raise the candidates or use Selection::Host"
+            )));
+        }
+        Ok(())
+    }
+
     /// Text generated on a node by items at or after `first_item`.
     fn generated_text_from(&self, idx: usize, first_item: usize) -> String {
         let mut bytes = Vec::new();
@@ -887,10 +940,10 @@ impl Session {
             node.stop_reason = Some(StopReason::MaxTokens);
             return;
         }
-        let logits = std::mem::take(&mut node.saved_logits);
+        let saved = std::mem::take(&mut node.saved);
         let forced = scripted_token(&mut self.script, node);
-        sample_next(node, &self.model, self.params.record_logits, &logits, forced, None);
-        node.saved_logits = logits;
+        sample_next(node, &self.model, self.params.record_logits, saved.view(), forced, None);
+        node.saved = saved;
     }
 
     /// One parallel step: decodes the pending token of every running node in one batch
@@ -925,9 +978,14 @@ impl Session {
             device_time += t.elapsed();
             self.preselect_greedy(chunk);
             for (row, entry) in chunk.iter().enumerate() {
-                if !self.commit_step_token(entry, row as i32, observer) {
-                    cancelled = true;
+                match self.commit_step_token(entry, row as i32, observer) {
+                    Ok(true) => {}
+                    Ok(false) => cancelled = true,
+                    Err(e) => failure = Some(e),
                 }
+            }
+            if failure.is_some() {
+                break;
             }
         }
         self.entries = entries;
@@ -960,8 +1018,9 @@ impl Session {
         const PARALLEL_MIN_FLOATS: usize = 1 << 20;
         self.picks.clear();
         self.picks.resize(chunk.len(), usize::MAX);
-        if self.script.is_some() {
-            return; // a script may force any token: sample row by row as usual
+        if self.script.is_some() || self.device_candidates.is_some() {
+            // A script may force any token, and candidate sets are tiny: sample row by row.
+            return;
         }
         let rows: Vec<(usize, &[f32])> = chunk
             .iter()
@@ -970,7 +1029,7 @@ impl Session {
                 let n = &self.nodes[e.node];
                 matches!(n.state, NodeState::Running { .. }) && n.sampler.is_greedy()
             })
-            .map(|(row, _)| (row, self.ctx.get_logits_ith(row as i32)))
+            .filter_map(|(row, _)| Some((row, self.ctx.logits(row as i32)?)))
             .collect();
         let floats: usize = rows.iter().map(|(_, l)| l.len()).sum();
         let threads = self.selection_threads.min(rows.len()).min(8);
@@ -995,7 +1054,7 @@ impl Session {
 
     /// Commits one decoded step token and samples the node's next one. Returns the
     /// observer's verdict (false: cancel).
-    fn commit_step_token(&mut self, entry: &BatchEntry, row: i32, observer: &mut dyn Observer) -> bool {
+    fn commit_step_token(&mut self, entry: &BatchEntry, row: i32, observer: &mut dyn Observer) -> Result<bool> {
         let idx = entry.node;
         let finishing = match &self.nodes[idx].state {
             NodeState::Finishing { reason, .. } => Some(reason.clone()),
@@ -1021,12 +1080,11 @@ impl Session {
             token: entry.token,
             text: &self.text_scratch,
         });
-        let logits = self.ctx.get_logits_ith(row);
+        let scores = row_scores(&self.ctx, self.device_candidates.is_some(), row)?;
         match finishing {
             Some(reason) => {
                 let node = &mut self.nodes[idx];
-                node.saved_logits.clear();
-                node.saved_logits.extend_from_slice(logits);
+                node.saved.store(scores);
                 node.state = NodeState::Idle;
                 node.stop_reason = Some(reason);
                 keep_going &= self.emit_end(idx, observer);
@@ -1035,16 +1093,15 @@ impl Session {
                 let node = &mut self.nodes[idx];
                 let forced = scripted_token(&mut self.script, node);
                 let pick = self.picks.get(row as usize).copied().filter(|&p| p != usize::MAX);
-                sample_next(node, &self.model, self.params.record_logits, logits, forced, pick);
+                sample_next(node, &self.model, self.params.record_logits, scores, forced, pick);
                 if matches!(node.stop_reason, Some(StopReason::Eog)) {
                     // Kept so the node can be resumed (or forked) after the EOG.
-                    node.saved_logits.clear();
-                    node.saved_logits.extend_from_slice(logits);
+                    node.saved.store(scores);
                     keep_going &= self.emit_end(idx, observer);
                 }
             }
         }
-        keep_going
+        Ok(keep_going)
     }
 
     fn emit_end(&mut self, idx: usize, observer: &mut dyn Observer) -> bool {
@@ -1072,9 +1129,9 @@ impl Session {
                 let node = &mut self.nodes[idx];
                 node.state = NodeState::Idle;
                 node.stop_reason = Some(reason.clone());
-                // The logits after its last decoded token were consumed by sampling the
+                // The scores after its last decoded token were consumed by sampling the
                 // dropped token; the node needs appended text before it generates again.
-                node.saved_logits.clear();
+                node.saved.clear();
                 let _ = self.emit_end(idx, observer);
             }
         }
@@ -1089,11 +1146,11 @@ impl Session {
             if self.params.leak_between_siblings && self.nodes[entry.node].depth > 0 {
                 self.add_running_siblings(entry.node);
             }
-            self.batch
-                .add(LlamaToken(entry.token), entry.pos, &self.seq_scratch, entry.logits)
-                .map_err(|e| Error::Internal(format!("batch add: {e}")))?;
+            if !self.batch.add(entry.token, entry.pos, &self.seq_scratch, entry.logits) {
+                return Err(Error::Internal("batch add: the batch is full".into()));
+            }
         }
-        decode_status(&mut self.ctx, &mut self.batch)
+        decode_status(&mut self.ctx, &self.batch)
     }
 
     /// Test-only leak: tag the token with every running sibling's sequence id too.
@@ -1128,7 +1185,7 @@ impl Session {
             if let Err(e) = self.decode_chunk(chunk) {
                 for &(idx, pos0) in &starts {
                     let seq = self.nodes[idx].seq;
-                    let _ = self.ctx.clear_kv_cache_seq(Some(seq as u32), Some(pos0 as u32), None);
+                    self.ctx.seq_rm(seq, pos0);
                     self.rollback_node(idx, pos0);
                 }
                 return Err(e);
@@ -1139,10 +1196,8 @@ impl Session {
                 let node = &mut self.nodes[entry.node];
                 node.push_token(Origin::Forced, entry.token, &bytes);
                 if entry.logits {
-                    let logits = self.ctx.get_logits_ith(row as i32);
-                    let node = &mut self.nodes[entry.node];
-                    node.saved_logits.clear();
-                    node.saved_logits.extend_from_slice(logits);
+                    let scores = row_scores(&self.ctx, self.device_candidates.is_some(), row as i32)?;
+                    self.nodes[entry.node].saved.store(scores);
                 }
             }
             self.counters.prefill_tokens += chunk.len() as u64;
@@ -1181,16 +1236,16 @@ fn sample_next(
     node: &mut Node,
     model: &Model,
     record_logits: bool,
-    logits: &[f32],
+    scores: Scores<'_>,
     forced: Option<Token>,
     argmax_hint: Option<usize>,
 ) {
-    if record_logits {
-        node.logit_trace.push(logits.to_vec());
+    if let (true, Scores::Full(row)) = (record_logits, scores) {
+        node.logit_trace.push(row.to_vec());
     }
     let token = match forced {
-        Some(t) if t >= 0 && (t as usize) < logits.len() => t,
-        _ => node.sampler.sample(logits, &node.banned, argmax_hint),
+        Some(t) if t >= 0 && (t as usize) < model.n_vocab() => t,
+        _ => node.sampler.sample(scores, &node.banned, argmax_hint),
     };
     if model.is_eog(token) {
         node.state = NodeState::Idle;
@@ -1230,13 +1285,26 @@ fn scripted_token(script: &mut Option<Box<dyn TokenScript>>, node: &Node) -> Opt
 }
 
 /// Calls llama_decode and maps its status. Code 1 (no KV slot) leaves the memory unchanged.
-fn decode_status(ctx: &mut LlamaContext<'static>, batch: &mut LlamaBatch<'static>) -> Result<()> {
-    match ctx.decode(batch) {
-        Ok(()) => Ok(()),
-        Err(llama_cpp_2::DecodeError::NoKvCacheSlot) => Err(Error::KvCacheFull),
-        Err(llama_cpp_2::DecodeError::NTokensZero) => Err(Error::Decode(-1)),
-        Err(llama_cpp_2::DecodeError::Unknown(code)) => Err(Error::Decode(code)),
+fn decode_status(ctx: &mut LlamaContext, batch: &Batch) -> Result<()> {
+    if batch.len() == 0 {
+        return Err(Error::Decode(-1));
     }
+    match ctx.decode(batch) {
+        0 => Ok(()),
+        1 => Err(Error::KvCacheFull),
+        code => Err(Error::Decode(code)),
+    }
+}
+
+/// The next-token scores of batch row `row`, as the context's selection mode delivers them.
+/// Only rows decoded with logits requested are read; a missing row is a bug, reported as one.
+fn row_scores(ctx: &LlamaContext, device: bool, row: i32) -> Result<Scores<'_>> {
+    let scores = if device {
+        ctx.candidates(row).map(|(ids, logits)| Scores::Candidates { ids, logits })
+    } else {
+        ctx.logits(row).map(Scores::Full)
+    };
+    scores.ok_or_else(|| Error::Internal(format!("llama.cpp returned no scores for batch row {row}")))
 }
 
 /// Whether appending `piece` to `text` completes one of `stops` (only matches that end inside

@@ -144,6 +144,53 @@ fn scalar_argmax(values: &[f32], offset: usize) -> usize {
     offset + best
 }
 
+/// One output row's next-token scores: the full logit row (host selection), or the
+/// candidates the backend kept for it (device selection; unordered).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Scores<'a> {
+    Full(&'a [f32]),
+    Candidates { ids: &'a [Token], logits: &'a [f32] },
+}
+
+/// Scores kept for a node's next sample: after a prefill, at a stop (for a later resume),
+/// and copied into branches forked without a prefix.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SavedScores {
+    logits: Vec<f32>,
+    /// Empty: `logits` is a full row. Otherwise `logits[i]` belongs to token `ids[i]`.
+    ids: Vec<Token>,
+}
+
+impl SavedScores {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.logits.is_empty()
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.logits.clear();
+        self.ids.clear();
+    }
+
+    pub(crate) fn store(&mut self, scores: Scores<'_>) {
+        self.clear();
+        match scores {
+            Scores::Full(row) => self.logits.extend_from_slice(row),
+            Scores::Candidates { ids, logits } => {
+                self.ids.extend_from_slice(ids);
+                self.logits.extend_from_slice(logits);
+            }
+        }
+    }
+
+    pub(crate) fn view(&self) -> Scores<'_> {
+        if self.ids.is_empty() {
+            Scores::Full(&self.logits)
+        } else {
+            Scores::Candidates { ids: &self.ids, logits: &self.logits }
+        }
+    }
+}
+
 /// A branch's sampler: parameters, random stream and reusable scratch space.
 #[derive(Debug, Clone)]
 pub(crate) struct BranchSampler {
@@ -165,51 +212,62 @@ impl BranchSampler {
         self.params.is_greedy()
     }
 
-    /// Picks the next token from one row of logits. `banned` tokens are never chosen.
-    /// `argmax_hint` is the row's argmax when the caller computed it already.
-    pub(crate) fn sample(&mut self, logits: &[f32], banned: &[Token], argmax_hint: Option<usize>) -> Token {
-        if self.params.is_greedy() {
-            let best = argmax_hint.unwrap_or_else(|| argmax(logits)) as Token;
-            if banned.is_empty() || !banned.contains(&best) {
-                return best;
+    /// Picks the next token. `banned` tokens are never chosen while another is possible.
+    /// `argmax_hint` is a full row's argmax when the caller computed it already.
+    ///
+    /// Full rows and candidate sets go through the same selection, so a candidate set that
+    /// holds the row's top `top_k` logits gives the very token the full row gives (up to
+    /// exact ties at its edge); with `top_k` off or larger, sampling is truncated to the set.
+    pub(crate) fn sample(&mut self, scores: Scores<'_>, banned: &[Token], argmax_hint: Option<usize>) -> Token {
+        match scores {
+            Scores::Full(logits) if self.params.is_greedy() => {
+                let best = argmax_hint.unwrap_or_else(|| argmax(logits)) as Token;
+                if banned.is_empty() || !banned.contains(&best) {
+                    return best;
+                }
+                greedy_with_bans(logits, banned)
             }
-            return self.greedy_with_bans(logits, banned);
+            Scores::Candidates { ids, logits } if self.params.is_greedy() => {
+                best_candidate(ids, logits, banned)
+            }
+            Scores::Full(logits) => {
+                let inv_t = 1.0 / self.params.temperature;
+                self.scratch.clear();
+                self.scratch.extend(
+                    logits
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, v)| v.is_finite() && !banned.contains(&(*i as Token)))
+                        .map(|(i, &v)| (v * inv_t, i as u32)),
+                );
+                if self.scratch.is_empty() {
+                    return argmax(logits) as Token;
+                }
+                self.draw()
+            }
+            Scores::Candidates { ids, logits } => {
+                let inv_t = 1.0 / self.params.temperature;
+                self.scratch.clear();
+                self.scratch.extend(
+                    ids.iter()
+                        .zip(logits)
+                        .filter(|(t, v)| v.is_finite() && **t >= 0 && !banned.contains(t))
+                        .map(|(&t, &v)| (v * inv_t, t as u32)),
+                );
+                if self.scratch.is_empty() {
+                    return best_candidate(ids, logits, banned);
+                }
+                self.draw()
+            }
         }
-        self.sample_stochastic(logits, banned)
     }
 
-    fn greedy_with_bans(&mut self, logits: &[f32], banned: &[Token]) -> Token {
-        let fast = argmax(logits) as Token;
-        if !banned.contains(&fast) {
-            return fast;
-        }
-        let mut best: Option<usize> = None;
-        for (i, &v) in logits.iter().enumerate() {
-            if banned.contains(&(i as Token)) {
-                continue;
-            }
-            if best.map_or(true, |b| v > logits[b]) {
-                best = Some(i);
-            }
-        }
-        best.unwrap_or(0) as Token
-    }
-
-    fn sample_stochastic(&mut self, logits: &[f32], banned: &[Token]) -> Token {
+    /// Top-k, softmax, min-p, top-p and one draw over the scaled candidates in `scratch`
+    /// (non-empty), ordered by logit then token id so the result does not depend on the
+    /// order the candidates came in.
+    fn draw(&mut self) -> Token {
         let p = &self.params;
-        let inv_t = 1.0 / p.temperature;
         let cand = &mut self.scratch;
-        cand.clear();
-        cand.extend(
-            logits
-                .iter()
-                .enumerate()
-                .filter(|(i, v)| v.is_finite() && !banned.contains(&(*i as Token)))
-                .map(|(i, &v)| (v * inv_t, i as u32)),
-        );
-        if cand.is_empty() {
-            return argmax(logits) as Token;
-        }
         let by_logit_desc = |a: &(f32, u32), b: &(f32, u32)| {
             b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal).then(a.1.cmp(&b.1))
         };
@@ -252,6 +310,35 @@ impl BranchSampler {
         }
         cand[keep - 1].1 as Token
     }
+}
+
+fn greedy_with_bans(logits: &[f32], banned: &[Token]) -> Token {
+    let mut best: Option<usize> = None;
+    for (i, &v) in logits.iter().enumerate() {
+        if banned.contains(&(i as Token)) {
+            continue;
+        }
+        if best.map_or(true, |b| v > logits[b]) {
+            best = Some(i);
+        }
+    }
+    best.unwrap_or(0) as Token
+}
+
+/// The highest-scoring candidate that is not banned (lowest id on ties, as a full-row argmax
+/// would pick); the first candidate when every one is banned or not a number (the session
+/// keeps bans fewer than the candidates, so that cannot happen with finite logits).
+fn best_candidate(ids: &[Token], logits: &[f32], banned: &[Token]) -> Token {
+    let mut best: Option<(f32, Token)> = None;
+    for (&t, &v) in ids.iter().zip(logits) {
+        if banned.contains(&t) || v.is_nan() {
+            continue;
+        }
+        if best.map_or(true, |(bv, bt)| v > bv || (v == bv && t < bt)) {
+            best = Some((v, t));
+        }
+    }
+    best.map_or_else(|| ids.first().copied().unwrap_or(0), |(_, t)| t)
 }
 
 #[cfg(test)]
@@ -300,11 +387,11 @@ mod tests {
         let params = SamplingParams { temperature: 1.0, top_k: 3, seed: 9, ..Default::default() };
         let mut s = BranchSampler::new(&params, &[0]);
         for _ in 0..200 {
-            let t = s.sample(&logits, &[99], None);
+            let t = s.sample(Scores::Full(&logits), &[99], None);
             assert!((96..=98).contains(&t), "token {t} outside the top 3 after the ban");
         }
         let mut g = BranchSampler::new(&SamplingParams::greedy(), &[]);
-        assert_eq!(g.sample(&logits, &[99, 98], None), 97);
-        assert_eq!(g.sample(&logits, &[], Some(42)), 42, "a precomputed argmax is trusted");
+        assert_eq!(g.sample(Scores::Full(&logits), &[99, 98], None), 97);
+        assert_eq!(g.sample(Scores::Full(&logits), &[], Some(42)), 42, "a precomputed argmax is trusted");
     }
 }

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use super::sampling::BranchSampler;
+use super::sampling::{BranchSampler, SavedScores};
 use super::text::Utf8Stream;
 use crate::model::Token;
 
@@ -88,9 +88,9 @@ pub(crate) struct Node {
     /// Tokens this run may not sample.
     pub banned: Vec<Token>,
     pub sampler: BranchSampler,
-    /// Logits after this node's last decoded token, kept when it stops so it can resume or
-    /// fork. Empty when stale (after a join that kept branches).
-    pub saved_logits: Vec<f32>,
+    /// Next-token scores after this node's last decoded token, kept when it stops so it can
+    /// resume or fork. Empty when stale (after a join that kept branches).
+    pub saved: SavedScores,
     /// Bytes of the pending token, rendered at sampling time.
     pub pending_bytes: Vec<u8>,
     pub utf8: Utf8Stream,
@@ -121,7 +121,7 @@ impl Node {
             stops: Vec::new(),
             banned: Vec::new(),
             sampler,
-            saved_logits: Vec::new(),
+            saved: SavedScores::default(),
             pending_bytes: Vec::new(),
             utf8: Utf8Stream::default(),
             open_block: None,

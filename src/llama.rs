@@ -1,0 +1,446 @@
+//! The part of llama.cpp's C API that pardec drives directly.
+//!
+//! llama-cpp-2's safe wrappers keep their raw handles private, and backend ("on-device")
+//! token selection needs two things they do not offer: creating a context with a sampler
+//! chain per sequence id, and reading back each output row's reduced candidates
+//! (`llama_get_sampled_candidates_ith`). So the model and the context are owned here, over
+//! `llama-cpp-sys-2` (the same vendored llama.cpp llama-cpp-2 builds and links); llama-cpp-2
+//! still starts the process-wide backend (`crate::backend`).
+//!
+//! Every function here checks what llama.cpp would abort on, or returns what it reports;
+//! nothing here panics. Callers (the session) check ids, positions and batch sizes first.
+
+use std::ffi::{CStr, CString};
+use std::path::Path;
+use std::ptr::NonNull;
+
+use llama_cpp_sys_2 as sys;
+
+use crate::model::Token;
+
+/// A loaded llama.cpp model. Read-only once loaded, so it may be shared between threads;
+/// creating contexts from it concurrently is serialised by the session module.
+pub(crate) struct LlamaModel {
+    ptr: NonNull<sys::llama_model>,
+}
+
+// SAFETY: llama.cpp does not mutate a model after loading except while a context is created,
+// which `session` serialises (`CONTEXT_CREATION`). Its vocabulary calls are read-only.
+unsafe impl Send for LlamaModel {}
+unsafe impl Sync for LlamaModel {}
+
+impl Drop for LlamaModel {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from llama_model_load_from_file and is freed once; every
+        // context made from it holds a `Model` clone, so none outlives it.
+        unsafe { sys::llama_model_free(self.ptr.as_ptr()) }
+    }
+}
+
+/// Why a model failed to load.
+pub(crate) enum LoadFailure {
+    /// The path cannot be passed to C (not UTF-8, or holds a NUL byte).
+    BadPath,
+    /// llama.cpp returned no model (unknown architecture, corrupt file, out of memory...).
+    Refused,
+}
+
+impl LlamaModel {
+    pub(crate) fn load(path: &Path, n_gpu_layers: Option<u32>) -> Result<LlamaModel, LoadFailure> {
+        let c_path = path
+            .to_str()
+            .and_then(|s| CString::new(s).ok())
+            .ok_or(LoadFailure::BadPath)?;
+        // SAFETY: plain value constructors and a NUL-terminated path that lives across the call.
+        let ptr = unsafe {
+            let mut params = sys::llama_model_default_params();
+            if let Some(n) = n_gpu_layers {
+                params.n_gpu_layers = n.min(i32::MAX as u32) as i32;
+            }
+            sys::llama_model_load_from_file(c_path.as_ptr(), params)
+        };
+        NonNull::new(ptr).map(|ptr| LlamaModel { ptr }).ok_or(LoadFailure::Refused)
+    }
+
+    fn vocab(&self) -> *const sys::llama_vocab {
+        // SAFETY: a live model always has a vocabulary (possibly of type "none").
+        unsafe { sys::llama_model_get_vocab(self.ptr.as_ptr()) }
+    }
+
+    pub(crate) fn n_vocab(&self) -> i32 {
+        // SAFETY: read-only query on a live vocabulary.
+        unsafe { sys::llama_vocab_n_tokens(self.vocab()) }
+    }
+
+    pub(crate) fn n_ctx_train(&self) -> u32 {
+        // SAFETY: read-only query on a live model.
+        unsafe { sys::llama_model_n_ctx_train(self.ptr.as_ptr()) }.max(0) as u32
+    }
+
+    pub(crate) fn is_recurrent(&self) -> bool {
+        // SAFETY: read-only query on a live model.
+        unsafe { sys::llama_model_is_recurrent(self.ptr.as_ptr()) }
+    }
+
+    pub(crate) fn is_hybrid(&self) -> bool {
+        // SAFETY: read-only query on a live model.
+        unsafe { sys::llama_model_is_hybrid(self.ptr.as_ptr()) }
+    }
+
+    /// A GGUF metadata value as a string, if the key exists.
+    pub(crate) fn meta_str(&self, key: &str) -> Option<String> {
+        let key = CString::new(key).ok()?;
+        let mut buf = vec![0u8; 256];
+        loop {
+            // SAFETY: the buffer is writable for its full length; llama.cpp NUL-terminates and
+            // returns the full length it needed (snprintf semantics), or -1 for a missing key.
+            let n = unsafe {
+                sys::llama_model_meta_val_str(self.ptr.as_ptr(), key.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+            };
+            if n < 0 {
+                return None;
+            }
+            let n = n as usize;
+            if n < buf.len() {
+                buf.truncate(n);
+                return Some(String::from_utf8_lossy(&buf).into_owned());
+            }
+            buf.resize(n + 1, 0);
+        }
+    }
+
+    /// Whether `token` ends a generation. Out-of-range ids are not end tokens.
+    pub(crate) fn is_eog(&self, token: Token) -> bool {
+        if token < 0 || token >= self.n_vocab() {
+            return false;
+        }
+        // SAFETY: the id is inside the vocabulary (checked above).
+        unsafe { sys::llama_vocab_is_eog(self.vocab(), token) }
+    }
+
+    /// Tokenizes UTF-8 text, parsing special tokens written in it. The caller makes sure the
+    /// vocabulary has a tokenizer (llama.cpp asserts on type "none").
+    pub(crate) fn tokenize(&self, text: &str, add_special: bool) -> Option<Vec<Token>> {
+        let len = i32::try_from(text.len()).ok()?;
+        // A token covers at least one byte, plus room for BOS/EOS.
+        let mut tokens: Vec<Token> = vec![0; text.len() + 2];
+        loop {
+            let cap = i32::try_from(tokens.len()).ok()?;
+            // SAFETY: `text` is readable for `len` bytes and `tokens` writable for `cap` ids;
+            // a negative result is the count needed, nothing is written past `cap`.
+            let n = unsafe {
+                sys::llama_tokenize(self.vocab(), text.as_ptr().cast(), len, tokens.as_mut_ptr(), cap, add_special, true)
+            };
+            if n == i32::MIN {
+                return None;
+            }
+            if n >= 0 {
+                tokens.truncate(n as usize);
+                return Some(tokens);
+            }
+            tokens.resize((-n) as usize, 0);
+        }
+    }
+
+    /// Appends the bytes `token` renders to (special tokens rendered as their text).
+    pub(crate) fn token_piece(&self, token: Token, out: &mut Vec<u8>) {
+        if token < 0 || token >= self.n_vocab() {
+            return;
+        }
+        let mut buf = [0u8; 64];
+        // SAFETY: the id is inside the vocabulary and the buffer writable for its length.
+        let n = unsafe { sys::llama_token_to_piece(self.vocab(), token, buf.as_mut_ptr().cast(), 64, 0, true) };
+        if n >= 0 {
+            out.extend_from_slice(&buf[..n as usize]);
+            return;
+        }
+        let mut big = vec![0u8; (-n) as usize];
+        // SAFETY: as above, with the length llama.cpp asked for.
+        let n = unsafe {
+            sys::llama_token_to_piece(self.vocab(), token, big.as_mut_ptr().cast(), big.len() as i32, 0, true)
+        };
+        if n >= 0 {
+            out.extend_from_slice(&big[..n as usize]);
+        }
+    }
+
+    /// The model's own chat template from its metadata, if it has one.
+    pub(crate) fn chat_template(&self) -> Option<CString> {
+        // SAFETY: returns NULL or a NUL-terminated string owned by the model, copied here.
+        let p = unsafe { sys::llama_model_chat_template(self.ptr.as_ptr(), std::ptr::null()) };
+        if p.is_null() {
+            return None;
+        }
+        // SAFETY: non-null, NUL-terminated, alive while the model is.
+        Some(unsafe { CStr::from_ptr(p) }.to_owned())
+    }
+
+    /// Renders (role, content) messages with `template`, ending with the assistant's turn
+    /// opened. None: the template is not one llama.cpp knows, or a text holds a NUL byte.
+    pub(crate) fn apply_chat_template(template: &CStr, messages: &[(&str, &str)]) -> Option<String> {
+        let owned: Vec<(CString, CString)> = messages
+            .iter()
+            .map(|(r, c)| Some((CString::new(*r).ok()?, CString::new(*c).ok()?)))
+            .collect::<Option<_>>()?;
+        let chat: Vec<sys::llama_chat_message> = owned
+            .iter()
+            .map(|(r, c)| sys::llama_chat_message { role: r.as_ptr(), content: c.as_ptr() })
+            .collect();
+        let total: usize = messages.iter().map(|(r, c)| r.len() + c.len()).sum();
+        let mut buf = vec![0u8; 2 * total + 256];
+        loop {
+            let cap = i32::try_from(buf.len()).ok()?;
+            // SAFETY: `chat` points at NUL-terminated strings kept alive by `owned`; the buffer
+            // is writable for `cap` bytes; the result is the length needed (or < 0: unknown).
+            let n = unsafe {
+                sys::llama_chat_apply_template(template.as_ptr(), chat.as_ptr(), chat.len(), true, buf.as_mut_ptr().cast(), cap)
+            };
+            if n < 0 {
+                return None;
+            }
+            if (n as usize) <= buf.len() {
+                buf.truncate(n as usize);
+                return Some(String::from_utf8_lossy(&buf).into_owned());
+            }
+            buf.resize(n as usize, 0);
+        }
+    }
+}
+
+/// How a context is made (the subset of `llama_context_params` pardec sets).
+pub(crate) struct ContextConfig {
+    pub n_ctx: u32,
+    pub n_batch: u32,
+    pub n_seq_max: u32,
+    pub n_threads: i32,
+    pub flash_attn: sys::llama_flash_attn_type,
+    pub kv_type: sys::ggml_type,
+    /// Attach to every sequence id a backend chain that keeps each output row's
+    /// `k` highest logits (device-side selection); `None`: full rows reach the host.
+    pub device_top_k: Option<u32>,
+}
+
+/// A llama.cpp context and the backend sampler chains it was created with.
+pub(crate) struct LlamaContext {
+    ptr: NonNull<sys::llama_context>,
+    /// Owned here: llama.cpp only borrows them; freed after the context.
+    chains: Vec<NonNull<sys::llama_sampler>>,
+    n_vocab: usize,
+}
+
+// SAFETY: a context is used from one thread at a time (`Session` is Send, not Sync).
+unsafe impl Send for LlamaContext {}
+
+impl Drop for LlamaContext {
+    fn drop(&mut self) {
+        // SAFETY: created by llama_init_from_model, freed once; the chains outlive it.
+        unsafe { sys::llama_free(self.ptr.as_ptr()) };
+        free_chains(&mut self.chains);
+    }
+}
+
+fn free_chains(chains: &mut Vec<NonNull<sys::llama_sampler>>) {
+    for chain in chains.drain(..) {
+        // SAFETY: each chain was made by llama_sampler_chain_init and is freed once, after
+        // any context that used it.
+        unsafe { sys::llama_sampler_free(chain.as_ptr()) };
+    }
+}
+
+/// A `top_k(k)` chain, the reduction run on the backend for one sequence id.
+fn top_k_chain(k: u32) -> Option<NonNull<sys::llama_sampler>> {
+    // SAFETY: plain constructors; the chain takes ownership of the top-k sampler.
+    unsafe {
+        let chain = NonNull::new(sys::llama_sampler_chain_init(sys::llama_sampler_chain_default_params()))?;
+        let top_k = sys::llama_sampler_init_top_k(k.min(i32::MAX as u32) as i32);
+        if top_k.is_null() {
+            sys::llama_sampler_free(chain.as_ptr());
+            return None;
+        }
+        sys::llama_sampler_chain_add(chain.as_ptr(), top_k);
+        Some(chain)
+    }
+}
+
+impl LlamaContext {
+    /// Creates a context; None when llama.cpp refuses (out of memory, sizes it rejects, a
+    /// backend that cannot run the sampler chains).
+    pub(crate) fn new(model: &LlamaModel, config: &ContextConfig) -> Option<LlamaContext> {
+        let mut chains = Vec::new();
+        let mut seq_configs = Vec::new();
+        if let Some(k) = config.device_top_k {
+            for seq in 0..config.n_seq_max {
+                let Some(chain) = top_k_chain(k) else {
+                    free_chains(&mut chains);
+                    return None;
+                };
+                chains.push(chain);
+                seq_configs.push(sys::llama_sampler_seq_config { seq_id: seq as i32, sampler: chain.as_ptr() });
+            }
+        }
+        // SAFETY: default params, then plain fields; `seq_configs` and the chains outlive the
+        // call (llama.cpp keeps the chain pointers, which `chains` frees after the context).
+        let ptr = unsafe {
+            let mut p = sys::llama_context_default_params();
+            p.n_ctx = config.n_ctx;
+            p.n_batch = config.n_batch;
+            p.n_ubatch = config.n_batch;
+            p.n_seq_max = config.n_seq_max;
+            p.n_threads = config.n_threads;
+            p.n_threads_batch = config.n_threads;
+            p.flash_attn_type = config.flash_attn;
+            p.type_k = config.kv_type;
+            p.type_v = config.kv_type;
+            p.kv_unified = true;
+            p.swa_full = true;
+            if !seq_configs.is_empty() {
+                p.samplers = seq_configs.as_mut_ptr();
+                p.n_samplers = seq_configs.len();
+            }
+            sys::llama_init_from_model(model.ptr.as_ptr(), p)
+        };
+        match NonNull::new(ptr) {
+            Some(ptr) => Some(LlamaContext { ptr, chains, n_vocab: model.n_vocab().max(0) as usize }),
+            None => {
+                free_chains(&mut chains);
+                None
+            }
+        }
+    }
+
+    pub(crate) fn n_ctx(&self) -> u32 {
+        // SAFETY: read-only query on a live context.
+        unsafe { sys::llama_n_ctx(self.ptr.as_ptr()) }
+    }
+
+    pub(crate) fn n_batch(&self) -> u32 {
+        // SAFETY: read-only query on a live context.
+        unsafe { sys::llama_n_batch(self.ptr.as_ptr()) }
+    }
+
+    /// Decodes a batch; returns llama_decode's status (0 ok, 1 no KV slot, other: failure).
+    pub(crate) fn decode(&mut self, batch: &Batch) -> i32 {
+        // SAFETY: the batch's arrays hold `n_tokens` initialised entries (see `Batch::add`);
+        // the caller has checked seq ids < n_seq_max and n_tokens ≤ n_batch.
+        unsafe { sys::llama_decode(self.ptr.as_ptr(), batch.raw) }
+    }
+
+    /// Waits for the backend to finish the last decode.
+    pub(crate) fn synchronize(&mut self) {
+        // SAFETY: live context.
+        unsafe { sys::llama_synchronize(self.ptr.as_ptr()) }
+    }
+
+    /// The full logit row of batch entry `i` (requested with logits = true in the last
+    /// decode of a context without device selection).
+    pub(crate) fn logits(&self, i: i32) -> Option<&[f32]> {
+        // SAFETY: llama.cpp returns NULL (release build) for a row it did not compute;
+        // otherwise the row holds n_vocab floats valid until the next decode, which needs
+        // `&mut self`.
+        unsafe {
+            let p = sys::llama_get_logits_ith(self.ptr.as_ptr(), i);
+            (!p.is_null()).then(|| std::slice::from_raw_parts(p, self.n_vocab))
+        }
+    }
+
+    /// The candidates the backend chain kept for batch entry `i`: token ids and their raw
+    /// logits, in no particular order.
+    pub(crate) fn candidates(&self, i: i32) -> Option<(&[Token], &[f32])> {
+        // SAFETY: the counts say how many entries each array holds for this row; both arrays
+        // stay valid until the next decode, which needs `&mut self`.
+        unsafe {
+            let ctx = self.ptr.as_ptr();
+            let n_ids = sys::llama_get_sampled_candidates_count_ith(ctx, i) as usize;
+            let n_logits = sys::llama_get_sampled_logits_count_ith(ctx, i) as usize;
+            if n_ids == 0 || n_ids != n_logits || n_ids > self.n_vocab {
+                return None;
+            }
+            let ids = sys::llama_get_sampled_candidates_ith(ctx, i);
+            let logits = sys::llama_get_sampled_logits_ith(ctx, i);
+            if ids.is_null() || logits.is_null() {
+                return None;
+            }
+            Some((std::slice::from_raw_parts(ids, n_ids), std::slice::from_raw_parts(logits, n_ids)))
+        }
+    }
+
+    fn memory(&self) -> sys::llama_memory_t {
+        // SAFETY: live context; the handle is owned by it.
+        unsafe { sys::llama_get_memory(self.ptr.as_ptr()) }
+    }
+
+    /// Adds `dst` to every cell of `src` at positions in [p0, ∞) (p0 < 0: all).
+    pub(crate) fn seq_cp(&mut self, src: i32, dst: i32, p0: i32) {
+        // SAFETY: ids checked by the caller (< n_seq_max).
+        unsafe { sys::llama_memory_seq_cp(self.memory(), src, dst, p0, -1) }
+    }
+
+    /// Removes `seq` from its cells at positions in [p0, ∞) (p0 < 0: all).
+    pub(crate) fn seq_rm(&mut self, seq: i32, p0: i32) -> bool {
+        // SAFETY: id checked by the caller (< n_seq_max).
+        unsafe { sys::llama_memory_seq_rm(self.memory(), seq, p0, -1) }
+    }
+
+    /// Empties the KV cache.
+    pub(crate) fn clear(&mut self) {
+        // SAFETY: live context.
+        unsafe { sys::llama_memory_clear(self.memory(), true) }
+    }
+}
+
+/// A token batch (llama_batch) with room for `capacity` tokens of up to `n_seq_max` ids each.
+pub(crate) struct Batch {
+    raw: sys::llama_batch,
+    capacity: usize,
+    n_seq_max: usize,
+}
+
+// SAFETY: owned heap arrays, used by one thread at a time along with the session.
+unsafe impl Send for Batch {}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        // SAFETY: allocated by llama_batch_init, freed once.
+        unsafe { sys::llama_batch_free(self.raw) }
+    }
+}
+
+impl Batch {
+    pub(crate) fn new(capacity: usize, n_seq_max: usize) -> Batch {
+        let capacity = capacity.max(1);
+        let n_seq_max = n_seq_max.max(1);
+        // SAFETY: allocation only; entries are written before they are counted in n_tokens.
+        let raw = unsafe { sys::llama_batch_init(capacity as i32, 0, n_seq_max as i32) };
+        Batch { raw, capacity, n_seq_max }
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.raw.n_tokens = 0;
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.raw.n_tokens as usize
+    }
+
+    /// Appends one token. False (nothing written) when the batch is full or `seqs` is empty
+    /// or longer than the batch allows.
+    pub(crate) fn add(&mut self, token: Token, pos: i32, seqs: &[i32], logits: bool) -> bool {
+        let i = self.len();
+        if i >= self.capacity || seqs.is_empty() || seqs.len() > self.n_seq_max {
+            return false;
+        }
+        // SAFETY: i < capacity, and each seq_id[i] array holds n_seq_max ids (llama_batch_init).
+        unsafe {
+            *self.raw.token.add(i) = token;
+            *self.raw.pos.add(i) = pos;
+            *self.raw.n_seq_id.add(i) = seqs.len() as i32;
+            let ids = *self.raw.seq_id.add(i);
+            for (k, &s) in seqs.iter().enumerate() {
+                *ids.add(k) = s;
+            }
+            *self.raw.logits.add(i) = i8::from(logits);
+        }
+        self.raw.n_tokens += 1;
+        true
+    }
+}
