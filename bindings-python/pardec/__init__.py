@@ -197,6 +197,7 @@ class Stats:
     parallel: float
     kv_cells_used: int
     kv_cells_unshared: int
+    host_us_per_step: float
 
     @classmethod
     def _from_c(cls, s: _c.pardec_stats) -> "Stats":
@@ -393,12 +394,14 @@ class Session:
         top_p: Optional[float] = None,
         min_p: Optional[float] = None,
         seed: Optional[int] = None,
+        device_candidates: Optional[int] = None,
     ):
         L = _c.lib()
         p = _c.pardec_session_params()
         _check(L.pardec_session_params_default(byref(p), sizeof(p)))
         for name, value in (("n_ctx", n_ctx), ("n_batch", n_batch), ("max_branches", max_branches),
-                            ("max_depth", max_depth), ("n_threads", n_threads)):
+                            ("max_depth", max_depth), ("n_threads", n_threads),
+                ("device_candidates", device_candidates)):
             if value is not None:
                 if value < 0:
                     raise ValueError(f"{name} must be >= 0")

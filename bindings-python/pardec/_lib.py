@@ -139,6 +139,7 @@ class pardec_session_params(Structure):
         ("kv_type", c_uint32),
         ("flash_attn", c_int32),
         ("sampling", pardec_sampling_params),
+        ("device_candidates", c_uint32),
     ]
 
 
@@ -192,6 +193,7 @@ class pardec_stats(Structure):
         ("parallel", c_double),
         ("kv_cells_used", c_uint64),
         ("kv_cells_unshared", c_uint64),
+        ("host_us_per_step", c_double),
     ]
 
 

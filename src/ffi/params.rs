@@ -12,7 +12,7 @@ use super::boundary::{
     array_arg, guard, read_versioned, str_arg, write_versioned, FfiError, FfiResult, Versioned,
 };
 use super::status::pardec_status;
-use crate::{KvType, ModelParams, RunLimits, SamplingParams, SessionParams};
+use crate::{KvType, ModelParams, RunLimits, SamplingParams, Selection, SessionParams};
 
 /// Most stop strings in one `pardec_run_limits`.
 pub const PARDEC_MAX_STOP_STRINGS: usize = 64;
@@ -106,11 +106,18 @@ pub struct pardec_session_params {
     /// Flash attention: -1 lets llama.cpp decide, 0 off, 1 on.
     pub flash_attn: i32,
     pub sampling: pardec_sampling_params,
+    /// Where tokens are chosen: 0 on the host from full logit rows (exact for every sampler);
+    /// n > 0 on the backend (GPU), which hands the host each row's n best candidates — the
+    /// same tokens for greedy and top_k <= n. Appended in 0.2; older callers get 0.
+    pub device_candidates: u32,
 }
+
+/// `sizeof(pardec_session_params)` before `device_candidates` was appended.
+const SESSION_PARAMS_V1_SIZE: usize = 64;
 
 impl Versioned for pardec_session_params {
     const NAME: &'static str = "pardec_session_params";
-    const SIZES: &'static [usize] = &[size_of::<pardec_session_params>()];
+    const SIZES: &'static [usize] = &[SESSION_PARAMS_V1_SIZE, size_of::<pardec_session_params>()];
 }
 
 impl Default for pardec_session_params {
@@ -124,6 +131,7 @@ impl Default for pardec_session_params {
             kv_type,
             flash_attn,
             sampling,
+            selection,
             ..
         } = SessionParams::default();
         pardec_session_params {
@@ -148,6 +156,10 @@ impl Default for pardec_session_params {
                 top_p: sampling.top_p,
                 min_p: sampling.min_p,
                 seed: sampling.seed,
+            },
+            device_candidates: match selection {
+                Selection::Host => 0,
+                Selection::Device { candidates } => candidates,
             },
         }
     }
@@ -181,6 +193,10 @@ impl pardec_session_params {
                 top_p: s.top_p,
                 min_p: s.min_p,
                 seed: s.seed,
+            },
+            selection: match self.device_candidates {
+                0 => Selection::Host,
+                candidates => Selection::Device { candidates },
             },
             ..SessionParams::default()
         })

@@ -73,11 +73,17 @@ pub struct pardec_stats {
     pub kv_cells_used: u64,
     /// KV cells the same tokens would need if every branch copied its prefix.
     pub kv_cells_unshared: u64,
+    /// Microseconds per decode step the engine spent outside llama_decode (token selection
+    /// and bookkeeping). Appended in 0.2.
+    pub host_us_per_step: f64,
 }
+
+/// `sizeof(pardec_stats)` before `host_us_per_step` was appended.
+const STATS_V1_SIZE: usize = 128;
 
 impl Versioned for pardec_stats {
     const NAME: &'static str = "pardec_stats";
-    const SIZES: &'static [usize] = &[size_of::<pardec_stats>()];
+    const SIZES: &'static [usize] = &[STATS_V1_SIZE, size_of::<pardec_stats>()];
 }
 
 impl From<&Stats> for pardec_stats {
@@ -100,8 +106,7 @@ impl From<&Stats> for pardec_stats {
             parallel,
             kv_cells_used,
             kv_cells_unshared,
-            // Added by the lead after this ABI was drafted: not in the C struct (yet).
-            host_us_per_step: _,
+            host_us_per_step,
         } = *s;
         pardec_stats {
             tokens_total,
@@ -120,6 +125,7 @@ impl From<&Stats> for pardec_stats {
             parallel,
             kv_cells_used,
             kv_cells_unshared,
+            host_us_per_step,
         }
     }
 }

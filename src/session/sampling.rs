@@ -394,4 +394,56 @@ mod tests {
         assert_eq!(g.sample(Scores::Full(&logits), &[99, 98], None), 97);
         assert_eq!(g.sample(Scores::Full(&logits), &[], Some(42)), 42, "a precomputed argmax is trusted");
     }
+
+    /// A row's best `k` logits, shuffled (the backend gives them in no order).
+    fn top_candidates(logits: &[f32], k: usize, shuffle_seed: u64) -> (Vec<Token>, Vec<f32>) {
+        let mut idx: Vec<usize> = (0..logits.len()).collect();
+        idx.sort_by(|&a, &b| logits[b].partial_cmp(&logits[a]).unwrap().then(a.cmp(&b)));
+        idx.truncate(k);
+        let mut rng = SplitMix64(shuffle_seed);
+        for i in (1..idx.len()).rev() {
+            idx.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+        }
+        (idx.iter().map(|&i| i as Token).collect(), idx.iter().map(|&i| logits[i]).collect())
+    }
+
+    #[test]
+    fn candidate_sets_pick_what_full_rows_pick() {
+        let mut rng = SplitMix64(11);
+        for round in 0..200u64 {
+            let logits: Vec<f32> = (0..500).map(|_| (rng.next_f64() * 12.0 - 6.0) as f32).collect();
+            let (ids, vals) = top_candidates(&logits, 64, round);
+            let cand = Scores::Candidates { ids: &ids, logits: &vals };
+            let banned = [argmax(&logits) as Token];
+            let greedy = SamplingParams::greedy();
+            let sampled = SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.9, min_p: 0.01, seed: round };
+            for (params, bans) in [(&greedy, &[][..]), (&greedy, &banned[..]), (&sampled, &[][..]), (&sampled, &banned[..])] {
+                let mut full = BranchSampler::new(params, &[1, 2]);
+                let mut sparse = BranchSampler::new(params, &[1, 2]);
+                for _ in 0..5 {
+                    assert_eq!(
+                        full.sample(Scores::Full(&logits), bans, None),
+                        sparse.sample(cand, bans, None),
+                        "round {round}, {params:?}, bans {bans:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn candidate_ties_resolve_to_the_lowest_id_and_bans_hold() {
+        let ids = [9, 4, 7, 2];
+        let logits = [1.0, 3.0, 3.0, f32::NAN];
+        assert_eq!(best_candidate(&ids, &logits, &[]), 4);
+        assert_eq!(best_candidate(&ids, &logits, &[4]), 7);
+        assert_eq!(best_candidate(&ids, &logits, &[4, 7]), 9);
+        assert_eq!(best_candidate(&ids, &logits, &[4, 7, 9]), 9, "all banned or NaN: the first candidate");
+        let saved = {
+            let mut s = SavedScores::default();
+            s.store(Scores::Candidates { ids: &ids, logits: &logits });
+            s
+        };
+        assert!(matches!(saved.view(), Scores::Candidates { ids: [9, 4, 7, 2], .. }));
+    }
 }
