@@ -7,6 +7,10 @@
 //! - **raw parallel** / **raw serial**: plain batched `llama_decode` calls on the same
 //!   sequences with no sampling or bookkeeping, B lanes at once or one lane at a time.
 //! Prefills are excluded from every timing. Each measurement keeps the fastest of `reps`.
+//!
+//! The raw ceiling is always plain decoding with full logit rows delivered to the host, as in
+//! `../shared/tools/gpu-anchor`: with device selection the engine runs on a session with the
+//! backend chains attached, and the raw columns on a second, host-selection session.
 
 use std::time::Duration;
 
@@ -14,7 +18,7 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::model::Model;
-use crate::session::{BranchSpec, JoinMode, NodeId, RunLimits, Session, SessionParams, Silent};
+use crate::session::{BranchSpec, JoinMode, NodeId, RunLimits, Selection, Session, SessionParams, Silent};
 
 #[derive(Debug, Clone)]
 pub struct BenchParams {
@@ -42,6 +46,8 @@ impl Default for BenchParams {
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchRow {
     pub branches: usize,
+    /// Where the engine chose its tokens.
+    pub selection: Selection,
     pub tokens_per_branch: usize,
     /// Engine, branches one after another (tokens/s).
     pub serial_tps: f64,
@@ -143,10 +149,20 @@ pub fn run(model: &Model, p: &BenchParams) -> Result<Vec<BenchRow>> {
     let max_b = p.branches.iter().copied().max().unwrap_or(1);
     let mut params = p.session.clone();
     params.max_branches = params.max_branches.max(max_b as u32);
-    let mut s = Session::new(model, params)?;
+    let selection = params.selection;
+    let mut s = Session::new(model, params.clone())?;
     prompt(&mut s, model, &p.prompt)?;
     // Warm-up: the first decodes pay one-off allocation costs.
     engine_block(&mut s, &specs(model, 2, 4))?;
+    let mut raw_session = match selection {
+        Selection::Host => None,
+        Selection::Device { .. } => {
+            let mut r = Session::new(model, SessionParams { selection: Selection::Host, ..params })?;
+            prompt(&mut r, model, &p.prompt)?;
+            raw_block(&mut r, &specs(model, 2, 4), 4)?;
+            Some(r)
+        }
+    };
 
     let mut rows = Vec::new();
     for &b in &p.branches {
@@ -167,11 +183,12 @@ pub fn run(model: &Model, p: &BenchParams) -> Result<Vec<BenchRow>> {
             host_us = host_us.min(run.host_us_per_step);
             Ok(run.time)
         })?;
-        let raw = best(p.reps, || raw_block(&mut s, &all, p.tokens))?;
+        let r = raw_session.as_mut().unwrap_or(&mut s);
+        let raw = best(p.reps, || raw_block(r, &all, p.tokens))?;
         let raw_serial = best(p.reps, || {
             let mut sum = Duration::ZERO;
             for spec in &all {
-                sum += raw_block(&mut s, std::slice::from_ref(spec), p.tokens)?;
+                sum += raw_block(r, std::slice::from_ref(spec), p.tokens)?;
             }
             Ok(sum)
         })?;
@@ -181,6 +198,7 @@ pub fn run(model: &Model, p: &BenchParams) -> Result<Vec<BenchRow>> {
         let raw_speedup = raw_tps / raw_serial_tps;
         rows.push(BenchRow {
             branches: b,
+            selection,
             tokens_per_branch: p.tokens,
             serial_tps,
             parallel_tps,

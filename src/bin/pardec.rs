@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use pardec::bench::{self, BenchParams};
 use pardec::{
     BranchSpec, Error, Event, JoinMode, Model, ModelParams, NodeId, RunLimits, SamplingParams,
-    Session, SessionParams, Silent, Stats,
+    Selection, Session, SessionParams, Silent, Stats,
 };
 use pardec::auto::apr::generate_apr;
 use pardec::auto::sot::{generate_sot, SotParams};
@@ -21,8 +21,9 @@ usage:
   pardec run   [--model PATH] --prompt TEXT --branch TEXT [--branch TEXT ...] [--then TEXT]
                [--max-tokens N] [--max-branch-tokens N] [--temp T] [--top-k K] [--top-p P]
                [--min-p P] [--seed S] [--ctx N] [--threads N] [--branch-stop TEXT ...] [--raw]
-               [--stream] [--json]
+               [--selection host|device[:K]] [--stream] [--json]
   pardec bench [--model PATH] [--branches 1,2,4,8] [--tokens N] [--reps N] [--threads N] [--json]
+               [--selection host|device[:K]]
                [--auto]   (auto mode with scripted Multiverse blocks vs the same tokens serially)
   pardec run   [--model PATH] --prompt TEXT --protocol P [--response-prefix TEXT]
                [--max-tokens N] [--max-branch-tokens N] [sampling options] [--json]
@@ -40,7 +41,10 @@ layout: position ids, branch and visible tokens of every token of a tagged train
 the engine decodes it (visible lists include the token itself). check: structural errors.
 equiv: decodes branches in one batch and each alone and prints the largest logit distance
 (relative to the largest logit), then the same with branches deliberately leaking into each
-other; exits 1 unless the first is within --bound (default 0.15) and the second beyond it.";
+other; exits 1 unless the first is within --bound (default 0.15) and the second beyond it.
+--selection: where tokens are chosen. host (default): full logit rows, exact for any sampler.
+device[:K]: llama.cpp keeps each row's K best logits on the backend (default K 64) and only
+those reach the host: the same tokens for greedy and --top-k <= K, far less to copy and scan.";
 
 /// A usage error (exit code 2) or a pardec error (exit code 1).
 enum CliError {
@@ -114,6 +118,18 @@ impl Args {
     }
 }
 
+/// `--selection host|device|device:K`.
+fn selection(args: &Args) -> CliResult<Selection> {
+    match args.get("--selection") {
+        None | Some("host") => Ok(Selection::Host),
+        Some("device") => Ok(Selection::Device { candidates: Selection::DEFAULT_CANDIDATES }),
+        Some(v) => match v.strip_prefix("device:").map(str::parse::<u32>) {
+            Some(Ok(candidates)) if candidates > 0 => Ok(Selection::Device { candidates }),
+            _ => Err(usage(format!("--selection: {v:?} is not host, device or device:K (K >= 1)"))),
+        },
+    }
+}
+
 fn default_model_path() -> PathBuf {
     if let Some(p) = std::env::var_os("PARDEC_MODEL") {
         return PathBuf::from(p);
@@ -170,7 +186,7 @@ fn cmd_run(args: &Args) -> CliResult<()> {
     args.check_known(&[
         "--model", "--prompt", "--branch", "--then", "--max-tokens", "--max-branch-tokens",
         "--temp", "--top-k", "--top-p", "--min-p", "--seed", "--ctx", "--threads", "--raw",
-        "--stream", "--json", "--protocol", "--response-prefix", "--branch-stop",
+        "--stream", "--json", "--protocol", "--response-prefix", "--branch-stop", "--selection",
     ])?;
     let prompt = args.get("--prompt").ok_or_else(|| usage("run needs --prompt TEXT"))?;
     if let Some(protocol) = args.get("--protocol") {
@@ -195,6 +211,7 @@ fn cmd_run(args: &Args) -> CliResult<()> {
         n_threads: args.num("--threads", 0)?,
         max_branches: (branches.len() as u32).clamp(1, pardec::session::MAX_SEQUENCES - 1),
         sampling: sampling(args)?,
+        selection: selection(args)?,
         ..Default::default()
     };
     let mut session = Session::new(&model, params)?;
@@ -319,6 +336,7 @@ fn cmd_run_auto(args: &Args, prompt: &str, protocol: &str) -> CliResult<()> {
         n_threads: args.num("--threads", 0)?,
         max_branches: 16,
         sampling: sampling(args)?,
+        selection: selection(args)?,
         ..Default::default()
     };
     let mut session = Session::new(&model, params)?;
@@ -501,7 +519,9 @@ fn print_stats(s: &Stats) {
 }
 
 fn cmd_bench(args: &Args) -> CliResult<()> {
-    args.check_known(&["--model", "--branches", "--tokens", "--reps", "--threads", "--json", "--auto"])?;
+    args.check_known(&[
+        "--model", "--branches", "--tokens", "--reps", "--threads", "--json", "--auto", "--selection",
+    ])?;
     let mut p = BenchParams::default();
     if let Some(list) = args.get("--branches") {
         p.branches = list
@@ -518,6 +538,7 @@ fn cmd_bench(args: &Args) -> CliResult<()> {
     }
     p.reps = args.num("--reps", p.reps)?;
     p.session.n_threads = args.num("--threads", 0)?;
+    p.session.selection = selection(args)?;
     let model = load_model(args)?;
     if args.has("--auto") {
         return cmd_bench_auto(args, &model, &p);
@@ -539,7 +560,13 @@ fn cmd_bench(args: &Args) -> CliResult<()> {
         println!("{}", serde_json::to_string_pretty(&out).map_err(|e| Error::Internal(e.to_string()))?);
         return Ok(());
     }
-    println!("model {} · {} tokens per branch · best of {}", model.path().display(), p.tokens, p.reps);
+    println!(
+        "model {} · {} tokens per branch · best of {} · selection {:?}",
+        model.path().display(),
+        p.tokens,
+        p.reps,
+        p.session.selection
+    );
     println!(
         "{:>3} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8} {:>10} {:>8} {:>16}",
         "B", "serial t/s", "engine t/s", "raw t/s", "speedup", "ceiling", "vs ceil", "engine/raw",
