@@ -9,7 +9,7 @@
 use crate::bench::prompt;
 use crate::error::Result;
 use crate::model::{Model, Token};
-use crate::session::{BranchSpec, NodeId, RunLimits, Session, SessionParams, Silent};
+use crate::session::{BranchSpec, NodeId, RunLimits, Selection, Session, SessionParams, Silent};
 
 const PROMPT: &str = "Here are four animals and one fact about each of them.\n";
 
@@ -72,4 +72,37 @@ pub fn batch_vs_alone(
         }
     }
     Ok(worst)
+}
+
+/// Greedy tokens of `branches` branches decoded in one batch, under `selection`.
+fn block_tokens(model: &Model, params: &SessionParams, branches: usize, tokens: usize, selection: Selection) -> Result<Vec<Vec<Token>>> {
+    let mut p = params.clone();
+    p.max_branches = p.max_branches.max(branches as u32);
+    p.sampling = crate::SamplingParams::greedy();
+    p.selection = selection;
+    let mut s = Session::new(model, p)?;
+    prompt(&mut s, model, PROMPT)?;
+    let ids = s.fork(NodeId::TRUNK, &specs(model, branches, tokens)?)?;
+    s.run(&mut Silent)?;
+    Ok(ids.iter().map(|&id| s.node_tokens(id)).collect())
+}
+
+/// Device selection against host selection: the same greedy block decoded both ways.
+/// Returns (tokens that agree before each branch's first difference, tokens compared).
+pub fn device_vs_host(
+    model: &Model,
+    params: &SessionParams,
+    branches: usize,
+    tokens: usize,
+    candidates: u32,
+) -> Result<(usize, usize)> {
+    let host = block_tokens(model, params, branches, tokens, Selection::Host)?;
+    let device = block_tokens(model, params, branches, tokens, Selection::Device { candidates })?;
+    let mut agree = 0;
+    let mut total = 0;
+    for (h, d) in host.iter().zip(&device) {
+        total += h.len().max(d.len());
+        agree += h.iter().zip(d).take_while(|(a, b)| a == b).count();
+    }
+    Ok((agree, total))
 }

@@ -12,10 +12,12 @@
 #   oracle    the engine_oracle test binary against CUDA (it writes its own tiny f32 model)
 #   models    random-weight Q4_0 models of real shapes in /tmp: smol (SmolLM2-135M), 7b
 #             (Llama-2-7B), and 1b (Llama-3.2-1B) if the budget allows
-#   equiv     pardec equiv --branches 4 --tokens 12 on each: batch-vs-alone noise vs leak
-#   bench     pardec bench --branches 1,2,4,8,16,32 --tokens 32 --reps 2 --json on each
+#   equiv     pardec equiv --branches 4 --tokens 12 --selection device on each: batch-vs-alone
+#             noise vs leak, and device-selected greedy tokens == host-selected ones
+#   bench     pardec bench --branches 1,2,4,8,16,32 --tokens 32 --reps 2 --json on each, once
+#             with host selection and once with device selection (same raw ceiling definition)
 # Results: $OUT/run.log (all of this output), build.log, oracle.log, llama-smol.log (llama.cpp's
-# own log of one run: the device and offload lines), bench-SHAPE.json. At most 7 files.
+# own log of one run: the device and offload lines), bench-SHAPE-{host,device}.json.
 #
 # Dry run on a machine without a GPU (proves the script end to end before device time is spent):
 #   PARDEC_GPU_DRY_RUN=1 bash .device/gpu/run-device.sh
@@ -24,7 +26,7 @@
 # 1 rep) and writes to $OUT, by default /tmp/pardec-gpu-dry-out.
 #
 # Knobs: PARDEC_CUDA_ARCH (90: H100/H200), PARDEC_GPU_JOBS (nproc), PARDEC_GPU_SHAPES
-# ("smol 7b 1b"), PARDEC_GPU_BRANCHES, PARDEC_GPU_TOKENS, PARDEC_GPU_REPS, PARDEC_DEVICE_DIR
+# ("smol 1b 7b"), PARDEC_GPU_BRANCHES, PARDEC_GPU_TOKENS, PARDEC_GPU_REPS, PARDEC_DEVICE_DIR
 # (.device), PARDEC_GPU_BUILD_DIR (/tmp/pardec-llama-build), PYTHON (python3).
 set -uo pipefail
 
@@ -40,7 +42,7 @@ if [ "$DRY" = 1 ]; then
   BUDGET=${PARDEC_GPU_BUDGET_S:-1800}
   BUILD_MAX=1200  # a CPU-only build on 2 cores takes 5-10 minutes
 else
-  SHAPES=${PARDEC_GPU_SHAPES:-smol 7b 1b}
+  SHAPES=${PARDEC_GPU_SHAPES:-smol 1b 7b}
   BRANCHES=${PARDEC_GPU_BRANCHES:-1,2,4,8,16,32}
   TOKENS=${PARDEC_GPU_TOKENS:-32}
   REPS=${PARDEC_GPU_REPS:-2}
@@ -170,7 +172,10 @@ try:
     d = json.load(open(sys.argv[1]))
 except Exception as e:
     sys.exit(f"  (no bench JSON: {e})")
-print(f"  {d['model']}  threads {d['threads']}")
+sel = d["results"][0].get("selection", "host") if d["results"] else "?"
+if isinstance(sel, dict):  # {"device": {"candidates": K}}
+    sel = "device:%d" % sel["device"]["candidates"]
+print(f"  {d['model']}  threads {d['threads']}  selection {sel}")
 print("    B  serial t/s  engine t/s  raw t/s  raw-ser t/s  speedup  ceiling  vs-ceil  eng/raw  host us/step")
 for r in d["results"]:
     print(f"  {r['branches']:>3} {r['serial_tps']:>11.1f} {r['parallel_tps']:>11.1f} {r['raw_tps']:>8.1f}"
@@ -194,17 +199,19 @@ for shape in $SHAPES; do
   if [ "$shape" = smol ]; then
     # llama.cpp's own log of this one run shows the device, the offload and any fallback.
     stage "equiv-$shape" "$(equiv_limit "$shape")" env PARDEC_LLAMA_LOG=1 "$PARDEC" equiv --model "$m" \
-      --branches $EQUIV_BRANCHES --tokens $EQUIV_TOKENS 2>"$OUT/llama-smol.log" ||
+      --branches $EQUIV_BRANCHES --tokens $EQUIV_TOKENS --selection device 2>"$OUT/llama-smol.log" ||
       grep -vE '^(llama|load|print_info|create_tensor|graph|sched|repack|\.)' "$OUT/llama-smol.log" | tail -5
     grep -E 'offloaded|ggml_cuda_init|Device [0-9]|model buffer size|KV buffer size|compute buffer size|[Ff]lash.?[Aa]ttn|layer +0 assigned|error|failed|fall' \
       "$OUT/llama-smol.log" | grep -v n_input_tensors | sort | uniq -c | sort -rn | head -20
   else
     stage "equiv-$shape" "$(equiv_limit "$shape")" "$PARDEC" equiv --model "$m" \
-      --branches $EQUIV_BRANCHES --tokens $EQUIV_TOKENS
+      --branches $EQUIV_BRANCHES --tokens $EQUIV_TOKENS --selection device
   fi
-  stage "bench-$shape" "$(bench_limit "$shape")" "$PARDEC" bench --model "$m" --branches "$BRANCHES" \
-    --tokens "$TOKENS" --reps "$REPS" --json >"$OUT/bench-$shape.json"
-  table "$OUT/bench-$shape.json"
+  for sel in host device; do
+    stage "bench-$shape-$sel" "$(bench_limit "$shape")" "$PARDEC" bench --model "$m" --branches "$BRANCHES" \
+      --tokens "$TOKENS" --reps "$REPS" --selection $sel --json >"$OUT/bench-$shape-$sel.json"
+    table "$OUT/bench-$shape-$sel.json"
+  done
   rm -f "$m"
 done
 finish

@@ -30,6 +30,7 @@ usage:
   pardec layout [--model PATH] --protocol P [--json]     (tagged text on stdin)
   pardec check  --protocol P                             (tagged text on stdin)
   pardec equiv [--model PATH] [--branches N] [--tokens N] [--bound X] [--threads N]
+               [--selection device[:K]]   (also: device-selected greedy tokens == host's)
 
 The model defaults to $PARDEC_MODEL, else the default model fetched by scripts/fetch-models.sh.
 run: the prompt is wrapped in the model's chat template unless --raw; one branch is forked per
@@ -606,7 +607,7 @@ fn cmd_bench_auto(args: &Args, model: &Model, p: &BenchParams) -> CliResult<()> 
 }
 
 fn cmd_equiv(args: &Args) -> CliResult<()> {
-    args.check_known(&["--model", "--branches", "--tokens", "--bound", "--threads"])?;
+    args.check_known(&["--model", "--branches", "--tokens", "--bound", "--threads", "--selection"])?;
     let branches: usize = args.num("--branches", 4)?;
     let tokens: usize = args.num("--tokens", 12)?;
     let bound: f64 = args.num("--bound", 0.15)?;
@@ -624,6 +625,16 @@ fn cmd_equiv(args: &Args) -> CliResult<()> {
         ))));
     }
     println!("ok: batched branches match branches decoded alone, and a leak is detectable");
+    if let Selection::Device { candidates } = selection(args)? {
+        let (agree, total) = pardec::equivalence::device_vs_host(&model, &params, branches, tokens, candidates)?;
+        println!("device selection ({candidates} candidates) vs host, greedy: {agree}/{total} tokens identical");
+        if agree != total {
+            return Err(CliError::Pardec(Error::Internal(
+                "device selection chose other tokens than host selection".into(),
+            )));
+        }
+        println!("ok: device selection picks the host's tokens");
+    }
     Ok(())
 }
 
