@@ -11,6 +11,7 @@
  *
  * Exit status: 0 when every check passed, 1 otherwise.
  */
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -249,7 +250,25 @@ static void session_creation(pardec_model *m) {
     bad = p;
     bad.sampling.top_p = 2.0f;
     EXPECT(pardec_session_new(m, &bad, &s), PARDEC_STATUS_INVALID_ARGUMENT);
+    bad = p;
+    bad.device_candidates = 0xFFFFFFFFu; /* more candidates than the vocabulary has */
+    EXPECT(pardec_session_new(m, &bad, &s), PARDEC_STATUS_INVALID_ARGUMENT);
     ASSERT(s == SENTINEL);
+
+    /* A caller built against the 0.1 header (its struct ends before device_candidates) still
+     * creates sessions: the appended field takes its default, host selection. */
+    bad = p;
+    bad.struct_size = offsetof(pardec_session_params, device_candidates);
+    bad.n_ctx = 256;
+    bad.device_candidates = 0xFFFFFFFFu; /* beyond its struct: never read */
+    EXPECT(pardec_session_new(m, &bad, &s), PARDEC_STATUS_OK);
+    ASSERT(s != SENTINEL && s != NULL);
+    pardec_session_free(s);
+    s = SENTINEL;
+    bad.device_candidates = 16;
+    bad.struct_size = sizeof bad;
+    EXPECT(pardec_session_new(m, &bad, &s), PARDEC_STATUS_OK); /* device selection */
+    pardec_session_free(s);
 }
 
 static void null_session(void) {
@@ -367,7 +386,11 @@ static void arguments(pardec_model *m) {
     EXPECT(pardec_session_stats(s, NULL, sizeof st), PARDEC_STATUS_NULL_ARGUMENT);
     EXPECT(pardec_session_stats(s, &st, 1), PARDEC_STATUS_STRUCT_SIZE);
     EXPECT(pardec_session_stats(s, &st, sizeof st), PARDEC_STATUS_OK);
-    ASSERT(st.tokens_total > 0 && st.blocks == 0);
+    ASSERT(st.tokens_total > 0 && st.blocks == 0 && st.host_us_per_step > 0.0);
+    /* A 0.1 caller's smaller struct (before host_us_per_step) is filled up to its end only. */
+    st.host_us_per_step = -1.0;
+    EXPECT(pardec_session_stats(s, &st, offsetof(pardec_stats, host_us_per_step)), PARDEC_STATUS_OK);
+    ASSERT(st.host_us_per_step == -1.0 && st.tokens_total > 0);
     EXPECT(pardec_session_reset_stats(s), PARDEC_STATUS_OK);
     EXPECT(pardec_session_stats(s, &st, sizeof st), PARDEC_STATUS_OK);
     ASSERT(st.tokens_total == 0);

@@ -46,9 +46,9 @@
 #include <stdint.h>
 
 #define PARDEC_VERSION_MAJOR 0
-#define PARDEC_VERSION_MINOR 1
+#define PARDEC_VERSION_MINOR 2
 #define PARDEC_VERSION_PATCH 0
-#define PARDEC_VERSION "0.1.0"
+#define PARDEC_VERSION "0.2.0"
 
 
 /**
@@ -413,6 +413,12 @@ typedef struct pardec_session_params {
      */
     int32_t flash_attn;
     struct pardec_sampling_params sampling;
+    /**
+     * Where tokens are chosen: 0 on the host from full logit rows (exact for every sampler);
+     * n > 0 on the backend (GPU), which hands the host each row's n best candidates — the
+     * same tokens for greedy and top_k <= n. Appended in 0.2; older callers get 0.
+     */
+    uint32_t device_candidates;
 } pardec_session_params;
 
 /**
@@ -556,6 +562,11 @@ typedef struct pardec_stats {
      * KV cells the same tokens would need if every branch copied its prefix.
      */
     uint64_t kv_cells_unshared;
+    /**
+     * Microseconds per decode step the engine spent outside llama_decode (token selection
+     * and bookkeeping). Appended in 0.2.
+     */
+    double host_us_per_step;
 } pardec_stats;
 
 /**
@@ -628,7 +639,7 @@ extern "C" {
 #endif // __cplusplus
 
 /**
- * The library's version, e.g. "0.1.0": compare with PARDEC_VERSION to detect a header/library
+ * The library's version, e.g. "0.2.0": compare with PARDEC_VERSION to detect a header/library
  * mismatch. Static storage; never free it.
  */
 const char *pardec_version(void);

@@ -21,9 +21,10 @@ fn struct_layouts_are_frozen() {
     layout!(pardec_model_params, size 16, { struct_size @ 0, n_gpu_layers @ 8 });
     layout!(pardec_chat_message, size 16, { role @ 0, content @ 8 });
     layout!(pardec_sampling_params, size 24, { temperature @ 0, top_k @ 4, top_p @ 8, min_p @ 12, seed @ 16 });
-    layout!(pardec_session_params, size 64, {
+    // 0.2 appended device_candidates (0.1's struct was 64 bytes and is still accepted).
+    layout!(pardec_session_params, size 72, {
         struct_size @ 0, n_ctx @ 8, n_batch @ 12, max_branches @ 16, max_depth @ 20,
-        n_threads @ 24, kv_type @ 28, flash_attn @ 32, sampling @ 40,
+        n_threads @ 24, kv_type @ 28, flash_attn @ 32, sampling @ 40, device_candidates @ 64,
     });
     layout!(pardec_run_limits, size 56, {
         struct_size @ 0, max_tokens @ 8, stop @ 16, n_stop @ 24, ban_eog @ 32,
@@ -33,11 +34,12 @@ fn struct_layouts_are_frozen() {
         struct_size @ 0, kind @ 8, node @ 12, label @ 16, text @ 24, text_len @ 32, token @ 40,
         stop_reason @ 44, stop_string @ 48, status @ 56,
     });
-    layout!(pardec_stats, size 128, {
+    // 0.2 appended host_us_per_step (0.1's struct was 128 bytes and is still accepted).
+    layout!(pardec_stats, size 136, {
         tokens_total @ 0, tokens_branch @ 8, tokens_prefill @ 16, steps @ 24, blocks @ 32,
         branches @ 40, serial_seconds @ 48, parallel_seconds @ 56, prefill_seconds @ 64,
         tps @ 72, p_tps @ 80, dp @ 88, abn @ 96, parallel @ 104, kv_cells_used @ 112,
-        kv_cells_unshared @ 120,
+        kv_cells_unshared @ 120, host_us_per_step @ 128,
     });
     layout!(pardec_block_info, size 24, { parent_label @ 0, n_branches @ 8, fork_pos @ 16, join_state @ 20 });
     layout!(pardec_branch_info, size 48, {

@@ -54,6 +54,20 @@ def test_iterator_and_one_call_generation_agree(model):
     assert texts[0] == texts[1] and texts[0]
 
 
+def test_device_selection_gives_the_host_text_and_reports_host_time(model):
+    # Candidates chosen on the backend (llama.cpp's top-k chain) pick the host's greedy tokens.
+    texts = []
+    for device_candidates in (0, 16):
+        with pardec.Session(model, n_ctx=256, n_threads=1, device_candidates=device_candidates) as s:
+            s.prompt(PROMPT)
+            texts.append(s.generate_text(max_tokens=12, ban_eog=True))
+            assert s.stats().host_us_per_step > 0
+    assert texts[0] == texts[1] and texts[0]
+    with pytest.raises(pardec.PardecError) as e:
+        pardec.Session(model, n_ctx=256, device_candidates=10**9)
+    assert "candidates" in str(e.value)
+
+
 def test_fork_run_join_streams_every_branch(session):
     session.prompt(PROMPT)
     nodes = session.fork(PREFIXES, max_tokens=6, ban_eog=True)

@@ -33,7 +33,7 @@ pub use result::*;
 pub use session::*;
 pub use status::pardec_status;
 
-/// The library's version, e.g. "0.1.0": compare with PARDEC_VERSION to detect a header/library
+/// The library's version, e.g. "0.2.0": compare with PARDEC_VERSION to detect a header/library
 /// mismatch. Static storage; never free it.
 #[no_mangle]
 pub extern "C" fn pardec_version() -> *const c_char {
