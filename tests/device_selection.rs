@@ -6,6 +6,9 @@
 mod common;
 
 use common::models;
+use common::script::{seg, seg_eos, Script, When};
+use pardec::auto::{generate_auto, AutoParams};
+use pardec::protocol::ProtocolSpec;
 use pardec::{
     BranchSpec, Error, JoinMode, Model, NodeId, RunLimits, SamplingParams, Selection, Session, SessionParams,
     Silent, StopReason,
@@ -127,4 +130,37 @@ fn device_selection_rejects_what_it_cannot_serve() {
     assert!(bad(SessionParams { leak_between_siblings: true, ..device(64) }).contains("Selection::Host"));
     // The whole vocabulary as candidates is allowed (and exact for any sampler).
     Session::new(&model, SessionParams { n_ctx: 256, ..device(model.n_vocab() as u32) }).unwrap();
+}
+
+#[test]
+fn auto_mode_writes_the_same_response_with_device_selection() {
+    // A nested Multiverse response: the structure is scripted, the text between is the model's
+    // own (greedy), and the watcher's bans apply in every state.
+    let model = models::load(models::DEFAULT_MODEL_FILE);
+    let respond = |selection| {
+        let mut s = session(&model, selection, SamplingParams::greedy());
+        s.prompt("Write about fruit.\n").unwrap();
+        s.set_script(Some(Box::new(Script::new(&model, vec![
+            ("", vec![
+                seg(When::Start, "<Parallel>\n<Goal>\n<Outline>1: Apples</Outline>\n<Outline>2: Pears</Outline>\n</Goal>"),
+                seg_eos(When::EndsWith("<Conclusion>\n".into()), "Both are fruit.\n</Conclusion>\n</Parallel>\nDone."),
+            ]),
+            ("1", vec![seg(When::LongerThan(30), "\n</Path>")]),
+            ("2", vec![
+                seg(When::LongerThan(16), "\n<Parallel>\n<Goal>\n<Outline>2.1: Green</Outline>\n<Outline>2.2: Red</Outline>\n</Goal>"),
+                seg(When::EndsWith("<Conclusion>\n".into()), "Both kinds.\n</Conclusion>\n</Parallel>\n</Path>"),
+            ]),
+            ("2.1", vec![seg(When::LongerThan(24), "\n</Path>")]),
+            ("2.2", vec![seg(When::LongerThan(30), "\n</Path>")]),
+        ]))));
+        let params = AutoParams { max_tokens: 200, max_branch_tokens: 80, ..Default::default() };
+        let spec = ProtocolSpec::builtin("multiverse").unwrap();
+        let report = generate_auto(&mut s, &spec, &params, &mut Silent).unwrap();
+        let warnings: Vec<String> = report.warnings.iter().map(|w| w.message.clone()).collect();
+        (s.transcript().text, s.stats().blocks, warnings)
+    };
+    let host = respond(Selection::Host);
+    assert_eq!(host.1, 2, "both blocks forked");
+    assert!(host.0.ends_with("Done."), "{}", host.0);
+    assert_eq!(host, respond(Selection::Device { candidates: 32 }));
 }
