@@ -220,6 +220,18 @@ pub(crate) struct ContextConfig {
     pub device_top_k: Option<u32>,
 }
 
+/// What a backend sampler chain produced for one output row.
+pub(crate) enum Sampled<'a> {
+    /// Token ids and their raw logits, in no particular order.
+    Candidates(&'a [Token], &'a [f32]),
+    /// A whole row came back through the sampling buffers: the backend could not run the
+    /// chain's reduction (llama.cpp then applies none of it) but still skipped the raw copy.
+    FullRow(&'a [f32]),
+    /// No sampling output: llama.cpp did not attach the chains (it refuses some setups, e.g.
+    /// tensor-split models), so the raw logit rows were copied as usual.
+    Nothing,
+}
+
 /// A llama.cpp context and the backend sampler chains it was created with.
 pub(crate) struct LlamaContext {
     ptr: NonNull<sys::llama_context>,
@@ -343,24 +355,30 @@ impl LlamaContext {
         }
     }
 
-    /// The candidates the backend chain kept for batch entry `i`: token ids and their raw
-    /// logits, in no particular order.
-    pub(crate) fn candidates(&self, i: i32) -> Option<(&[Token], &[f32])> {
+    /// What the backend sampler chain left for batch entry `i` (contexts made with
+    /// `device_top_k`).
+    pub(crate) fn sampled(&self, i: i32) -> Sampled<'_> {
         // SAFETY: the counts say how many entries each array holds for this row; both arrays
         // stay valid until the next decode, which needs `&mut self`.
         unsafe {
             let ctx = self.ptr.as_ptr();
-            let n_ids = sys::llama_get_sampled_candidates_count_ith(ctx, i) as usize;
-            let n_logits = sys::llama_get_sampled_logits_count_ith(ctx, i) as usize;
-            if n_ids == 0 || n_ids != n_logits || n_ids > self.n_vocab {
-                return None;
-            }
-            let ids = sys::llama_get_sampled_candidates_ith(ctx, i);
             let logits = sys::llama_get_sampled_logits_ith(ctx, i);
-            if ids.is_null() || logits.is_null() {
-                return None;
+            if logits.is_null() {
+                return Sampled::Nothing;
             }
-            Some((std::slice::from_raw_parts(ids, n_ids), std::slice::from_raw_parts(logits, n_ids)))
+            let n_logits = sys::llama_get_sampled_logits_count_ith(ctx, i) as usize;
+            let n_ids = sys::llama_get_sampled_candidates_count_ith(ctx, i) as usize;
+            let ids = sys::llama_get_sampled_candidates_ith(ctx, i);
+            if n_ids > 0 && n_ids == n_logits && n_ids <= self.n_vocab && !ids.is_null() {
+                return Sampled::Candidates(
+                    std::slice::from_raw_parts(ids, n_ids),
+                    std::slice::from_raw_parts(logits, n_ids),
+                );
+            }
+            if n_ids == 0 && n_logits == self.n_vocab {
+                return Sampled::FullRow(std::slice::from_raw_parts(logits, n_logits));
+            }
+            Sampled::Nothing
         }
     }
 

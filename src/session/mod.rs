@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::backend;
 use crate::error::{Error, Result};
-use crate::llama::{Batch, ContextConfig, LlamaContext};
+use crate::llama::{Batch, ContextConfig, LlamaContext, Sampled};
 use crate::model::{Model, Token};
 use crate::stats::{Counters, Stats};
 use kv::{SeqPool, TRUNK_SEQ};
@@ -1297,10 +1297,17 @@ fn decode_status(ctx: &mut LlamaContext, batch: &Batch) -> Result<()> {
 }
 
 /// The next-token scores of batch row `row`, as the context's selection mode delivers them.
-/// Only rows decoded with logits requested are read; a missing row is a bug, reported as one.
+/// Where llama.cpp could not run the device reduction it falls back by itself (a full row in
+/// the sampling buffers, or the raw rows when it did not attach the chains): both are used as
+/// full rows, so device selection degrades to host selection instead of failing. Only rows
+/// decoded with logits requested are read; a missing row is a bug, reported as one.
 fn row_scores(ctx: &LlamaContext, device: bool, row: i32) -> Result<Scores<'_>> {
     let scores = if device {
-        ctx.candidates(row).map(|(ids, logits)| Scores::Candidates { ids, logits })
+        match ctx.sampled(row) {
+            Sampled::Candidates(ids, logits) => Some(Scores::Candidates { ids, logits }),
+            Sampled::FullRow(logits) => Some(Scores::Full(logits)),
+            Sampled::Nothing => ctx.logits(row).map(Scores::Full),
+        }
     } else {
         ctx.logits(row).map(Scores::Full)
     };
