@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::model::Model;
+use crate::session::sampling::SamplingParams;
 use crate::session::{BranchSpec, JoinMode, NodeId, RunLimits, Selection, Session, SessionParams, Silent};
 
 #[derive(Debug, Clone)]
@@ -46,8 +47,9 @@ impl Default for BenchParams {
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchRow {
     pub branches: usize,
-    /// Where the engine chose its tokens.
+    /// Where the engine chose its tokens, and how.
     pub selection: Selection,
+    pub sampling: SamplingParams,
     pub tokens_per_branch: usize,
     /// Engine, branches one after another (tokens/s).
     pub serial_tps: f64,
@@ -199,6 +201,7 @@ pub fn run(model: &Model, p: &BenchParams) -> Result<Vec<BenchRow>> {
         rows.push(BenchRow {
             branches: b,
             selection,
+            sampling: p.session.sampling.clone(),
             tokens_per_branch: p.tokens,
             serial_tps,
             parallel_tps,

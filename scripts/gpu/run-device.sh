@@ -4,7 +4,7 @@
 #
 #   run: carry [".device"], command `bash .device/gpu/run-device.sh`, timeout_s 600
 #
-# Stages, each behind `timeout` inside one overall budget (PARDEC_GPU_BUDGET_S, 480 s), so a hang
+# Stages, each behind `timeout` inside one overall budget (PARDEC_GPU_BUDGET_S, 530 s), so a hang
 # costs its own stage and never the call:
 #   gpu       nvidia-smi: name, driver, memory
 #   build     llama.cpp's shared libraries with CUDA (sm_90, flash-attention kernels off) from the
@@ -15,9 +15,11 @@
 #   equiv     pardec equiv --branches 4 --tokens 12 --selection device on each: batch-vs-alone
 #             noise vs leak, and device-selected greedy tokens == host-selected ones
 #   bench     pardec bench --branches 1,2,4,8,16,32 --tokens 32 --reps 2 --json on each, once
-#             with host selection and once with device selection (same raw ceiling definition)
+#             with host selection and once with device selection (same raw ceiling definition);
+#             on the shapes in PARDEC_GPU_SAMPLED ("1b") also with temperature 0.8, top-k 40,
+#             top-p 0.95, both selections
 # Results: $OUT/run.log (all of this output), build.log, oracle.log, llama-smol.log (llama.cpp's
-# own log of one run: the device and offload lines), bench-SHAPE-{host,device}.json.
+# own log of one run: the device and offload lines), bench-SHAPE-{host,device}[-sampled].json.
 #
 # Dry run on a machine without a GPU (proves the script end to end before device time is spent):
 #   PARDEC_GPU_DRY_RUN=1 bash .device/gpu/run-device.sh
@@ -25,7 +27,7 @@
 # already built there and skips the build), uses small settings (smol only, branches 1,2, 4 tokens,
 # 1 rep) and writes to $OUT, by default /tmp/pardec-gpu-dry-out.
 #
-# Knobs: PARDEC_CUDA_ARCH (90: H100/H200), PARDEC_GPU_JOBS (nproc), PARDEC_GPU_SHAPES
+# Knobs: PARDEC_CUDA_ARCH (90: H100/H200), PARDEC_GPU_JOBS (nproc), PARDEC_GPU_SAMPLED, PARDEC_GPU_SHAPES
 # ("smol 1b 7b"), PARDEC_GPU_BRANCHES, PARDEC_GPU_TOKENS, PARDEC_GPU_REPS, PARDEC_DEVICE_DIR
 # (.device), PARDEC_GPU_BUILD_DIR (/tmp/pardec-llama-build), PYTHON (python3).
 set -uo pipefail
@@ -47,7 +49,7 @@ else
   TOKENS=${PARDEC_GPU_TOKENS:-32}
   REPS=${PARDEC_GPU_REPS:-2}
   EQUIV_BRANCHES=4 EQUIV_TOKENS=12
-  BUDGET=${PARDEC_GPU_BUDGET_S:-480}
+  BUDGET=${PARDEC_GPU_BUDGET_S:-530}
   BUILD_MAX=420  # ~160 s on the H100 machine's 16 cores (llama + ggml-cuda, FA kernels off)
 fi
 : "${OUT:?OUT must name the folder for results (set by the device tool)}"
@@ -175,7 +177,9 @@ except Exception as e:
 sel = d["results"][0].get("selection", "host") if d["results"] else "?"
 if isinstance(sel, dict):  # {"device": {"candidates": K}}
     sel = "device:%d" % sel["device"]["candidates"]
-print(f"  {d['model']}  threads {d['threads']}  selection {sel}")
+smp = d["results"][0].get("sampling", {}) if d["results"] else {}
+how = "greedy" if smp.get("temperature", 0) <= 0 else "temp %(temperature)g top-k %(top_k)d top-p %(top_p)g" % smp
+print(f"  {d['model']}  threads {d['threads']}  selection {sel}  {how}")
 print("    B  serial t/s  engine t/s  raw t/s  raw-ser t/s  speedup  ceiling  vs-ceil  eng/raw  host us/step")
 for r in d["results"]:
     print(f"  {r['branches']:>3} {r['serial_tps']:>11.1f} {r['parallel_tps']:>11.1f} {r['raw_tps']:>8.1f}"
@@ -212,6 +216,14 @@ for shape in $SHAPES; do
       --tokens "$TOKENS" --reps "$REPS" --selection $sel --json >"$OUT/bench-$shape-$sel.json"
     table "$OUT/bench-$shape-$sel.json"
   done
+  case " ${PARDEC_GPU_SAMPLED-1b} " in *" $shape "*)
+    for sel in host device; do
+      stage "sampled-$shape-$sel" "$(bench_limit "$shape")" "$PARDEC" bench --model "$m" --branches "$BRANCHES" \
+        --tokens "$TOKENS" --reps "$REPS" --selection $sel --temp 0.8 --top-k 40 --top-p 0.95 --seed 1 \
+        --json >"$OUT/bench-$shape-$sel-sampled.json"
+      table "$OUT/bench-$shape-$sel-sampled.json"
+    done ;;
+  esac
   rm -f "$m"
 done
 finish

@@ -23,7 +23,7 @@ usage:
                [--min-p P] [--seed S] [--ctx N] [--threads N] [--branch-stop TEXT ...] [--raw]
                [--selection host|device[:K]] [--stream] [--json]
   pardec bench [--model PATH] [--branches 1,2,4,8] [--tokens N] [--reps N] [--threads N] [--json]
-               [--selection host|device[:K]]
+               [--selection host|device[:K]] [sampling options: greedy by default]
                [--auto]   (auto mode with scripted Multiverse blocks vs the same tokens serially)
   pardec run   [--model PATH] --prompt TEXT --protocol P [--response-prefix TEXT]
                [--max-tokens N] [--max-branch-tokens N] [sampling options] [--json]
@@ -522,6 +522,7 @@ fn print_stats(s: &Stats) {
 fn cmd_bench(args: &Args) -> CliResult<()> {
     args.check_known(&[
         "--model", "--branches", "--tokens", "--reps", "--threads", "--json", "--auto", "--selection",
+        "--temp", "--top-k", "--top-p", "--min-p", "--seed",
     ])?;
     let mut p = BenchParams::default();
     if let Some(list) = args.get("--branches") {
@@ -540,6 +541,7 @@ fn cmd_bench(args: &Args) -> CliResult<()> {
     p.reps = args.num("--reps", p.reps)?;
     p.session.n_threads = args.num("--threads", 0)?;
     p.session.selection = selection(args)?;
+    p.session.sampling = sampling(args)?;
     let model = load_model(args)?;
     if args.has("--auto") {
         return cmd_bench_auto(args, &model, &p);
@@ -562,11 +564,12 @@ fn cmd_bench(args: &Args) -> CliResult<()> {
         return Ok(());
     }
     println!(
-        "model {} · {} tokens per branch · best of {} · selection {:?}",
+        "model {} · {} tokens per branch · best of {} · selection {:?} · sampling {:?}",
         model.path().display(),
         p.tokens,
         p.reps,
-        p.session.selection
+        p.session.selection,
+        p.session.sampling
     );
     println!(
         "{:>3} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8} {:>10} {:>8} {:>16}",
