@@ -65,6 +65,7 @@ fn bench_json_has_the_documented_fields() {
             assert!(row[key].as_f64().is_some_and(|x| x > 0.0), "{key} missing or not positive");
         }
     }
+    assert_eq!(rows[0]["selection"], "host");
     // Sharing the prefix saves one prefix copy at B = 2.
     assert!(rows[1]["kv_cells_shared"].as_u64() < rows[1]["kv_cells_unshared"].as_u64());
     assert_eq!(rows[0]["kv_cells_shared"], rows[0]["kv_cells_unshared"]);
@@ -77,6 +78,9 @@ fn errors_are_one_line_on_stderr_with_a_nonzero_exit() {
         (&["run", "--prompt", "x", "--branch", "a", "--max-tokens", "lots"], 2),
         (&["frobnicate"], 2),
         (&["bench", "--branches", "0"], 2),
+        (&["bench", "--selection", "gpu"], 2),
+        (&["bench", "--selection", "device:0"], 2),
+        (&["run", "--prompt", "x", "--branch", "a", "--selection", "device:999999999"], 1),
         (&["run", "--model", "/nonexistent.gguf", "--prompt", "x", "--branch", "a"], 1),
         (&["run", "--model", "Cargo.toml", "--prompt", "x", "--branch", "a"], 1),
     ];
@@ -161,4 +165,16 @@ fn branch_stop_strings_end_each_branch_at_its_line() {
         // The line break is the branch's last token: nothing follows it.
         assert!(text.ends_with('\n') && text.trim_end().lines().count() == 1, "{text:?}");
     }
+}
+
+#[test]
+fn bench_with_device_selection_reports_it_and_equiv_checks_it() {
+    let v = json(&pardec(&["bench", "--branches", "2", "--tokens", "4", "--reps", "1", "--selection", "device:16", "--json"]));
+    let row = &v["results"][0];
+    assert_eq!(row["selection"]["device"]["candidates"].as_u64(), Some(16));
+    assert!(row["raw_tps"].as_f64().is_some_and(|x| x > 0.0));
+    let out = pardec(&["equiv", "--branches", "2", "--tokens", "4", "--selection", "device"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("ok: device selection picks the host's tokens"), "{text}");
 }
