@@ -288,6 +288,8 @@ static void null_session(void) {
     EXPECT(pardec_session_stats(NULL, &st, sizeof st), PARDEC_STATUS_NULL_ARGUMENT);
     EXPECT(pardec_session_clear(NULL), PARDEC_STATUS_NULL_ARGUMENT);
     EXPECT(pardec_session_reset_stats(NULL), PARDEC_STATUS_NULL_ARGUMENT);
+    EXPECT(pardec_session_generate_auto(NULL, "multiverse", 8, 8, NULL, NULL, NULL, NULL), PARDEC_STATUS_NULL_ARGUMENT);
+    EXPECT(pardec_session_generate_sot(NULL, "Why?", 8, 8, NULL, NULL, NULL), PARDEC_STATUS_NULL_ARGUMENT);
     ASSERT(r == SENTINEL && running);
 
     const char *text = SENTINEL;
@@ -314,7 +316,18 @@ static void arguments(pardec_model *m) {
     EXPECT(pardec_session_prompt(s, ""), PARDEC_STATUS_EMPTY_PROMPT);
     EXPECT(pardec_session_append(s, PARDEC_NODE_TRUNK, NULL), PARDEC_STATUS_NULL_ARGUMENT);
     EXPECT(pardec_session_append(s, 999, "x"), PARDEC_STATUS_INVALID_ARGUMENT);
+    /* Auto modes: bad protocol and question arguments, before anything is decoded. */
+    char *json = SENTINEL;
+    EXPECT(pardec_session_generate_auto(s, NULL, 8, 8, NULL, NULL, NULL, &json), PARDEC_STATUS_NULL_ARGUMENT);
+    EXPECT(pardec_session_generate_auto(s, BAD_UTF8, 8, 8, NULL, NULL, NULL, &json), PARDEC_STATUS_INVALID_UTF8);
+    EXPECT(pardec_session_generate_sot(s, NULL, 8, 8, NULL, NULL, &json), PARDEC_STATUS_NULL_ARGUMENT);
+    EXPECT(pardec_session_generate_sot(s, BAD_UTF8, 8, 8, NULL, NULL, &json), PARDEC_STATUS_INVALID_UTF8);
+    EXPECT(pardec_session_generate_sot(s, "  ", 8, 8, NULL, NULL, &json), PARDEC_STATUS_EMPTY_PROMPT);
+    ASSERT(json == SENTINEL);
     EXPECT(pardec_session_prompt(s, "Colors are"), PARDEC_STATUS_OK);
+    /* Skeleton-of-thought writes its own prompt: a session holding one is refused. */
+    EXPECT(pardec_session_generate_sot(s, "Why is the sky blue?", 8, 8, NULL, NULL, &json), PARDEC_STATUS_INVALID_STATE);
+    ASSERT(json == SENTINEL);
 
     /* Run limits. */
     const char *stops[] = {"\n", NULL};

@@ -951,6 +951,28 @@ enum pardec_status pardec_session_generate_auto(struct pardec_session *session,
                                                 char **out_report_json);
 
 /**
+ * Skeleton-of-Thought for plain instruct models: the model first writes a numbered skeleton
+ * of short points for `question` (its chat template wraps the request), then every point is
+ * expanded in parallel as a branch, and the expansions are joined. The session must be empty
+ * (new or cleared). `skeleton_tokens` bounds the skeleton and `point_tokens` each expansion
+ * (0: 120 and 64). Tokens stream through `callback` as in `pardec_session_generate`, with a
+ * FORK and a JOIN event around the expansions and WARNING events for a malformed skeleton
+ * (with no usable skeleton the answer is written serially). On success, if `out_answer_json`
+ * is not NULL it receives `{"points": [...], "answer": "...", "serial_fallback": bool,
+ * "report": {"blocks": [...], "warnings": [...]}}` (free it with `pardec_string_free`).
+ *
+ * Errors: NULL_ARGUMENT, INVALID_UTF8, EMPTY_PROMPT (blank question), BUSY, INVALID_STATE
+ * (the session is not empty), KV_CACHE_FULL, CANCELLED (the session stays usable), DECODE.
+ */
+enum pardec_status pardec_session_generate_sot(struct pardec_session *session,
+                                               const char *question,
+                                               size_t skeleton_tokens,
+                                               size_t point_tokens,
+                                               pardec_callback callback,
+                                               void *user_data,
+                                               char **out_answer_json);
+
+/**
  * Takes a snapshot of everything the session holds: the flattened text, every block's
  * branches, and the statistics. `*out_result` receives a new handle, to release with
  * `pardec_result_free`; it does not change when the session goes on.

@@ -517,6 +517,22 @@ class Session:
         cb.check(status)
         return json.loads(_take_string(out))
 
+    def generate_sot(self, question: str, skeleton_tokens: int = 0, point_tokens: int = 0,
+                     on_event: Optional[Callable[[Event], Optional[bool]]] = None) -> dict:
+        """Skeleton-of-Thought on an empty session: the model writes a skeleton of points for
+        ``question``, the points are expanded in parallel and joined. Returns
+        ``{"points", "answer", "serial_fallback", "report"}`` (0 token limits: the defaults)."""
+        import json
+        if skeleton_tokens < 0 or point_tokens < 0:
+            raise ValueError("token limits must be >= 0")
+        cb = _Callback(on_event)
+        out = c_void_p()
+        with self._use() as p:
+            status = _c.lib().pardec_session_generate_sot(
+                p, _encode(question, "question"), skeleton_tokens, point_tokens, cb.c, None, byref(out))
+        cb.check(status)
+        return json.loads(_take_string(out))
+
     def fork(self, prefixes: Sequence[str], max_tokens: int = 256, stop: Sequence[str] = (),
              ban_eog: bool = False, banned_tokens: Iterable[int] = (), parent: int = TRUNK) -> List[int]:
         """Forks ``parent`` into one branch per prefix; returns the branches' node ids."""

@@ -287,6 +287,11 @@ def _declare(L: ctypes.CDLL) -> None:
     #     char **out_report_json);
     fn("pardec_session_generate_auto", pardec_status, session_p, c_char_p, c_size_t, c_size_t, c_char_p,
        pardec_callback, c_void_p, char_pp)
+    # enum pardec_status pardec_session_generate_sot(struct pardec_session *session,
+    #     const char *question, size_t skeleton_tokens, size_t point_tokens,
+    #     pardec_callback callback, void *user_data, char **out_answer_json);
+    fn("pardec_session_generate_sot", pardec_status, session_p, c_char_p, c_size_t, c_size_t,
+       pardec_callback, c_void_p, char_pp)
     # enum pardec_status pardec_session_fork(struct pardec_session *session, pardec_node parent,
     #     const char *const *prefixes, size_t n_branches, const struct pardec_run_limits *limits,
     #     pardec_node *out_nodes);
@@ -336,7 +341,7 @@ FUNCTIONS = [
     "pardec_model_apply_chat_template",
     "pardec_session_new", "pardec_session_free", "pardec_session_clear", "pardec_session_reset_stats",
     "pardec_session_prompt", "pardec_session_append", "pardec_session_generate", "pardec_session_generate_auto",
-    "pardec_session_fork",
+    "pardec_session_generate_sot", "pardec_session_fork",
     "pardec_session_run", "pardec_session_resume", "pardec_session_step", "pardec_session_join",
     "pardec_session_result", "pardec_session_stats",
     "pardec_result_free", "pardec_result_text", "pardec_result_n_blocks", "pardec_result_block",

@@ -317,3 +317,22 @@ def test_generate_auto_forks_where_the_response_prefix_opens_a_block(session):
     with pytest.raises(pardec.PardecError) as e:
         session.generate_auto("no-such-protocol")
     assert e.value.status == pardec.Status.INVALID_ARGUMENT
+
+
+def test_generate_sot_expands_the_skeleton_points_in_parallel(model):
+    with pardec.Session(model, n_ctx=2048, max_branches=8, n_threads=1) as s:
+        events = []
+        answer = s.generate_sot("Give three tips for better sleep.", skeleton_tokens=60, point_tokens=16,
+                                on_event=events.append)
+        assert set(answer) == {"points", "answer", "serial_fallback", "report"}
+        kinds = [e.kind for e in events]
+        if answer["serial_fallback"]:
+            assert "fork" not in kinds and answer["answer"]
+        else:
+            assert kinds.count("fork") == 1 and kinds.count("join") == 1
+            assert len(answer["report"]["blocks"][0]["labels"]) == len(answer["points"]) >= 2
+            assert s.stats().branches == len(answer["points"])
+        # The session now holds a conversation: SoT needs a fresh one.
+        with pytest.raises(pardec.PardecError) as e:
+            s.generate_sot("Again?")
+        assert e.value.status == pardec.Status.INVALID_STATE

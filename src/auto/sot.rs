@@ -44,6 +44,14 @@ pub fn generate_sot(
     params: &SotParams,
     observer: &mut dyn Observer,
 ) -> Result<SotAnswer> {
+    if session.next_pos(NodeId::TRUNK) != Some(0) {
+        return Err(Error::InvalidState(
+            "skeleton-of-thought writes its own prompt: start from an empty (or cleared) session".into(),
+        ));
+    }
+    if question.trim().is_empty() {
+        return Err(Error::EmptyPrompt);
+    }
     let mut report = AutoReport::default();
     let request = format.request_prompt(question);
     let model = session.model().clone();

@@ -613,13 +613,60 @@ pub unsafe extern "C" fn pardec_session_generate_auto(
                 Ok(crate::auto::generate_auto(s, &spec, &params, obs)?)
             })
         })?;
-        if !out_report_json.is_null() {
-            let json = serde_json::to_string(&report)
-                .map_err(|e| FfiError::from(crate::Error::Internal(e.to_string())))?;
-            *out_report_json = c_string(&json).into_raw();
-        }
-        Ok(())
+        write_json(out_report_json, &report)
     })
+}
+
+/// Skeleton-of-Thought for plain instruct models: the model first writes a numbered skeleton
+/// of short points for `question` (its chat template wraps the request), then every point is
+/// expanded in parallel as a branch, and the expansions are joined. The session must be empty
+/// (new or cleared). `skeleton_tokens` bounds the skeleton and `point_tokens` each expansion
+/// (0: 120 and 64). Tokens stream through `callback` as in `pardec_session_generate`, with a
+/// FORK and a JOIN event around the expansions and WARNING events for a malformed skeleton
+/// (with no usable skeleton the answer is written serially). On success, if `out_answer_json`
+/// is not NULL it receives `{"points": [...], "answer": "...", "serial_fallback": bool,
+/// "report": {"blocks": [...], "warnings": [...]}}` (free it with `pardec_string_free`).
+///
+/// Errors: NULL_ARGUMENT, INVALID_UTF8, EMPTY_PROMPT (blank question), BUSY, INVALID_STATE
+/// (the session is not empty), KV_CACHE_FULL, CANCELLED (the session stays usable), DECODE.
+#[no_mangle]
+pub unsafe extern "C" fn pardec_session_generate_sot(
+    session: *mut pardec_session,
+    question: *const c_char,
+    skeleton_tokens: usize,
+    point_tokens: usize,
+    callback: pardec_callback,
+    user_data: *mut c_void,
+    out_answer_json: *mut *mut c_char,
+) -> pardec_status {
+    guard(|| {
+        let question = str_arg(question, "question")?;
+        let defaults = crate::auto::sot::SotParams::default();
+        let params = crate::auto::sot::SotParams {
+            skeleton_tokens: if skeleton_tokens == 0 { defaults.skeleton_tokens } else { skeleton_tokens },
+            point_tokens: if point_tokens == 0 { defaults.point_tokens } else { point_tokens },
+        };
+        let format = crate::protocol::SkeletonFormat::sot();
+        let answer = with_session(session, |s| {
+            streaming(callback, user_data, |obs| {
+                Ok(crate::auto::sot::generate_sot(s, question, &format, &params, obs)?)
+            })
+        })?;
+        write_json(out_answer_json, &answer)
+    })
+}
+
+/// Stores `value` as a new JSON string in `*out` (to free with `pardec_string_free`); a NULL
+/// `out` means the caller does not want it.
+///
+/// # Safety
+/// `out` is NULL or writable.
+unsafe fn write_json(out: *mut *mut c_char, value: &impl serde::Serialize) -> FfiResult<()> {
+    if !out.is_null() {
+        let json = serde_json::to_string(value).map_err(|e| FfiError::from(crate::Error::Internal(e.to_string())))?;
+        *out = c_string(&json).into_raw();
+    }
+    Ok(())
 }
 
 
