@@ -4,7 +4,8 @@
 //! while their token histories agree (greedy paths may part at near-ties on quantized models).
 //! With `leak`, branch tokens are tagged with every running sibling's sequence id — the bug
 //! this engine must never have — so the distance it produces shows what a leak looks like
-//! next to the batch-shape noise of the backend.
+//! next to the batch-shape noise of the backend. `device_vs_host` checks that tokens chosen on
+//! the backend (device selection) are the ones the host picks from full rows.
 
 use crate::bench::prompt;
 use crate::error::Result;
@@ -75,7 +76,13 @@ pub fn batch_vs_alone(
 }
 
 /// Greedy tokens of `branches` branches decoded in one batch, under `selection`.
-fn block_tokens(model: &Model, params: &SessionParams, branches: usize, tokens: usize, selection: Selection) -> Result<Vec<Vec<Token>>> {
+fn block_tokens(
+    model: &Model,
+    params: &SessionParams,
+    branches: usize,
+    tokens: usize,
+    selection: Selection,
+) -> Result<Vec<Vec<Token>>> {
     let mut p = params.clone();
     p.max_branches = p.max_branches.max(branches as u32);
     p.sampling = crate::SamplingParams::greedy();

@@ -977,6 +977,8 @@ impl Session {
             self.ctx.synchronize();
             device_time += t.elapsed();
             self.preselect_greedy(chunk);
+            // Every decoded row is committed even after one fails (its token is committed
+            // before its scores are read), so each node's text stays what its KV cells hold.
             for (row, entry) in chunk.iter().enumerate() {
                 match self.commit_step_token(entry, row as i32, observer) {
                     Ok(true) => {}
