@@ -275,8 +275,8 @@ fn top_k_chain(k: u32) -> Option<NonNull<sys::llama_sampler>> {
 }
 
 impl LlamaContext {
-    /// Creates a context; None when llama.cpp refuses (out of memory, sizes it rejects, a
-    /// backend that cannot run the sampler chains).
+    /// Creates a context; None when llama.cpp refuses (out of memory, sizes it rejects). A
+    /// backend that cannot run the sampler chains is not a refusal: see [`Sampled`].
     pub(crate) fn new(model: &LlamaModel, config: &ContextConfig) -> Option<LlamaContext> {
         let mut chains = Vec::new();
         let mut seq_configs = Vec::new();
