@@ -413,7 +413,7 @@ pub unsafe extern "C" fn pardec_session_generate(
 /// starts with the UTF-8 text `prefixes[i]` (prefilled, not sampled; "" lets the model start
 /// it). `limits` (may be NULL for the defaults) applies to every branch. On success, if
 /// `out_nodes` is not NULL, it receives the `n_branches` new node ids. Branch labels are
-/// "1".."n" under the trunk and "<parent label>.i" under a branch. Call `pardec_session_run`
+/// "1".."n" under the trunk and `"<parent label>.i"` under a branch. Call `pardec_session_run`
 /// to decode them.
 ///
 /// Errors: NULL_ARGUMENT (session, prefixes or one of them), INVALID_UTF8, STRUCT_SIZE,
