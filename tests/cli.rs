@@ -178,3 +178,28 @@ fn bench_with_device_selection_reports_it_and_equiv_checks_it() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("ok: device selection picks the host's tokens"), "{text}");
 }
+
+#[test]
+fn selection_spread_over_threads_picks_the_same_tokens() {
+    // gemma's 262k-wide rows at B = 4 cross the threshold for choosing tokens on several
+    // threads (PARDEC_SELECT_THREADS forces it on a CPU build): greedy and sampled output
+    // must not depend on it, since each branch draws from its own stream.
+    let gemma = models::model_path(models::GEMMA_MODEL_FILE);
+    let run = |threads: &str, temp: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_pardec"))
+            .args(["run", "--prompt", "Four facts about the sea", "--max-branch-tokens", "12", "--max-tokens", "4"])
+            .args(["--branch", "1.", "--branch", "2.", "--branch", "3.", "--branch", "4."])
+            .args(["--temp", temp, "--top-k", "40", "--seed", "5", "--threads", "2", "--json"])
+            .arg("--model")
+            .arg(&gemma)
+            .env("PARDEC_SELECT_THREADS", threads)
+            .output()
+            .expect("run pardec");
+        json(&out)["text"].as_str().expect("text").to_string()
+    };
+    for temp in ["0", "0.9"] {
+        let one = run("1", temp);
+        assert!(!one.is_empty());
+        assert_eq!(one, run("4", temp), "temperature {temp}: threads changed the output");
+    }
+}

@@ -35,6 +35,9 @@ use sampling::{BranchSampler, SamplingParams, SavedScores, Scores};
 use tree::{report, Block, Item, Node, NodeState};
 pub use tree::{ItemReport, JoinMode, NodeReport, Origin, StopReason, Transcript};
 
+/// No token chosen ahead for this row (see `Session::preselect`).
+const NO_PICK: Token = -1;
+
 /// llama.cpp's hard limit on sequence ids (LLAMA_MAX_SEQ).
 pub const MAX_SEQUENCES: u32 = 256;
 
@@ -252,9 +255,9 @@ pub struct Session {
     seq_scratch: Vec<i32>,
     text_scratch: String,
     script: Option<Box<dyn TokenScript>>,
-    /// Argmax of each row of the current chunk for greedy nodes, computed ahead (in
-    /// parallel for wide steps); `usize::MAX` where the node samples otherwise.
-    picks: Vec<usize>,
+    /// The next token of each row of the current chunk, chosen ahead from full rows (in
+    /// parallel for wide steps); `NO_PICK` where the node samples at commit instead.
+    picks: Vec<Token>,
     selection_threads: usize,
 }
 
@@ -976,7 +979,7 @@ impl Session {
             // Wait for the backend here, so that what follows is pure host time.
             self.ctx.synchronize();
             device_time += t.elapsed();
-            self.preselect_greedy(chunk);
+            self.preselect(chunk);
             // Every decoded row is committed even after one fails (its token is committed
             // before its scores are read), so each node's text stays what its KV cells hold.
             for (row, entry) in chunk.iter().enumerate() {
@@ -1012,45 +1015,56 @@ impl Session {
         Ok(true)
     }
 
-    /// Computes the argmax of every greedy node's row in this chunk before committing, split
-    /// over threads when the step is wide: B rows of a 128k–262k vocabulary cost as much as
-    /// a GPU decode step when scanned one after another on one core.
-    fn preselect_greedy(&mut self, chunk: &[BatchEntry]) {
+    /// Chooses the next token of every running node in this chunk from its full row before
+    /// committing, split over threads when the step is wide: B rows of a 128k–262k
+    /// vocabulary cost as much as a GPU decode step when scanned one after another on one
+    /// core. Each node draws from its own sampler and random stream, so which thread runs it
+    /// changes nothing.
+    fn preselect(&mut self, chunk: &[BatchEntry]) {
         /// Below this many logits per step, threads cost more than they save.
         const PARALLEL_MIN_FLOATS: usize = 1 << 20;
         self.picks.clear();
-        self.picks.resize(chunk.len(), usize::MAX);
+        self.picks.resize(chunk.len(), NO_PICK);
         if self.script.is_some() || self.device_candidates.is_some() {
-            // A script may force any token, and candidate sets are tiny: sample row by row.
+            // A script may force any token, and candidate sets are tiny: sample at commit.
             return;
         }
-        let rows: Vec<(usize, &[f32])> = chunk
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| {
-                let n = &self.nodes[e.node];
-                matches!(n.state, NodeState::Running { .. }) && n.sampler.is_greedy()
-            })
-            .filter_map(|(row, _)| Some((row, self.ctx.logits(row as i32)?)))
+        let Session { ctx, nodes, picks, selection_threads, .. } = self;
+        let mut row_of = vec![usize::MAX; nodes.len()];
+        for (row, e) in chunk.iter().enumerate() {
+            if matches!(nodes[e.node].state, NodeState::Running { .. }) {
+                row_of[e.node] = row;
+            }
+        }
+        let mut work: Vec<(usize, &mut Node, &[f32])> = nodes
+            .iter_mut()
+            .zip(&row_of)
+            .filter(|(_, &row)| row != usize::MAX)
+            .filter_map(|(node, &row)| Some((row, node, ctx.logits(row as i32)?)))
             .collect();
-        let floats: usize = rows.iter().map(|(_, l)| l.len()).sum();
-        let threads = self.selection_threads.min(rows.len()).min(8);
+        let pick = |(row, node, logits): &mut (usize, &mut Node, &[f32])| {
+            let token = node.sampler.sample(Scores::Full(logits), &node.banned);
+            (*row, token)
+        };
+        let floats: usize = work.iter().map(|(_, _, l)| l.len()).sum();
+        let threads = (*selection_threads).min(work.len()).min(8);
         if threads <= 1 || floats < PARALLEL_MIN_FLOATS {
-            for (row, logits) in rows {
-                self.picks[row] = sampling::argmax(logits);
+            for w in &mut work {
+                let (row, token) = pick(w);
+                picks[row] = token;
             }
             return;
         }
-        let per = rows.len().div_ceil(threads);
-        let results: Vec<Vec<(usize, usize)>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = rows
-                .chunks(per)
-                .map(|part| scope.spawn(move || part.iter().map(|(r, l)| (*r, sampling::argmax(l))).collect()))
+        let per = work.len().div_ceil(threads);
+        let results: Vec<Vec<(usize, Token)>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = work
+                .chunks_mut(per)
+                .map(|part| scope.spawn(move || part.iter_mut().map(pick).collect()))
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
         });
-        for (row, pick) in results.into_iter().flatten() {
-            self.picks[row] = pick;
+        for (row, token) in results.into_iter().flatten() {
+            picks[row] = token;
         }
     }
 
@@ -1094,7 +1108,7 @@ impl Session {
             None => {
                 let node = &mut self.nodes[idx];
                 let forced = scripted_token(&mut self.script, node);
-                let pick = self.picks.get(row as usize).copied().filter(|&p| p != usize::MAX);
+                let pick = self.picks.get(row as usize).copied().filter(|&p| p != NO_PICK);
                 sample_next(node, &self.model, self.params.record_logits, scores, forced, pick);
                 if matches!(node.stop_reason, Some(StopReason::Eog)) {
                     // Kept so the node can be resumed (or forked) after the EOG.
@@ -1240,14 +1254,15 @@ fn sample_next(
     record_logits: bool,
     scores: Scores<'_>,
     forced: Option<Token>,
-    argmax_hint: Option<usize>,
+    preselected: Option<Token>,
 ) {
     if let (true, Scores::Full(row)) = (record_logits, scores) {
         node.logit_trace.push(row.to_vec());
     }
-    let token = match forced {
-        Some(t) if t >= 0 && (t as usize) < model.n_vocab() => t,
-        _ => node.sampler.sample(scores, &node.banned, argmax_hint),
+    let token = match (forced, preselected) {
+        (Some(t), _) if t >= 0 && (t as usize) < model.n_vocab() => t,
+        (_, Some(t)) => t,
+        _ => node.sampler.sample(scores, &node.banned),
     };
     if model.is_eog(token) {
         node.state = NodeState::Idle;

@@ -256,20 +256,15 @@ impl BranchSampler {
         }
     }
 
-    pub(crate) fn is_greedy(&self) -> bool {
-        self.params.is_greedy()
-    }
-
     /// Picks the next token. `banned` tokens are never chosen while another is possible.
-    /// `argmax_hint` is a full row's argmax when the caller computed it already.
     ///
     /// Full rows and candidate sets go through the same selection, so a candidate set that
     /// holds the row's top `top_k` logits gives the very token the full row gives (up to
     /// exact ties at its edge); with `top_k` off or larger, sampling is truncated to the set.
-    pub(crate) fn sample(&mut self, scores: Scores<'_>, banned: &[Token], argmax_hint: Option<usize>) -> Token {
+    pub(crate) fn sample(&mut self, scores: Scores<'_>, banned: &[Token]) -> Token {
         match scores {
             Scores::Full(logits) if self.params.is_greedy() => {
-                let best = argmax_hint.unwrap_or_else(|| argmax(logits)) as Token;
+                let best = argmax(logits) as Token;
                 if banned.is_empty() || !banned.contains(&best) {
                     return best;
                 }
@@ -484,12 +479,11 @@ mod tests {
         let params = SamplingParams { temperature: 1.0, top_k: 3, seed: 9, ..Default::default() };
         let mut s = BranchSampler::new(&params, &[0]);
         for _ in 0..200 {
-            let t = s.sample(Scores::Full(&logits), &[99], None);
+            let t = s.sample(Scores::Full(&logits), &[99]);
             assert!((96..=98).contains(&t), "token {t} outside the top 3 after the ban");
         }
         let mut g = BranchSampler::new(&SamplingParams::greedy(), &[]);
-        assert_eq!(g.sample(Scores::Full(&logits), &[99, 98], None), 97);
-        assert_eq!(g.sample(Scores::Full(&logits), &[], Some(42)), 42, "a precomputed argmax is trusted");
+        assert_eq!(g.sample(Scores::Full(&logits), &[99, 98]), 97);
     }
 
     /// A row's best `k` logits, shuffled (the backend gives them in no order).
@@ -519,8 +513,8 @@ mod tests {
                 let mut sparse = BranchSampler::new(params, &[1, 2]);
                 for _ in 0..5 {
                     assert_eq!(
-                        full.sample(Scores::Full(&logits), bans, None),
-                        sparse.sample(cand, bans, None),
+                        full.sample(Scores::Full(&logits), bans),
+                        sparse.sample(cand, bans),
                         "round {round}, {params:?}, bans {bans:?}"
                     );
                 }
@@ -563,7 +557,7 @@ mod tests {
             let mut fast = BranchSampler::new(&params, &[3]);
             let mut reference = BranchSampler::new(&params, &[3]);
             for _ in 0..4 {
-                let a = fast.sample(Scores::Full(&logits), &banned, None);
+                let a = fast.sample(Scores::Full(&logits), &banned);
                 // The reference: every candidate built, then `draw`'s select_nth and sort.
                 let inv_t = 1.0 / params.temperature;
                 reference.scratch.clear();
