@@ -216,6 +216,14 @@ for shape in $SHAPES; do
       --tokens "$TOKENS" --reps "$REPS" --selection $sel --json >"$OUT/bench-$shape-$sel.json"
     table "$OUT/bench-$shape-$sel.json"
   done
+  if [ "$shape" = 1b ]; then
+    # Host selection spreads over threads on GPU builds; on the 2-core CPU that contends with
+    # llama.cpp's spinning workers. One thread, for comparison:
+    stage "bench-$shape-host-1t" "$(bench_limit "$shape")" env PARDEC_SELECT_THREADS=1 "$PARDEC" bench \
+      --model "$m" --branches "$BRANCHES" --tokens "$TOKENS" --reps "$REPS" --selection host \
+      --json >"$OUT/bench-$shape-host-1thread.json"
+    table "$OUT/bench-$shape-host-1thread.json"
+  fi
   case " ${PARDEC_GPU_SAMPLED-1b} " in *" $shape "*)
     for sel in host device; do
       stage "sampled-$shape-$sel" "$(bench_limit "$shape")" "$PARDEC" bench --model "$m" --branches "$BRANCHES" \
