@@ -6,6 +6,7 @@
 //! - **parallel**: through the engine, all B in one block (one batch per step);
 //! - **raw parallel** / **raw serial**: plain batched `llama_decode` calls on the same
 //!   sequences with no sampling or bookkeeping, B lanes at once or one lane at a time.
+//!
 //! Prefills are excluded from every timing. Each measurement keeps the fastest of `reps`.
 //!
 //! The raw ceiling is always plain decoding with full logit rows delivered to the host, as in

@@ -16,17 +16,11 @@ use crate::llama::{LlamaModel, LoadFailure};
 pub type Token = i32;
 
 /// How to load a model.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ModelParams {
     /// Layers to offload to the GPU (`None`: llama.cpp's default, all layers when a GPU
     /// backend is compiled in). Ignored on CPU builds.
     pub n_gpu_layers: Option<u32>,
-}
-
-impl Default for ModelParams {
-    fn default() -> Self {
-        ModelParams { n_gpu_layers: None }
-    }
 }
 
 pub(crate) struct ModelInner {
