@@ -400,6 +400,7 @@ static void arguments(pardec_model *m) {
     EXPECT(pardec_session_stats(s, &st, 1), PARDEC_STATUS_STRUCT_SIZE);
     EXPECT(pardec_session_stats(s, &st, sizeof st), PARDEC_STATUS_OK);
     ASSERT(st.tokens_total > 0 && st.blocks == 0 && st.host_us_per_step > 0.0);
+    ASSERT(st.selection_us_per_step > 0.0 && st.selection_us_per_step <= st.host_us_per_step);
     /* A 0.1 caller's smaller struct (before host_us_per_step) is filled up to its end only. */
     st.host_us_per_step = -1.0;
     EXPECT(pardec_session_stats(s, &st, offsetof(pardec_stats, host_us_per_step)), PARDEC_STATUS_OK);

@@ -567,6 +567,10 @@ typedef struct pardec_stats {
      * and bookkeeping). Appended in 0.2.
      */
     double host_us_per_step;
+    /**
+     * Of which choosing the next tokens. Appended in 0.2.
+     */
+    double selection_us_per_step;
 } pardec_stats;
 
 /**

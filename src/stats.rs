@@ -28,6 +28,8 @@ pub(crate) struct Counters {
     pub prefill_time: Duration,
     /// Step time outside llama_decode (sampling, bookkeeping, callbacks).
     pub host_time: Duration,
+    /// Of which choosing tokens (scanning rows or candidates, drawing, stop checks).
+    pub selection_time: Duration,
     /// Cells that would be needed if each branch had decoded its own copy of the prefix
     /// beyond those actually used: Σ over blocks of (branches − 1) × prefix cells.
     pub prefix_copies_avoided: u64,
@@ -51,6 +53,8 @@ pub struct Stats {
     pub prefill_seconds: f64,
     /// Host time per decode step outside llama_decode (sampling, bookkeeping, callbacks), µs.
     pub host_us_per_step: f64,
+    /// Of which choosing the next tokens (all rows of the step), µs.
+    pub selection_us_per_step: f64,
     pub tps: f64,
     pub p_tps: f64,
     pub dp: f64,
@@ -86,6 +90,7 @@ impl Counters {
             parallel_seconds: parallel,
             prefill_seconds: self.prefill_time.as_secs_f64(),
             host_us_per_step: ratio(self.host_time.as_secs_f64() * 1e6, self.steps as f64),
+            selection_us_per_step: ratio(self.selection_time.as_secs_f64() * 1e6, self.steps as f64),
             tps: ratio(total as f64, serial + parallel),
             p_tps: ratio(self.branch_tokens as f64, parallel),
             dp: ratio(self.branch_tokens as f64, total as f64),

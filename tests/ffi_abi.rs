@@ -34,12 +34,13 @@ fn struct_layouts_are_frozen() {
         struct_size @ 0, kind @ 8, node @ 12, label @ 16, text @ 24, text_len @ 32, token @ 40,
         stop_reason @ 44, stop_string @ 48, status @ 56,
     });
-    // 0.2 appended host_us_per_step (0.1's struct was 128 bytes and is still accepted).
-    layout!(pardec_stats, size 136, {
+    // 0.2 appended host_us_per_step and selection_us_per_step (0.1's struct was 128 bytes
+    // and is still accepted).
+    layout!(pardec_stats, size 144, {
         tokens_total @ 0, tokens_branch @ 8, tokens_prefill @ 16, steps @ 24, blocks @ 32,
         branches @ 40, serial_seconds @ 48, parallel_seconds @ 56, prefill_seconds @ 64,
         tps @ 72, p_tps @ 80, dp @ 88, abn @ 96, parallel @ 104, kv_cells_used @ 112,
-        kv_cells_unshared @ 120, host_us_per_step @ 128,
+        kv_cells_unshared @ 120, host_us_per_step @ 128, selection_us_per_step @ 136,
     });
     layout!(pardec_block_info, size 24, { parent_label @ 0, n_branches @ 8, fork_pos @ 16, join_state @ 20 });
     layout!(pardec_branch_info, size 48, {

@@ -198,6 +198,7 @@ class Stats:
     kv_cells_used: int
     kv_cells_unshared: int
     host_us_per_step: float
+    selection_us_per_step: float
 
     @classmethod
     def _from_c(cls, s: _c.pardec_stats) -> "Stats":

@@ -194,6 +194,7 @@ class pardec_stats(Structure):
         ("kv_cells_used", c_uint64),
         ("kv_cells_unshared", c_uint64),
         ("host_us_per_step", c_double),
+        ("selection_us_per_step", c_double),
     ]
 
 

@@ -180,11 +180,12 @@ if isinstance(sel, dict):  # {"device": {"candidates": K}}
 smp = d["results"][0].get("sampling", {}) if d["results"] else {}
 how = "greedy" if smp.get("temperature", 0) <= 0 else "temp %(temperature)g top-k %(top_k)d top-p %(top_p)g" % smp
 print(f"  {d['model']}  threads {d['threads']}  selection {sel}  {how}")
-print("    B  serial t/s  engine t/s  raw t/s  raw-ser t/s  speedup  ceiling  vs-ceil  eng/raw  host us/step")
+print("    B  serial t/s  engine t/s  raw t/s  raw-ser t/s  speedup  ceiling  vs-ceil  eng/raw  host us/step  select us")
 for r in d["results"]:
     print(f"  {r['branches']:>3} {r['serial_tps']:>11.1f} {r['parallel_tps']:>11.1f} {r['raw_tps']:>8.1f}"
           f" {r['raw_serial_tps']:>12.1f} {r['speedup']:>7.2f}x {r['raw_speedup']:>7.2f}x"
-          f" {r['speedup_vs_ceiling']:>8.2f} {r['engine_vs_raw']:>8.2f} {r['host_us_per_step']:>13.0f}")
+          f" {r['speedup_vs_ceiling']:>8.2f} {r['engine_vs_raw']:>8.2f} {r['host_us_per_step']:>13.0f}"
+          f" {r.get('selection_us_per_step', 0):>10.0f}")
 EOF
 }
 gen_limit() { case $1 in 7b) echo 150 ;; 1b) echo 90 ;; *) echo 45 ;; esac; }

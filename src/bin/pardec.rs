@@ -572,15 +572,15 @@ fn cmd_bench(args: &Args) -> CliResult<()> {
         p.session.sampling
     );
     println!(
-        "{:>3} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8} {:>10} {:>8} {:>16}",
+        "{:>3} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8} {:>10} {:>8} {:>9} {:>16}",
         "B", "serial t/s", "engine t/s", "raw t/s", "speedup", "ceiling", "vs ceil", "engine/raw",
-        "host µs", "KV shared/unsh."
+        "host µs", "select µs", "KV shared/unsh."
     );
     for r in &rows {
         println!(
-            "{:>3} {:>10.1} {:>10.1} {:>10.1} {:>7.2}× {:>7.2}× {:>8.2} {:>10.2} {:>8.0} {:>16}",
+            "{:>3} {:>10.1} {:>10.1} {:>10.1} {:>7.2}× {:>7.2}× {:>8.2} {:>10.2} {:>8.0} {:>9.0} {:>16}",
             r.branches, r.serial_tps, r.parallel_tps, r.raw_tps, r.speedup, r.raw_speedup,
-            r.speedup_vs_ceiling, r.engine_vs_raw, r.host_us_per_step,
+            r.speedup_vs_ceiling, r.engine_vs_raw, r.host_us_per_step, r.selection_us_per_step,
             format!("{}/{}", r.kv_cells_shared, r.kv_cells_unshared)
         );
     }

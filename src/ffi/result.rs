@@ -76,6 +76,8 @@ pub struct pardec_stats {
     /// Microseconds per decode step the engine spent outside llama_decode (token selection
     /// and bookkeeping). Appended in 0.2.
     pub host_us_per_step: f64,
+    /// Of which choosing the next tokens. Appended in 0.2.
+    pub selection_us_per_step: f64,
 }
 
 /// `sizeof(pardec_stats)` before `host_us_per_step` was appended.
@@ -107,6 +109,7 @@ impl From<&Stats> for pardec_stats {
             kv_cells_used,
             kv_cells_unshared,
             host_us_per_step,
+            selection_us_per_step,
         } = *s;
         pardec_stats {
             tokens_total,
@@ -126,6 +129,7 @@ impl From<&Stats> for pardec_stats {
             kv_cells_used,
             kv_cells_unshared,
             host_us_per_step,
+            selection_us_per_step,
         }
     }
 }

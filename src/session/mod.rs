@@ -979,7 +979,9 @@ impl Session {
             // Wait for the backend here, so that what follows is pure host time.
             self.ctx.synchronize();
             device_time += t.elapsed();
+            let choosing = Instant::now();
             self.preselect(chunk);
+            self.counters.selection_time += choosing.elapsed();
             // Every decoded row is committed even after one fails (its token is committed
             // before its scores are read), so each node's text stays what its KV cells hold.
             for (row, entry) in chunk.iter().enumerate() {
@@ -1109,7 +1111,9 @@ impl Session {
                 let node = &mut self.nodes[idx];
                 let forced = scripted_token(&mut self.script, node);
                 let pick = self.picks.get(row as usize).copied().filter(|&p| p != NO_PICK);
+                let choosing = Instant::now();
                 sample_next(node, &self.model, self.params.record_logits, scores, forced, pick);
+                self.counters.selection_time += choosing.elapsed();
                 if matches!(node.stop_reason, Some(StopReason::Eog)) {
                     // Kept so the node can be resumed (or forked) after the EOG.
                     node.saved.store(scores);
