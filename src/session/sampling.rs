@@ -313,7 +313,7 @@ impl BranchSampler {
     }
 
     /// Fills `scratch` with the row's `top_k` best scaled logits (bans and non-finite values
-    /// skipped) in one pass. Once k are kept, a chunk of 16 values whose maximum cannot beat
+    /// skipped) in one pass. Once k are kept, a chunk of 64 values whose maximum cannot beat
     /// the worst kept one is skipped after a vectorisable max, so the pass costs about an
     /// argmax instead of building and partially sorting the whole row (`pardec bench --temp
     /// 0.8 --top-k 40` shows the host time per step). Same set, same order rule as `draw`.
