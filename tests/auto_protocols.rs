@@ -6,7 +6,7 @@
 mod common;
 
 use common::models;
-use common::script::{seg, seg_eos, Script, When};
+use common::script::{nested_multiverse, seg, seg_eos, Script, When};
 use pardec::auto::{generate_auto, AutoParams, AutoReport};
 use pardec::protocol::{check, layout, ProtocolSpec, WarningKind};
 use pardec::{ItemReport, Model, NodeReport, Origin, Session, SessionParams, Silent, Transcript};
@@ -137,23 +137,7 @@ fn assert_shared_start(t: &Transcript) {
 fn multiverse_with_a_nested_block() {
     let model = models::load(models::DEFAULT_MODEL_FILE);
     let spec = ProtocolSpec::builtin("multiverse").unwrap();
-    let script = Script::new(
-        &model,
-        vec![
-            ("", vec![
-                seg(When::Start, "<Parallel>\n<Goal>\n<Outline>1: Apples</Outline>\n<Outline>2: Pears</Outline>\n<Outline>3: Plums</Outline>\n</Goal>"),
-                seg_eos(When::EndsWith("<Conclusion>\n".into()), "All three are fruit.\n</Conclusion>\n</Parallel>\nDone."),
-            ]),
-            ("1", vec![seg(When::LongerThan(30), "\n</Path>")]),
-            ("2", vec![
-                seg(When::LongerThan(16), "\n<Parallel>\n<Goal>\n<Outline>2.1: Green</Outline>\n<Outline>2.2: Red</Outline>\n</Goal>"),
-                seg(When::EndsWith("<Conclusion>\n".into()), "Both kinds.\n</Conclusion>\n</Parallel>\n</Path>"),
-            ]),
-            ("2.1", vec![seg(When::LongerThan(24), "\n</Path>")]),
-            ("2.2", vec![seg(When::LongerThan(30), "\n</Path>")]),
-            ("3", vec![seg(When::LongerThan(24), "\n</Path>")]),
-        ],
-    );
+    let script = nested_multiverse(&model);
     let (s, report) = run_protocol(&model, &spec, script);
     assert_eq!(labels(&report), vec![(String::new(), strings(&["1", "2", "3"])), ("2".into(), strings(&["2.1", "2.2"]))]);
     assert_eq!(titles(&report), vec![strings(&["Apples", "Pears", "Plums"]), strings(&["Green", "Red"])]);

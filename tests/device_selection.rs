@@ -6,7 +6,7 @@
 mod common;
 
 use common::models;
-use common::script::{seg, seg_eos, Script, When};
+use common::script::nested_multiverse;
 use pardec::auto::{generate_auto, AutoParams};
 use pardec::protocol::ProtocolSpec;
 use pardec::{
@@ -134,25 +134,13 @@ fn device_selection_rejects_what_it_cannot_serve() {
 
 #[test]
 fn auto_mode_writes_the_same_response_with_device_selection() {
-    // A nested Multiverse response: the structure is scripted, the text between is the model's
-    // own (greedy), and the watcher's bans apply in every state.
+    // The nested Multiverse response of tests/auto_protocols.rs: the structure is scripted,
+    // the text between is the model's own (greedy), and the watcher's bans apply in every state.
     let model = models::load(models::DEFAULT_MODEL_FILE);
     let respond = |selection| {
         let mut s = session(&model, selection, SamplingParams::greedy());
         s.prompt("Write about fruit.\n").unwrap();
-        s.set_script(Some(Box::new(Script::new(&model, vec![
-            ("", vec![
-                seg(When::Start, "<Parallel>\n<Goal>\n<Outline>1: Apples</Outline>\n<Outline>2: Pears</Outline>\n</Goal>"),
-                seg_eos(When::EndsWith("<Conclusion>\n".into()), "Both are fruit.\n</Conclusion>\n</Parallel>\nDone."),
-            ]),
-            ("1", vec![seg(When::LongerThan(30), "\n</Path>")]),
-            ("2", vec![
-                seg(When::LongerThan(16), "\n<Parallel>\n<Goal>\n<Outline>2.1: Green</Outline>\n<Outline>2.2: Red</Outline>\n</Goal>"),
-                seg(When::EndsWith("<Conclusion>\n".into()), "Both kinds.\n</Conclusion>\n</Parallel>\n</Path>"),
-            ]),
-            ("2.1", vec![seg(When::LongerThan(24), "\n</Path>")]),
-            ("2.2", vec![seg(When::LongerThan(30), "\n</Path>")]),
-        ]))));
+        s.set_script(Some(Box::new(nested_multiverse(&model))));
         let params = AutoParams { max_tokens: 200, max_branch_tokens: 80, ..Default::default() };
         let spec = ProtocolSpec::builtin("multiverse").unwrap();
         let report = generate_auto(&mut s, &spec, &params, &mut Silent).unwrap();

@@ -77,3 +77,25 @@ impl TokenScript for Script {
         first
     }
 }
+
+/// A Multiverse response with three top-level paths, the second holding a nested block of two:
+/// the structure is forced, the text between is the model's own.
+pub fn nested_multiverse(model: &Model) -> Script {
+    Script::new(
+        model,
+        vec![
+            ("", vec![
+                seg(When::Start, "<Parallel>\n<Goal>\n<Outline>1: Apples</Outline>\n<Outline>2: Pears</Outline>\n<Outline>3: Plums</Outline>\n</Goal>"),
+                seg_eos(When::EndsWith("<Conclusion>\n".into()), "All three are fruit.\n</Conclusion>\n</Parallel>\nDone."),
+            ]),
+            ("1", vec![seg(When::LongerThan(30), "\n</Path>")]),
+            ("2", vec![
+                seg(When::LongerThan(16), "\n<Parallel>\n<Goal>\n<Outline>2.1: Green</Outline>\n<Outline>2.2: Red</Outline>\n</Goal>"),
+                seg(When::EndsWith("<Conclusion>\n".into()), "Both kinds.\n</Conclusion>\n</Parallel>\n</Path>"),
+            ]),
+            ("2.1", vec![seg(When::LongerThan(24), "\n</Path>")]),
+            ("2.2", vec![seg(When::LongerThan(30), "\n</Path>")]),
+            ("3", vec![seg(When::LongerThan(24), "\n</Path>")]),
+        ],
+    )
+}
