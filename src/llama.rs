@@ -22,6 +22,9 @@ use crate::model::Token;
 /// creating contexts from it concurrently is serialised by the session module.
 pub(crate) struct LlamaModel {
     ptr: NonNull<sys::llama_model>,
+    /// Owned by the model; read once at load, since every sampled token asks for it.
+    vocab: *const sys::llama_vocab,
+    n_vocab: i32,
 }
 
 // SAFETY: llama.cpp does not mutate a model after loading except while a context is created,
@@ -59,17 +62,22 @@ impl LlamaModel {
             }
             sys::llama_model_load_from_file(c_path.as_ptr(), params)
         };
-        NonNull::new(ptr).map(|ptr| LlamaModel { ptr }).ok_or(LoadFailure::Refused)
+        let ptr = NonNull::new(ptr).ok_or(LoadFailure::Refused)?;
+        // SAFETY: a loaded model always has a vocabulary (possibly of type "none"), which
+        // lives as long as the model; its size is a read-only query.
+        let (vocab, n_vocab) = unsafe {
+            let vocab = sys::llama_model_get_vocab(ptr.as_ptr());
+            (vocab, sys::llama_vocab_n_tokens(vocab))
+        };
+        Ok(LlamaModel { ptr, vocab, n_vocab })
     }
 
     fn vocab(&self) -> *const sys::llama_vocab {
-        // SAFETY: a live model always has a vocabulary (possibly of type "none").
-        unsafe { sys::llama_model_get_vocab(self.ptr.as_ptr()) }
+        self.vocab
     }
 
     pub(crate) fn n_vocab(&self) -> i32 {
-        // SAFETY: read-only query on a live vocabulary.
-        unsafe { sys::llama_vocab_n_tokens(self.vocab()) }
+        self.n_vocab
     }
 
     pub(crate) fn n_ctx_train(&self) -> u32 {
