@@ -1032,18 +1032,18 @@ impl Session {
             return;
         }
         let Session { ctx, nodes, picks, selection_threads, .. } = self;
-        let mut row_of = vec![usize::MAX; nodes.len()];
-        for (row, e) in chunk.iter().enumerate() {
-            if matches!(nodes[e.node].state, NodeState::Running { .. }) {
-                row_of[e.node] = row;
+        // `step` lists its entries in node order, so one walk pairs every row with its node.
+        let mut rows = chunk.iter().enumerate().peekable();
+        let mut work: Vec<(usize, &mut Node, &[f32])> = Vec::with_capacity(chunk.len());
+        for (i, node) in nodes.iter_mut().enumerate() {
+            let Some((row, _)) = rows.next_if(|(_, e)| e.node == i) else {
+                continue;
+            };
+            if let (NodeState::Running { .. }, Some(logits)) = (&node.state, ctx.logits(row as i32)) {
+                work.push((row, node, logits));
             }
         }
-        let mut work: Vec<(usize, &mut Node, &[f32])> = nodes
-            .iter_mut()
-            .zip(&row_of)
-            .filter(|(_, &row)| row != usize::MAX)
-            .filter_map(|(node, &row)| Some((row, node, ctx.logits(row as i32)?)))
-            .collect();
+        debug_assert!(rows.next().is_none(), "step entries out of node order");
         let pick = |(row, node, logits): &mut (usize, &mut Node, &[f32])| {
             let token = node.sampler.sample(Scores::Full(logits), &node.banned);
             (*row, token)
