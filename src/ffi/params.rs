@@ -113,7 +113,7 @@ pub struct pardec_session_params {
 }
 
 /// `sizeof(pardec_session_params)` before `device_candidates` was appended.
-const SESSION_PARAMS_V1_SIZE: usize = 64;
+const SESSION_PARAMS_V1_SIZE: usize = std::mem::offset_of!(pardec_session_params, device_candidates);
 
 impl Versioned for pardec_session_params {
     const NAME: &'static str = "pardec_session_params";

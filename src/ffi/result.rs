@@ -81,7 +81,7 @@ pub struct pardec_stats {
 }
 
 /// `sizeof(pardec_stats)` before `host_us_per_step` was appended.
-const STATS_V1_SIZE: usize = 128;
+const STATS_V1_SIZE: usize = std::mem::offset_of!(pardec_stats, host_us_per_step);
 
 impl Versioned for pardec_stats {
     const NAME: &'static str = "pardec_stats";
