@@ -33,7 +33,7 @@ pub use error::{Error, Result};
 pub use model::{Model, ModelParams, Token};
 pub use session::sampling::SamplingParams;
 pub use session::{
-    BranchSpec, Event, ItemReport, JoinMode, KvType, NodeId, NodeReport, Observer, Origin, RunLimits,
+    BranchSpec, Event, ItemReport, JoinMode, JoinRule, KvType, NodeId, NodeReport, Observer, Origin, RunLimits,
     Selection, Session, SessionParams, Silent, StopReason, TokenScript, Transcript,
 };
 pub use stats::Stats;

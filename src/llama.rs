@@ -407,6 +407,19 @@ impl LlamaContext {
         unsafe { sys::llama_memory_seq_rm(self.memory(), seq, p0, -1) }
     }
 
+    /// Moves the cells of `seq` at positions in [p0, p1) by `delta` positions; llama.cpp
+    /// rotates their keys (RoPE shift) at the next decode.
+    pub(crate) fn seq_add(&mut self, seq: i32, p0: i32, p1: i32, delta: i32) {
+        // SAFETY: id checked by the caller (< n_seq_max).
+        unsafe { sys::llama_memory_seq_add(self.memory(), seq, p0, p1, delta) }
+    }
+
+    /// Whether cells can be moved to other positions (RoPE models; not M-RoPE or recurrent).
+    pub(crate) fn can_shift(&self) -> bool {
+        // SAFETY: live context.
+        unsafe { sys::llama_memory_can_shift(self.memory()) }
+    }
+
     /// Empties the KV cache.
     pub(crate) fn clear(&mut self) {
         // SAFETY: live context.

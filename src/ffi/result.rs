@@ -226,7 +226,7 @@ impl pardec_result {
 /// `Transcript::blocks`): a block comes before the blocks nested in its branches.
 fn collect_blocks(node: &NodeReport, out: &mut Vec<ResultBlock>) {
     for item in &node.items {
-        let ItemReport::Block { fork_pos, join, branches } = item else { continue };
+        let ItemReport::Block { fork_pos, join, branches, .. } = item else { continue };
         let join_state = match join {
             None => pardec_join_state::Open,
             Some(JoinMode::All) => pardec_join_state::All,

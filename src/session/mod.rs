@@ -14,6 +14,7 @@
 //! batches no larger than `n_batch`, logits read only where requested, contiguous positions)
 //! is checked here before the call.
 
+mod join;
 mod kv;
 pub mod sampling;
 mod text;
@@ -31,8 +32,9 @@ use crate::llama::{Batch, ContextConfig, LlamaContext, Sampled};
 use crate::model::{Model, Token};
 use crate::stats::{Counters, Stats};
 use kv::{SeqPool, TRUNK_SEQ};
-use sampling::{BranchSampler, SamplingParams, SavedScores, Scores};
+use sampling::{BranchSampler, SamplingParams, Scores};
 use tree::{report, Block, Item, Node, NodeState};
+pub use join::JoinRule;
 pub use tree::{ItemReport, JoinMode, NodeReport, Origin, StopReason, Transcript};
 
 /// No token chosen ahead for this row (see `Session::preselect`).
@@ -628,6 +630,8 @@ impl Session {
             prefix_cells,
             detached: !shared,
             join: None,
+            rule: JoinRule::SameMax,
+            reread: 0,
         });
         let parent = &mut self.nodes[p];
         parent.blocks_opened += 1;
@@ -642,97 +646,6 @@ impl Session {
             self.start_node(c, &spec.limits);
         }
         Ok(children.into_iter().map(NodeId).collect())
-    }
-
-    /// Joins the open block of `parent`. Its branches must all have stopped.
-    ///
-    /// With [`JoinMode::All`] or `Keep`, the parent sees the kept branches and continues at
-    /// max(kept branch end) + 1; it needs text (`join_text`, or a later append) before it can
-    /// generate, since no token has yet attended to all branches. With `Discard`, the parent
-    /// continues exactly where it forked.
-    pub fn join(&mut self, parent: NodeId, mode: JoinMode, join_text: Option<&str>) -> Result<()> {
-        let p = self.live_node(parent)?;
-        let b = self.nodes[p].open_block.ok_or_else(|| {
-            Error::InvalidState(format!("node {:?} has no open block to join", self.nodes[p].label))
-        })?;
-        let children = self.blocks[b].children.clone();
-        if self.blocks[b].detached && mode != JoinMode::Discard {
-            return Err(Error::InvalidArgument(
-                "detached branches cannot be merged (their positions restart at 0): join them \
-                 with Discard and pass their results on as text"
-                    .into(),
-            ));
-        }
-        for &c in &children {
-            let child = &self.nodes[c];
-            if child.is_decoding() || child.open_block.is_some() {
-                return Err(Error::InvalidState(format!(
-                    "branch {} is still {}: run it to its end (or join its own block) first",
-                    child.label,
-                    if child.is_decoding() { "running" } else { "waiting on a nested block" }
-                )));
-            }
-        }
-        let kept: Vec<usize> = match &mode {
-            JoinMode::All => (0..children.len()).collect(),
-            JoinMode::Discard => Vec::new(),
-            JoinMode::Keep(k) => {
-                let mut sorted = k.clone();
-                sorted.sort_unstable();
-                sorted.dedup();
-                if sorted.len() != k.len() || sorted.iter().any(|&i| i >= children.len()) {
-                    return Err(Error::InvalidArgument(format!(
-                        "keep indices {k:?} must be distinct and below {}",
-                        children.len()
-                    )));
-                }
-                sorted
-            }
-        };
-        let join_tokens = match join_text {
-            Some(t) if !t.is_empty() => Some(self.model.tokenize(t, false)?),
-            _ => None,
-        };
-        let parent_seq = self.nodes[p].seq;
-        let fork_pos = self.blocks[b].fork_pos;
-        let mut new_next = self.nodes[p].next_pos;
-        let mut gained = 0;
-        for &i in &kept {
-            let child = &self.nodes[children[i]];
-            let (seq, next, own) = (child.seq, child.next_pos, child.cells - child.cells_at_fork);
-            // The parent's id joins the branch's own cells (positions ≥ fork_pos).
-            self.ctx.seq_cp(seq, parent_seq, fork_pos);
-            new_next = new_next.max(next);
-            gained += own;
-        }
-        for &c in &children {
-            let seq = self.nodes[c].seq;
-            if !self.ctx.seq_rm(seq, -1) {
-                return Err(Error::Internal(format!("llama.cpp refused to remove sequence {seq}")));
-            }
-            self.pool.give_back(seq);
-            let child = &mut self.nodes[c];
-            child.alive = false;
-            child.saved = SavedScores::default();
-        }
-        let prefix_cells = self.blocks[b].prefix_cells;
-        let unshared_drop = (children.len() - kept.len().max(1)) as u64 * prefix_cells;
-        self.counters.prefix_copies_avoided -= unshared_drop;
-        self.blocks[b].join = Some(mode);
-        let node = &mut self.nodes[p];
-        node.open_block = None;
-        node.state = NodeState::Idle;
-        node.next_pos = new_next;
-        node.cells += gained;
-        if !kept.is_empty() {
-            node.saved.clear(); // they predate the branches
-        }
-        if let Some(tokens) = join_tokens.filter(|t| !t.is_empty()) {
-            let start = Instant::now();
-            self.prefill(&[(p, &tokens)])?;
-            self.counters.prefill_time += start.elapsed();
-        }
-        Ok(())
     }
 
     // ----- results ----------------------------------------------------------------------
@@ -1187,6 +1100,16 @@ impl Session {
     /// Each node gets logits for its last token, saved for its next sample. On failure every
     /// node's cells written here are removed again.
     fn prefill(&mut self, work: &[(usize, &[Token])]) -> Result<()> {
+        self.prefill_into(work, true)
+    }
+
+    /// Decodes tokens into one node's cells without adding them to its text: a join's re-read
+    /// of text the transcript already holds. Its next-token logits are saved as usual.
+    fn prefill_unrecorded(&mut self, idx: usize, tokens: &[Token]) -> Result<()> {
+        self.prefill_into(&[(idx, tokens)], false)
+    }
+
+    fn prefill_into(&mut self, work: &[(usize, &[Token])], record: bool) -> Result<()> {
         let mut entries = Vec::new();
         for &(idx, tokens) in work {
             let pos0 = self.nodes[idx].next_pos;
@@ -1206,7 +1129,7 @@ impl Session {
                 for &(idx, pos0) in &starts {
                     let seq = self.nodes[idx].seq;
                     self.ctx.seq_rm(seq, pos0);
-                    self.rollback_node(idx, pos0);
+                    self.rollback_node(idx, pos0, record);
                 }
                 return Err(e);
             }
@@ -1214,7 +1137,12 @@ impl Session {
                 bytes.clear();
                 self.model.token_bytes(entry.token, &mut bytes);
                 let node = &mut self.nodes[entry.node];
-                node.push_token(Origin::Forced, entry.token, &bytes);
+                if record {
+                    node.push_token(Origin::Forced, entry.token, &bytes);
+                } else {
+                    node.next_pos += 1;
+                    node.cells += 1;
+                }
                 if entry.logits {
                     let scores = row_scores(&self.ctx, self.device_candidates.is_some(), row as i32)?;
                     self.nodes[entry.node].saved.store(scores);
@@ -1226,10 +1154,15 @@ impl Session {
     }
 
     /// Forgets tokens committed at positions ≥ pos0 by a prefill that failed part-way.
-    fn rollback_node(&mut self, idx: usize, pos0: i32) {
+    fn rollback_node(&mut self, idx: usize, pos0: i32, recorded: bool) {
         let node = &mut self.nodes[idx];
         let drop = (node.next_pos - pos0).max(0) as u64;
         if drop == 0 {
+            return;
+        }
+        if !recorded {
+            node.next_pos = pos0;
+            node.cells -= drop;
             return;
         }
         if let Some(Item::Text { origin: Origin::Forced, pos0: item_pos, tokens, bytes }) = node.items.last_mut() {

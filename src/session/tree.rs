@@ -4,6 +4,7 @@
 use serde::Serialize;
 
 use super::sampling::{BranchSampler, SavedScores};
+use super::join::JoinRule;
 use super::text::Utf8Stream;
 use crate::model::Token;
 
@@ -190,6 +191,10 @@ pub(crate) struct Block {
     /// Branches that run from their own prompts and share nothing with the parent.
     pub detached: bool,
     pub join: Option<JoinMode>,
+    /// How the parent read the kept branches back (meaningful once joined).
+    pub rule: JoinRule,
+    /// Tokens the parent decoded again at the join (a re-read).
+    pub reread: usize,
 }
 
 /// One branch (or the trunk) as reported in a [`Transcript`].
@@ -212,7 +217,15 @@ pub struct NodeReport {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ItemReport {
     Text { origin: Origin, first_pos: i32, tokens: Vec<Token>, text: String },
-    Block { fork_pos: i32, join: Option<JoinMode>, branches: Vec<NodeReport> },
+    Block {
+        fork_pos: i32,
+        join: Option<JoinMode>,
+        /// How the parent read the kept branches back.
+        rule: JoinRule,
+        /// Tokens of kept branches the parent decoded again (a [`JoinRule::Reprefill`] join).
+        reread_tokens: usize,
+        branches: Vec<NodeReport>,
+    },
 }
 
 /// The structure and text of everything a session holds.
@@ -255,6 +268,33 @@ impl Transcript {
     }
 }
 
+/// Whether branch `i` of `block` is part of its parent's text (kept, or not yet joined).
+fn is_kept(block: &Block, i: usize) -> bool {
+    match &block.join {
+        None | Some(JoinMode::All) => true,
+        Some(JoinMode::Keep(k)) => k.contains(&i),
+        Some(JoinMode::Discard) => false,
+    }
+}
+
+/// The tokens of node `idx` in text order, kept branches of its blocks flattened in: the
+/// node's part of the transcript, as token ids.
+pub(crate) fn flat_tokens(nodes: &[Node], blocks: &[Block], idx: usize, out: &mut Vec<Token>) {
+    for item in &nodes[idx].items {
+        match item {
+            Item::Text { tokens, .. } => out.extend_from_slice(tokens),
+            Item::Block(b) => {
+                let block = &blocks[*b];
+                for (i, &c) in block.children.iter().enumerate() {
+                    if is_kept(block, i) {
+                        flat_tokens(nodes, blocks, c, out);
+                    }
+                }
+            }
+        }
+    }
+}
+
 pub(crate) fn report(nodes: &[Node], blocks: &[Block], idx: usize) -> (NodeReport, Vec<u8>) {
     let node = &nodes[idx];
     let mut flat = Vec::new();
@@ -277,12 +317,7 @@ pub(crate) fn report(nodes: &[Node], blocks: &[Block], idx: usize) -> (NodeRepor
                 let mut branches = Vec::new();
                 for (i, &c) in block.children.iter().enumerate() {
                     let (r, bytes) = report(nodes, blocks, c);
-                    let kept = match &block.join {
-                        None | Some(JoinMode::All) => true,
-                        Some(JoinMode::Keep(k)) => k.contains(&i),
-                        Some(JoinMode::Discard) => false,
-                    };
-                    if kept {
+                    if is_kept(block, i) {
                         flat.extend_from_slice(&bytes);
                     }
                     branches.push(r);
@@ -290,6 +325,8 @@ pub(crate) fn report(nodes: &[Node], blocks: &[Block], idx: usize) -> (NodeRepor
                 items.push(ItemReport::Block {
                     fork_pos: block.fork_pos,
                     join: block.join.clone(),
+                    rule: block.rule,
+                    reread_tokens: block.reread,
                     branches,
                 });
             }

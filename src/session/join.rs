@@ -1,0 +1,218 @@
+//! Joining a block: the parent takes its finished branches back and continues after them.
+//!
+//! Which branches are kept is a [`JoinMode`]; how the parent then reads them is a
+//! [`JoinRule`]. The published engines differ exactly here, so each rule is one mechanism:
+//!
+//! - **same-max** (Multiverse, NPR): the parent's id is added to every kept branch's own cells
+//!   (`seq_cp(branch, parent, fork_pos..)`, zero copy) and it continues at max(branch end) + 1.
+//! - **same-seq** (ASPD's engine): the same cells, but the parent continues at
+//!   fork_pos + Σ branch lengths, the position the text would have if the branches had been
+//!   written one after another. llama.cpp decodes a sequence's next token only at its largest
+//!   position + 1, so the join text's first token is decoded at max + 1 and its cell is then
+//!   moved (`seq_add`, a RoPE shift of its keys) to the sequential position; every later token
+//!   sits exactly where ASPD puts it. Only that first token's own forward saw its neighbours
+//!   at the wrong distance (measured against an exact forward in `tests/join_rules.rs`).
+//! - **reprefill** (ThreadWeaver, Parallel-R1 rollouts): the branches are read again as one
+//!   serial text. The first kept branch already sits where a serial read puts it and saw what
+//!   a serial read sees, so its cells are kept; every later kept branch's tokens are decoded
+//!   again in the parent, after the previous ones, at sequential positions. Those re-read
+//!   tokens are not new text: the transcript shows each branch once.
+
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+
+use super::sampling::SavedScores;
+use super::tree::{flat_tokens, JoinMode};
+use super::{NodeId, Session};
+use crate::error::{Error, Result};
+use crate::model::Token;
+
+/// How the parent continues after a join that keeps branches (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JoinRule {
+    /// Kept branches' own cells; continue at max(branch end) + 1.
+    #[default]
+    SameMax,
+    /// Kept branches' own cells; continue at fork position + Σ branch lengths.
+    SameSeq,
+    /// Re-read the kept branches as one serial text; continue after it.
+    Reprefill,
+}
+
+impl JoinRule {
+    /// The rule's name as the CLI and protocol JSON spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            JoinRule::SameMax => "same-max",
+            JoinRule::SameSeq => "same-seq",
+            JoinRule::Reprefill => "reprefill",
+        }
+    }
+
+    /// Parses [`JoinRule::name`].
+    pub fn from_name(name: &str) -> Option<JoinRule> {
+        [JoinRule::SameMax, JoinRule::SameSeq, JoinRule::Reprefill].into_iter().find(|r| r.name() == name)
+    }
+}
+
+impl Session {
+    /// Joins the open block of `parent` under [`JoinRule::SameMax`]. Its branches must all
+    /// have stopped.
+    ///
+    /// With [`JoinMode::All`] or `Keep`, the parent sees the kept branches and continues at
+    /// max(kept branch end) + 1; it needs text (`join_text`, or a later append) before it can
+    /// generate, since no token has yet attended to all branches. With `Discard`, the parent
+    /// continues exactly where it forked.
+    pub fn join(&mut self, parent: NodeId, mode: JoinMode, join_text: Option<&str>) -> Result<()> {
+        self.join_with(parent, mode, JoinRule::SameMax, join_text)
+    }
+
+    /// Joins the open block of `parent` under `rule`, then decodes `join_text` in the parent.
+    /// [`JoinRule::SameSeq`] needs a join text (its first token is the one moved to the
+    /// sequential position) and a model whose cells can be moved (RoPE).
+    pub fn join_with(&mut self, parent: NodeId, mode: JoinMode, rule: JoinRule, join_text: Option<&str>) -> Result<()> {
+        let p = self.live_node(parent)?;
+        let b = self.nodes[p].open_block.ok_or_else(|| {
+            Error::InvalidState(format!("node {:?} has no open block to join", self.nodes[p].label))
+        })?;
+        let children = self.blocks[b].children.clone();
+        if self.blocks[b].detached && mode != JoinMode::Discard {
+            return Err(Error::InvalidArgument(
+                "detached branches cannot be merged (their positions restart at 0): join them \
+                 with Discard and pass their results on as text"
+                    .into(),
+            ));
+        }
+        for &c in &children {
+            let child = &self.nodes[c];
+            if child.is_decoding() || child.open_block.is_some() {
+                return Err(Error::InvalidState(format!(
+                    "branch {} is still {}: run it to its end (or join its own block) first",
+                    child.label,
+                    if child.is_decoding() { "running" } else { "waiting on a nested block" }
+                )));
+            }
+        }
+        let kept = kept_indices(&mode, children.len())?;
+        let join_tokens = match join_text {
+            Some(t) if !t.is_empty() => self.model.tokenize(t, false)?,
+            _ => Vec::new(),
+        };
+        if rule == JoinRule::SameSeq && !kept.is_empty() {
+            if join_tokens.is_empty() {
+                return Err(Error::InvalidArgument(
+                    "a same-seq join needs a join text: its first token is what moves to the \
+                     sequential position"
+                        .into(),
+                ));
+            }
+            if !self.ctx.can_shift() {
+                return Err(Error::UnsupportedModel(
+                    "a same-seq join moves a KV cell, and this model's cache cannot be shifted".into(),
+                ));
+            }
+        }
+        let fork_pos = self.blocks[b].fork_pos;
+        let kept_nodes: Vec<usize> = kept.iter().map(|&i| children[i]).collect();
+        // Sequential length of each kept branch (its prefix and nested blocks included).
+        let lengths: Vec<i32> = kept_nodes.iter().map(|&c| self.nodes[c].next_pos - fork_pos).collect();
+        // Branches a re-read decodes again: every kept one after the first, flattened.
+        let mut reread: Vec<Token> = Vec::new();
+        if rule == JoinRule::Reprefill {
+            for &c in kept_nodes.iter().skip(1) {
+                flat_tokens(&self.nodes, &self.blocks, c, &mut reread);
+            }
+        }
+        let merged: &[usize] = match rule {
+            JoinRule::SameMax | JoinRule::SameSeq => &kept_nodes,
+            JoinRule::Reprefill => &kept_nodes[..kept_nodes.len().min(1)],
+        };
+        let parent_seq = self.nodes[p].seq;
+        let mut new_next = self.nodes[p].next_pos;
+        let mut gained = 0;
+        for &c in merged {
+            let child = &self.nodes[c];
+            let (seq, next, own) = (child.seq, child.next_pos, child.cells - child.cells_at_fork);
+            // The parent's id joins the branch's own cells (positions ≥ fork_pos).
+            self.ctx.seq_cp(seq, parent_seq, fork_pos);
+            new_next = new_next.max(next);
+            gained += own;
+        }
+        for &c in &children {
+            let seq = self.nodes[c].seq;
+            if !self.ctx.seq_rm(seq, -1) {
+                return Err(Error::Internal(format!("llama.cpp refused to remove sequence {seq}")));
+            }
+            self.pool.give_back(seq);
+            let child = &mut self.nodes[c];
+            child.alive = false;
+            child.saved = SavedScores::default();
+        }
+        let prefix_cells = self.blocks[b].prefix_cells;
+        let unshared_drop = (children.len() - kept.len().max(1)) as u64 * prefix_cells;
+        self.counters.prefix_copies_avoided -= unshared_drop;
+        self.blocks[b].join = Some(mode);
+        self.blocks[b].rule = rule;
+        self.blocks[b].reread = reread.len();
+        let node = &mut self.nodes[p];
+        node.open_block = None;
+        node.state = super::NodeState::Idle;
+        node.next_pos = new_next;
+        node.cells += gained;
+        if !kept.is_empty() {
+            node.saved.clear(); // they predate the branches
+        }
+        let start = Instant::now();
+        if !reread.is_empty() {
+            self.prefill_unrecorded(p, &reread)?;
+        }
+        let sequential = fork_pos + lengths.iter().sum::<i32>();
+        if !join_tokens.is_empty() {
+            let shift = sequential - new_next;
+            if rule == JoinRule::SameSeq && shift > 0 {
+                self.prefill(&[(p, &join_tokens[..1])])?;
+                self.move_last_cell(p, shift);
+                if join_tokens.len() > 1 {
+                    self.prefill(&[(p, &join_tokens[1..])])?;
+                }
+            } else {
+                self.prefill(&[(p, &join_tokens)])?;
+            }
+        }
+        self.counters.prefill_time += start.elapsed();
+        Ok(())
+    }
+
+    /// Moves the node's last decoded cell `shift` positions on, with its text item, so that
+    /// the node's next token follows it there.
+    fn move_last_cell(&mut self, idx: usize, shift: i32) {
+        let seq = self.nodes[idx].seq;
+        let at = self.nodes[idx].next_pos - 1;
+        self.ctx.seq_add(seq, at, at + 1, shift);
+        let node = &mut self.nodes[idx];
+        node.next_pos += shift;
+        if let Some(super::Item::Text { pos0, tokens, .. }) = node.items.last_mut() {
+            // The moved token is this item's only one (the join text starts a fresh item).
+            debug_assert_eq!(tokens.len(), 1);
+            *pos0 += shift;
+        }
+    }
+}
+
+/// Indices of the kept branches, sorted, checked against the block's size.
+fn kept_indices(mode: &JoinMode, n: usize) -> Result<Vec<usize>> {
+    Ok(match mode {
+        JoinMode::All => (0..n).collect(),
+        JoinMode::Discard => Vec::new(),
+        JoinMode::Keep(k) => {
+            let mut sorted = k.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            if sorted.len() != k.len() || sorted.iter().any(|&i| i >= n) {
+                return Err(Error::InvalidArgument(format!("keep indices {k:?} must be distinct and below {n}")));
+            }
+            sorted
+        }
+    })
+}
