@@ -420,6 +420,12 @@ impl LlamaContext {
         unsafe { sys::llama_memory_can_shift(self.memory()) }
     }
 
+    /// Removes `seq` from its cells at positions in [p0, p1).
+    pub(crate) fn seq_rm_range(&mut self, seq: i32, p0: i32, p1: i32) -> bool {
+        // SAFETY: id checked by the caller (< n_seq_max).
+        unsafe { sys::llama_memory_seq_rm(self.memory(), seq, p0, p1) }
+    }
+
     /// Empties the KV cache.
     pub(crate) fn clear(&mut self) {
         // SAFETY: live context.

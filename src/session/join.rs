@@ -8,10 +8,14 @@
 //! - **same-seq** (ASPD's engine): the same cells, but the parent continues at
 //!   fork_pos + Σ branch lengths, the position the text would have if the branches had been
 //!   written one after another. llama.cpp decodes a sequence's next token only at its largest
-//!   position + 1, so the join text's first token is decoded at max + 1 and its cell is then
-//!   moved (`seq_add`, a RoPE shift of its keys) to the sequential position; every later token
-//!   sits exactly where ASPD puts it. Only that first token's own forward saw its neighbours
-//!   at the wrong distance (measured against an exact forward in `tests/join_rules.rs`).
+//!   position + 1, so the join text's first token is first decoded at max + 1 as a filler,
+//!   whose cell is moved (`seq_add`, a RoPE shift of its keys) to the sequential position − 1;
+//!   the token is then decoded for real at the sequential position and the filler removed.
+//!   Every token sits exactly where ASPD puts it; the join token's own forward saw one extra
+//!   cell (the filler: a copy of itself, one position back), so it and what attends to it are
+//!   close to, not equal to, an exact forward (measured in `tests/join_rules.rs`: on the tiny
+//!   float32 model, 0.12 of the largest logit at the join token, 0.02 after it, where moving
+//!   the join token's cell without re-decoding it gave 1.0 and 0.014).
 //! - **reprefill** (ThreadWeaver, Parallel-R1 rollouts): the branches are read again as one
 //!   serial text. The first kept branch already sits where a serial read puts it and saw what
 //!   a serial read sees, so its cells are kept; every later kept branch's tokens are decoded
@@ -72,6 +76,16 @@ impl Session {
     /// [`JoinRule::SameSeq`] needs a join text (its first token is the one moved to the
     /// sequential position) and a model whose cells can be moved (RoPE).
     pub fn join_with(&mut self, parent: NodeId, mode: JoinMode, rule: JoinRule, join_text: Option<&str>) -> Result<()> {
+        let join_tokens = match join_text {
+            Some(t) if !t.is_empty() => self.model.tokenize(t, false)?,
+            _ => Vec::new(),
+        };
+        self.join_with_tokens(parent, mode, rule, &join_tokens)
+    }
+
+    /// [`Session::join_with`] with the join text as token ids.
+    pub fn join_with_tokens(&mut self, parent: NodeId, mode: JoinMode, rule: JoinRule, join_tokens: &[Token]) -> Result<()> {
+        self.check_tokens(join_tokens)?;
         let p = self.live_node(parent)?;
         let b = self.nodes[p].open_block.ok_or_else(|| {
             Error::InvalidState(format!("node {:?} has no open block to join", self.nodes[p].label))
@@ -95,10 +109,6 @@ impl Session {
             }
         }
         let kept = kept_indices(&mode, children.len())?;
-        let join_tokens = match join_text {
-            Some(t) if !t.is_empty() => self.model.tokenize(t, false)?,
-            _ => Vec::new(),
-        };
         if rule == JoinRule::SameSeq && !kept.is_empty() {
             if join_tokens.is_empty() {
                 return Err(Error::InvalidArgument(
@@ -171,32 +181,32 @@ impl Session {
         if !join_tokens.is_empty() {
             let shift = sequential - new_next;
             if rule == JoinRule::SameSeq && shift > 0 {
-                self.prefill(&[(p, &join_tokens[..1])])?;
-                self.move_last_cell(p, shift);
-                if join_tokens.len() > 1 {
-                    self.prefill(&[(p, &join_tokens[1..])])?;
-                }
+                self.join_at_sequential(p, join_tokens, sequential)?;
             } else {
-                self.prefill(&[(p, &join_tokens)])?;
+                self.prefill(&[(p, join_tokens)])?;
             }
         }
         self.counters.prefill_time += start.elapsed();
         Ok(())
     }
 
-    /// Moves the node's last decoded cell `shift` positions on, with its text item, so that
-    /// the node's next token follows it there.
-    fn move_last_cell(&mut self, idx: usize, shift: i32) {
-        let seq = self.nodes[idx].seq;
-        let at = self.nodes[idx].next_pos - 1;
-        self.ctx.seq_add(seq, at, at + 1, shift);
-        let node = &mut self.nodes[idx];
-        node.next_pos += shift;
-        if let Some(super::Item::Text { pos0, tokens, .. }) = node.items.last_mut() {
-            // The moved token is this item's only one (the join text starts a fresh item).
-            debug_assert_eq!(tokens.len(), 1);
-            *pos0 += shift;
+    /// Decodes the join text at `sequential`, past the branches' largest position + 1 (the
+    /// only position llama.cpp accepts next). The first token is decoded once at max + 1 as a
+    /// filler, moved to `sequential - 1`, then decoded again at `sequential`, where it sees
+    /// every cell at its true distance, plus the filler; the filler is then removed.
+    fn join_at_sequential(&mut self, p: usize, join_tokens: &[Token], sequential: i32) -> Result<()> {
+        self.prefill_unrecorded(p, &join_tokens[..1])?;
+        let seq = self.nodes[p].seq;
+        let filler = self.nodes[p].next_pos - 1;
+        let shift = sequential - 1 - filler;
+        if shift > 0 {
+            self.ctx.seq_add(seq, filler, filler + 1, shift);
+            self.nodes[p].next_pos += shift;
         }
+        self.prefill(&[(p, join_tokens)])?;
+        self.ctx.seq_rm_range(seq, sequential - 1, sequential);
+        self.nodes[p].cells -= 1;
+        Ok(())
     }
 }
 
