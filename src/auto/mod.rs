@@ -105,6 +105,8 @@ enum StreamState {
     Running,
     /// Forked; waits for its branches.
     Waiting,
+    /// A branch past its end marker, sampling the tokens the protocol keeps after it.
+    Keeping,
     Done,
 }
 
@@ -233,6 +235,11 @@ impl Driver<'_, '_> {
             for node in stopped {
                 self.on_stopped(node)?;
             }
+            for (n, stream) in self.streams.iter_mut() {
+                if stream.state == StreamState::Keeping && !self.session.is_running(*n) {
+                    stream.state = StreamState::Done;
+                }
+            }
             self.join_finished_blocks()?;
             if self.streams[&NodeId::TRUNK].state == StreamState::Done {
                 return Ok(());
@@ -291,21 +298,15 @@ impl Driver<'_, '_> {
                 }
                 Action::Fork(plan) => next = Some(Next::Fork(plan)),
                 Action::BranchEnd { cause, .. } => next = Some(Next::End(cause)),
+                Action::TrunkEnd { .. } => next = Some(Next::Stop),
                 // Informational: the next run's stop strings and bans reflect them.
                 Action::NoFork { .. } | Action::BlockOpened { .. } | Action::BlockClosed { .. } => {}
             }
         }
         match next {
             Some(Next::Fork(plan)) => self.fork(node, &label, plan),
-            Some(Next::End(cause)) => {
-                let unclosed = matches!(cause, EndCause::Stream(StreamEnd::Limit | StreamEnd::Cancelled));
-                if unclosed && node != NodeId::TRUNK {
-                    // Close the branch in the text so the joined stream reads well-formed.
-                    let end = self.streams[&node].watcher.spec().branch_end.clone();
-                    if !end.is_empty() {
-                        self.session.append_text(node, &end)?;
-                    }
-                }
+            Some(Next::End(cause)) => self.end_branch(node, cause),
+            Some(Next::Stop) => {
                 self.streams.get_mut(&node).expect("stream").state = StreamState::Done;
                 Ok(())
             }
@@ -317,7 +318,33 @@ impl Driver<'_, '_> {
         }
     }
 
+    /// A branch is over: closes it in the text where the protocol says so, lets it keep the
+    /// tokens the protocol keeps after its end marker, and marks it done (or keeping).
+    fn end_branch(&mut self, node: NodeId, cause: EndCause) -> Result<()> {
+        let spec = self.streams[&node].watcher.spec();
+        let (close, keep) = (spec.close_unfinished, spec.keep_after_end as usize);
+        let end = spec.branch_end.clone();
+        let unclosed = matches!(cause, EndCause::Stream(StreamEnd::Eos | StreamEnd::Limit | StreamEnd::Cancelled));
+        if close && unclosed && node != NodeId::TRUNK {
+            // The engine writes the end marker itself (in place of the end of generation).
+            self.session.append_text(node, &end)?;
+        }
+        let stream = self.streams.get_mut(&node).expect("stream");
+        if cause == EndCause::Marker && keep > 0 {
+            // The marker's stop leaves the node idle with fresh logits: sample on, unwatched.
+            stream.state = StreamState::Keeping;
+            return self.session.resume(node, &RunLimits { max_tokens: keep, ..Default::default() });
+        }
+        stream.state = StreamState::Done;
+        Ok(())
+    }
+
     fn fork(&mut self, node: NodeId, label: &str, plan: crate::protocol::ForkPlan) -> Result<()> {
+        let fork_text = self.streams[&node].watcher.spec().fork_text.clone();
+        if !fork_text.is_empty() {
+            self.session.append_text(node, &fork_text)?;
+            self.streams.get_mut(&node).expect("stream").watcher.forked();
+        }
         let parent_watcher = self.streams[&node].watcher.clone();
         let children: Vec<Watcher> = plan.branches.iter().map(|b| parent_watcher.child(b)).collect();
         let mut specs = Vec::with_capacity(children.len());
@@ -368,7 +395,8 @@ impl Driver<'_, '_> {
             let kept = kids.len();
             let join_text = self.streams[&parent].watcher.join_text().to_string();
             let join_text = if join_text.is_empty() { "\n".to_string() } else { join_text };
-            self.session.join(parent, JoinMode::All, Some(&join_text))?;
+            let rule = self.streams[&parent].watcher.spec().join_rule;
+            self.session.join_with(parent, JoinMode::All, rule, Some(&join_text))?;
             for k in kids {
                 self.streams.remove(&k);
             }
@@ -393,4 +421,5 @@ impl Driver<'_, '_> {
 enum Next {
     Fork(crate::protocol::ForkPlan),
     End(EndCause),
+    Stop,
 }

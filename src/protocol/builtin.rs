@@ -2,7 +2,8 @@
 //! else reads a [`ProtocolSpec`] (or a [`SubSearchFormat`] / [`SkeletonFormat`]).
 
 use super::skeleton::SkeletonFormat;
-use super::spec::{Announce, LabelRule, ProtocolSpec};
+use super::spec::{Announce, BadPlan, Bans, LabelRule, ProtocolSpec, MAX_SUPPORTED_BRANCHES};
+use crate::session::JoinRule;
 use super::subsearch::SubSearchFormat;
 
 fn s(x: &str) -> String {
@@ -16,24 +17,34 @@ fn numbered(open: &str, close: &str) -> Announce {
 impl ProtocolSpec {
     /// Names accepted by [`ProtocolSpec::builtin`].
     pub fn builtin_names() -> &'static [&'static str] {
-        &["multiverse", "aspd", "parallel-r1", "threadweaver", "npr"]
+        &["multiverse", "npr", "threadweaver", "parallel-r1", "aspd"]
     }
 
-    /// A published format by name (case-insensitive):
+    /// A published format by name (case-insensitive), as its system's released inference
+    /// engine runs it (the repositories are named in the README's fidelity table):
     ///
-    /// - `multiverse` (arXiv 2506.09991): `<Parallel><Goal><Outline>1: …</Outline>…</Goal>`,
-    ///   paths `\n<Path>\n1: …</Path>`, join `<Conclusion>\n`, closed by `</Conclusion></Parallel>`;
-    ///   a path may hold one nested block (labels `2.1`), so `max_depth` is 2.
+    /// - `multiverse` (arXiv 2506.09991; engine: Multiverse-Engine, sglang): after `</Goal>` the
+    ///   trunk holds one `\n`, then each path starts `<Path>\n{label}:` at the same position, is
+    ///   ended by `</Path>` plus the one token the model samples after it (usually `\n`), and the
+    ///   trunk continues at max + 1 with `<Conclusion>\n` (same-max). Any dotted label is
+    ///   accepted as written, repeats included; blocks nest 6 deep.
+    /// - `npr` (Native Parallel Reasoner, its sglang rollout): the same mechanics with
+    ///   `<guideline><plan>1: …</plan></guideline>`, steps `<step>\n{label}:`, join
+    ///   `<takeaway>\n`; a block with no plan or more than 5 ends the stream.
+    /// - `threadweaver` (its RL rollout loop): `</Outlines>` forks threads `\n<Thread>\n{label}:`
+    ///   (the `\n` is shared), each ends at `</Thread>`, and the parent re-reads the threads as
+    ///   one serial text (reprefill), then `\n`; the model writes `</Parallel>` itself.
+    /// - `parallel-r1` (arXiv 2509.07980, its v3 generation loop): every `<Parallel>` forks 2
+    ///   paths starting `<Path>`; a path ended by end-of-generation or its budget is closed with
+    ///   `</Path>`; the parent re-reads the paths serially, then `</Parallel>\n<Summary>`, and
+    ///   the block closes at `</Summary>`; the response ends after its fourth block.
     /// - `aspd` (arXiv 2508.08895): serial text with `<|title|>T<|/title|>…` then `<|para|>`;
     ///   branches `<|branch|>T: …<|/branch|>`; join `<|/para|>\n` (which also closes the block).
-    /// - `parallel-r1` (arXiv 2509.07980): `<Parallel><Path>…</Path>…<Summary>…</Summary></Parallel>`;
-    ///   nothing is announced, so every `<Parallel>` forks a fixed 2 paths (use sampling, or
-    ///   they are identical).
-    /// - `threadweaver`: `<Parallel><Outlines><Outline>1: …</Outline>…</Outlines>`, threads
-    ///   `\n<Thread> 1: …</Thread>`, join `</Parallel>\n`.
-    /// - `npr`: `<guideline><plan>1: …</plan>…</guideline>`, steps `<step>1: …</step>`, join
-    ///   `<takeaway>`, closed by `</takeaway>`.
+    ///
+    /// None of them bans a tag: the engines sample freely, and a tag where it means nothing is
+    /// text (with a warning).
     pub fn builtin(name: &str) -> Option<ProtocolSpec> {
+        let free = || Some(Bans::default());
         let spec = match name.to_ascii_lowercase().as_str() {
             "multiverse" => ProtocolSpec {
                 name: s("multiverse"),
@@ -42,15 +53,94 @@ impl ProtocolSpec {
                 announce: numbered("<Outline>", "</Outline>"),
                 trigger: s("</Goal>"),
                 branch_open: s("<Path>"),
-                branch_prefix: s("\n<Path>\n{label}:"),
+                branch_prefix: s("<Path>\n{label}:"),
                 branch_end: s("</Path>"),
                 join_text: s("<Conclusion>\n"),
                 summary_open: Some(s("<Conclusion>")),
                 summary_close: Some(s("</Conclusion>")),
                 block_close: Some(s("</Parallel>")),
-                max_depth: 2,
+                max_depth: 6,
+                max_branches: MAX_SUPPORTED_BRANCHES,
+                fork_text: s("\n"),
+                keep_after_end: 1,
+                close_unfinished: false,
+                join_rule: JoinRule::SameMax,
+                check_labels: false,
+                max_blocks: None,
+                on_bad_plan: BadPlan::Fallback,
+                bans: free(),
+            },
+            "npr" => ProtocolSpec {
+                name: s("npr"),
+                block_open: Some(s("<guideline>")),
+                plan_open: None,
+                announce: numbered("<plan>", "</plan>"),
+                trigger: s("</guideline>"),
+                branch_open: s("<step>"),
+                branch_prefix: s("<step>\n{label}:"),
+                branch_end: s("</step>"),
+                join_text: s("<takeaway>\n"),
+                summary_open: Some(s("<takeaway>")),
+                summary_close: None,
+                block_close: Some(s("</takeaway>")),
+                max_depth: 6,
+                max_branches: 5,
+                fork_text: s("\n"),
+                keep_after_end: 1,
+                close_unfinished: false,
+                join_rule: JoinRule::SameMax,
+                check_labels: false,
+                max_blocks: None,
+                on_bad_plan: BadPlan::EndStream,
+                bans: free(),
+            },
+            "threadweaver" => ProtocolSpec {
+                name: s("threadweaver"),
+                block_open: Some(s("<Parallel>")),
+                plan_open: Some(s("<Outlines>")),
+                announce: numbered("<Outline>", "</Outline>"),
+                trigger: s("</Outlines>"),
+                branch_open: s("<Thread>"),
+                branch_prefix: s("<Thread>\n{label}:"),
+                branch_end: s("</Thread>"),
+                join_text: s("\n"),
+                summary_open: None,
+                summary_close: None,
+                block_close: Some(s("</Parallel>")),
+                max_depth: 1,
+                max_branches: MAX_SUPPORTED_BRANCHES,
+                fork_text: s("\n"),
+                keep_after_end: 0,
+                close_unfinished: true,
+                join_rule: JoinRule::Reprefill,
+                check_labels: true,
+                max_blocks: None,
+                on_bad_plan: BadPlan::Fallback,
+                bans: free(),
+            },
+            "parallel-r1" => ProtocolSpec {
+                name: s("parallel-r1"),
+                block_open: None,
+                plan_open: None,
+                announce: Announce::Fixed { count: 2 },
+                trigger: s("<Parallel>"),
+                branch_open: s("<Path>"),
+                branch_prefix: s("<Path>"),
+                branch_end: s("</Path>"),
+                join_text: s("</Parallel>\n<Summary>"),
+                summary_open: Some(s("<Summary>")),
+                summary_close: None,
+                block_close: Some(s("</Summary>")),
+                max_depth: 1,
                 max_branches: 16,
-                bans: None,
+                fork_text: String::new(),
+                keep_after_end: 0,
+                close_unfinished: true,
+                join_rule: JoinRule::Reprefill,
+                check_labels: true,
+                max_blocks: Some(4),
+                on_bad_plan: BadPlan::Fallback,
+                bans: free(),
             },
             "aspd" => ProtocolSpec {
                 name: s("aspd"),
@@ -71,58 +161,14 @@ impl ProtocolSpec {
                 block_close: Some(s("<|/para|>")),
                 max_depth: 1,
                 max_branches: 16,
-                bans: None,
-            },
-            "parallel-r1" => ProtocolSpec {
-                name: s("parallel-r1"),
-                block_open: None,
-                plan_open: None,
-                announce: Announce::Fixed { count: 2 },
-                trigger: s("<Parallel>"),
-                branch_open: s("<Path>"),
-                branch_prefix: s("<Path>"),
-                branch_end: s("</Path>"),
-                join_text: s("<Summary>"),
-                summary_open: Some(s("<Summary>")),
-                summary_close: Some(s("</Summary>")),
-                block_close: Some(s("</Parallel>")),
-                max_depth: 1,
-                max_branches: 16,
-                bans: None,
-            },
-            "threadweaver" => ProtocolSpec {
-                name: s("threadweaver"),
-                block_open: Some(s("<Parallel>")),
-                plan_open: Some(s("<Outlines>")),
-                announce: numbered("<Outline>", "</Outline>"),
-                trigger: s("</Outlines>"),
-                branch_open: s("<Thread>"),
-                branch_prefix: s("\n<Thread> {label}:"),
-                branch_end: s("</Thread>"),
-                join_text: s("</Parallel>\n"),
-                summary_open: None,
-                summary_close: None,
-                block_close: Some(s("</Parallel>")),
-                max_depth: 1,
-                max_branches: 16,
-                bans: None,
-            },
-            "npr" => ProtocolSpec {
-                name: s("npr"),
-                block_open: Some(s("<guideline>")),
-                plan_open: None,
-                announce: numbered("<plan>", "</plan>"),
-                trigger: s("</guideline>"),
-                branch_open: s("<step>"),
-                branch_prefix: s("<step>{label}:"),
-                branch_end: s("</step>"),
-                join_text: s("<takeaway>"),
-                summary_open: Some(s("<takeaway>")),
-                summary_close: None,
-                block_close: Some(s("</takeaway>")),
-                max_depth: 1,
-                max_branches: 16,
-                bans: None,
+                fork_text: String::new(),
+                keep_after_end: 0,
+                close_unfinished: true,
+                join_rule: JoinRule::SameSeq,
+                check_labels: true,
+                max_blocks: None,
+                on_bad_plan: BadPlan::Fallback,
+                bans: free(),
             },
             _ => return None,
         };

@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use super::announce::{parse_announcements_with_warnings, Announced};
-use super::spec::{Announce, LabelRule, ProtocolSpec};
+use super::spec::{Announce, BadPlan, LabelRule, ProtocolSpec};
 use super::warning::{excerpt, Warning, WarningKind};
 
 /// One branch to open.
@@ -53,9 +53,47 @@ fn child_path(parent: &str, i: usize) -> String {
     }
 }
 
+/// What a trigger leads to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Planned {
+    Fork(ForkPlan),
+    /// Nothing to fork: the block is decoded serially.
+    Serial,
+    /// The protocol ends the stream here ([`BadPlan::EndStream`]).
+    End,
+}
+
 /// Plans the fork for a trigger at `trigger` (absolute range) whose block text is `segment`,
-/// starting at absolute offset `offset`. `None` (with a warning) when nothing can be forked.
+/// starting at absolute offset `offset`. Every fallback comes with a warning.
 pub(crate) fn plan_fork(
+    spec: &ProtocolSpec,
+    segment: &str,
+    offset: usize,
+    parent: &Parent,
+    cap: usize,
+    trigger: (usize, usize),
+) -> (Planned, Vec<Warning>) {
+    let (plan, mut warnings) = plan_branches(spec, segment, offset, parent, cap, trigger);
+    match plan {
+        Some(plan) if plan.announced <= spec.max_branches || spec.on_bad_plan == BadPlan::Fallback => {
+            (Planned::Fork(plan), warnings)
+        }
+        None if spec.on_bad_plan == BadPlan::Fallback || cap == 0 => (Planned::Serial, warnings),
+        _ => {
+            warnings.push(Warning::new(
+                WarningKind::TooManyBranches,
+                trigger.0,
+                format!(
+                    "{} accepts 1 to {} announced branches: the stream ends here",
+                    spec.name, spec.max_branches
+                ),
+            ));
+            (Planned::End, warnings)
+        }
+    }
+}
+
+fn plan_branches(
     spec: &ProtocolSpec,
     segment: &str,
     offset: usize,
@@ -84,9 +122,16 @@ pub(crate) fn plan_fork(
                 a.start += offset;
                 a.end += offset;
             }
-            dedupe(&mut found, matches!(rule, LabelRule::Numbered { .. }), &mut warnings);
-            if matches!(rule, LabelRule::Numbered { .. }) {
-                check_numbering(&found, &parent.label, &mut warnings);
+            let numbered = matches!(rule, LabelRule::Numbered { .. });
+            if spec.check_labels {
+                dedupe(&mut found, numbered, &mut warnings);
+                if numbered {
+                    check_numbering(&found, &parent.label, &mut warnings);
+                }
+            } else if !numbered {
+                for (i, a) in found.iter_mut().enumerate() {
+                    a.label = (i + 1).to_string();
+                }
             }
             found
         }
@@ -202,7 +247,7 @@ mod tests {
         parent: &Parent,
         cap: usize,
     ) -> (Option<ForkPlan>, Vec<Warning>) {
-        plan_fork(spec, text, 0, parent, cap, (text.len(), text.len()))
+        plan_branches(spec, text, 0, parent, cap, (text.len(), text.len()))
     }
 
     #[test]

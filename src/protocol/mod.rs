@@ -48,7 +48,7 @@ pub use fork::{BranchPlan, ForkPlan};
 pub use layout::{layout, layout_text, Layout, PieceLayout};
 pub use skeleton::{Skeleton, SkeletonFallback, SkeletonFormat};
 pub use spec::{
-    Announce, Bans, LabelRule, Phase, ProtocolSpec, SpecError, StreamState, MAX_SUPPORTED_BRANCHES,
+    Announce, BadPlan, Bans, LabelRule, Phase, ProtocolSpec, SpecError, StreamState, MAX_SUPPORTED_BRANCHES,
     MAX_SUPPORTED_DEPTH,
 };
 pub use stream::{Action, EndCause, StreamEnd};

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 use super::template;
+use crate::session::JoinRule;
 
 /// Deepest nesting any protocol may ask for. It bounds recursion when complete texts are
 /// analysed, so adversarial input cannot exhaust the stack.
@@ -65,6 +66,35 @@ pub struct ProtocolSpec {
     /// Most branches per block; more announced ones are dropped with a warning.
     #[serde(default = "default_max_branches")]
     pub max_branches: usize,
+    /// Text the forking stream writes right after the trigger, before its branches start:
+    /// every branch sees it, once, as part of the shared prefix (Multiverse's `\n` after
+    /// `</Goal>`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub fork_text: String,
+    /// Tokens a branch still samples and keeps after its end marker (Multiverse keeps the one
+    /// after `</Path>`, usually a newline).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub keep_after_end: u32,
+    /// Whether a branch that ended without its end marker (end of generation, its token
+    /// budget) gets the marker appended before the join.
+    #[serde(default = "default_true")]
+    pub close_unfinished: bool,
+    /// How the parent reads its branches back at the join.
+    #[serde(default)]
+    pub join_rule: JoinRule,
+    /// Whether announced labels are checked: repeats dropped, and labels that do not number
+    /// the parent's branches in order (`2.1`, `2.2` inside branch `2`) warned about. Off: every
+    /// announcement opens a branch with the label as written.
+    #[serde(default = "default_true")]
+    pub check_labels: bool,
+    /// After this many blocks of the trunk have closed, the trunk stops (Parallel-R1's engine
+    /// ends a response after its fourth block). `None`: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_blocks: Option<u32>,
+    /// What a trigger whose plan cannot be forked as announced does (nothing announced, or
+    /// more than `max_branches`).
+    #[serde(default)]
+    pub on_bad_plan: BadPlan,
     /// What the model may not emit in each phase. `None`: derived from the tags
     /// ([`ProtocolSpec::derived_bans`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -77,6 +107,28 @@ fn default_max_depth() -> u32 {
 
 fn default_max_branches() -> usize {
     16
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// Most tokens a branch may keep after its end marker.
+pub const MAX_KEEP_AFTER_END: u32 = 16;
+
+/// What happens at a trigger whose announcements cannot be forked as they stand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BadPlan {
+    /// Nothing announced: decode the block serially; too many: keep the first `max_branches`.
+    #[default]
+    Fallback,
+    /// The stream ends there (NPR's engine ends the request; a branch ends as a branch).
+    EndStream,
 }
 
 /// How the branches of a block are announced.
@@ -271,8 +323,8 @@ impl ProtocolSpec {
         }
         match &self.announce {
             Announce::Fixed { count } => {
-                if *count == 0 {
-                    return Err(err("announce.count", "must be at least 1"));
+                if *count == 0 || *count > MAX_SUPPORTED_BRANCHES {
+                    return Err(err("announce.count", format!("must be between 1 and {MAX_SUPPORTED_BRANCHES}")));
                 }
             }
             Announce::Tagged { label: LabelRule::Numbered { separator }, .. } => {
@@ -307,6 +359,17 @@ impl ProtocolSpec {
         }
         if self.max_depth == 0 || self.max_depth > MAX_SUPPORTED_DEPTH {
             return Err(err("max_depth", format!("must be between 1 and {MAX_SUPPORTED_DEPTH}")));
+        }
+        if self.keep_after_end > MAX_KEEP_AFTER_END {
+            return Err(err("keep_after_end", format!("must be at most {MAX_KEEP_AFTER_END}")));
+        }
+        if self.max_blocks == Some(0) {
+            return Err(err("max_blocks", "must be at least 1 (or absent)"));
+        }
+        for (field, _, tag) in &tags {
+            if self.fork_text.contains(*tag) {
+                return Err(err("fork_text", format!("must not contain `{field}` {tag:?}")));
+            }
         }
         if self.max_branches == 0 || self.max_branches > MAX_SUPPORTED_BRANCHES {
             return Err(err("max_branches", format!("must be between 1 and {MAX_SUPPORTED_BRANCHES}")));

@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-use super::fork::{plan_fork, ForkPlan, Parent};
+use super::fork::{plan_fork, ForkPlan, Parent, Planned};
 use super::scan::{Found, TagSet};
 use super::spec::{Phase, ProtocolSpec, Role, StreamState};
 use super::warning::{Warning, WarningKind};
@@ -32,6 +32,9 @@ pub enum EndCause {
     Marker,
     /// The stream ended otherwise.
     Stream(StreamEnd),
+    /// The protocol ends it: a plan it will not fork ([`super::BadPlan::EndStream`]), or the
+    /// trunk's last allowed block closed (`max_blocks`).
+    Protocol,
 }
 
 /// What the driver should do (or may like to know), in text order.
@@ -49,6 +52,9 @@ pub enum Action {
     NoFork { start: usize, end: usize },
     /// This branch is over (`at`: end of its marker, or of its text).
     BranchEnd { at: usize, cause: EndCause },
+    /// The trunk is over by the protocol's rule ([`EndCause::Protocol`]) at `at`: stop
+    /// generating.
+    TrunkEnd { at: usize },
     /// The block was closed at `start..end`. Informational.
     BlockClosed { start: usize, end: usize, depth: u32 },
     /// Something was malformed; the documented fallback was taken.
@@ -75,6 +81,8 @@ pub(crate) struct Machine {
     /// After a join, the first summary opener is the join's own (appended by the driver, or
     /// written in an analysed text), not a second summary.
     summary_expected: bool,
+    /// Blocks this stream has closed (for `max_blocks`).
+    blocks_closed: u32,
 }
 
 impl Machine {
@@ -89,6 +97,7 @@ impl Machine {
             warned_overhang: false,
             cap,
             summary_expected: false,
+            blocks_closed: 0,
         }
     }
 
@@ -202,7 +211,11 @@ impl Machine {
                 Role::BlockClose => {
                     self.phase = Phase::Serial;
                     self.segment_start = end;
+                    self.blocks_closed += 1;
                     out.push(Action::BlockClosed { start, end, depth: self.depth + 1 });
+                    if self.depth == 0 && spec.max_blocks.is_some_and(|m| self.blocks_closed >= m) {
+                        self.end_by_protocol(end, out);
+                    }
                 }
                 _ => {}
             }
@@ -244,12 +257,13 @@ impl Machine {
             plan_fork(spec, &text[seg_start..start], seg_start, &parent, self.cap, (start, end));
         out.extend(warnings.into_iter().map(Action::Warning));
         match plan {
-            Some(plan) => {
+            Planned::Fork(plan) => {
                 self.phase = Phase::Forked;
                 self.warned_overhang = false;
                 out.push(Action::Fork(plan));
             }
-            None => {
+            Planned::End => self.end_by_protocol(end, out),
+            Planned::Serial => {
                 // Decode the block serially; if it can be closed, wait for its closer with no bans.
                 self.phase = if spec.block_open.is_some() && spec.block_close.is_some() {
                     Phase::Fallback
@@ -259,6 +273,16 @@ impl Machine {
                 self.segment_start = end;
                 out.push(Action::NoFork { start, end });
             }
+        }
+    }
+
+    /// The protocol ends this stream at `at`: a branch ends, the trunk stops.
+    fn end_by_protocol(&mut self, at: usize, out: &mut Vec<Action>) {
+        self.phase = Phase::Ended;
+        if self.depth > 0 {
+            out.push(Action::BranchEnd { at, cause: EndCause::Protocol });
+        } else {
+            out.push(Action::TrunkEnd { at });
         }
     }
 

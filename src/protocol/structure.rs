@@ -26,6 +26,8 @@ pub(crate) struct BlockTree {
     /// The explicit opener, if one was seen.
     pub opened: Option<(usize, usize)>,
     pub plan: ForkPlan,
+    /// End of the fork text (the trigger's end where the protocol has none).
+    pub fork_end: usize,
     pub branches: Vec<BranchTree>,
     /// Where the parent goes on (after the last branch).
     pub resume: usize,
@@ -89,6 +91,7 @@ fn parse_stream(
                     tree.end = at;
                     tree.ended_by_marker = cause == EndCause::Marker;
                 }
+                Action::TrunkEnd { at } => tree.end = at,
             }
         }
         if let Some(plan) = fork {
@@ -114,7 +117,13 @@ fn parse_branches(
     warnings: &mut Vec<Warning>,
 ) -> BlockTree {
     let mut branches: Vec<BranchTree> = Vec::new();
-    let mut cursor = plan.trigger_end;
+    // The fork text, where the text holds it, is the parent's: the branches start after it.
+    let fork_end = if text[plan.trigger_end..].starts_with(spec.fork_text.as_str()) {
+        plan.trigger_end + spec.fork_text.len()
+    } else {
+        plan.trigger_end
+    };
+    let mut cursor = fork_end;
     loop {
         let rest = &text[cursor..];
         let tag_at = cursor + (rest.len() - rest.trim_start().len());
@@ -144,7 +153,7 @@ fn parse_branches(
             format!("{} branch(es) announced, {} found", plan.branches.len(), branches.len()),
         ));
     }
-    BlockTree { opened, plan, branches, resume: cursor, closed: None }
+    BlockTree { opened, plan, fork_end, branches, resume: cursor, closed: None }
 }
 
 #[cfg(test)]

@@ -87,6 +87,13 @@ impl Watcher {
         out
     }
 
+    /// Call after a fork when the protocol has a `fork_text`, once the driver has written it
+    /// to this stream: it becomes part of the stream, before its branches.
+    pub fn forked(&mut self) {
+        self.text.push_str(&self.spec.fork_text);
+        self.machine.cursor = self.text.len();
+    }
+
     /// The text to append to this stream when its branches are joined.
     pub fn join_text(&self) -> &str {
         &self.spec.join_text
