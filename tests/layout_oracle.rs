@@ -38,6 +38,8 @@ fn spec() -> ProtocolSpec {
     s.summary_open = None;
     s.summary_close = None;
     s.block_close = None;
+    s.join_rule = pardec::JoinRule::SameMax; // the engine call below joins with `join`
+    s.max_blocks = None;
     s.validate().expect("tiny protocol is valid");
     s
 }

@@ -119,7 +119,7 @@ proptest! {
         for a in &whole {
             let at = match a {
                 Action::Warning(w) => w.at,
-                Action::BranchEnd { at, .. } => *at,
+                Action::BranchEnd { at, .. } | Action::TrunkEnd { at } => *at,
                 Action::Fork(p) => p.trigger_end,
                 Action::NoFork { end, .. } => *end,
                 Action::BlockOpened { end, .. } | Action::BlockClosed { end, .. } => *end,

@@ -2,6 +2,7 @@
 //! else reads a [`ProtocolSpec`] (or a [`SubSearchFormat`] / [`SkeletonFormat`]).
 
 use super::skeleton::SkeletonFormat;
+use super::layout::TrainRule;
 use super::spec::{Announce, BadPlan, Bans, LabelRule, ProtocolSpec, MAX_SUPPORTED_BRANCHES};
 use crate::session::JoinRule;
 use super::subsearch::SubSearchFormat;
@@ -68,6 +69,7 @@ impl ProtocolSpec {
                 check_labels: false,
                 max_blocks: None,
                 on_bad_plan: BadPlan::Fallback,
+                train_rule: Some(TrainRule::SharedStart),
                 bans: free(),
             },
             "npr" => ProtocolSpec {
@@ -92,6 +94,7 @@ impl ProtocolSpec {
                 check_labels: false,
                 max_blocks: None,
                 on_bad_plan: BadPlan::EndStream,
+                train_rule: Some(TrainRule::SharedStart),
                 bans: free(),
             },
             "threadweaver" => ProtocolSpec {
@@ -116,6 +119,7 @@ impl ProtocolSpec {
                 check_labels: true,
                 max_blocks: None,
                 on_bad_plan: BadPlan::Fallback,
+                train_rule: Some(TrainRule::SerialWithCopies),
                 bans: free(),
             },
             "parallel-r1" => ProtocolSpec {
@@ -140,6 +144,7 @@ impl ProtocolSpec {
                 check_labels: true,
                 max_blocks: Some(4),
                 on_bad_plan: BadPlan::Fallback,
+                train_rule: Some(TrainRule::SameMax),
                 bans: free(),
             },
             "aspd" => ProtocolSpec {
@@ -168,6 +173,7 @@ impl ProtocolSpec {
                 check_labels: true,
                 max_blocks: None,
                 on_bad_plan: BadPlan::Fallback,
+                train_rule: None,
                 bans: free(),
             },
             _ => return None,

@@ -89,8 +89,13 @@ fn check_block(spec: &ProtocolSpec, text: &str, block: &BlockTree, out: &mut Vec
     let Some(summary_open) = &spec.summary_open else { return };
     let after_end = block.closed.map_or(text.len(), |c| c.0);
     let after = &text[block.resume.min(after_end)..after_end];
-    if !after.trim_start().starts_with(summary_open.as_str()) {
-        out.push((block.resume, format!("the last branch must be followed by {summary_open:?}")));
+    // What the join writes up to the summary's opener (`</Parallel>\n<Summary>`).
+    let expected = match spec.join_text.find(summary_open.as_str()) {
+        Some(i) => &spec.join_text[..i + summary_open.len()],
+        None => summary_open.as_str(),
+    };
+    if !follows(after, expected.trim_start(), spec.keep_after_end) {
+        out.push((block.resume, format!("the last branch must be followed by {:?}", expected.trim())));
     }
     let count = after.matches(summary_open.as_str()).count();
     if count > 1 {
@@ -106,6 +111,14 @@ fn check_block(spec: &ProtocolSpec, text: &str, block: &BlockTree, out: &mut Vec
             Some(_) => {}
         }
     }
+}
+
+/// Whether `after` (the text after a block's last branch) starts with `expected`, past
+/// whitespace and, where the branch keeps tokens after its end marker, past a short kept text
+/// (it can be any token: Multiverse transcripts hold `</Path>6<Path>`).
+fn follows(after: &str, expected: &str, keep: u32) -> bool {
+    const MOST_KEPT_BYTES: usize = 16;
+    after.trim_start().starts_with(expected) || (keep > 0 && after.find(expected).is_some_and(|i| i <= MOST_KEPT_BYTES))
 }
 
 /// Whether `text` starts with `prefix`, comparing only non-whitespace characters.

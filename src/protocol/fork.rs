@@ -252,7 +252,7 @@ mod tests {
 
     #[test]
     fn duplicates_gaps_and_cap() {
-        let spec = ProtocolSpec::builtin("multiverse").unwrap();
+        let spec = ProtocolSpec { check_labels: true, ..ProtocolSpec::builtin("multiverse").unwrap() };
         let text = "<Outline>1: a</Outline><Outline>1: again</Outline><Outline>3: c</Outline><Outline>4: d</Outline>";
         let (p, w) = plan(&spec, text, &Parent::default(), 2);
         let p = p.unwrap();
@@ -272,16 +272,21 @@ mod tests {
 
     #[test]
     fn nested_labels_are_checked_against_the_parent() {
-        let spec = ProtocolSpec::builtin("multiverse").unwrap();
+        let spec = ProtocolSpec { check_labels: true, ..ProtocolSpec::builtin("multiverse").unwrap() };
         let parent = Parent { label: "2".into(), path: "2".into(), depth: 1 };
         let (p, w) = plan(&spec, "<Outline>2.1: a</Outline><Outline>2.2: b</Outline>", &parent, 8);
         assert!(w.is_empty());
         let p = p.unwrap();
         assert_eq!(p.depth, 2);
         assert_eq!(p.branches[1].path, "2.2");
-        assert_eq!(p.branches[1].prefix, "\n<Path>\n2.2:");
+        assert_eq!(p.branches[1].prefix, "<Path>\n2.2:");
         let (_, w) = plan(&spec, "<Outline>1: a</Outline><Outline>2: b</Outline>", &parent, 8);
         assert_eq!(w[0].kind, WarningKind::LabelOutsideParent);
+        // Multiverse's engine takes every label as written, repeats included.
+        let free = ProtocolSpec::builtin("multiverse").unwrap();
+        let (p, w) = plan(&free, "<Outline>1: a</Outline><Outline>1: b</Outline>", &parent, 8);
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(p.unwrap().branches.iter().map(|b| b.label.as_str()).collect::<Vec<_>>(), vec!["1", "1"]);
     }
 
     #[test]

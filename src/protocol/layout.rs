@@ -1,22 +1,61 @@
 //! Training layouts: for each piece (token) of a tagged text, its position id, the branch it
-//! belongs to and the pieces it may attend to — exactly what the engine realizes at
-//! inference:
+//! belongs to and the pieces it may attend to.
 //!
-//! - every branch of a block starts at the position right after the parent's last piece
-//!   before the fork (its prefix starts there);
-//! - a branch sees the parent's pieces before the fork and its own, never a sibling's;
-//! - after the join the parent continues at max(branch end) + 1 and sees every branch
-//!   ("Same-Max").
+//! [`Rule::Engine`] (the default) is exactly what pardec realises at inference under the
+//! protocol's [`JoinRule`]:
+//!
+//! - the parent's pieces up to the trigger and its fork text come first; every branch of the
+//!   block starts at the position after them, sees them and its own pieces, never a
+//!   sibling's; a branch keeps the `keep_after_end` pieces after its end marker;
+//! - same-max: the parent continues at max(branch end) + 1 and sees every branch;
+//! - same-seq: the same, but it continues at fork position + Σ branch lengths;
+//! - reprefill: the parent re-reads every branch after the first as serial text. Those
+//!   re-read pieces are [`Layout::copies`] (index `pieces.len() + k`), at sequential positions,
+//!   each seeing what a serial read sees; the parent's later pieces see the first branch and
+//!   the copies, not the isolated originals.
+//!
+//! [`Rule::Train`] is the protocol's [`TrainRule`], the layout its own training code builds
+//! (which differs from its engine by a position or two, see the README).
 //!
 //! A piece belongs to the stream holding its first byte, so a piece that straddles a
-//! boundary (`</Goal>\n` when the branch prefix starts with `\n`) stays with the earlier stream.
+//! boundary stays with the earlier stream.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::ops::Range;
 
 use super::spec::ProtocolSpec;
-use super::structure::{parse, StreamTree};
+use super::structure::{parse, BlockTree, StreamTree};
 use super::warning::Warning;
+use crate::session::JoinRule;
+
+/// Which layout to build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Rule {
+    /// What pardec's engine realises at inference.
+    #[default]
+    Engine,
+    /// What the protocol's own training code builds ([`ProtocolSpec::train_rule`]).
+    Train,
+}
+
+/// A training code's layout of a parallel block, where it differs from the engine's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TrainRule {
+    /// Every branch starts at the position of the fork text's first piece (they share it);
+    /// pieces after a branch's end marker and before the next branch are the parent's,
+    /// visible to later branches; the parent continues at max(end marker) + 1 and sees all
+    /// (Multiverse's and NPR's `train/utils.py`).
+    SharedStart,
+    /// Branches isolated from one shared start, the parent continues at max(branch end) + 1
+    /// (Parallel-R1's SFT dataset).
+    SameMax,
+    /// Branches isolated, the parent continues at fork position + Σ branch lengths.
+    SameSeq,
+    /// The whole text as one serial sequence, plus an isolated copy of every branch after
+    /// the first at the positions the engine gives it (ThreadWeaver's prefix tree).
+    SerialWithCopies,
+}
 
 /// Where one piece sits.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -25,7 +64,7 @@ pub struct PieceLayout {
     pub pos: u32,
     /// The branch's path (`2.1`), `None` for the trunk.
     pub branch: Option<String>,
-    /// Pieces it may attend to, itself included, as sorted disjoint index ranges.
+    /// Pieces (and copies) it may attend to, itself included, as sorted disjoint index ranges.
     pub visible: Vec<Range<usize>>,
 }
 
@@ -37,17 +76,34 @@ impl PieceLayout {
     }
 }
 
+/// A piece read a second time: it has index `pieces.len() + k` in visibility ranges.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CopyLayout {
+    /// The piece it repeats.
+    pub of: usize,
+    #[serde(flatten)]
+    pub layout: PieceLayout,
+}
+
 /// The layout of a whole text, with the warnings its structure raised.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Layout {
     pub pieces: Vec<PieceLayout>,
+    /// Pieces read again (a reprefill join, or a training rule with copies).
+    pub copies: Vec<CopyLayout>,
     pub warnings: Vec<Warning>,
 }
 
-/// Lays out pre-tokenized pieces (their concatenation is the tagged text). Pieces are bytes,
-/// so a token that holds part of a character can be passed as it is; bytes that are not valid
-/// UTF-8 overall are read as `?`, which keeps every offset.
+/// Lays out pre-tokenized pieces (their concatenation is the tagged text) as the engine
+/// realises them. Pieces are bytes, so a token that holds part of a character can be passed as
+/// it is; bytes that are not valid UTF-8 overall are read as `?`, which keeps every offset.
 pub fn layout<P: AsRef<[u8]>>(spec: &ProtocolSpec, pieces: &[P]) -> Layout {
+    layout_with(spec, pieces, Rule::Engine)
+}
+
+/// Lays out pre-tokenized pieces under `rule`. A protocol without a training rule of its own
+/// is laid out as its engine runs it.
+pub fn layout_with<P: AsRef<[u8]>>(spec: &ProtocolSpec, pieces: &[P], rule: Rule) -> Layout {
     let mut bytes = Vec::new();
     let mut starts = Vec::with_capacity(pieces.len());
     for p in pieces {
@@ -56,13 +112,24 @@ pub fn layout<P: AsRef<[u8]>>(spec: &ProtocolSpec, pieces: &[P]) -> Layout {
     }
     let text = utf8_keeping_offsets(bytes);
     let (tree, warnings) = parse(spec, &text);
-    let mut w = Walker { starts: &starts, next: 0, out: Vec::with_capacity(pieces.len()) };
+    let block_rule = match (rule, spec.train_rule) {
+        (Rule::Train, Some(t)) => BlockRule::Train(t),
+        _ => BlockRule::Engine(spec.join_rule),
+    };
+    let mut w = Walker {
+        starts: &starts,
+        next: 0,
+        out: Vec::with_capacity(pieces.len()),
+        copies: Vec::new(),
+        rule: block_rule,
+        keep_after_end: spec.keep_after_end as usize,
+    };
     let mut pos = 0u32;
     let mut vis = Vec::new();
     w.stream(&tree, None, &mut pos, &mut vis);
     // Pieces past the tree (only possible if the tree ended early) stay on the trunk.
     w.take_until(usize::MAX, None, &mut pos, &mut vis);
-    Layout { pieces: w.out, warnings }
+    Layout { pieces: w.out, copies: w.copies, warnings }
 }
 
 /// Lays out a text with one piece per character.
@@ -89,51 +156,187 @@ fn utf8_keeping_offsets(mut bytes: Vec<u8>) -> String {
     String::from_utf8(bytes).unwrap_or_default()
 }
 
+#[derive(Debug, Clone, Copy)]
+enum BlockRule {
+    Engine(JoinRule),
+    Train(TrainRule),
+}
+
+/// One branch as laid out: its pieces, where it ended, what it saw.
+struct Laid {
+    pieces: Range<usize>,
+    /// Position after its last piece.
+    end: u32,
+    /// Position after its end marker (before the pieces kept after it).
+    marker_end: u32,
+    visible: Vec<Range<usize>>,
+}
+
 struct Walker<'a> {
     starts: &'a [usize],
     next: usize,
     out: Vec<PieceLayout>,
+    copies: Vec<CopyLayout>,
+    rule: BlockRule,
+    keep_after_end: usize,
 }
 
 impl Walker<'_> {
+    fn push(&mut self, branch: Option<&str>, pos: &mut u32, vis: &mut Vec<Range<usize>>) {
+        let i = self.next;
+        push_index(vis, i);
+        self.out.push(PieceLayout { pos: *pos, branch: branch.map(str::to_string), visible: vis.clone() });
+        *pos = pos.saturating_add(1);
+        self.next += 1;
+    }
+
     /// Gives the stream every remaining piece that starts before byte `limit`.
     fn take_until(&mut self, limit: usize, branch: Option<&str>, pos: &mut u32, vis: &mut Vec<Range<usize>>) {
         while self.next < self.starts.len() && self.starts[self.next] < limit {
-            let i = self.next;
-            push_index(vis, i);
-            self.out.push(PieceLayout {
-                pos: *pos,
-                branch: branch.map(str::to_string),
-                visible: vis.clone(),
-            });
-            *pos = pos.saturating_add(1);
-            self.next += 1;
+            self.push(branch, pos, vis);
         }
     }
 
-    fn stream(
+    /// Gives the stream up to `n` more pieces, ending before byte `limit`.
+    fn take_n(&mut self, n: usize, limit: usize, branch: Option<&str>, pos: &mut u32, vis: &mut Vec<Range<usize>>) {
+        for _ in 0..n {
+            if self.next >= self.starts.len() || self.starts[self.next] >= limit {
+                return;
+            }
+            self.push(branch, pos, vis);
+        }
+    }
+
+    fn stream(&mut self, tree: &StreamTree, branch: Option<&str>, pos: &mut u32, vis: &mut Vec<Range<usize>>) {
+        for block in &tree.blocks {
+            self.block(block, branch, pos, vis);
+        }
+        self.take_until(tree.end, branch, pos, vis);
+    }
+
+    fn block(
         &mut self,
-        tree: &StreamTree,
+        block: &BlockTree,
         branch: Option<&str>,
         pos: &mut u32,
         vis: &mut Vec<Range<usize>>,
     ) {
-        for block in &tree.blocks {
-            self.take_until(block.plan.trigger_end, branch, pos, vis);
-            let fork_pos = *pos;
-            let mut end_pos = fork_pos;
-            let mut union = vis.clone();
-            for b in &block.branches {
-                let mut bpos = fork_pos;
-                let mut bvis = vis.clone();
-                self.stream(&b.stream, Some(&b.path), &mut bpos, &mut bvis);
-                end_pos = end_pos.max(bpos);
-                union = merge(&union, &bvis);
-            }
-            *pos = end_pos;
-            *vis = union;
+        self.take_until(block.plan.trigger_end, branch, pos, vis);
+        if matches!(self.rule, BlockRule::Train(TrainRule::SharedStart)) {
+            return self.block_shared_start(block, branch, pos, vis);
         }
-        self.take_until(tree.end, branch, pos, vis);
+        self.take_until(block.fork_end, branch, pos, vis);
+        let fork_pos = *pos;
+        let mut laid: Vec<Laid> = Vec::with_capacity(block.branches.len());
+        for (k, b) in block.branches.iter().enumerate() {
+            let mut bpos = fork_pos;
+            let mut bvis = vis.clone();
+            let first = self.next;
+            self.stream(&b.stream, Some(&b.path), &mut bpos, &mut bvis);
+            let marker_end = bpos;
+            if b.stream.ended_by_marker {
+                // The tokens the engine keeps after the end marker are the branch's own.
+                let limit = block.branches.get(k + 1).map_or(usize::MAX, |n| n.tag_start);
+                self.take_n(self.keep_after_end, limit, Some(&b.path), &mut bpos, &mut bvis);
+            }
+            laid.push(Laid { pieces: first..self.next, end: bpos, marker_end, visible: bvis });
+        }
+        self.rejoin(&laid, fork_pos, pos, vis);
+    }
+
+    /// Multiverse's and NPR's training layout: branches start where the fork text starts; the
+    /// pieces between a branch's end marker and the next branch (and the kept ones after the
+    /// last) are the parent's, at the position after that marker, seen by what follows.
+    fn block_shared_start(&mut self, block: &BlockTree, branch: Option<&str>, pos: &mut u32, vis: &mut Vec<Range<usize>>) {
+        let fork_pos = *pos;
+        let mut fork_text_pos = *pos;
+        self.take_until(block.fork_end, branch, &mut fork_text_pos, vis);
+        let mut laid: Vec<Laid> = Vec::with_capacity(block.branches.len());
+        for b in &block.branches {
+            let mut sep_pos = laid.last().map_or(fork_pos, |l: &Laid| l.marker_end);
+            self.take_until(b.tag_start, branch, &mut sep_pos, vis);
+            let mut bpos = fork_pos;
+            let mut bvis = vis.clone();
+            let first = self.next;
+            self.stream(&b.stream, Some(&b.path), &mut bpos, &mut bvis);
+            laid.push(Laid { pieces: first..self.next, end: bpos, marker_end: bpos, visible: bvis });
+        }
+        if let Some(last) = laid.last() {
+            let mut sep_pos = last.marker_end;
+            if block.branches.last().is_some_and(|b| b.stream.ended_by_marker) {
+                self.take_n(self.keep_after_end, usize::MAX, branch, &mut sep_pos, vis);
+            }
+        }
+        *pos = fork_pos.max(fork_text_pos);
+        self.rejoin(&laid, fork_pos, pos, vis);
+    }
+
+    /// The parent's position and visibility after the block, per rule.
+    fn rejoin(&mut self, laid: &[Laid], fork_pos: u32, pos: &mut u32, vis: &mut Vec<Range<usize>>) {
+        let union = |base: &[Range<usize>]| laid.iter().fold(base.to_vec(), |acc, l| merge(&acc, &l.visible));
+        let sum = |f: &dyn Fn(&Laid) -> u32| fork_pos + laid.iter().map(|l| f(l) - fork_pos).sum::<u32>();
+        let max = |f: &dyn Fn(&Laid) -> u32| laid.iter().map(f).max().unwrap_or(fork_pos);
+        match self.rule {
+            BlockRule::Engine(JoinRule::SameMax) | BlockRule::Train(TrainRule::SameMax) => {
+                *pos = (*pos).max(max(&|l| l.end));
+                *vis = union(vis);
+            }
+            BlockRule::Engine(JoinRule::SameSeq) | BlockRule::Train(TrainRule::SameSeq) => {
+                *pos = sum(&|l| l.end);
+                *vis = union(vis);
+            }
+            BlockRule::Train(TrainRule::SharedStart) => {
+                *pos = (*pos).max(max(&|l| l.marker_end));
+                *vis = union(vis);
+            }
+            BlockRule::Engine(JoinRule::Reprefill) => {
+                let Some((first, rest)) = laid.split_first() else { return };
+                *pos = first.end;
+                *vis = first.visible.clone();
+                for l in rest {
+                    for of in l.pieces.clone() {
+                        self.copy(of, None, pos, vis);
+                    }
+                }
+            }
+            BlockRule::Train(TrainRule::SerialWithCopies) => self.serial_with_copies(laid, fork_pos, pos, vis),
+        }
+    }
+
+    /// Appends a copy of piece `of` seeing `vis` and itself, at `pos`.
+    fn copy(&mut self, of: usize, branch: Option<&str>, pos: &mut u32, vis: &mut Vec<Range<usize>>) {
+        let index = self.starts.len() + self.copies.len();
+        push_index(vis, index);
+        let layout = PieceLayout { pos: *pos, branch: branch.map(str::to_string), visible: vis.clone() };
+        self.copies.push(CopyLayout { of, layout });
+        *pos += 1;
+    }
+
+    /// ThreadWeaver's training layout: the block is re-laid serially (every branch sees the
+    /// ones before it), and every branch after the first gets an isolated copy at the
+    /// positions the engine decoded it at.
+    fn serial_with_copies(&mut self, laid: &[Laid], fork_pos: u32, pos: &mut u32, vis: &mut Vec<Range<usize>>) {
+        let mut serial_pos = fork_pos;
+        let mut serial_vis = vis.clone();
+        for l in laid {
+            for i in l.pieces.clone() {
+                push_index(&mut serial_vis, i);
+                let piece = &mut self.out[i];
+                piece.pos = serial_pos;
+                piece.visible = serial_vis.clone();
+                serial_pos += 1;
+            }
+        }
+        for l in laid.iter().skip(1) {
+            let mut cpos = fork_pos;
+            let mut cvis = vis.clone();
+            for i in l.pieces.clone() {
+                let branch = self.out[i].branch.clone();
+                self.copy(i, branch.as_deref(), &mut cpos, &mut cvis);
+            }
+        }
+        *pos = serial_pos;
+        *vis = serial_vis;
     }
 }
 
@@ -182,7 +385,8 @@ mod tests {
         let l = layout(&spec, &pieces);
         assert!(l.warnings.is_empty(), "{:?}", l.warnings);
         let pos: Vec<u32> = l.pieces.iter().map(|p| p.pos).collect();
-        assert_eq!(pos, vec![0, 1, 2, 3, 4, 5, 4, 5, 6, 7, 8]);
+        // ASPD's engine continues at fork + Σ lengths = 4 + 2 + 3.
+        assert_eq!(pos, vec![0, 1, 2, 3, 4, 5, 4, 5, 6, 9, 10]);
         let br: Vec<Option<&str>> = l.pieces.iter().map(|p| p.branch.as_deref()).collect();
         assert_eq!(br[4..9], [Some("1"), Some("1"), Some("2"), Some("2"), Some("2")]);
         assert_eq!(br[9], None);

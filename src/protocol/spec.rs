@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+use super::layout::TrainRule;
 use super::template;
 use crate::session::JoinRule;
 
@@ -91,12 +92,17 @@ pub struct ProtocolSpec {
     /// ends a response after its fourth block). `None`: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_blocks: Option<u32>,
+    /// The layout the protocol's own training code builds, where it differs from what its
+    /// engine runs (`pardec layout --rule train`). `None`: the engine's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_rule: Option<TrainRule>,
     /// What a trigger whose plan cannot be forked as announced does (nothing announced, or
     /// more than `max_branches`).
     #[serde(default)]
     pub on_bad_plan: BadPlan,
-    /// What the model may not emit in each phase. `None`: derived from the tags
-    /// ([`ProtocolSpec::derived_bans`]).
+    /// What the model may not emit in each phase, exactly. `None`: derived from the tags
+    /// ([`ProtocolSpec::derived_bans`], plus the branch end on the trunk and nesting openers at
+    /// the depth limit). `Some` with empty lists bans nothing, as the published engines.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bans: Option<Bans>,
 }
@@ -466,6 +472,9 @@ impl ProtocolSpec {
             Phase::AfterJoin => bans.after_join,
             Phase::Forked | Phase::Ended | Phase::Fallback => return Vec::new(),
         };
+        if self.bans.is_some() {
+            return out; // explicit bans are the whole list
+        }
         if !state.in_branch() {
             out.push(self.branch_end.clone());
         }
@@ -586,7 +595,8 @@ mod tests {
 
     #[test]
     fn stop_strings_and_bans_follow_the_state() {
-        let spec = ProtocolSpec::builtin("multiverse").unwrap();
+        // Nesting once, with the derived bans.
+        let spec = ProtocolSpec { max_depth: 2, bans: None, ..ProtocolSpec::builtin("multiverse").unwrap() };
         let st = |phase, depth| StreamState { phase, depth };
         assert_eq!(spec.stop_strings(&st(Phase::Serial, 0)), vec!["<Parallel>", "</Goal>"]);
         assert_eq!(spec.stop_strings(&st(Phase::Announcing, 0)), vec!["</Goal>"]);
@@ -602,12 +612,15 @@ mod tests {
         let nest_ok = spec.banned_strings(&st(Phase::Serial, 1));
         assert!(!nest_ok.contains(&"<Parallel>".to_string()));
         assert!(spec.banned_strings(&st(Phase::Fallback, 0)).is_empty());
+        // The built-ins ban nothing, as their engines.
+        let builtin = ProtocolSpec::builtin("multiverse").unwrap();
+        assert!(builtin.banned_strings(&st(Phase::Serial, 0)).is_empty());
     }
 
     #[test]
     fn prefix_rendering() {
         let spec = ProtocolSpec::builtin("multiverse").unwrap();
-        assert_eq!(spec.render_prefix(1, "2", "t"), "\n<Path>\n2:");
+        assert_eq!(spec.render_prefix(1, "2", "t"), "<Path>\n2:");
         let spec = ProtocolSpec::builtin("aspd").unwrap();
         assert_eq!(spec.render_prefix(0, "1", "Pros"), "<|branch|>Pros: ");
     }

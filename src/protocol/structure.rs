@@ -37,6 +37,8 @@ pub(crate) struct BlockTree {
 
 #[derive(Debug, Clone)]
 pub(crate) struct BranchTree {
+    /// Start of the branch tag.
+    pub tag_start: usize,
     /// End of the branch tag.
     pub open_end: usize,
     /// The branch's path, `2.1`.
@@ -139,7 +141,7 @@ fn parse_branches(
         let stream = parse_stream(spec, tags, text, machine, cursor, warnings);
         cursor = stream.end;
         let closed = stream.ended_by_marker;
-        branches.push(BranchTree { open_end, path, stream });
+        branches.push(BranchTree { tag_start: tag_at, open_end, path, stream });
         if !closed {
             break;
         }

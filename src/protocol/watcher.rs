@@ -203,9 +203,9 @@ mod tests {
         let a = t.feed("<Parallel><Goal><Outline>1: a</Outline></Goal>");
         let plan = forks(&a)[0].clone();
         let mut b = t.child(&plan.branches[0]);
-        assert_eq!(b.text(), "\n<Path>\n1:");
+        assert_eq!(b.text(), "<Path>\n1:");
         let a = b.feed(" done</Path> oops");
-        assert_eq!(a[0], Action::BranchEnd { at: "\n<Path>\n1: done</Path>".len(), cause: EndCause::Marker });
+        assert_eq!(a[0], Action::BranchEnd { at: "<Path>\n1: done</Path>".len(), cause: EndCause::Marker });
         assert_eq!(warnings(&a), vec![WarningKind::TextAfterStop]);
         assert!(b.finish(StreamEnd::Eos).is_empty());
     }

@@ -57,6 +57,7 @@ fn is_state_change(a: &Action) -> bool {
         Action::Fork(_)
             | Action::NoFork { .. }
             | Action::BranchEnd { .. }
+            | Action::TrunkEnd { .. }
             | Action::BlockOpened { .. }
             | Action::BlockClosed { .. }
     )
