@@ -14,6 +14,12 @@ fn spec(name: &str) -> ProtocolSpec {
     ProtocolSpec::builtin(name).unwrap()
 }
 
+/// A built-in with pardec's own checks switched on (derived bans, label checks): the
+/// malformed-output cases below watch those warnings.
+fn checked(name: &str) -> ProtocolSpec {
+    ProtocolSpec { bans: None, check_labels: true, ..spec(name) }
+}
+
 /// Branch scripts keyed by "path title".
 fn scripts(pairs: &[(&str, &str)]) -> HashMap<String, String> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
@@ -76,8 +82,8 @@ fn multiverse_with_a_nested_block() {
     let expected = "Compute 3*4 + 5*6.\n<Parallel><Goal>The products are independent.\
         <Outline>1: compute 3*4</Outline><Outline>2: compute 5*6</Outline></Goal>\
         \n<Path>\n1: 3*4 = 12.</Path>\
-        \n<Path>\n2: 5*6 is 5*3 twice.<Parallel><Goal><Outline>2.1: 5*3</Outline><Outline>2.2: 5*3 again</Outline></Goal>\
-        \n<Path>\n2.1: 15</Path>\n<Path>\n2.2: also 15</Path><Conclusion>\nSo 15 + 15 = 30.</Conclusion></Parallel></Path>\
+        <Path>\n2: 5*6 is 5*3 twice.<Parallel><Goal><Outline>2.1: 5*3</Outline><Outline>2.2: 5*3 again</Outline></Goal>\
+        \n<Path>\n2.1: 15</Path><Path>\n2.2: also 15</Path><Conclusion>\nSo 15 + 15 = 30.</Conclusion></Parallel></Path>\
         <Conclusion>\nAdding: 12 + 30 = 42.</Conclusion></Parallel>\nThe answer is 42.";
     assert_eq!(r.transcript, expected);
     assert_eq!(check(&r.transcript, &spec), vec![]);
@@ -88,8 +94,8 @@ fn multiverse_with_a_nested_block() {
     assert!(l.warnings.is_empty());
     let first = |label: &str| l.pieces.iter().position(|p| p.branch.as_deref() == Some(label)).unwrap();
     let last = |label: &str| l.pieces.iter().rposition(|p| p.branch.as_deref() == Some(label)).unwrap();
-    let fork_at = expected.find("</Goal>").unwrap() + "</Goal>".len();
-    assert_eq!(l.pieces[first("1")].pos as usize, fork_at, "branches start right after the trigger");
+    let fork_at = expected.find("</Goal>").unwrap() + "</Goal>\n".len();
+    assert_eq!(l.pieces[first("1")].pos as usize, fork_at, "branches start after the trigger's shared newline");
     assert_eq!(l.pieces[first("1")].pos, l.pieces[first("2")].pos);
     assert_eq!(l.pieces[first("2.1")].pos, l.pieces[first("2.2")].pos);
     assert!(!l.pieces[first("2")].sees(first("1")), "siblings never see each other");
@@ -144,12 +150,9 @@ fn aspd_with_two_blocks() {
         .iter()
         .map(|b| l.pieces[second_fork..].iter().find(|p| p.branch.as_deref() == Some(b)).unwrap().pos)
         .collect();
-    // Same-Max: after the first block the trunk went on at max(branch length), not their sum.
-    let (cost, speed) = (
-        "<|branch|>Cost: trains cost less.<|/branch|>".len(),
-        "<|branch|>Speed: planes are faster.<|/branch|>".len(),
-    );
-    assert_eq!(firsts[0] as usize, second_fork - (cost + speed) + cost.max(speed));
+    // Same-Seq (ASPD's engine): after the first block the trunk goes on at the sum of the
+    // branch lengths, where a serial text would be.
+    assert_eq!(firsts[0] as usize, second_fork);
     assert!(firsts.windows(2).all(|w| w[0] == w[1]), "{firsts:?}");
 }
 
@@ -158,23 +161,23 @@ fn parallel_r1_threadweaver_and_npr() {
     let cases = [
         (
             "parallel-r1",
-            "Two ways to get 7.<Parallel>Both give 7.</Summary></Parallel> Answer: 7",
+            "Two ways to get 7.<Parallel>Both give 7.</Summary> Answer: 7",
             scripts(&[("1 ", " 3+4 = 7</Path>"), ("2 ", " 10-3 = 7</Path>")]),
-            "Two ways to get 7.<Parallel><Path> 3+4 = 7</Path><Path> 10-3 = 7</Path><Summary>Both give 7.</Summary></Parallel> Answer: 7",
+            "Two ways to get 7.<Parallel><Path> 3+4 = 7</Path><Path> 10-3 = 7</Path></Parallel>\n<Summary>Both give 7.</Summary> Answer: 7",
         ),
         (
             "threadweaver",
-            "Check both parities.<Parallel><Outlines><Outline>1: x even</Outline><Outline>2: x odd</Outline></Outlines>So the claim holds.",
+            "Check both parities.<Parallel><Outlines><Outline>1: x even</Outline><Outline>2: x odd</Outline></Outlines></Parallel>\nSo the claim holds.",
             scripts(&[("1 x even", " even works.</Thread>"), ("2 x odd", " odd works.</Thread>")]),
             "Check both parities.<Parallel><Outlines><Outline>1: x even</Outline><Outline>2: x odd</Outline></Outlines>\
-             \n<Thread> 1: even works.</Thread>\n<Thread> 2: odd works.</Thread></Parallel>\nSo the claim holds.",
+             \n<Thread>\n1: even works.</Thread><Thread>\n2: odd works.</Thread>\n</Parallel>\nSo the claim holds.",
         ),
         (
             "npr",
             "<guideline><plan>1: left side</plan><plan>2: right side</plan></guideline>Both sides are 6.</takeaway> Done.",
             scripts(&[("1 left side", " 2*3 = 6</step>"), ("2 right side", " 1+5 = 6</step>")]),
-            "<guideline><plan>1: left side</plan><plan>2: right side</plan></guideline><step>1: 2*3 = 6</step><step>2: 1+5 = 6</step>\
-             <takeaway>Both sides are 6.</takeaway> Done.",
+            "<guideline><plan>1: left side</plan><plan>2: right side</plan></guideline>\n<step>\n1: 2*3 = 6</step><step>\n2: 1+5 = 6</step>\
+             <takeaway>\nBoth sides are 6.</takeaway> Done.",
         ),
     ];
     for (name, trunk, branches, expected) in cases {
@@ -190,7 +193,7 @@ fn parallel_r1_threadweaver_and_npr() {
 
 #[test]
 fn no_outlines_before_the_trigger_continues_serially() {
-    let spec = spec("multiverse");
+    let spec = checked("multiverse");
     let mut w = Watcher::trunk(&spec);
     let text = "<Parallel><Goal>hmm</Goal>";
     let a = w.feed(text);
@@ -208,13 +211,13 @@ fn no_outlines_before_the_trigger_continues_serially() {
 
 #[test]
 fn outline_and_path_counts_and_labels() {
-    let spec = spec("multiverse");
+    let spec = checked("multiverse");
     let mut w = Watcher::trunk(&spec);
     let text = "<Parallel><Goal><Outline>1: a</Outline><Outline>3: c</Outline></Goal>";
     let a = w.feed(text);
     assert_eq!(warning_at(&a, WarningKind::LabelsNotConsecutive), text.find("<Outline>3").unwrap());
     let Some(Action::Fork(plan)) = a.last() else { panic!("{a:?}") };
-    assert_eq!(plan.branches[1].prefix, "\n<Path>\n3:", "labels are used as written");
+    assert_eq!(plan.branches[1].prefix, "<Path>\n3:", "labels are used as written");
 
     let bad = "<Parallel><Goal><Outline>1: a</Outline><Outline>2: b</Outline></Goal>\n<Path>\n1: x</Path>\n<Path>\n3: y</Path>\
         <Conclusion>\nz</Conclusion></Parallel>";
@@ -232,7 +235,7 @@ fn outline_and_path_counts_and_labels() {
 
 #[test]
 fn a_path_that_never_closes_is_closed_at_its_limit() {
-    let spec = spec("multiverse");
+    let spec = checked("multiverse");
     let mut t = Watcher::trunk(&spec);
     let a = t.feed("<Parallel><Goal><Outline>1: a</Outline></Goal>");
     let Some(Action::Fork(plan)) = a.last() else { panic!() };
@@ -252,7 +255,7 @@ fn a_path_that_never_closes_is_closed_at_its_limit() {
 
 #[test]
 fn forbidden_tags_in_a_branch_and_stray_closers_in_the_trunk() {
-    let spec = spec("multiverse");
+    let spec = checked("multiverse");
     let mut t = Watcher::trunk(&spec);
     let a = t.feed("ok </Path> and </Parallel> then <Conclusion>");
     assert_eq!(kinds(&a), vec![WarningKind::ForbiddenTag; 3]);
@@ -269,8 +272,8 @@ fn forbidden_tags_in_a_branch_and_stray_closers_in_the_trunk() {
 
 #[test]
 fn nesting_past_the_limit_is_text() {
-    // Multiverse allows one nested level: a branch of a nested block may not nest again.
-    let spec = spec("multiverse");
+    // One nested level: a branch of a nested block may not nest again.
+    let spec = ProtocolSpec { max_depth: 2, ..checked("multiverse") };
     let mut t = Watcher::trunk(&spec);
     let a = t.feed("<Parallel><Goal><Outline>1: a</Outline></Goal>");
     let Some(Action::Fork(plan)) = a.last() else { panic!() };
@@ -299,7 +302,7 @@ fn nesting_past_the_limit_is_text() {
 
 #[test]
 fn more_branches_than_the_cap_are_cut() {
-    let spec = spec("multiverse");
+    let spec = checked("multiverse");
     let mut w = Watcher::trunk(&spec).with_branch_cap(3);
     let outlines: String = (1..=5).map(|i| format!("<Outline>{i}: p{i}</Outline>")).collect();
     let text = format!("<Parallel><Goal>{outlines}</Goal>");
@@ -312,7 +315,7 @@ fn more_branches_than_the_cap_are_cut() {
 
 #[test]
 fn eos_in_the_middle_of_a_block() {
-    let spec = spec("multiverse");
+    let spec = checked("multiverse");
     let mut w = Watcher::trunk(&spec);
     w.feed("<Parallel><Goal><Outline>1: a</Outl");
     let a = w.finish(StreamEnd::Eos);
@@ -329,7 +332,7 @@ fn eos_in_the_middle_of_a_block() {
 
 #[test]
 fn thousands_of_outlines() {
-    let spec = spec("multiverse");
+    let spec = checked("multiverse");
     let outlines: String = (1..=5000).map(|i| format!("<Outline>{i}: step {i}</Outline>\n")).collect();
     let text = format!("<Parallel><Goal>{outlines}</Goal>");
     let start = std::time::Instant::now();
@@ -347,7 +350,7 @@ fn thousands_of_outlines() {
 
 #[test]
 fn duplicate_labels_are_dropped() {
-    let spec = spec("multiverse");
+    let spec = checked("multiverse");
     let mut w = Watcher::trunk(&spec);
     let text =
         "<Parallel><Goal><Outline>1: a</Outline><Outline>2: b</Outline><Outline>2: b again</Outline></Goal>";
@@ -359,7 +362,7 @@ fn duplicate_labels_are_dropped() {
 
 #[test]
 fn a_trigger_without_an_opener_still_forks() {
-    let spec = spec("multiverse");
+    let spec = checked("multiverse");
     let mut w = Watcher::trunk(&spec);
     let a = w.feed("<Goal><Outline>1: a</Outline><Outline>2: b</Outline></Goal>");
     assert_eq!(kinds(&a), vec![WarningKind::MissingBlockOpen]);
@@ -368,7 +371,7 @@ fn a_trigger_without_an_opener_still_forks() {
 
 #[test]
 fn text_after_the_trigger_in_the_same_piece_is_reported() {
-    let spec = spec("multiverse");
+    let spec = checked("multiverse");
     let mut w = Watcher::trunk(&spec);
     let text = "<Parallel><Goal><Outline>1: a</Outline></Goal>\n<Path>";
     let a = w.feed(text);
@@ -378,7 +381,7 @@ fn text_after_the_trigger_in_the_same_piece_is_reported() {
 
 #[test]
 fn a_new_block_before_the_old_one_closed() {
-    let spec = spec("multiverse");
+    let spec = checked("multiverse");
     let mut w = Watcher::trunk(&spec);
     w.feed("<Parallel><Goal><Outline>1: a</Outline></Goal>");
     w.joined();
@@ -392,7 +395,7 @@ fn a_new_block_before_the_old_one_closed() {
 
 #[test]
 fn check_reports_each_multiverse_rule_with_its_line() {
-    let spec = spec("multiverse");
+    let spec = checked("multiverse");
     let good = "<Parallel>\n<Goal>\n<Outline>1: a</Outline>\n<Outline>2: b</Outline>\n</Goal>\n<Path>\n1: x</Path>\n<Path>\n2: y</Path>\n<Conclusion>\nz</Conclusion>\n</Parallel>";
     assert_eq!(check(good, &spec), vec![]);
     let cases: &[(&str, usize, &str)] = &[
@@ -435,7 +438,7 @@ fn check_reports_each_multiverse_rule_with_its_line() {
 #[test]
 fn deep_nesting_stays_bounded() {
     // The deepest a spec may nest, and a text nested far deeper: the extra levels are text.
-    let mut spec = spec("multiverse");
+    let mut spec = checked("multiverse");
     spec.max_depth = pardec::protocol::MAX_SUPPORTED_DEPTH;
     spec.validate().unwrap();
     let open = "<Parallel><Goal><Outline>1: a</Outline></Goal>\n<Path>\n1:";

@@ -225,10 +225,14 @@ impl Machine {
             self.summary_expected = false;
             return;
         }
-        if spec.banned_strings(&state).iter().any(|b| b == tag) {
-            let nesting = state.in_branch()
-                && !spec.can_open_block(state.depth)
-                && matches!(role, Role::BlockOpen | Role::PlanOpen | Role::AnnounceOpen | Role::Trigger);
+        let too_deep = state.in_branch()
+            && !spec.can_open_block(state.depth)
+            && matches!(role, Role::BlockOpen | Role::PlanOpen | Role::AnnounceOpen | Role::Trigger);
+        let banned = spec.banned_strings(&state).iter().any(|b| b == tag);
+        // Too deep a block (its opener or trigger) is reported whether or not it is banned:
+        // the engine reads it as text.
+        let nesting = too_deep && (banned || matches!(role, Role::BlockOpen | Role::Trigger));
+        if nesting || banned {
             if nesting {
                 Self::warn(
                     out,

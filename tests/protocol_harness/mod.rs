@@ -102,6 +102,11 @@ fn run_stream(
             r.actions.push((path.clone(), a));
         }
         if let Some(plan) = fork {
+            // The fork text is the parent's, written before its branches.
+            if !w.spec().fork_text.is_empty() {
+                out.push_str(&w.spec().fork_text.clone());
+                w.forked();
+            }
             for b in &plan.branches {
                 let mut child = w.child(b);
                 let script = branch(b);
