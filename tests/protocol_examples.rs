@@ -291,7 +291,7 @@ fn nesting_past_the_limit_is_text() {
     assert!(matches!(a.last(), Some(Action::BranchEnd { .. })));
 
     // ASPD does not nest at all.
-    let spec = ProtocolSpec::builtin("aspd").unwrap();
+    let spec = checked("aspd");
     let mut t = Watcher::trunk(&spec);
     let a = t.feed("<|title|>A<|/title|><|para|>");
     let Some(Action::Fork(plan)) = a.last() else { panic!() };
