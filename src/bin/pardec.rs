@@ -13,7 +13,7 @@ use pardec::{
 use pardec::auto::apr::generate_apr;
 use pardec::auto::sot::{generate_sot, SotParams};
 use pardec::auto::{generate_auto, AutoParams};
-use pardec::protocol::{check, layout, ProtocolSpec, SkeletonFormat, SubSearchFormat};
+use pardec::protocol::{check, layout_with, ProtocolSpec, Rule, SkeletonFormat, SubSearchFormat};
 use serde::Serialize;
 
 const USAGE: &str = "\
@@ -27,7 +27,7 @@ usage:
                [--auto]   (auto mode with scripted Multiverse blocks vs the same tokens serially)
   pardec run   [--model PATH] --prompt TEXT --protocol P [--response-prefix TEXT]
                [--max-tokens N] [--max-branch-tokens N] [sampling options] [--json]
-  pardec layout [--model PATH] --protocol P [--json]     (tagged text on stdin)
+  pardec layout [--model PATH] --protocol P [--rule engine|train] [--json]   (tagged text on stdin)
   pardec check  --protocol P                             (tagged text on stdin)
   pardec equiv [--model PATH] [--branches N] [--tokens N] [--bound X] [--threads N]
                [--selection device[:K]]   (also: device-selected greedy tokens == host's)
@@ -39,7 +39,9 @@ continues after --then (default: a newline) for --max-tokens tokens.
 --protocol: the model decides when to fork: multiverse, aspd, parallel-r1, threadweaver, npr,
 apr (sub-searches on their own prompts), sot (skeleton-of-thought), or a protocol JSON file.
 layout: position ids, branch and visible tokens of every token of a tagged training text, as
-the engine decodes it (visible lists include the token itself). check: structural errors.
+the engine decodes it (visible lists include the token itself; tokens a reprefill join reads
+again are listed as copies); --rule train: as the protocol's own training code lays it out.
+check: structural errors.
 equiv: decodes branches in one batch and each alone and prints the largest logit distance
 (relative to the largest logit), then the same with branches deliberately leaking into each
 other; exits 1 unless the first is within --bound (default 0.15) and the second beyond it.
@@ -427,8 +429,13 @@ fn read_stdin() -> CliResult<String> {
 }
 
 fn cmd_layout(args: &Args) -> CliResult<()> {
-    args.check_known(&["--model", "--protocol", "--json"])?;
+    args.check_known(&["--model", "--protocol", "--json", "--rule"])?;
     let spec = stream_spec(args)?;
+    let rule = match args.get("--rule") {
+        None | Some("engine") => Rule::Engine,
+        Some("train") => Rule::Train,
+        Some(other) => return Err(usage(format!("--rule {other:?}: use engine or train"))),
+    };
     let text = read_stdin()?;
     let model = load_model(args)?;
     let tokens = model.tokenize(&text, false)?;
@@ -440,7 +447,7 @@ fn cmd_layout(args: &Args) -> CliResult<()> {
             b
         })
         .collect();
-    let lay = layout(&spec, &pieces);
+    let lay = layout_with(&spec, &pieces, rule);
     #[derive(Serialize)]
     struct Tok {
         text: String,
@@ -451,6 +458,9 @@ fn cmd_layout(args: &Args) -> CliResult<()> {
     struct Out {
         tokens: Vec<Tok>,
         visible: Vec<Vec<usize>>,
+        /// Tokens read a second time (a reprefill join, or a training rule with copies):
+        /// index `tokens.len() + k` in `visible`.
+        copies: Vec<pardec::protocol::CopyLayout>,
         warnings: Vec<String>,
     }
     let out = Out {
@@ -459,7 +469,13 @@ fn cmd_layout(args: &Args) -> CliResult<()> {
             .zip(&lay.pieces)
             .map(|(p, l)| Tok { text: String::from_utf8_lossy(p).into_owned(), pos: l.pos, branch: l.branch.clone() })
             .collect(),
-        visible: lay.pieces.iter().map(|l| l.visible.iter().flat_map(|r| r.clone()).collect()).collect(),
+        visible: lay
+            .pieces
+            .iter()
+            .chain(lay.copies.iter().map(|c| &c.layout))
+            .map(|l| l.visible.iter().flat_map(|r| r.clone()).collect())
+            .collect(),
+        copies: lay.copies.clone(),
         warnings: lay.warnings.iter().map(|w| w.to_string()).collect(),
     };
     if args.has("--json") {
