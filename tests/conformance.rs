@@ -1,0 +1,215 @@
+//! Conformance with the released engines. For each system, a reference of its own rule —
+//! re-implemented here from the system's code (repository, file and function named at each
+//! helper), independently of pardec's layout code — gives every character of a sample response
+//! its position; pardec's `layout` of the same sample (engine rule by default, `Rule::Train` for
+//! the training code's rule) must give the same positions and visibility, and `check` must
+//! accept the sample. Negative controls: the layout pardec used before this suite (newline
+//! inside the branch prefix, joins at the wrong place) misses each reference.
+//!
+//! The samples are written for these tests in the exact layout of each system's outputs (tags,
+//! newlines, labels); their prose is ours. Sources of the layouts:
+//! - Multiverse: ryogishiki-0217/Multiverse `Multiverse/prompts/MATH500_results` (447 of 462
+//!   joins read `</Path>\n<Conclusion>\n`; `</Goal>\n<Path>\n1:`; `</Path>\n<Path>\n2:`);
+//! - NPR: bigai-nlco/Native-Parallel-Reasoner, the sglang rollout's `"\n<step>\n{label}"` and
+//!   `"<takeaway>\n"`;
+//! - ThreadWeaver: facebookresearch/threadweaver `single_turn_agent_loop.py` (threads joined
+//!   as `\n<Thread>\n1:…</Thread><Thread>\n2:…</Thread>` then `\n`);
+//! - Parallel-R1: zhengkid/Parallel-R1 `parallel_thinking_loop_v3.py` (`<Path>` per path,
+//!   `</Parallel>`, `\n`, `<Summary>` appended by the loop).
+
+use pardec::protocol::{check, layout_text, layout_with, Layout, ProtocolSpec, Rule};
+
+const MULTIVERSE: &str = "Let's think in parallel.\n<Parallel>\n<Goal>\n<Outline>\n1: Convert the feet.\n</Outline>\n\
+<Outline>\n2: Form the fraction.\n</Outline>\n</Goal>\n<Path>\n1: Two feet are 24 inches.\n</Path>\n<Path>\n2: Three of \
+24 is 3/24.\n</Path>\n<Conclusion>\nSo it is 1/8.\n</Conclusion>\n</Parallel>\nThe answer is 1/8.";
+
+const NPR: &str = "Two parts.<guideline><plan>1: left side</plan><plan>2: right side</plan></guideline>\n<step>\n1: \
+2*3 = 6</step>\n<step>\n2: 1+5 makes 6</step>\n<takeaway>\nBoth sides are 6.</takeaway> Done.";
+
+const THREADWEAVER: &str = "<think>\nTwo cases.\n<Parallel>\n<Outlines>\n<Outline>1: x even</Outline>\n<Outline>2: x odd\
+</Outline>\n</Outlines>\n<Thread>\n1: even works.\n</Thread><Thread>\n2: odd works too.\n</Thread>\n</Parallel>\nSo it holds.";
+
+const PARALLEL_R1: &str = "Two ways.<Parallel><Path>3+4 = 7</Path><Path>10-3 makes 7</Path></Parallel>\n<Summary>Both \
+give 7.</Summary> Final Answer: 7";
+
+fn spec(name: &str) -> ProtocolSpec {
+    ProtocolSpec::builtin(name).unwrap()
+}
+
+fn chars(text: &str) -> Vec<String> {
+    text.chars().map(String::from).collect()
+}
+
+/// Character index of the `n`-th (0-based) occurrence of `pat`.
+fn nth(text: &str, pat: &str, n: usize) -> usize {
+    text.match_indices(pat).nth(n).unwrap_or_else(|| panic!("{pat:?} #{n}")).0
+}
+
+/// A reference layout: per character, its position and the characters it sees.
+struct Reference {
+    pos: Vec<u32>,
+    /// Per character, the ranges of characters hidden from it (besides the future).
+    hidden: Vec<Vec<std::ops::Range<usize>>>,
+}
+
+/// Multiverse-Engine (`schedule_batch.py` `filter_batch`, `scheduler.py`
+/// `merge_zombie_batch_to_run`) and NPR's sglang copy of it: with the trigger's last
+/// character at G, the shared newline sits at G+1 and every branch starts at G+2; a branch
+/// keeps the character after its end marker; the join text starts at max(kept) + 1.
+fn fork_and_keep_one(text: &str, trigger: &str, open: &str, close: &str, join: &str) -> Reference {
+    let n = text.chars().count();
+    let g = nth(text, trigger, 0) + trigger.len() - 1;
+    let mut pos: Vec<u32> = (0..n as u32).collect();
+    let mut hidden = vec![Vec::new(); n];
+    let join_at = nth(text, join, 0);
+    let mut branches = Vec::new();
+    let mut k = 0;
+    while let Some((start, _)) = text.match_indices(open).nth(k).filter(|(s, _)| *s < join_at) {
+        let end = nth(text, close, k) + close.len() + 1; // the kept character
+        branches.push(start..end);
+        k += 1;
+    }
+    let mut max_end = 0;
+    for b in &branches {
+        for (i, c) in b.clone().enumerate() {
+            pos[c] = (g + 2 + i) as u32;
+        }
+        max_end = max_end.max(pos[b.end - 1]);
+        for c in b.clone() {
+            hidden[c] = branches.iter().filter(|o| *o != b).cloned().collect();
+        }
+    }
+    for c in join_at..n {
+        pos[c] = max_end + 1 + (c - join_at) as u32;
+    }
+    Reference { pos, hidden }
+}
+
+/// Multiverse's `train/utils.py` (`generate_multiverse_position_ids`) and NPR's
+/// `npr-beta/train/utils.py`: `<Path>` at G+1 (with the newline before it), the character after
+/// a `</Path>` at its position + 1, `<Conclusion>` at max(`</Path>`) + 1.
+fn train_shared_start(text: &str, trigger: &str, open: &str, close: &str, join: &str) -> Vec<u32> {
+    let n = text.chars().count();
+    let g = nth(text, trigger, 0) + trigger.len() - 1;
+    let mut pos: Vec<u32> = (0..n as u32).collect();
+    let join_at = nth(text, join, 0);
+    let mut max_close = 0;
+    let mut k = 0;
+    while let Some((start, _)) = text.match_indices(open).nth(k).filter(|(s, _)| *s < join_at) {
+        let close_end = nth(text, close, k) + close.len();
+        for (i, c) in (start..close_end).enumerate() {
+            pos[c] = (g + 1 + i) as u32;
+        }
+        max_close = max_close.max(pos[close_end - 1]);
+        pos[close_end] = pos[close_end - 1] + 1; // the separator after it
+        k += 1;
+    }
+    pos[g + 1] = (g + 1) as u32;
+    for c in join_at..n {
+        pos[c] = max_close + 1 + (c - join_at) as u32;
+    }
+    pos
+}
+
+fn assert_matches(name: &str, lay: &Layout, r: &Reference) {
+    let pos: Vec<u32> = lay.pieces.iter().map(|p| p.pos).collect();
+    assert_eq!(pos, r.pos, "{name}: positions");
+    for (i, p) in lay.pieces.iter().enumerate() {
+        for j in 0..=i {
+            let hidden = r.hidden[i].iter().any(|h| h.contains(&j));
+            assert_eq!(p.sees(j), !hidden, "{name}: does character {i} see {j}?");
+        }
+    }
+}
+
+#[test]
+fn multiverse_and_npr_layouts_are_their_engines_and_their_training_code() {
+    let cases = [
+        ("multiverse", MULTIVERSE, "</Goal>", "<Path>", "</Path>", "<Conclusion>"),
+        ("npr", NPR, "</guideline>", "<step>", "</step>", "<takeaway>"),
+    ];
+    for (name, text, trigger, open, close, join) in cases {
+        let spec = spec(name);
+        assert_eq!(check(text, &spec), vec![], "{name}: the released format is well formed");
+        let reference = fork_and_keep_one(text, trigger, open, close, join);
+        assert_matches(name, &layout_text(&spec, text), &reference);
+        let train = layout_with(&spec, &chars(text), Rule::Train);
+        let pos: Vec<u32> = train.pieces.iter().map(|p| p.pos).collect();
+        assert_eq!(pos, train_shared_start(text, trigger, open, close, join), "{name}: training positions");
+        // Negative control: the layout pardec used before (the newline in the branch prefix,
+        // nothing kept after the end marker) misses the engine.
+        let mut old = spec.clone();
+        old.fork_text = String::new();
+        old.branch_prefix = format!("\n{}", spec.branch_prefix);
+        old.keep_after_end = 0;
+        let old_pos: Vec<u32> = layout_text(&old, text).pieces.iter().map(|p| p.pos).collect();
+        assert_ne!(old_pos, reference.pos, "{name}: the old layout must differ");
+    }
+}
+
+/// ThreadWeaver's rollout and Parallel-R1's loop: branches are decoded from one shared start,
+/// then the whole text is read again serially: the continuation sits at its serial index and
+/// sees every branch as serial text.
+fn reread_reference(text: &str, open: &str, close: &str, fork_at: usize, join_at: usize) -> (Vec<u32>, Vec<u32>) {
+    let n = text.chars().count();
+    let mut engine: Vec<u32> = (0..n as u32).collect();
+    let mut copies = Vec::new();
+    let mut k = 0;
+    while let Some((start, _)) = text.match_indices(open).nth(k).filter(|(s, _)| *s < join_at) {
+        let end = nth(text, close, k) + close.len();
+        for (i, c) in (start..end).enumerate() {
+            engine[c] = (fork_at + i) as u32;
+            if k > 0 {
+                copies.push(c as u32); // re-read at its serial position
+            }
+        }
+        k += 1;
+    }
+    (engine, copies)
+}
+
+#[test]
+fn threadweaver_and_parallel_r1_reread_their_branches() {
+    let cases = [
+        ("threadweaver", THREADWEAVER, "<Thread>", "</Thread>", "</Outlines>\n", "</Thread>\n</Parallel>"),
+        ("parallel-r1", PARALLEL_R1, "<Path>", "</Path>", "<Parallel>", "</Parallel>"),
+    ];
+    for (name, text, open, close, fork_after, join_before) in cases {
+        let spec = spec(name);
+        assert_eq!(check(text, &spec), vec![], "{name}: the released format is well formed");
+        let fork_at = nth(text, fork_after, 0) + fork_after.len();
+        let join_at = text.rfind(join_before).unwrap() + close.len().min(join_before.len());
+        let (engine, copies) = reread_reference(text, open, close, fork_at, join_at);
+        let lay = layout_text(&spec, text);
+        let pos: Vec<u32> = lay.pieces.iter().map(|p| p.pos).collect();
+        assert_eq!(pos, engine, "{name}: positions");
+        let copy_pos: Vec<u32> = lay.copies.iter().map(|c| c.layout.pos).collect();
+        assert_eq!(copy_pos, copies, "{name}: the re-read sits at serial positions");
+        // The continuation sees the first branch and the copies, not the isolated originals.
+        let last = lay.pieces.last().unwrap();
+        let second = nth(text, open, 1);
+        assert!(!last.sees(second) && last.sees(text.chars().count()), "{name}: continuation view");
+        // Negative control: joining at max + 1 instead of re-reading.
+        let same_max = ProtocolSpec { join_rule: pardec::JoinRule::SameMax, ..spec.clone() };
+        let pos: Vec<u32> = layout_text(&same_max, text).pieces.iter().map(|p| p.pos).collect();
+        assert_ne!(pos, engine, "{name}: a same-max join must differ");
+    }
+}
+
+#[test]
+fn training_rules_of_threadweaver_and_parallel_r1() {
+    // ThreadWeaver's prefix tree: the text serially, plus isolated copies of later threads.
+    let tw = spec("threadweaver");
+    let lay = layout_with(&tw, &chars(THREADWEAVER), Rule::Train);
+    let n = THREADWEAVER.chars().count() as u32;
+    assert_eq!(lay.pieces.iter().map(|p| p.pos).collect::<Vec<_>>(), (0..n).collect::<Vec<_>>());
+    let fork_at = (nth(THREADWEAVER, "</Outlines>\n", 0) + "</Outlines>\n".len()) as u32;
+    assert_eq!(lay.copies.first().map(|c| c.layout.pos), Some(fork_at), "copies start where the engine forks");
+    // Parallel-R1's SFT dataset: same-max, `</Parallel>` one past the longest path.
+    let pr1 = spec("parallel-r1");
+    let lay = layout_with(&pr1, &chars(PARALLEL_R1), Rule::Train);
+    let p = nth(PARALLEL_R1, "<Parallel>", 0) + "<Parallel>".len() - 1;
+    let longest = "<Path>10-3 makes 7</Path>".len();
+    let close = nth(PARALLEL_R1, "</Parallel>", 0);
+    assert_eq!(lay.pieces[close].pos as usize, p + longest + 1);
+}
