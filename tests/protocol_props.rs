@@ -327,7 +327,9 @@ fn render(s: &Stream, label: &str, depth: u32, scripts: &mut HashMap<String, Str
         full.push_str(&head);
         own.push_str(&head);
         for (i, c) in b.children.iter().enumerate() {
-            full.push_str(&format!("\n<Path>\n{}:", child_label(i)));
+            // The newline after `</Goal>` is the block's own, once (Multiverse's fork text).
+            let lead = if i == 0 { "\n" } else { "" };
+            full.push_str(&format!("{lead}<Path>\n{}:", child_label(i)));
             full.push_str(&render(c, &child_label(i), depth + 1, scripts));
         }
         let tail = format!("{}</Conclusion></Parallel>", b.conclusion);

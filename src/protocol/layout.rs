@@ -117,6 +117,8 @@ pub fn layout_with<P: AsRef<[u8]>>(spec: &ProtocolSpec, pieces: &[P], rule: Rule
         _ => BlockRule::Engine(spec.join_rule),
     };
     let mut w = Walker {
+        text: &text,
+        join_text: &spec.join_text,
         starts: &starts,
         next: 0,
         out: Vec::with_capacity(pieces.len()),
@@ -173,6 +175,8 @@ struct Laid {
 }
 
 struct Walker<'a> {
+    text: &'a str,
+    join_text: &'a str,
     starts: &'a [usize],
     next: usize,
     out: Vec<PieceLayout>,
@@ -197,10 +201,12 @@ impl Walker<'_> {
         }
     }
 
-    /// Gives the stream up to `n` more pieces, ending before byte `limit`.
+    /// Gives the stream up to `n` more pieces kept after an end marker, ending before byte
+    /// `limit` and before the join text (a text may lack the kept token the engine samples).
     fn take_n(&mut self, n: usize, limit: usize, branch: Option<&str>, pos: &mut u32, vis: &mut Vec<Range<usize>>) {
         for _ in 0..n {
-            if self.next >= self.starts.len() || self.starts[self.next] >= limit {
+            let Some(&start) = self.starts.get(self.next) else { return };
+            if start >= limit || self.text.get(start..).is_some_and(|t| t.starts_with(self.join_text)) {
                 return;
             }
             self.push(branch, pos, vis);
