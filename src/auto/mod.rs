@@ -318,6 +318,24 @@ impl Driver<'_, '_> {
         }
     }
 
+    /// How many of the node's last tokens lie wholly within its last `bytes` bytes (the
+    /// trigger's own tokens; one that starts before it belongs to the text before, as in
+    /// `protocol::layout`).
+    fn tokens_within_tail(&self, node: NodeId, bytes: usize) -> usize {
+        let tokens = self.session.node_tokens(node);
+        let mut covered = 0;
+        let mut piece = Vec::new();
+        for (n, &t) in tokens.iter().rev().enumerate() {
+            piece.clear();
+            self.session.model().token_bytes(t, &mut piece);
+            covered += piece.len();
+            if covered > bytes {
+                return n;
+            }
+        }
+        tokens.len()
+    }
+
     /// A branch is over: closes it in the text where the protocol says so, lets it keep the
     /// tokens the protocol keeps after its end marker, and marks it done (or keeping).
     fn end_branch(&mut self, node: NodeId, cause: EndCause) -> Result<()> {
@@ -340,7 +358,14 @@ impl Driver<'_, '_> {
     }
 
     fn fork(&mut self, node: NodeId, label: &str, plan: crate::protocol::ForkPlan) -> Result<()> {
-        let fork_text = self.streams[&node].watcher.spec().fork_text.clone();
+        let spec = self.streams[&node].watcher.spec().clone();
+        if !spec.trigger_in_cache {
+            let n = self.tokens_within_tail(node, spec.trigger.len());
+            if n > 0 {
+                self.session.uncache_tail(node, n)?;
+            }
+        }
+        let fork_text = spec.fork_text.clone();
         if !fork_text.is_empty() {
             self.session.append_text(node, &fork_text)?;
             self.streams.get_mut(&node).expect("stream").watcher.forked();
@@ -348,11 +373,18 @@ impl Driver<'_, '_> {
         let parent_watcher = self.streams[&node].watcher.clone();
         let children: Vec<Watcher> = plan.branches.iter().map(|b| parent_watcher.child(b)).collect();
         let mut specs = Vec::with_capacity(children.len());
-        for (b, w) in plan.branches.iter().zip(&children) {
+        for (i, (b, w)) in plan.branches.iter().zip(&children).enumerate() {
             let banned = w.banned_strings();
+            // Each part of the prefix is tokenized on its own, as the engine feeds it.
+            let mut prefix_tokens = Vec::new();
+            if !spec.branch_prefix_parts.is_empty() {
+                for part in spec.render_prefix_parts(i, &b.label, &b.title) {
+                    prefix_tokens.extend(self.session.model().tokenize(&part, false)?);
+                }
+            }
             specs.push(BranchSpec {
                 prefix: b.prefix.clone(),
-                prefix_tokens: Vec::new(),
+                prefix_tokens,
                 limits: RunLimits {
                     max_tokens: self.branch_budget,
                     stop: w.stop_strings(),
@@ -395,8 +427,10 @@ impl Driver<'_, '_> {
             let kept = kids.len();
             let join_text = self.streams[&parent].watcher.join_text().to_string();
             let join_text = if join_text.is_empty() { "\n".to_string() } else { join_text };
-            let rule = self.streams[&parent].watcher.spec().join_rule;
-            self.session.join_with(parent, JoinMode::All, rule, Some(&join_text))?;
+            let spec = self.streams[&parent].watcher.spec();
+            let (rule, repeat) = (spec.join_rule, spec.join_repeats_last);
+            let tokens = self.session.model().tokenize(&join_text, false)?;
+            self.session.join_full(parent, JoinMode::All, rule, &tokens, repeat)?;
             for k in kids {
                 self.streams.remove(&k);
             }

@@ -76,8 +76,8 @@ pub fn parse_announcements_with_warnings(spec: &ProtocolSpec, text: &str) -> (Ve
                     ),
                 )),
             },
-            LabelRule::Title => {
-                let title = body.trim();
+            LabelRule::Title { verbatim } => {
+                let title = if *verbatim { body } else { body.trim() };
                 if title.is_empty() {
                     warnings.push(Warning::new(
                         WarningKind::BadLabel,
@@ -170,8 +170,16 @@ mod tests {
 
     #[test]
     fn titles() {
-        let spec = ProtocolSpec::builtin("aspd").unwrap();
+        let mut spec = ProtocolSpec::builtin("aspd").unwrap();
         let text = "Intro. <|title|>Pros<|/title|><|title|> <|/title|><|title|>Cons<|/title|>";
+        // ASPD's engine takes a title as written, a lone space included.
+        let (a, _) = parse_announcements_with_warnings(&spec, text);
+        assert_eq!(a.iter().map(|a| a.title.as_str()).collect::<Vec<_>>(), vec!["Pros", " ", "Cons"]);
+        spec.announce = Announce::Tagged {
+            open: "<|title|>".into(),
+            close: "<|/title|>".into(),
+            label: LabelRule::Title { verbatim: false },
+        };
         let (a, w) = parse_announcements_with_warnings(&spec, text);
         assert_eq!(
             a.iter().map(|a| (a.label.as_str(), a.title.as_str())).collect::<Vec<_>>(),

@@ -123,8 +123,9 @@ fn plan_branches(
                 a.end += offset;
             }
             let numbered = matches!(rule, LabelRule::Numbered { .. });
+            let exact = matches!(rule, LabelRule::Title { verbatim: true });
             if spec.check_labels {
-                dedupe(&mut found, numbered, &mut warnings);
+                dedupe(&mut found, numbered, exact, &mut warnings);
                 if numbered {
                     check_numbering(&found, &parent.label, &mut warnings);
                 }
@@ -176,12 +177,17 @@ fn plan_branches(
     (Some(plan), warnings)
 }
 
-/// Drops announcements whose label (numbered) or title (otherwise) was already announced,
+/// Drops announcements whose label (numbered) or title (otherwise; compared as written when
+/// `exact`, else case- and space-insensitively) was already announced,
 /// renumbering title-rule labels so they stay 1, 2, 3….
-fn dedupe(found: &mut Vec<Announced>, by_label: bool, warnings: &mut Vec<Warning>) {
+fn dedupe(found: &mut Vec<Announced>, by_label: bool, exact: bool, warnings: &mut Vec<Warning>) {
     let mut seen = std::collections::HashSet::new();
     found.retain(|a| {
-        let key = if by_label { a.label.clone() } else { normalize(&a.title) };
+        let key = match (by_label, exact) {
+            (true, _) => a.label.clone(),
+            (false, true) => a.title.clone(),
+            (false, false) => normalize(&a.title),
+        };
         let fresh = seen.insert(key);
         if !fresh {
             warnings.push(Warning::new(
@@ -313,10 +319,13 @@ mod tests {
             8,
         );
         let p = p.unwrap();
+        // Titles as written: " a " is not "A".
         assert_eq!(
             p.branches.iter().map(|b| (b.label.as_str(), b.prefix.as_str())).collect::<Vec<_>>(),
-            vec![("1", "<|branch|>A: "), ("2", "<|branch|>B: ")]
+            vec![("1", "<|branch|>A: "), ("2", "<|branch|> a : "), ("3", "<|branch|>B: ")]
         );
+        assert!(w.is_empty(), "{w:?}");
+        let (_, w) = plan(&spec, "<|title|>A<|/title|><|title|>A<|/title|>", &Parent::default(), 8);
         assert_eq!(w[0].kind, WarningKind::DuplicateLabel);
     }
 }

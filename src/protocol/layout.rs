@@ -125,6 +125,9 @@ pub fn layout_with<P: AsRef<[u8]>>(spec: &ProtocolSpec, pieces: &[P], rule: Rule
         copies: Vec::new(),
         rule: block_rule,
         keep_after_end: spec.keep_after_end as usize,
+        // What the engine alone does to its cache: training code sees the text as written.
+        trigger_in_cache: spec.trigger_in_cache || rule == Rule::Train,
+        repeat_last: spec.join_repeats_last && rule == Rule::Engine,
     };
     let mut pos = 0u32;
     let mut vis = Vec::new();
@@ -183,6 +186,8 @@ struct Walker<'a> {
     copies: Vec<CopyLayout>,
     rule: BlockRule,
     keep_after_end: usize,
+    trigger_in_cache: bool,
+    repeat_last: bool,
 }
 
 impl Walker<'_> {
@@ -227,9 +232,16 @@ impl Walker<'_> {
         pos: &mut u32,
         vis: &mut Vec<Range<usize>>,
     ) {
+        self.take_until(block.plan.trigger_start, branch, pos, vis);
+        let (before_trigger, first_trigger_piece) = (*pos, self.next);
         self.take_until(block.plan.trigger_end, branch, pos, vis);
         if matches!(self.rule, BlockRule::Train(TrainRule::SharedStart)) {
             return self.block_shared_start(block, branch, pos, vis);
+        }
+        if !self.trigger_in_cache {
+            // The trigger is text only: the branches take its position and never see it.
+            *pos = before_trigger;
+            *vis = subtract(vis, first_trigger_piece..self.next);
         }
         self.take_until(block.fork_end, branch, pos, vis);
         let fork_pos = *pos;
@@ -290,6 +302,12 @@ impl Walker<'_> {
             BlockRule::Engine(JoinRule::SameSeq) | BlockRule::Train(TrainRule::SameSeq) => {
                 *pos = sum(&|l| l.end);
                 *vis = union(vis);
+                if self.repeat_last {
+                    // The last branch's last token, decoded again in the parent's cache.
+                    if let Some(last) = laid.last().and_then(|l| l.pieces.clone().last()) {
+                        self.copy(last, None, pos, vis);
+                    }
+                }
             }
             BlockRule::Train(TrainRule::SharedStart) => {
                 *pos = (*pos).max(max(&|l| l.marker_end));
@@ -346,11 +364,30 @@ impl Walker<'_> {
     }
 }
 
+/// Adds index `i` to a sorted disjoint range list (copies have indices past every piece, so
+/// a piece after a copy lands before it).
 fn push_index(vis: &mut Vec<Range<usize>>, i: usize) {
     match vis.last_mut() {
         Some(r) if r.end == i => r.end = i + 1,
-        _ => vis.push(i..i + 1),
+        Some(r) if r.end < i => vis.push(i..i + 1),
+        None => vis.push(i..i + 1),
+        Some(_) => *vis = merge(vis, &[i..i + 1]),
     }
+}
+
+/// A sorted disjoint range list without the indices in `cut`.
+fn subtract(list: &[Range<usize>], cut: Range<usize>) -> Vec<Range<usize>> {
+    let mut out = Vec::with_capacity(list.len() + 1);
+    for r in list {
+        if r.start < cut.start {
+            out.push(r.start..r.end.min(cut.start));
+        }
+        if r.end > cut.end {
+            out.push(r.start.max(cut.end)..r.end);
+        }
+    }
+    out.retain(|r| r.start < r.end);
+    out
 }
 
 /// Union of two sorted disjoint range lists.
@@ -391,14 +428,16 @@ mod tests {
         let l = layout(&spec, &pieces);
         assert!(l.warnings.is_empty(), "{:?}", l.warnings);
         let pos: Vec<u32> = l.pieces.iter().map(|p| p.pos).collect();
-        // ASPD's engine continues at fork + Σ lengths = 4 + 2 + 3.
-        assert_eq!(pos, vec![0, 1, 2, 3, 4, 5, 4, 5, 6, 9, 10]);
+        // ASPD's engine: `<|para|>` is text only, the branches take its position 3; the last
+        // branch's last token is decoded again at 3 + 2 + 3 (a copy), the join text after it.
+        assert_eq!(pos, vec![0, 1, 2, 3, 3, 4, 3, 4, 5, 9, 10]);
+        assert_eq!(l.copies.iter().map(|c| (c.of, c.layout.pos)).collect::<Vec<_>>(), vec![(8, 8)]);
         let br: Vec<Option<&str>> = l.pieces.iter().map(|p| p.branch.as_deref()).collect();
         assert_eq!(br[4..9], [Some("1"), Some("1"), Some("2"), Some("2"), Some("2")]);
         assert_eq!(br[9], None);
-        assert_eq!(l.pieces[7].visible, vec![0..4, 6..8]);
-        assert!(!l.pieces[7].sees(5) && l.pieces[7].sees(3) && l.pieces[7].sees(6));
-        assert_eq!(l.pieces[10].visible, vec![0..11]);
+        assert_eq!(l.pieces[7].visible, vec![0..3, 6..8]);
+        assert!(!l.pieces[7].sees(5) && !l.pieces[7].sees(3) && l.pieces[7].sees(2) && l.pieces[7].sees(6));
+        assert_eq!(l.pieces[10].visible, vec![0..3, 4..12]);
     }
 
     #[test]
@@ -417,7 +456,8 @@ mod tests {
         let l = layout(&spec, &pieces);
         assert_eq!(l.pieces.len(), 7);
         assert_eq!(l.pieces[4].branch.as_deref(), Some("1"));
-        assert_eq!(l.pieces[5].pos, 5);
+        // The branch (one piece at 4) and the repeated token at 5 come before it.
+        assert_eq!(l.pieces[5].pos, 6);
         assert_eq!(utf8_keeping_offsets(vec![b'a', 0xE2, 0x82]), "a??");
     }
 

@@ -67,6 +67,19 @@ pub struct ProtocolSpec {
     /// Most branches per block; more announced ones are dropped with a warning.
     #[serde(default = "default_max_branches")]
     pub max_branches: usize,
+    /// The branch prefix as pieces each tokenized on its own (their concatenation must be
+    /// `branch_prefix`): ASPD's engine feeds `<|branch|>`, the title, `:` and ` ` as separate
+    /// tokens. Empty: the whole prefix is tokenized at once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub branch_prefix_parts: Vec<String>,
+    /// Whether the trigger stays in the forking stream's KV cache. `false`: it is text only,
+    /// the branches start at its position and nothing after it sees it (ASPD's `<|para|>`).
+    #[serde(default = "default_true")]
+    pub trigger_in_cache: bool,
+    /// Whether the join decodes the last token of the last branch once more, in the parent's
+    /// cache only, before the join text (ASPD's engine does).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub join_repeats_last: bool,
     /// Text the forking stream writes right after the trigger, before its branches start:
     /// every branch sees it, once, as part of the shared prefix (Multiverse's `\n` after
     /// `</Goal>`).
@@ -155,8 +168,14 @@ pub enum LabelRule {
     /// `\s*([0-9]+(\.[0-9]+)*)\s*{separator}`; the rest (trimmed) is the title. An
     /// announcement without one does not count.
     Numbered { separator: String },
-    /// The whole announcement (trimmed) is the title; labels are the order, `1`, `2`, ….
-    Title,
+    /// The whole announcement is the title (trimmed unless `verbatim`); labels are the order,
+    /// `1`, `2`, ….
+    Title {
+        /// Titles as written, repeats found by exact comparison (ASPD's engine copies the
+        /// title's token ids).
+        #[serde(default)]
+        verbatim: bool,
+    },
 }
 
 /// Control strings the model may not emit, per phase of a stream (see [`Phase`]). The
@@ -351,6 +370,9 @@ impl ProtocolSpec {
                 return Err(err("branch_prefix", "uses {title} but branches are not announced"));
             }
         }
+        if !self.branch_prefix_parts.is_empty() && self.branch_prefix_parts.concat() != self.branch_prefix {
+            return Err(err("branch_prefix_parts", "must concatenate to branch_prefix"));
+        }
         if !self.branch_prefix.contains(&self.branch_open) {
             return Err(err("branch_prefix", format!("must contain the branch tag {:?}", self.branch_open)));
         }
@@ -514,8 +536,20 @@ impl ProtocolSpec {
 
     /// The prefix of branch `index` (0-based; `{index}` renders it 1-based).
     pub fn render_prefix(&self, index: usize, label: &str, title: &str) -> String {
+        Self::render_branch_template(&self.branch_prefix, index, label, title)
+    }
+
+    /// The prefix of branch `index` as the pieces the engine tokenizes one by one.
+    pub fn render_prefix_parts(&self, index: usize, label: &str, title: &str) -> Vec<String> {
+        if self.branch_prefix_parts.is_empty() {
+            return vec![self.render_prefix(index, label, title)];
+        }
+        self.branch_prefix_parts.iter().map(|p| Self::render_branch_template(p, index, label, title)).collect()
+    }
+
+    fn render_branch_template(t: &str, index: usize, label: &str, title: &str) -> String {
         let number = (index + 1).to_string();
-        template::render(&self.branch_prefix, |name| match name {
+        template::render(t, |name| match name {
             "label" => Some(label),
             "title" => Some(title),
             "index" => Some(number.as_str()),

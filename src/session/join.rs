@@ -85,6 +85,20 @@ impl Session {
 
     /// [`Session::join_with`] with the join text as token ids.
     pub fn join_with_tokens(&mut self, parent: NodeId, mode: JoinMode, rule: JoinRule, join_tokens: &[Token]) -> Result<()> {
+        self.join_full(parent, mode, rule, join_tokens, false)
+    }
+
+    /// The join with every option. `repeat_last`: before the join text, decode the last token
+    /// of the last kept branch once more in the parent, in its cells only (not its text):
+    /// ASPD's engine does, as transformers' `generate` re-feeds the tail of the merged text.
+    pub fn join_full(
+        &mut self,
+        parent: NodeId,
+        mode: JoinMode,
+        rule: JoinRule,
+        join_tokens: &[Token],
+        repeat_last: bool,
+    ) -> Result<()> {
         self.check_tokens(join_tokens)?;
         let p = self.live_node(parent)?;
         let b = self.nodes[p].open_block.ok_or_else(|| {
@@ -134,6 +148,15 @@ impl Session {
                 flat_tokens(&self.nodes, &self.blocks, c, &mut reread);
             }
         }
+        let repeated: Option<Token> = if repeat_last {
+            let mut last = Vec::new();
+            if let Some(&c) = kept_nodes.last() {
+                flat_tokens(&self.nodes, &self.blocks, c, &mut last);
+            }
+            last.last().copied()
+        } else {
+            None
+        };
         let merged: &[usize] = match rule {
             JoinRule::SameMax | JoinRule::SameSeq => &kept_nodes,
             JoinRule::Reprefill => &kept_nodes[..kept_nodes.len().min(1)],
@@ -181,8 +204,11 @@ impl Session {
         if !join_tokens.is_empty() {
             let shift = sequential - new_next;
             if rule == JoinRule::SameSeq && shift > 0 {
-                self.join_at_sequential(p, join_tokens, sequential)?;
+                self.join_at_sequential(p, join_tokens, repeated, sequential)?;
             } else {
+                if let Some(t) = repeated {
+                    self.prefill_unrecorded(p, &[t])?;
+                }
                 self.prefill(&[(p, join_tokens)])?;
             }
         }
@@ -191,17 +217,22 @@ impl Session {
     }
 
     /// Decodes the join text at `sequential`, past the branches' largest position + 1 (the
-    /// only position llama.cpp accepts next). The first token is decoded once at max + 1 as a
-    /// filler, moved to `sequential - 1`, then decoded again at `sequential`, where it sees
-    /// every cell at its true distance, plus the filler; the filler is then removed.
-    fn join_at_sequential(&mut self, p: usize, join_tokens: &[Token], sequential: i32) -> Result<()> {
-        self.prefill_unrecorded(p, &join_tokens[..1])?;
+    /// only position llama.cpp accepts next). The first token (the repeated one, if any) is
+    /// decoded once at max + 1 as a filler, moved to `sequential - 1`, then decoded again at
+    /// `sequential`, where it sees every cell at its true distance, plus the filler; the filler
+    /// is then removed.
+    fn join_at_sequential(&mut self, p: usize, join_tokens: &[Token], repeated: Option<Token>, sequential: i32) -> Result<()> {
+        let first = repeated.unwrap_or(join_tokens[0]);
+        self.prefill_unrecorded(p, &[first])?;
         let seq = self.nodes[p].seq;
         let filler = self.nodes[p].next_pos - 1;
         let shift = sequential - 1 - filler;
         if shift > 0 {
             self.ctx.seq_add(seq, filler, filler + 1, shift);
             self.nodes[p].next_pos += shift;
+        }
+        if let Some(t) = repeated {
+            self.prefill_unrecorded(p, &[t])?;
         }
         self.prefill(&[(p, join_tokens)])?;
         self.ctx.seq_rm_range(seq, sequential - 1, sequential);

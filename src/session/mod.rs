@@ -470,6 +470,38 @@ impl Session {
         self.append_tokens(node, &tokens)
     }
 
+    /// Removes the node's last `n` tokens from the KV cache, keeping them in its text: the
+    /// node's next token takes the first one's position, and nothing after sees them (ASPD's
+    /// engine never decodes the `<|para|>` it forks on). The node then has no next-token
+    /// logits: fork it with prefixes, or append text.
+    pub fn uncache_tail(&mut self, node: NodeId, n: usize) -> Result<()> {
+        let idx = self.idle_node(node, "uncache")?;
+        // Only tokens of the node's latest text, after its last block, so no branch's cells
+        // are touched.
+        let mut last_item_tokens = 0;
+        for item in self.nodes[idx].items.iter().rev() {
+            match item {
+                Item::Text { tokens, .. } if tokens.is_empty() => continue,
+                Item::Text { tokens, .. } => last_item_tokens = tokens.len(),
+                Item::Block(_) => {}
+            }
+            break;
+        }
+        if n == 0 || n > last_item_tokens {
+            return Err(Error::InvalidArgument(format!(
+                "can uncache 1 to {last_item_tokens} tokens of the node's latest text, not {n}"
+            )));
+        }
+        let node_ref = &mut self.nodes[idx];
+        let from = node_ref.next_pos - n as i32;
+        let seq = node_ref.seq;
+        node_ref.next_pos = from;
+        node_ref.cells -= n as u64;
+        node_ref.saved.clear();
+        self.ctx.seq_rm(seq, from);
+        Ok(())
+    }
+
     /// Appends token ids to an idle node.
     pub fn append_tokens(&mut self, node: NodeId, tokens: &[Token]) -> Result<()> {
         let idx = self.idle_node(node, "append to")?;
