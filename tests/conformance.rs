@@ -15,7 +15,9 @@
 //! - ThreadWeaver: facebookresearch/threadweaver `single_turn_agent_loop.py` (threads joined
 //!   as `\n<Thread>\n1:…</Thread><Thread>\n2:…</Thread>` then `\n`);
 //! - Parallel-R1: zhengkid/Parallel-R1 `parallel_thinking_loop_v3.py` (`<Path>` per path,
-//!   `</Parallel>`, `\n`, `<Summary>` appended by the loop).
+//!   `</Parallel>`, `\n`, `<Summary>` appended by the loop);
+//! - ASPD: TencentYoutuResearch/LLM-ASPD `infer/modeling_qwen2_aspd.py` (`generate_with_parallel`:
+//!   titles then `<|para|>`, branches `<|branch|>T: …<|/branch|>`, then `<|/para|>\n`).
 
 use pardec::protocol::{check, layout_text, layout_with, Layout, ProtocolSpec, Rule};
 
@@ -31,6 +33,9 @@ const THREADWEAVER: &str = "<think>\nTwo cases.\n<Parallel>\n<Outlines>\n<Outlin
 
 const PARALLEL_R1: &str = "Two ways.<Parallel><Path>3+4 = 7</Path><Path>10-3 makes 7</Path></Parallel>\n<Summary>Both \
 give 7.</Summary> Final Answer: 7";
+
+const ASPD: &str = "Compare them.<|title|>Cost<|/title|><|title|>Speed<|/title|><|para|><|branch|>Cost: trains are \
+cheaper.<|/branch|><|branch|>Speed: planes win.<|/branch|><|/para|>\nPick by budget.";
 
 fn spec(name: &str) -> ProtocolSpec {
     ProtocolSpec::builtin(name).unwrap()
@@ -212,4 +217,56 @@ fn training_rules_of_threadweaver_and_parallel_r1() {
     let longest = "<Path>10-3 makes 7</Path>".len();
     let close = nth(PARALLEL_R1, "</Parallel>", 0);
     assert_eq!(lay.pieces[close].pos as usize, p + longest + 1);
+}
+
+/// ASPD's `generate_with_parallel`: `<|para|>` (text index P) is never fed; branch token k sits
+/// at P + k and sees the trunk before P and itself; after the block the last branch's last
+/// token is fed again at P + S (S: every branch token), then `<|/para|>` at P + S + 1, and
+/// everything after sees every cell but `<|para|>`.
+#[test]
+fn aspd_layout_is_its_engine() {
+    let spec = spec("aspd");
+    let text = ASPD;
+    assert_eq!(check(text, &spec), vec![]);
+    let n = text.chars().count();
+    let p = nth(text, "<|para|>", 0);
+    let para = p..p + "<|para|>".len();
+    let join = nth(text, "<|/para|>", 0);
+    let branches: Vec<std::ops::Range<usize>> = (0..2)
+        .map(|k| nth(text, "<|branch|>", k)..nth(text, "<|/branch|>", k) + "<|/branch|>".len())
+        .collect();
+    let s: usize = branches.iter().map(|b| b.len()).sum();
+    let mut pos: Vec<u32> = (0..n as u32).collect();
+    for b in &branches {
+        for (k, c) in b.clone().enumerate() {
+            pos[c] = (p + k) as u32;
+        }
+    }
+    for c in join..n {
+        pos[c] = (p + s + 1 + (c - join)) as u32;
+    }
+    let lay = layout_text(&spec, text);
+    assert_eq!(lay.pieces.iter().map(|x| x.pos).collect::<Vec<_>>(), pos, "positions");
+    assert_eq!(lay.copies.len(), 1, "the repeated token");
+    assert_eq!((lay.copies[0].of, lay.copies[0].layout.pos), (branches[1].end - 1, (p + s) as u32));
+    let first_branch = branches[0].start;
+    assert!(!lay.pieces[first_branch].sees(para.start) && lay.pieces[first_branch].sees(para.start - 1));
+    assert!(!lay.pieces[branches[1].start].sees(first_branch), "siblings apart");
+    let last = lay.pieces.last().unwrap();
+    assert!(!last.sees(para.start) && last.sees(first_branch) && last.sees(n), "continuation view");
+    // Negative control: the layout pardec used before (`<|para|>` in the cache, max + 1).
+    let old = ProtocolSpec {
+        trigger_in_cache: true,
+        join_repeats_last: false,
+        join_rule: pardec::JoinRule::SameMax,
+        ..spec.clone()
+    };
+    let old_pos: Vec<u32> = layout_text(&old, text).pieces.iter().map(|x| x.pos).collect();
+    assert_ne!(old_pos, pos);
+    // The training code as designed (POSID_MODE=normal): `<|para|>` in the text, branches
+    // from P + 1, `<|/para|>` at P + 1 + S.
+    let train = layout_with(&spec, &chars(text), Rule::Train);
+    let para_end = para.end as u32;
+    assert_eq!(train.pieces[branches[0].start].pos, para_end);
+    assert_eq!(train.pieces[join].pos as usize, para.end + s);
 }
