@@ -137,30 +137,46 @@ fn a_response_prefix_can_open_the_block_itself() {
     assert!(s.transcript().text.contains("<Outline>2: B</Outline>\n</Goal>\n<Path>\n1:"));
 }
 
+/// APR's Countdown layout (src/data/search.py): the parent expands nodes and calls sub
+/// searches on them; each child gets its node's rebuilt state on its own prompt; the parent
+/// resumes from the text before the calls with one entry per child.
 #[test]
 fn apr_children_run_on_their_own_prompts() {
     let model = models::load(models::DEFAULT_MODEL_FILE);
     let mut s = session(&model, 8, 2);
-    s.prompt("Solve the puzzle.\n").unwrap();
-    s.set_script(Some(Box::new(Script::new(&model, vec![(
-        "",
-        vec![
-            seg(When::Start, "<Calling Sub Searches>\n<Start Sub Search 1 at level 1> Name a red fruit.\n<Start Sub Search 2 at level 1> Name a yellow fruit.\n<End Calling Sub Searches>"),
+    s.prompt("Moving to Node #0\nCurrent State: 24:[4, 9, 3], Operations: []\n").unwrap();
+    let expand = "Exploring Operation: 9-3=6, Resulting Numbers: [4, 6]\nGenerated Node #0,0: 24:[4, 6] Operation: 9-3=6\n\
+        Exploring Operation: 9/3=3, Resulting Numbers: [4, 3]\nGenerated Node #0,1: 24:[4, 3] Operation: 9/3=3\n";
+    let calls = "<Calling Sub Searches>\n<Start Sub Search 0 at level 1> Moving to Node #0,0\n\
+        <Start Sub Search 1 at level 1> Moving to Node #0,1\n<Start Sub Search 2 at level 1> Moving to Node #0,9\n\
+        <End Calling Sub Searches>";
+    s.set_script(Some(Box::new(Script::new(&model, vec![
+        ("", vec![
+            seg(When::Start, &format!("{expand}{calls}")),
             seg_eos(When::EndsWith("<End Sub Searches>\n".into()), "Done."),
-        ],
-    )]))));
-    let params = AutoParams { max_tokens: 80, max_branch_tokens: 12, response_prefix: String::new(), ..Default::default() };
+        ]),
+        ("2", vec![seg_eos(When::Start, "\nExploring Operation: 4*3=12\n12*2=24\nGoal Reached\n['9/3=3', '4*6=24']\nGoal Reached\n9/3=3")]),
+    ]))));
+    let params = AutoParams { max_tokens: 200, max_branch_tokens: 90, response_prefix: String::new(), ..Default::default() };
     let r = generate_apr(&mut s, &SubSearchFormat::apr(), &params, &mut Silent).unwrap();
     assert_eq!(r.blocks.len(), 1);
-    assert_eq!(r.blocks[0].titles, vec!["Name a red fruit.", "Name a yellow fruit."]);
+    assert_eq!(
+        r.blocks[0].titles,
+        vec![
+            "Moving to Node #0,0\nCurrent State: 24:[4, 6], Operations: ['9-3=6']",
+            "Moving to Node #0,1\nCurrent State: 24:[4, 3], Operations: ['9/3=3']"
+        ]
+    );
+    assert!(r.warnings.iter().any(|w| w.message.contains("0,9")), "{:?}", r.warnings);
     let trunk = s.node_text(NodeId::TRUNK);
-    assert!(trunk.contains("<Sub Searches>\nSub search 1 at level 1 returned: "), "{trunk}");
-    assert!(trunk.contains("Sub search 2 at level 1 returned: "));
-    assert!(trunk.ends_with("Done."));
+    assert!(!trunk.contains("<Calling Sub Searches>"), "the calls block is dropped: {trunk}");
+    let results = "Operation: 9/3=3\n<Sub Searches>\n<No Solution in Sub Search 0 at level 1 at Node #0,0>\n\
+        <Goal Reached in Sub Search 1 at level 1 at Node #0,1>\n['9/3=3', '4*6=24']\nGoal Reached\n9/3=3\n<End Sub Searches>\nDone.";
+    assert!(trunk.ends_with(results), "{trunk}");
     // Each child saw only its own prompt.
     let t = s.transcript();
     let kids = t.top_level_branches(0).unwrap();
-    assert!(kids[0].text.contains("Name a red fruit.") && !kids[0].text.contains("Solve the puzzle"));
+    assert!(kids[0].text.starts_with("Moving to Node #0,0\nCurrent State") && !kids[0].text.contains("Node #0\n"));
     assert_eq!(s.stats().branches, 2);
 }
 

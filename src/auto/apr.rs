@@ -3,7 +3,8 @@
 //! given one result line per child before it continues.
 
 use crate::error::{Error, Result};
-use crate::protocol::SubSearchFormat;
+use crate::protocol::search_state::node_states;
+use crate::protocol::{ChildPrompt, SubSearchFormat, Warning, WarningKind};
 use crate::session::{BranchSpec, Event, JoinMode, NodeId, Observer, RunLimits, Session, StopReason};
 
 use super::{AutoBlock, AutoParams, AutoReport};
@@ -36,12 +37,37 @@ pub fn generate_apr(
                 return Err(Error::Cancelled);
             }
         }
-        if calls.calls.is_empty() {
+        let states = match format.child_prompt {
+            ChildPrompt::CountdownState => node_states(&session.node_text(NodeId::TRUNK)),
+            ChildPrompt::Written => Default::default(),
+        };
+        let mut runnable = Vec::with_capacity(calls.calls.len());
+        for call in calls.calls {
+            let prompt = match format.child_prompt {
+                ChildPrompt::Written => call.prompt.clone(),
+                ChildPrompt::CountdownState => match states.get(&call.node) {
+                    Some(state) => state.prompt(&call.node),
+                    None => {
+                        let w = Warning::new(
+                            WarningKind::BadLabel,
+                            call.at,
+                            format!("sub search {} names node {:?}, whose state the trace never gave: not run", call.index, call.node),
+                        );
+                        if !report.warn("", w, observer) {
+                            return Err(Error::Cancelled);
+                        }
+                        continue;
+                    }
+                },
+            };
+            runnable.push((call, prompt));
+        }
+        if runnable.is_empty() {
             continue; // nothing to run: the parent goes on serially
         }
-        let mut specs = Vec::with_capacity(calls.calls.len());
-        for call in &calls.calls {
-            let prompt = session.model().tokenize(&call.prompt, true)?;
+        let mut specs = Vec::with_capacity(runnable.len());
+        for (_, prompt) in &runnable {
+            let prompt = session.model().tokenize(prompt, true)?;
             // An empty child prompt still needs a token to start from.
             let prompt = if prompt.is_empty() { session.model().tokenize("\n", true)? } else { prompt };
             specs.push(BranchSpec {
@@ -57,19 +83,47 @@ pub fn generate_apr(
         }
         session.run(observer)?;
         let results: Vec<String> = ids.iter().map(|&id| session.node_generated_text(id).trim().to_string()).collect();
-        let pairs: Vec<_> = calls.calls.iter().zip(results.iter().map(String::as_str)).collect();
+        let pairs: Vec<_> = runnable.iter().map(|(c, _)| c).zip(results.iter().map(String::as_str)).collect();
         let block = format.results_block(&pairs);
         session.join(NodeId::TRUNK, JoinMode::Discard, None)?;
+        if format.resume_before_calls {
+            rewind_to_calls(session, format)?;
+        }
         session.append_text(NodeId::TRUNK, &block)?;
         if !observer.on_event(&Event::Join { parent: NodeId::TRUNK, label: "", kept: 0 }) {
             return Err(Error::Cancelled);
         }
         report.blocks.push(AutoBlock {
             parent: String::new(),
-            labels: calls.calls.iter().map(|c| c.index.to_string()).collect(),
-            titles: calls.calls.iter().map(|c| c.prompt.clone()).collect(),
+            labels: runnable.iter().map(|(c, _)| c.index.to_string()).collect(),
+            titles: runnable.into_iter().map(|(_, p)| p).collect(),
             paths,
         });
     }
     Ok(report)
+}
+
+/// Rewinds the trunk to the text before its last calls block: the tokens wholly before it
+/// are kept, and any part of a token that straddled its start is written again as text.
+fn rewind_to_calls(session: &mut Session, format: &SubSearchFormat) -> Result<()> {
+    let text = session.node_text(NodeId::TRUNK);
+    let Some(start) = format.calls_start(&text) else { return Ok(()) };
+    let mut keep = 0;
+    let mut end = 0;
+    let mut piece = Vec::new();
+    for t in session.node_tokens(NodeId::TRUNK) {
+        piece.clear();
+        session.model().token_bytes(t, &mut piece);
+        if end + piece.len() > start {
+            break;
+        }
+        end += piece.len();
+        keep += 1;
+    }
+    session.rewind(NodeId::TRUNK, keep)?;
+    // (A token that splits a character leaves no valid slice: its bytes are dropped.)
+    if let Some(rest) = text.get(end..start).filter(|r| !r.is_empty()) {
+        session.append_text(NodeId::TRUNK, rest)?;
+    }
+    Ok(())
 }

@@ -5,7 +5,7 @@ use super::skeleton::SkeletonFormat;
 use super::layout::TrainRule;
 use super::spec::{Announce, BadPlan, Bans, LabelRule, ProtocolSpec, MAX_SUPPORTED_BRANCHES};
 use crate::session::JoinRule;
-use super::subsearch::SubSearchFormat;
+use super::subsearch::{ChildPrompt, SubSearchFormat};
 
 fn s(x: &str) -> String {
     x.to_string()
@@ -200,19 +200,30 @@ impl ProtocolSpec {
 }
 
 impl SubSearchFormat {
-    /// APR (arXiv 2504.15466): the parent writes `<Calling Sub Searches>`, then
-    /// `<Start Sub Search i at level L> {child prompt}` per child, then
-    /// `<End Calling Sub Searches>`; it gets back a `<Sub Searches>` … `<End Sub Searches>`
-    /// block. The result line is this project's wording.
+    /// APR (arXiv 2504.15466; its `src/eval/eval_apr.py` and `parallel_infernce_utils.py`):
+    /// the parent writes `<Calling Sub Searches>`, one `<Start Sub Search i at level 1> Moving to
+    /// Node #id` line per child, then `<End Calling Sub Searches>`. Each child is prompted with
+    /// its node's state rebuilt from the parent's trace (`Moving to Node #id\nCurrent State:
+    /// T:[…], Operations: […]`, on its own prompt); it succeeded if it wrote `Goal Reached`
+    /// twice. The parent resumes from the text before the calls, then `<Sub Searches>\n`, per
+    /// child `<Goal Reached in Sub Search i at level 1 at Node #id>\n{path}\n` or `<No Solution
+    /// in Sub Search i at level 1 at Node #id>\n`, then `<End Sub Searches>\n`.
     pub fn apr() -> SubSearchFormat {
         SubSearchFormat {
             call_open: s("<Calling Sub Searches>"),
             call_item: s("<Start Sub Search {index} at level {level}>"),
-            call_item_end: Some(s("<End Sub Search {index} at level {level}>")),
+            call_item_end: None,
             call_close: s("<End Calling Sub Searches>"),
             results_open: s("<Sub Searches>"),
             result_line: s("Sub search {index} at level {level} returned: {result}"),
             results_close: s("<End Sub Searches>"),
+            node_marker: Some(s("Moving to Node #")),
+            child_prompt: ChildPrompt::CountdownState,
+            success_marker: Some(s("Goal Reached")),
+            result_found: Some(s("<Goal Reached in Sub Search {index} at level {level} at Node #{node}>\n{result}\n")),
+            result_none: Some(s("<No Solution in Sub Search {index} at level {level} at Node #{node}>\n")),
+            resume_before_calls: true,
+            renumber: true,
         }
     }
 }

@@ -33,6 +33,7 @@ mod check;
 mod fork;
 mod layout;
 mod scan;
+pub mod search_state;
 mod skeleton;
 mod spec;
 mod stream;
@@ -52,6 +53,6 @@ pub use spec::{
     MAX_SUPPORTED_DEPTH,
 };
 pub use stream::{Action, EndCause, StreamEnd};
-pub use subsearch::{SubSearchCall, SubSearchCalls, SubSearchFormat};
+pub use subsearch::{ChildPrompt, SubSearchCall, SubSearchCalls, SubSearchFormat};
 pub use warning::{Warning, WarningKind};
 pub use watcher::Watcher;

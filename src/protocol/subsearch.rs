@@ -23,8 +23,47 @@ pub struct SubSearchFormat {
     /// Ends the calls; use it as the parent's stop string.
     pub call_close: String,
     pub results_open: String,
+    /// One child's line in the results block, over `{index}`, `{level}` and `{result}` (used
+    /// when `success_marker` is `None`).
     pub result_line: String,
     pub results_close: String,
+    /// Marks a call's node: the node id is the rest of the call's first line after it
+    /// (`Moving to Node #` → `0,1`), `{node}` in the result templates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_marker: Option<String>,
+    /// What a child is prompted with.
+    #[serde(default)]
+    pub child_prompt: ChildPrompt,
+    /// A child succeeded when its text holds this at least twice; its result is what follows
+    /// the second-to-last one (past its line break), trimmed (APR's `Goal Reached`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_marker: Option<String>,
+    /// A successful child's entry (with `success_marker`), over `{index}`, `{level}`, `{node}`,
+    /// `{result}`; written as it is, line breaks included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_found: Option<String>,
+    /// A failed child's entry (with `success_marker`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_none: Option<String>,
+    /// The parent resumes from the text before its calls block (the calls are dropped from its
+    /// text and cache) rather than after it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resume_before_calls: bool,
+    /// Children are numbered by call order from 0, at level 1, whatever the calls say.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub renumber: bool,
+}
+
+/// How a child's prompt is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChildPrompt {
+    /// The text the parent wrote after the call's header.
+    #[default]
+    Written,
+    /// The state of the call's node, rebuilt from the parent's search trace
+    /// ([`super::search_state`]): `Moving to Node #id\nCurrent State: …, Operations: […]`.
+    CountdownState,
 }
 
 /// One child to run.
@@ -35,6 +74,8 @@ pub struct SubSearchCall {
     pub level: u32,
     /// The child's own prompt (trimmed).
     pub prompt: String,
+    /// The call's node id (with `node_marker`; empty otherwise).
+    pub node: String,
     /// Byte offset of the header in the parsed text.
     pub at: usize,
 }
@@ -117,7 +158,19 @@ impl SubSearchFormat {
                 ));
                 break;
             }
-            calls.push(SubSearchCall { index, level, prompt, at });
+            let node = self
+                .node_marker
+                .as_deref()
+                .and_then(|m| prompt.split_once(m))
+                .map(|(_, rest)| rest.lines().next().unwrap_or("").trim().to_string())
+                .unwrap_or_default();
+            calls.push(SubSearchCall { index, level, prompt, node, at });
+        }
+        if self.renumber {
+            for (i, c) in calls.iter_mut().enumerate() {
+                c.index = i as u32;
+                c.level = 1;
+            }
         }
         if calls.windows(2).any(|w| w[1].index != w[0].index + 1) {
             let at = calls.windows(2).find(|w| w[1].index != w[0].index + 1).map_or(0, |w| w[1].at);
@@ -137,12 +190,51 @@ impl SubSearchFormat {
         SubSearchCalls { calls, warnings }
     }
 
-    /// The block given back to the parent: one line per child, in call order. A result's line
-    /// breaks become spaces so each child stays on one line.
+    /// Where the calls block of `text` starts (its last `call_open`), for
+    /// `resume_before_calls`.
+    pub fn calls_start(&self, text: &str) -> Option<usize> {
+        (!self.call_open.is_empty()).then(|| text.rfind(&self.call_open)).flatten()
+    }
+
+    /// A child's result under `success_marker`: `None` when it did not succeed.
+    pub fn child_result<'t>(&self, child_text: &'t str) -> Option<&'t str> {
+        let marker = self.success_marker.as_deref().filter(|m| !m.is_empty())?;
+        let hits: Vec<usize> = child_text.match_indices(marker).map(|(i, _)| i).collect();
+        if hits.len() < 2 {
+            return None;
+        }
+        let rest = child_text[hits[hits.len() - 2]..].trim();
+        let after = &rest[marker.len().min(rest.len())..];
+        // Past the marker's line break (APR drops `Goal Reached` and the character after it).
+        let mut chars = after.chars();
+        chars.next();
+        Some(chars.as_str())
+    }
+
+    /// The block given back to the parent: one entry per child, in call order. With
+    /// `success_marker`, each child's `result_found` or `result_none` entry as written;
+    /// otherwise one `result_line` per child, its result's line breaks made spaces.
     pub fn results_block(&self, results: &[(&SubSearchCall, &str)]) -> String {
         let mut out = String::new();
         out.push_str(&self.results_open);
         out.push('\n');
+        if let (Some(_), Some(found), Some(none)) = (&self.success_marker, &self.result_found, &self.result_none) {
+            for (call, text) in results {
+                let (index, level) = (call.index.to_string(), call.level.to_string());
+                let result = self.child_result(text);
+                let t = if result.is_some() { found } else { none };
+                out.push_str(&template::render(t, |n| match n {
+                    "index" => Some(index.as_str()),
+                    "level" => Some(level.as_str()),
+                    "node" => Some(call.node.as_str()),
+                    "result" => Some(result.unwrap_or("")),
+                    _ => None,
+                }));
+            }
+            out.push_str(&self.results_close);
+            out.push('\n');
+            return out;
+        }
         for (call, result) in results {
             let one_line = result.split_whitespace().collect::<Vec<_>>().join(" ");
             let index = call.index.to_string();
@@ -186,9 +278,45 @@ fn find_all(parts: &[Part<'_>], text: &str, from: usize, to: usize) -> Vec<(usiz
 mod tests {
     use super::*;
 
+    /// The generic reader: written prompts with footers, numbers as written, one-line results.
+    fn written() -> SubSearchFormat {
+        SubSearchFormat {
+            call_item_end: Some("<End Sub Search {index} at level {level}>".into()),
+            child_prompt: ChildPrompt::Written,
+            success_marker: None,
+            resume_before_calls: false,
+            renumber: false,
+            ..SubSearchFormat::apr()
+        }
+    }
+
+    #[test]
+    fn apr_calls_and_results_block() {
+        // The layout of APR's traces (src/data/search.py) and result entries (eval_apr.py).
+        let f = SubSearchFormat::apr();
+        let text = "Generated Node #0,1: 24:[4, 3] Operation: 9/3=3\n<Calling Sub Searches>\n\
+            <Start Sub Search 0 at level 1> Moving to Node #0,0\n<Start Sub Search 1 at level 1> Moving to Node #0,1\n\
+            <End Calling Sub Searches>";
+        let c = f.parse_calls(text, 8);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        assert_eq!(c.calls.iter().map(|c| (c.index, c.node.as_str())).collect::<Vec<_>>(), vec![(0, "0,0"), (1, "0,1")]);
+        assert_eq!(f.calls_start(text), text.find("<Calling Sub Searches>"));
+        let found = "Moving to Node #0,1\n...\n4*6=24\nGoal Reached\n'9/3=3', '4*6=24'\nGoal Reached\n\
+            Moving to Node #0,1\n9/3=3, 4*6=24";
+        let block = f.results_block(&[(&c.calls[0], "no luck"), (&c.calls[1], found)]);
+        assert_eq!(
+            block,
+            "<Sub Searches>\n<No Solution in Sub Search 0 at level 1 at Node #0,0>\n\
+            <Goal Reached in Sub Search 1 at level 1 at Node #0,1>\n'9/3=3', '4*6=24'\nGoal Reached\n\
+            Moving to Node #0,1\n9/3=3, 4*6=24\n<End Sub Searches>\n"
+        );
+        // One `Goal Reached` is not a success.
+        assert_eq!(f.child_result("x\nGoal Reached\ny"), None);
+    }
+
     #[test]
     fn calls_and_results() {
-        let f = SubSearchFormat::apr();
+        let f = written();
         let text = "Thinking.\n<Calling Sub Searches>\n<Start Sub Search 0 at level 1> Moves: 3+4\n\
             <End Sub Search 0 at level 1>\n<Start Sub Search 1 at level 1>Moves: 5*2\n<End Calling Sub Searches>";
         let c = f.parse_calls(text, 8);
@@ -207,7 +335,7 @@ mod tests {
 
     #[test]
     fn malformed_calls_warn() {
-        let f = SubSearchFormat::apr();
+        let f = written();
         let c = f.parse_calls("<Start Sub Search 0 at level 1>a<Start Sub Search 0 at level 1>b<Start Sub Search 5 at level 1>c<Start Sub Search 6 at level 1>", 8);
         let kinds: Vec<_> = c.warnings.iter().map(|w| w.kind).collect();
         assert_eq!(c.calls.len(), 2);
@@ -223,7 +351,7 @@ mod tests {
 
     #[test]
     fn cap_is_applied() {
-        let f = SubSearchFormat::apr();
+        let f = written();
         let text: String = (0..100).map(|i| format!("<Start Sub Search {i} at level 1>p{i}\n")).collect();
         let c = f.parse_calls(&format!("<Calling Sub Searches>{text}<End Calling Sub Searches>"), 4);
         assert_eq!(c.calls.len(), 4);

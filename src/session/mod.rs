@@ -470,6 +470,66 @@ impl Session {
         self.append_tokens(node, &tokens)
     }
 
+    /// Forgets everything the node decoded after its first `keep` own tokens (prompt and
+    /// forced text included), from its text and its cells: APR's parent resumes from the text
+    /// before its calls block. Blocks of detached branches after that point stay in its
+    /// history (they hold none of its cells); a block that shared its cells cannot be rewound
+    /// over. The node then needs text appended before it generates.
+    pub fn rewind(&mut self, node: NodeId, keep: usize) -> Result<()> {
+        let idx = self.idle_node(node, "rewind")?;
+        let mut seen = 0usize;
+        let mut cut: Option<(usize, usize)> = None; // (item, tokens kept in it)
+        for (i, item) in self.nodes[idx].items.iter().enumerate() {
+            match item {
+                Item::Text { tokens, .. } => {
+                    if cut.is_none() && seen + tokens.len() > keep {
+                        cut = Some((i, keep - seen));
+                    }
+                    seen += tokens.len();
+                }
+                Item::Block(b) if cut.is_some() && !self.blocks[*b].detached => {
+                    return Err(Error::InvalidState("cannot rewind over a block whose branches were merged".into()));
+                }
+                Item::Block(_) => {}
+            }
+        }
+        let Some((first_item, kept_in_item)) = cut else {
+            return if keep <= seen {
+                Ok(()) // nothing after `keep`
+            } else {
+                Err(Error::InvalidArgument(format!("the node holds {seen} tokens, cannot keep {keep}")))
+            };
+        };
+        let removed = (seen - keep) as u64;
+        let node_ref = &mut self.nodes[idx];
+        let Item::Text { pos0, .. } = &node_ref.items[first_item] else { unreachable!("cut is a text item") };
+        let from = *pos0 + kept_in_item as i32;
+        let mut items = std::mem::take(&mut node_ref.items);
+        let tail = items.split_off(first_item);
+        for (k, item) in tail.into_iter().enumerate() {
+            match item {
+                Item::Text { origin, pos0, mut tokens, .. } if k == 0 && kept_in_item > 0 => {
+                    tokens.truncate(kept_in_item);
+                    let mut bytes = Vec::new();
+                    for &t in &tokens {
+                        self.model.token_bytes(t, &mut bytes);
+                    }
+                    items.push(Item::Text { origin, pos0, tokens, bytes });
+                }
+                Item::Text { .. } => {}
+                block @ Item::Block(_) => items.push(block),
+            }
+        }
+        let node_ref = &mut self.nodes[idx];
+        node_ref.items = items;
+        node_ref.next_pos = from;
+        node_ref.cells -= removed;
+        node_ref.saved.clear();
+        let seq = node_ref.seq;
+        self.ctx.seq_rm(seq, from);
+        Ok(())
+    }
+
     /// Removes the node's last `n` tokens from the KV cache, keeping them in its text: the
     /// node's next token takes the first one's position, and nothing after sees them (ASPD's
     /// engine never decodes the `<|para|>` it forks on). The node then has no next-token
