@@ -19,7 +19,13 @@
 //! - ASPD: TencentYoutuResearch/LLM-ASPD `infer/modeling_qwen2_aspd.py` (`generate_with_parallel`:
 //!   titles then `<|para|>`, branches `<|branch|>T: …<|/branch|>`, then `<|/para|>\n`).
 
-use pardec::protocol::{check, layout_text, layout_with, Layout, ProtocolSpec, Rule};
+mod common;
+
+use common::script::{seg, seg_eos, Script, When};
+use common::tiny_model::{ByteVocab, TinyConfig, TinyModel};
+use pardec::auto::{generate_auto, AutoParams};
+use pardec::protocol::{check, layout, layout_text, layout_with, Layout, ProtocolSpec, Rule};
+use pardec::{ItemReport, KvType, Model, ModelParams, NodeId, NodeReport, Session, SessionParams, Silent};
 
 const MULTIVERSE: &str = "Let's think in parallel.\n<Parallel>\n<Goal>\n<Outline>\n1: Convert the feet.\n</Outline>\n\
 <Outline>\n2: Form the fraction.\n</Outline>\n</Goal>\n<Path>\n1: Two feet are 24 inches.\n</Path>\n<Path>\n2: Three of \
@@ -269,4 +275,138 @@ fn aspd_layout_is_its_engine() {
     let para_end = para.end as u32;
     assert_eq!(train.pieces[branches[0].start].pos, para_end);
     assert_eq!(train.pieces[join].pos as usize, para.end + s);
+}
+
+// ----- through the engine ------------------------------------------------------------------
+//
+// The tiny float32 model with a byte-level vocabulary in which every tag of every built-in is
+// one token: a scripted sampler writes exactly what the model writes in each sample (the
+// engine inserts the rest), so the engine's transcript must be the sample, byte for byte, and
+// the positions it decoded at must be `layout`'s (which the references above pin down).
+
+fn byte_model() -> (Model, std::path::PathBuf) {
+    let mut specials: Vec<String> = Vec::new();
+    for name in ProtocolSpec::builtin_names() {
+        for t in spec(name).tags() {
+            if !specials.iter().any(|s| s == t) {
+                specials.push(t.to_string());
+            }
+        }
+    }
+    let vocab = ByteVocab { specials };
+    let tiny = TinyModel::random(TinyConfig { n_vocab: vocab.n_vocab(), ..TinyConfig::default() });
+    let path = std::env::temp_dir().join(format!("pardec-conformance-{}.gguf", std::process::id()));
+    tiny.write_gguf_bytes(&path, &vocab).unwrap();
+    (Model::load(&path, &ModelParams::default()).unwrap(), path)
+}
+
+fn flatten(n: &NodeReport, out: &mut Vec<(pardec::Token, i32)>) {
+    for item in &n.items {
+        match item {
+            ItemReport::Text { first_pos, tokens, .. } => {
+                out.extend(tokens.iter().enumerate().map(|(i, &t)| (t, first_pos + i as i32)))
+            }
+            ItemReport::Block { branches, .. } => branches.iter().for_each(|b| flatten(b, out)),
+        }
+    }
+}
+
+/// Runs `spec` under `script` after a short prompt; the response text, its tokens' bytes and
+/// the positions the engine decoded them at.
+fn run_engine(model: &Model, spec: &ProtocolSpec, script: Script) -> (String, Vec<Vec<u8>>, Vec<u32>) {
+    let params = SessionParams { n_ctx: 2048, n_threads: 2, kv_type: KvType::F32, max_branches: 8, max_depth: 6, ..Default::default() };
+    let mut s = Session::new(model, params).unwrap();
+    s.prompt("Q:\n").unwrap();
+    let prompt_tokens = s.node_tokens(NodeId::TRUNK).len();
+    let prompt_len = s.transcript().text.len();
+    s.set_script(Some(Box::new(script)));
+    let auto = AutoParams { max_tokens: 400, max_branch_tokens: 200, ..Default::default() };
+    generate_auto(&mut s, spec, &auto, &mut Silent).unwrap();
+    let t = s.transcript();
+    let mut all = Vec::new();
+    flatten(&t.trunk, &mut all);
+    let mut pieces = Vec::new();
+    let mut pos = Vec::new();
+    for &(tok, p) in &all[prompt_tokens..] {
+        let mut b = Vec::new();
+        model.token_bytes(tok, &mut b);
+        pieces.push(b);
+        pos.push((p - prompt_tokens as i32) as u32);
+    }
+    (t.text[prompt_len..].to_string(), pieces, pos)
+}
+
+/// What the model writes in each sample, per stream ("" is the trunk).
+fn scripts(model: &Model, name: &str) -> Script {
+    let at = |s: &str| When::EndsWith(s.to_string());
+    let segments = match name {
+        "multiverse" => vec![
+            ("", vec![
+                seg(When::Start, "Let's think in parallel.\n<Parallel>\n<Goal>\n<Outline>\n1: Convert the feet.\n</Outline>\n<Outline>\n2: Form the fraction.\n</Outline>\n</Goal>"),
+                seg_eos(at("<Conclusion>\n"), "So it is 1/8.\n</Conclusion>\n</Parallel>\nThe answer is 1/8."),
+            ]),
+            ("1", vec![seg(When::Start, " Two feet are 24 inches.\n</Path>"), seg(at("</Path>"), "\n")]),
+            ("2", vec![seg(When::Start, " Three of 24 is 3/24.\n</Path>"), seg(at("</Path>"), "\n")]),
+        ],
+        "npr" => vec![
+            ("", vec![
+                seg(When::Start, "Two parts.<guideline><plan>1: left side</plan><plan>2: right side</plan></guideline>"),
+                seg_eos(at("<takeaway>\n"), "Both sides are 6.</takeaway> Done."),
+            ]),
+            ("1", vec![seg(When::Start, " 2*3 = 6</step>"), seg(at("</step>"), "\n")]),
+            ("2", vec![seg(When::Start, " 1+5 makes 6</step>"), seg(at("</step>"), "\n")]),
+        ],
+        "threadweaver" => vec![
+            ("", vec![
+                seg(When::Start, "<think>\nTwo cases.\n<Parallel>\n<Outlines>\n<Outline>1: x even</Outline>\n<Outline>2: x odd</Outline>\n</Outlines>"),
+                seg_eos(at("</Outlines>\n\n"), "</Parallel>\nSo it holds."),
+            ]),
+            ("1", vec![seg(When::Start, " even works.\n</Thread>")]),
+            ("2", vec![seg(When::Start, " odd works too.\n</Thread>")]),
+        ],
+        "parallel-r1" => vec![
+            ("", vec![
+                seg(When::Start, "Two ways.<Parallel>"),
+                seg_eos(at("<Summary>"), "Both give 7.</Summary> Final Answer: 7"),
+            ]),
+            ("1", vec![seg(When::Start, "3+4 = 7</Path>")]),
+            ("2", vec![seg(When::Start, "10-3 makes 7</Path>")]),
+        ],
+        "aspd" => vec![
+            ("", vec![
+                seg(When::Start, "Compare them.<|title|>Cost<|/title|><|title|>Speed<|/title|><|para|>"),
+                seg_eos(at("<|/para|>\n"), "Pick by budget."),
+            ]),
+            ("1", vec![seg(When::Start, "trains are cheaper.<|/branch|>")]),
+            ("2", vec![seg(When::Start, "planes win.<|/branch|>")]),
+        ],
+        _ => unreachable!(),
+    };
+    Script::new(model, segments)
+}
+
+#[test]
+fn the_engine_writes_each_sample_exactly_at_its_layout_positions() {
+    let (model, path) = byte_model();
+    assert_eq!(model.tokenize("<Path>\n1:", false).unwrap().len(), 4, "a tag is one token, a byte one token");
+    let samples =
+        [("multiverse", MULTIVERSE), ("npr", NPR), ("threadweaver", THREADWEAVER), ("parallel-r1", PARALLEL_R1), ("aspd", ASPD)];
+    for (name, sample) in samples {
+        let spec = spec(name);
+        let (text, pieces, pos) = run_engine(&model, &spec, scripts(&model, name));
+        assert_eq!(text, sample, "{name}: the engine's text");
+        let lay = layout(&spec, &pieces);
+        assert_eq!(lay.pieces.iter().map(|p| p.pos).collect::<Vec<_>>(), pos, "{name}: engine positions vs layout");
+    }
+    // Negative control: Multiverse with the prefix pardec used before (newline inside it, no
+    // token kept after `</Path>`) does not write the sample.
+    let old = ProtocolSpec {
+        fork_text: String::new(),
+        branch_prefix: "\n<Path>\n{label}:".into(),
+        keep_after_end: 0,
+        ..spec("multiverse")
+    };
+    let (text, _, _) = run_engine(&model, &old, scripts(&model, "multiverse"));
+    assert_ne!(text, MULTIVERSE);
+    let _ = std::fs::remove_file(path);
 }

@@ -197,10 +197,25 @@ impl TinyModel {
     /// `llama.vocab_size` dummy tokens; the model is then driven purely by token ids.
     /// Integer keys must be UINT32 and float keys FLOAT32: llama.cpp checks the types.
     pub fn write_gguf(&self, path: &Path) -> io::Result<()> {
+        self.write_gguf_with(path, None)
+    }
+
+    /// Writes the model with a byte-level vocabulary: token `b` (0..256) is byte `b`, then each
+    /// of `vocab.specials` is one control token, then `<eos>`; BPE with no merges, so every
+    /// byte of text is one token and every special string one token. `cfg.n_vocab` must be
+    /// [`ByteVocab::n_vocab`].
+    pub fn write_gguf_bytes(&self, path: &Path, vocab: &ByteVocab) -> io::Result<()> {
+        assert_eq!(self.cfg.n_vocab, vocab.n_vocab(), "n_vocab must match the vocabulary");
+        self.write_gguf_with(path, Some(vocab))
+    }
+
+    fn write_gguf_with(&self, path: &Path, vocab: Option<&ByteVocab>) -> io::Result<()> {
         const ALIGN: u64 = 32;
+        const T_I32: u32 = 5;
         const T_U32: u32 = 4;
         const T_F32: u32 = 6;
         const T_STR: u32 = 8;
+        const T_ARR: u32 = 9;
         const GGML_TYPE_F32: u32 = 0;
         fn put_str(b: &mut Vec<u8>, s: &str) {
             b.extend_from_slice(&(s.len() as u64).to_le_bytes());
@@ -210,9 +225,11 @@ impl TinyModel {
             U32(u32),
             F32(f32),
             Str(&'a str),
+            Strs(Vec<String>),
+            I32s(Vec<i32>),
         }
         let c = &self.cfg;
-        let kvs: Vec<(&str, V)> = vec![
+        let mut kvs: Vec<(&str, V)> = vec![
             ("general.architecture", V::Str("llama")),
             ("general.name", V::Str("pardec-tiny")),
             ("general.alignment", V::U32(ALIGN as u32)),
@@ -226,8 +243,20 @@ impl TinyModel {
             ("llama.rope.freq_base", V::F32(c.rope_base)),
             ("llama.rope.dimension_count", V::U32(c.head_dim() as u32)),
             ("llama.vocab_size", V::U32(c.n_vocab as u32)),
-            ("tokenizer.ggml.model", V::Str("none")),
         ];
+        match vocab {
+            None => kvs.push(("tokenizer.ggml.model", V::Str("none"))),
+            Some(v) => {
+                let (tokens, types) = v.tokens();
+                kvs.push(("tokenizer.ggml.model", V::Str("gpt2")));
+                kvs.push(("tokenizer.ggml.pre", V::Str("default")));
+                kvs.push(("tokenizer.ggml.tokens", V::Strs(tokens)));
+                kvs.push(("tokenizer.ggml.token_type", V::I32s(types)));
+                kvs.push(("tokenizer.ggml.merges", V::Strs(Vec::new())));
+                kvs.push(("tokenizer.ggml.eos_token_id", V::U32(v.eos() as u32)));
+                kvs.push(("tokenizer.ggml.bos_token_id", V::U32(v.eos() as u32)));
+            }
+        }
         let tensors = self.tensors();
 
         let mut b = Vec::new();
@@ -249,6 +278,22 @@ impl TinyModel {
                 V::Str(s) => {
                     b.extend_from_slice(&T_STR.to_le_bytes());
                     put_str(&mut b, s);
+                }
+                V::Strs(list) => {
+                    b.extend_from_slice(&T_ARR.to_le_bytes());
+                    b.extend_from_slice(&T_STR.to_le_bytes());
+                    b.extend_from_slice(&(list.len() as u64).to_le_bytes());
+                    for s in list {
+                        put_str(&mut b, s);
+                    }
+                }
+                V::I32s(list) => {
+                    b.extend_from_slice(&T_ARR.to_le_bytes());
+                    b.extend_from_slice(&T_I32.to_le_bytes());
+                    b.extend_from_slice(&(list.len() as u64).to_le_bytes());
+                    for x in list {
+                        b.extend_from_slice(&x.to_le_bytes());
+                    }
                 }
             }
         }
@@ -446,4 +491,46 @@ pub fn max_rel_err(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
             diff / scale
         })
         .fold(0.0, f64::max)
+}
+
+/// A byte-level vocabulary for the tiny model: 256 byte tokens, then control tokens.
+#[derive(Clone, Debug)]
+pub struct ByteVocab {
+    pub specials: Vec<String>,
+}
+
+impl ByteVocab {
+    pub fn n_vocab(&self) -> usize {
+        256 + self.specials.len() + 1
+    }
+
+    /// The end-of-generation token.
+    pub fn eos(&self) -> usize {
+        256 + self.specials.len()
+    }
+
+    /// Token strings and types (GGUF's: 1 normal, 3 control). Byte tokens are written in
+    /// GPT-2's byte-to-character mapping, as llama.cpp's byte-level BPE expects.
+    fn tokens(&self) -> (Vec<String>, Vec<i32>) {
+        let mut tokens: Vec<String> = (0..=255u8).map(|b| byte_char(b).to_string()).collect();
+        let mut types = vec![1; 256];
+        for s in &self.specials {
+            tokens.push(s.clone());
+            types.push(3);
+        }
+        tokens.push("<eos>".to_string());
+        types.push(3);
+        (tokens, types)
+    }
+}
+
+/// GPT-2's printable stand-in for a byte: printable Latin-1 bytes stand for themselves, the
+/// others (controls, space, 0x7F–0xA0, 0xAD) map in order to U+0100 onwards.
+fn byte_char(b: u8) -> char {
+    let printable = |x: u8| (b'!'..=b'~').contains(&x) || (0xA1..=0xAC).contains(&x) || (0xAE..=0xFF).contains(&x);
+    if printable(b) {
+        return char::from(b);
+    }
+    let rank = (0..b).filter(|&x| !printable(x)).count() as u32;
+    char::from_u32(256 + rank).expect("valid char")
 }
