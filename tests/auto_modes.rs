@@ -180,6 +180,22 @@ fn apr_children_run_on_their_own_prompts() {
     assert_eq!(s.stats().branches, 2);
 }
 
+/// A calls block whose closer is the trunk's last allowed token still runs its children.
+#[test]
+fn apr_calls_written_with_the_last_token_still_run() {
+    let model = models::load(models::DEFAULT_MODEL_FILE);
+    let mut s = session(&model, 8, 2);
+    s.prompt("Moving to Node #0\nCurrent State: 10:[2, 5], Operations: []\n").unwrap();
+    let text = "Generated Node #0,0: 10:[10] Operation: 2*5=10\n<Calling Sub Searches>\n\
+        <Start Sub Search 0 at level 1> Moving to Node #0,0\n<End Calling Sub Searches>";
+    let budget = model.tokenize(text, false).unwrap().len();
+    s.set_script(Some(Box::new(Script::new(&model, vec![("", vec![seg(When::Start, text)])]))));
+    let params = AutoParams { max_tokens: budget, max_branch_tokens: 4, response_prefix: String::new(), ..Default::default() };
+    let r = generate_apr(&mut s, &SubSearchFormat::apr(), &params, &mut Silent).unwrap();
+    assert_eq!(r.blocks.len(), 1, "{:?}", r.warnings);
+    assert!(s.node_text(NodeId::TRUNK).ends_with("<No Solution in Sub Search 0 at level 1 at Node #0,0>\n<End Sub Searches>\n"));
+}
+
 #[test]
 fn skeleton_of_thought_for_real() {
     let model = models::load(models::DEFAULT_MODEL_FILE);

@@ -28,7 +28,11 @@ pub fn generate_apr(
         session.resume(NodeId::TRUNK, &RunLimits { max_tokens: budget, stop: stop.clone(), ..Default::default() })?;
         session.run(observer)?;
         budget = budget.saturating_sub(session.node_tokens(NodeId::TRUNK).len() - before);
-        if !matches!(session.stop_reason(NodeId::TRUNK), Some(StopReason::StopString(_))) {
+        // A trigger written as the run's last allowed token ends the run by its budget, but it
+        // was written: its calls run all the same.
+        let called = matches!(session.stop_reason(NodeId::TRUNK), Some(StopReason::StopString(_)))
+            || session.node_text(NodeId::TRUNK).ends_with(format.trigger());
+        if !called {
             break;
         }
         let calls = format.parse_calls(&session.node_text(NodeId::TRUNK), session.free_branch_slots());
