@@ -196,6 +196,20 @@ fn apr_calls_written_with_the_last_token_still_run() {
     assert!(s.node_text(NodeId::TRUNK).ends_with("<No Solution in Sub Search 0 at level 1 at Node #0,0>\n<End Sub Searches>\n"));
 }
 
+/// A calls closer split between the response prefix and the model's first tokens is seen.
+#[test]
+fn apr_trigger_split_across_the_response_prefix() {
+    let model = models::load(models::DEFAULT_MODEL_FILE);
+    let mut s = session(&model, 8, 2);
+    s.prompt("Moving to Node #0\nCurrent State: 10:[2, 5], Operations: []\n").unwrap();
+    let prefix = "Generated Node #0,0: 10:[10] Operation: 2*5=10\n<Calling Sub Searches>\n\
+        <Start Sub Search 0 at level 1> Moving to Node #0,0\n<End Calling Sub";
+    s.set_script(Some(Box::new(Script::new(&model, vec![("", vec![seg(When::Start, " Searches>")])]))));
+    let params = AutoParams { max_tokens: 30, max_branch_tokens: 4, response_prefix: prefix.into(), ..Default::default() };
+    let r = generate_apr(&mut s, &SubSearchFormat::apr(), &params, &mut Silent).unwrap();
+    assert_eq!(r.blocks.len(), 1, "{:?}", r.warnings);
+}
+
 #[test]
 fn skeleton_of_thought_for_real() {
     let model = models::load(models::DEFAULT_MODEL_FILE);

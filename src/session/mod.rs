@@ -936,6 +936,13 @@ impl Session {
         }
         node.generated_in_run = 0;
         node.stop_reason = None;
+        let longest = node.stops.iter().map(String::len).max().unwrap_or(0);
+        node.stop_lookback = match node.items.last() {
+            Some(Item::Text { origin: Origin::Forced, bytes, .. }) => {
+                bytes[bytes.len() - longest.saturating_sub(1).min(bytes.len())..].to_vec()
+            }
+            _ => Vec::new(),
+        };
         // A fresh run starts a fresh text item so stop strings only match its own text.
         node.items.push(Item::Text {
             origin: Origin::Generated,
@@ -1304,7 +1311,7 @@ fn sample_next(
     let reason = if node.generated_in_run >= node.limit {
         Some(StopReason::MaxTokens)
     } else {
-        stop_string_hit(node.tail_bytes(), &node.pending_bytes, &node.stops)
+        stop_string_hit(&node.stop_lookback, node.tail_bytes(), &node.pending_bytes, &node.stops)
     };
     node.state = match reason {
         Some(reason) => NodeState::Finishing { pending: token, reason },
@@ -1365,7 +1372,9 @@ fn row_scores(ctx: &LlamaContext, device: bool, row: i32) -> Result<Scores<'_>> 
 ///
 /// A stop string made only of whitespace (say "\n") does not match while the run has written
 /// nothing but whitespace: a point or paragraph that starts on a new line has not ended.
-fn stop_string_hit(text: &[u8], piece: &[u8], stops: &[String]) -> Option<StopReason> {
+/// Whether `piece` completes a stop string over the run's `text` (and, before it, the forced
+/// `lookback`). A whitespace-only stop fires only once the run wrote something else.
+fn stop_string_hit(lookback: &[u8], text: &[u8], piece: &[u8], stops: &[String]) -> Option<StopReason> {
     for stop in stops {
         let s = stop.as_bytes();
         if s.is_empty() {
@@ -1377,7 +1386,9 @@ fn stop_string_hit(text: &[u8], piece: &[u8], stops: &[String]) -> Option<StopRe
             continue;
         }
         let keep = (s.len() - 1).min(text.len());
-        let mut window = Vec::with_capacity(keep + piece.len());
+        let from_lookback = (s.len() - 1 - keep).min(lookback.len());
+        let mut window = Vec::with_capacity(s.len() - 1 + piece.len());
+        window.extend_from_slice(&lookback[lookback.len() - from_lookback..]);
         window.extend_from_slice(&text[text.len() - keep..]);
         window.extend_from_slice(piece);
         if window.windows(s.len()).any(|w| w == s) {
@@ -1395,15 +1406,18 @@ mod tests {
     fn stop_strings_match_across_token_boundaries_once() {
         let stops = vec!["</Path>".to_string()];
         assert_eq!(
-            stop_string_hit(b"abc</Pa", b"th> more", &stops),
+            stop_string_hit(b"", b"abc</Pa", b"th> more", &stops),
             Some(StopReason::StopString("</Path>".into()))
         );
-        assert_eq!(stop_string_hit(b"</Path> x", b"y", &stops), None);
-        assert_eq!(stop_string_hit(b"", b"</Path>", &stops), Some(StopReason::StopString("</Path>".into())));
-        assert_eq!(stop_string_hit(b"abc", b"def", &[String::new()]), None);
+        assert_eq!(stop_string_hit(b"", b"</Path> x", b"y", &stops), None);
+        assert_eq!(stop_string_hit(b"", b"", b"</Path>", &stops), Some(StopReason::StopString("</Path>".into())));
+        // A stop begun in forced text before the run; one wholly inside it does not fire.
+        assert_eq!(stop_string_hit(b"x</Pa", b"", b"th>", &stops), Some(StopReason::StopString("</Path>".into())));
+        assert_eq!(stop_string_hit(b"</Path>", b"", b"x", &stops), None);
+        assert_eq!(stop_string_hit(b"", b"abc", b"def", &[String::new()]), None);
         // Whitespace-only stops wait for content.
         let nl = vec!["\n".to_string()];
-        assert_eq!(stop_string_hit(b" ", b"\n", &nl), None);
-        assert_eq!(stop_string_hit(b" x", b"\n", &nl), Some(StopReason::StopString("\n".into())));
+        assert_eq!(stop_string_hit(b"", b" ", b"\n", &nl), None);
+        assert_eq!(stop_string_hit(b"", b" x", b"\n", &nl), Some(StopReason::StopString("\n".into())));
     }
 }

@@ -86,6 +86,9 @@ pub(crate) struct Node {
     pub limit: usize,
     pub generated_in_run: usize,
     pub stops: Vec<String>,
+    /// The end of the text the caller forced right before this run: a stop string may start
+    /// there and end in the run (a response prefix ending `<End Calling Sub`).
+    pub stop_lookback: Vec<u8>,
     /// Tokens this run may not sample.
     pub banned: Vec<Token>,
     pub sampler: BranchSampler,
@@ -120,6 +123,7 @@ impl Node {
             limit: 0,
             generated_in_run: 0,
             stops: Vec::new(),
+            stop_lookback: Vec::new(),
             banned: Vec::new(),
             sampler,
             saved: SavedScores::default(),
