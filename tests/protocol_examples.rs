@@ -150,9 +150,14 @@ fn aspd_with_two_blocks() {
         .iter()
         .map(|b| l.pieces[second_fork..].iter().find(|p| p.branch.as_deref() == Some(b)).unwrap().pos)
         .collect();
-    // Same-Seq (ASPD's engine): after the first block the trunk goes on at the sum of the
-    // branch lengths, where a serial text would be.
-    assert_eq!(firsts[0] as usize, second_fork);
+    // ASPD's engine: the branches take the position of the `<|para|>` they fork on, which is
+    // never decoded; after the first block the trunk went on at the sum of the branch lengths
+    // (plus the last branch token decoded again), where a serial text would be.
+    let trigger = fixed.rfind("<|para|>").unwrap();
+    assert_eq!(firsts[0], l.pieces[trigger].pos);
+    let first_trigger = fixed.find("<|para|>").unwrap();
+    let serial_gap = (second_fork - first_trigger) as u32 - 2 * "<|para|>".len() as u32 + 1;
+    assert_eq!(l.pieces[trigger].pos - l.pieces[first_trigger].pos, serial_gap);
     assert!(firsts.windows(2).all(|w| w[0] == w[1]), "{firsts:?}");
 }
 
