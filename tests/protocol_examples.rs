@@ -461,3 +461,21 @@ fn deep_nesting_stays_bounded() {
     assert!(spec.validate().is_err());
     let _ = check(&text, &spec);
 }
+
+/// What Multiverse's engine writes when a path is cut (end of generation: joined without
+/// `</Path>`) or keeps a token that is not a newline (`</Path>6<Path>`), as in its released
+/// MATH500 transcripts: `check` accepts both, and the layout gives the kept token to its path.
+#[test]
+fn multiverse_engine_joins_as_the_transcripts_show() {
+    let spec = spec("multiverse");
+    let cut = "<Parallel>\n<Goal>\n<Outline>\n1: a\n</Outline>\n<Outline>\n2: b\n</Outline>\n</Goal>\n<Path>\n1: x\n</Path>\n\
+        <Path>\n2: so \\(\\boxed{294}\\).<Conclusion>\nDone.\n</Conclusion>\n</Parallel>\nEnd.";
+    assert_eq!(check(cut, &spec), vec![]);
+    let kept = "<Parallel>\n<Goal>\n<Outline>\n1: a\n</Outline>\n<Outline>\n2: b\n</Outline>\n</Goal>\n<Path>\n1: 67.\n</Path>6\
+        <Path>\n2: 67.\n</Path>\n<Conclusion>\nSo 6.\n</Conclusion>\n</Parallel>\n";
+    assert_eq!(check(kept, &spec), vec![]);
+    let l = layout(&spec, &chars(kept));
+    let six = kept.find("</Path>6").unwrap() + "</Path>".len();
+    assert_eq!(l.pieces[six].branch.as_deref(), Some("1"), "the kept token is its path's");
+    assert!(!l.pieces[six + 1].sees(six), "the next path does not see it");
+}

@@ -83,6 +83,11 @@ pub(crate) struct Machine {
     summary_expected: bool,
     /// Blocks this stream has closed (for `max_blocks`).
     blocks_closed: u32,
+    /// Reading a complete text the engine wrote (not watching a live stream): where the
+    /// protocol joins unfinished branches as they stand, the join's summary opener at a
+    /// branch's own level means the branch was cut there (end of generation or its budget;
+    /// Multiverse transcripts hold `…\boxed{294}\).<Conclusion>\n`).
+    pub analysis: bool,
 }
 
 impl Machine {
@@ -98,6 +103,7 @@ impl Machine {
             cap,
             summary_expected: false,
             blocks_closed: 0,
+            analysis: false,
         }
     }
 
@@ -169,6 +175,13 @@ impl Machine {
     ) {
         let state = self.state();
         let tag = &text[start..end];
+        // (A branch tag cannot tell a cut from a tag the model wrote: real transcripts hold both.)
+        let cut_here = role == Role::SummaryOpen && spec.join_text.starts_with(tag);
+        if self.analysis && cut_here && state.in_branch() && state.phase == Phase::Serial && !spec.close_unfinished {
+            self.phase = Phase::Ended;
+            out.push(Action::BranchEnd { at: start, cause: EndCause::Stream(StreamEnd::Eos) });
+            return;
+        }
         if spec.is_transition(role, &state) {
             match role {
                 Role::Trigger => {

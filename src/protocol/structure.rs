@@ -50,7 +50,8 @@ pub(crate) struct BranchTree {
 pub(crate) fn parse(spec: &ProtocolSpec, text: &str) -> (StreamTree, Vec<Warning>) {
     let tags = TagSet::new(spec);
     let mut warnings = Vec::new();
-    let machine = Machine::new(0, String::new(), String::new(), 0, usize::MAX);
+    let mut machine = Machine::new(0, String::new(), String::new(), 0, usize::MAX);
+    machine.analysis = true;
     let tree = parse_stream(spec, &tags, text, machine, 0, &mut warnings);
     warnings.sort_by_key(|w| w.at);
     (tree, warnings)
@@ -128,7 +129,14 @@ fn parse_branches(
     let mut cursor = fork_end;
     loop {
         let rest = &text[cursor..];
-        let tag_at = cursor + (rest.len() - rest.trim_start().len());
+        let mut tag_at = cursor + (rest.len() - rest.trim_start().len());
+        // After a branch that keeps tokens past its end marker, those may be any text
+        // (`</Path>6<Path>` in Multiverse transcripts).
+        if !branches.is_empty() && spec.keep_after_end > 0 && !text[tag_at..].starts_with(spec.branch_open.as_str()) {
+            if let Some(i) = kept_then_tag(rest, &spec.branch_open) {
+                tag_at = cursor + i;
+            }
+        }
         if !text[tag_at..].starts_with(spec.branch_open.as_str()) || spec.branch_open.is_empty() {
             break;
         }
@@ -137,7 +145,8 @@ fn parse_branches(
         let path =
             if parent.path.is_empty() { (i + 1).to_string() } else { format!("{}.{}", parent.path, i + 1) };
         let label = plan.branches.get(i).map_or_else(|| path.clone(), |b| b.label.clone());
-        let machine = Machine::new(plan.depth, label, path.clone(), open_end, usize::MAX);
+        let mut machine = Machine::new(plan.depth, label, path.clone(), open_end, usize::MAX);
+        machine.analysis = true;
         let stream = parse_stream(spec, tags, text, machine, cursor, warnings);
         cursor = stream.end;
         let closed = stream.ended_by_marker;
@@ -156,6 +165,13 @@ fn parse_branches(
         ));
     }
     BlockTree { opened, plan, fork_end, branches, resume: cursor, closed: None }
+}
+
+/// Where `tag` starts in `rest` after a short kept text holding no other tag opener.
+fn kept_then_tag(rest: &str, tag: &str) -> Option<usize> {
+    const MOST_KEPT_BYTES: usize = 16;
+    let i = rest.find(tag)?;
+    (i <= MOST_KEPT_BYTES && !rest[..i].contains('<')).then_some(i)
 }
 
 #[cfg(test)]
