@@ -284,6 +284,8 @@ static void null_session(void) {
     EXPECT(pardec_session_resume(NULL, PARDEC_NODE_TRUNK, NULL), PARDEC_STATUS_NULL_ARGUMENT);
     EXPECT(pardec_session_step(NULL, NULL, NULL, &running), PARDEC_STATUS_NULL_ARGUMENT);
     EXPECT(pardec_session_join(NULL, PARDEC_NODE_TRUNK, PARDEC_JOIN_MODE_ALL, NULL, 0, NULL), PARDEC_STATUS_NULL_ARGUMENT);
+    EXPECT(pardec_session_join_rule(NULL, PARDEC_NODE_TRUNK, PARDEC_JOIN_MODE_ALL, NULL, 0, PARDEC_JOIN_RULE_SAME_MAX, NULL),
+           PARDEC_STATUS_NULL_ARGUMENT);
     EXPECT(pardec_session_result(NULL, &r), PARDEC_STATUS_NULL_ARGUMENT);
     EXPECT(pardec_session_stats(NULL, &st, sizeof st), PARDEC_STATUS_NULL_ARGUMENT);
     EXPECT(pardec_session_clear(NULL), PARDEC_STATUS_NULL_ARGUMENT);
@@ -452,6 +454,10 @@ static void cancel_and_join(pardec_model *m) {
     EXPECT(pardec_session_join(s, PARDEC_NODE_TRUNK, PARDEC_JOIN_MODE_KEEP, out_of_range, 1, NULL), PARDEC_STATUS_INVALID_ARGUMENT);
     EXPECT(pardec_session_join(s, PARDEC_NODE_TRUNK, PARDEC_JOIN_MODE_KEEP, NULL, 1, NULL), PARDEC_STATUS_NULL_ARGUMENT);
     EXPECT(pardec_session_join(s, PARDEC_NODE_TRUNK, PARDEC_JOIN_MODE_KEEP, keep, SIZE_MAX, NULL), PARDEC_STATUS_INVALID_ARGUMENT);
+    /* Join rules: an unknown one, and same-seq without the join text it moves. */
+    EXPECT(pardec_session_join_rule(s, PARDEC_NODE_TRUNK, PARDEC_JOIN_MODE_KEEP, keep, 2, 7, NULL), PARDEC_STATUS_INVALID_ARGUMENT);
+    EXPECT(pardec_session_join_rule(s, PARDEC_NODE_TRUNK, PARDEC_JOIN_MODE_KEEP, keep, 2, PARDEC_JOIN_RULE_SAME_SEQ, NULL),
+           PARDEC_STATUS_INVALID_ARGUMENT);
     EXPECT(pardec_session_join(s, PARDEC_NODE_TRUNK, PARDEC_JOIN_MODE_KEEP, keep, 2, NULL), PARDEC_STATUS_OK);
     /* After a join that kept branches, the trunk needs text before it can generate. */
     EXPECT(pardec_session_generate(s, &t, NULL, NULL, NULL), PARDEC_STATUS_INVALID_STATE);

@@ -46,9 +46,9 @@
 #include <stdint.h>
 
 #define PARDEC_VERSION_MAJOR 0
-#define PARDEC_VERSION_MINOR 2
+#define PARDEC_VERSION_MINOR 3
 #define PARDEC_VERSION_PATCH 0
-#define PARDEC_VERSION "0.2.0"
+#define PARDEC_VERSION "0.3.0"
 
 
 /**
@@ -294,6 +294,25 @@ typedef enum pardec_join_mode {
      */
     PARDEC_JOIN_MODE_DISCARD = 2,
 } pardec_join_mode;
+
+/**
+ * How the parent reads its kept branches back at a join (see the README's fidelity table).
+ */
+typedef enum pardec_join_rule {
+    /**
+     * The branches' own cells; the parent continues at max(branch end) + 1 (Multiverse, NPR).
+     */
+    PARDEC_JOIN_RULE_SAME_MAX = 0,
+    /**
+     * The branches' own cells; the parent continues at fork position + the sum of the branch
+     * lengths (ASPD). Needs a join text.
+     */
+    PARDEC_JOIN_RULE_SAME_SEQ = 1,
+    /**
+     * The kept branches are read again as one serial text (ThreadWeaver, Parallel-R1).
+     */
+    PARDEC_JOIN_RULE_REPREFILL = 2,
+} pardec_join_rule;
 
 /**
  * A loaded GGUF model (opaque).
@@ -928,6 +947,22 @@ enum pardec_status pardec_session_join(struct pardec_session *session,
                                        const size_t *keep,
                                        size_t n_keep,
                                        const char *join_text);
+
+/**
+ * `pardec_session_join` under a `pardec_join_rule` (added in 0.3; `pardec_session_join` is
+ * this with SAME_MAX).
+ *
+ * Errors: those of `pardec_session_join`; INVALID_ARGUMENT also for an unknown rule or a
+ * SAME_SEQ join without join text; UNSUPPORTED_MODEL for SAME_SEQ on a model whose cache
+ * cannot be shifted.
+ */
+enum pardec_status pardec_session_join_rule(struct pardec_session *session,
+                                            pardec_node parent,
+                                            uint32_t mode,
+                                            const size_t *keep,
+                                            size_t n_keep,
+                                            uint32_t rule,
+                                            const char *join_text);
 
 /**
  * Auto mode: generates on the trunk while the model decides when to fork, under a protocol:

@@ -79,6 +79,8 @@ _STOP_REASONS = {0: None, 1: "eog", 2: "max_tokens", 3: "stop_string", 4: "kv_ca
 _EVENT_KINDS = {0: "token", 1: "end", 2: "done", 3: "fork", 4: "join", 5: "warning"}
 _JOIN_STATES = {0: "open", 1: "all", 2: "keep", 3: "discard"}
 _JOIN_ALL, _JOIN_KEEP, _JOIN_DISCARD = 0, 1, 2
+#: pardec_join_rule values by the names the CLI and protocol JSON use.
+_JOIN_RULES = {"same-max": 0, "same-seq": 1, "reprefill": 2}
 _KV_TYPES = {"f16": 0, "f32": 1}
 
 
@@ -577,9 +579,14 @@ class Session:
         return running.value
 
     def join(self, keep: Union[None, str, Sequence[int]] = None, text: Optional[str] = None,
-             parent: int = TRUNK) -> None:
+             parent: int = TRUNK, rule: str = "same-max") -> None:
         """Joins ``parent``'s open block. ``keep``: None or "all" keeps every branch,
-        "discard" none, a sequence of indices those branches. ``text`` is appended after."""
+        "discard" none, a sequence of indices those branches. ``text`` is appended after.
+        ``rule``: how the parent reads the kept branches back: "same-max" (continue at the
+        longest branch's end + 1), "same-seq" (at the fork position + every branch's length;
+        needs ``text``) or "reprefill" (read them again as one serial text)."""
+        if rule not in _JOIN_RULES:
+            raise ValueError(f"rule must be one of {', '.join(_JOIN_RULES)}")
         indices: Sequence[int] = ()
         if keep is None or keep == "all":
             mode = _JOIN_ALL
@@ -594,7 +601,7 @@ class Session:
         arr = (c_size_t * len(indices))(*indices)
         data = _encode(text, "text") if text is not None else None
         with self._use() as p:
-            _check(_c.lib().pardec_session_join(p, parent, mode, arr, len(indices), data))
+            _check(_c.lib().pardec_session_join_rule(p, parent, mode, arr, len(indices), _JOIN_RULES[rule], data))
 
     # --- results ---
 

@@ -310,6 +310,10 @@ def _declare(L: ctypes.CDLL) -> None:
     # enum pardec_status pardec_session_join(struct pardec_session *session, pardec_node parent,
     #     uint32_t mode, const size_t *keep, size_t n_keep, const char *join_text);
     fn("pardec_session_join", pardec_status, session_p, pardec_node, c_uint32, POINTER(c_size_t), c_size_t, c_char_p)
+    # enum pardec_status pardec_session_join_rule(struct pardec_session *session, pardec_node parent,
+    #     uint32_t mode, const size_t *keep, size_t n_keep, uint32_t rule, const char *join_text);
+    fn("pardec_session_join_rule", pardec_status, session_p, pardec_node, c_uint32, POINTER(c_size_t), c_size_t,
+       c_uint32, c_char_p)
     # enum pardec_status pardec_session_result(const struct pardec_session *session,
     #                                          struct pardec_result **out_result);
     fn("pardec_session_result", pardec_status, session_p, POINTER(result_p))
@@ -344,6 +348,7 @@ FUNCTIONS = [
     "pardec_session_prompt", "pardec_session_append", "pardec_session_generate", "pardec_session_generate_auto",
     "pardec_session_generate_sot", "pardec_session_fork",
     "pardec_session_run", "pardec_session_resume", "pardec_session_step", "pardec_session_join",
+    "pardec_session_join_rule",
     "pardec_session_result", "pardec_session_stats",
     "pardec_result_free", "pardec_result_text", "pardec_result_n_blocks", "pardec_result_block",
     "pardec_result_branch", "pardec_result_stats",

@@ -112,6 +112,27 @@ def test_run_iter_streams_and_join_discard(session):
     assert session.generate_text(max_tokens=3, ban_eog=True)
 
 
+def test_join_rules(session):
+    texts = {}
+    for rule in ("same-max", "same-seq", "reprefill"):
+        session.clear()
+        session.prompt(PROMPT)
+        session.fork(PREFIXES[:2], max_tokens=4, ban_eog=True)
+        session.run()
+        if rule == "same-seq":
+            # Same-seq moves the join text's first token: it needs one.
+            with pytest.raises(PardecError) as e:
+                session.join(rule=rule)
+            assert e.value.status == Status.INVALID_ARGUMENT
+        session.join(text="\nSo", rule=rule)
+        texts[rule] = session.result().text
+        assert session.generate_text(max_tokens=2, ban_eog=True)
+    # Each rule shows each branch once; only where the parent reads them differs.
+    assert texts["same-max"] == texts["same-seq"] == texts["reprefill"]
+    with pytest.raises(ValueError):
+        session.join(rule="sideways")
+
+
 def test_callback_cancels_mid_branch_and_session_stays_usable(session):
     session.prompt(PROMPT)
     session.fork(PREFIXES, max_tokens=16, ban_eog=True)

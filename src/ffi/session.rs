@@ -15,7 +15,7 @@ use super::params::{pardec_run_limits, pardec_session_params, run_limits_arg};
 use super::result::{pardec_result, pardec_stats, pardec_stop_reason, stop_reason_code};
 use super::status::pardec_status;
 use crate::session::MAX_SEQUENCES;
-use crate::{BranchSpec, Event, JoinMode, NodeId, Observer, Session};
+use crate::{BranchSpec, Event, JoinMode, JoinRule, NodeId, Observer, Session};
 
 /// A node of a session's fork tree: `PARDEC_NODE_TRUNK` or a branch returned by
 /// `pardec_session_fork`. Node ids are never reused until `pardec_session_clear`.
@@ -540,7 +540,45 @@ pub unsafe extern "C" fn pardec_session_join(
     n_keep: usize,
     join_text: *const c_char,
 ) -> pardec_status {
+    pardec_session_join_rule(session, parent, mode, keep, n_keep, pardec_join_rule::SameMax as u32, join_text)
+}
+
+/// How the parent reads its kept branches back at a join (see the README's fidelity table).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum pardec_join_rule {
+    /// The branches' own cells; the parent continues at max(branch end) + 1 (Multiverse, NPR).
+    SameMax = 0,
+    /// The branches' own cells; the parent continues at fork position + the sum of the branch
+    /// lengths (ASPD). Needs a join text.
+    SameSeq = 1,
+    /// The kept branches are read again as one serial text (ThreadWeaver, Parallel-R1).
+    Reprefill = 2,
+}
+
+/// `pardec_session_join` under a `pardec_join_rule` (added in 0.3; `pardec_session_join` is
+/// this with SAME_MAX).
+///
+/// Errors: those of `pardec_session_join`; INVALID_ARGUMENT also for an unknown rule or a
+/// SAME_SEQ join without join text; UNSUPPORTED_MODEL for SAME_SEQ on a model whose cache
+/// cannot be shifted.
+#[no_mangle]
+pub unsafe extern "C" fn pardec_session_join_rule(
+    session: *mut pardec_session,
+    parent: pardec_node,
+    mode: u32,
+    keep: *const usize,
+    n_keep: usize,
+    rule: u32,
+    join_text: *const c_char,
+) -> pardec_status {
     guard(|| {
+        let rule = match rule {
+            r if r == pardec_join_rule::SameMax as u32 => JoinRule::SameMax,
+            r if r == pardec_join_rule::SameSeq as u32 => JoinRule::SameSeq,
+            r if r == pardec_join_rule::Reprefill as u32 => JoinRule::Reprefill,
+            r => return Err(FfiError::invalid(format!("join rule {r} is not a pardec_join_rule"))),
+        };
         let mode = match mode {
             m if m == pardec_join_mode::All as u32 || m == pardec_join_mode::Discard as u32 => {
                 if n_keep != 0 {
@@ -558,7 +596,7 @@ pub unsafe extern "C" fn pardec_session_join(
             m => return Err(FfiError::invalid(format!("join mode {m} is not a pardec_join_mode"))),
         };
         let join_text = opt_str_arg(join_text, "join_text")?;
-        with_session(session, |s| Ok(s.join(node_id(parent), mode, join_text)?))
+        with_session(session, |s| Ok(s.join_with(node_id(parent), mode, rule, join_text)?))
     })
 }
 

@@ -12,8 +12,6 @@ use super::warning::{Warning, WarningKind};
 /// One stream (the trunk or a branch) of a complete text.
 #[derive(Debug, Clone)]
 pub(crate) struct StreamTree {
-    /// Where the stream's text starts (a branch: before the whitespace ahead of its tag).
-    pub start: usize,
     /// Where it ends (a branch: after its end marker).
     pub end: usize,
     pub blocks: Vec<BlockTree>,
@@ -52,7 +50,7 @@ pub(crate) fn parse(spec: &ProtocolSpec, text: &str) -> (StreamTree, Vec<Warning
     let mut warnings = Vec::new();
     let mut machine = Machine::new(0, String::new(), String::new(), 0, usize::MAX);
     machine.analysis = true;
-    let tree = parse_stream(spec, &tags, text, machine, 0, &mut warnings);
+    let tree = parse_stream(spec, &tags, text, machine, &mut warnings);
     warnings.sort_by_key(|w| w.at);
     (tree, warnings)
 }
@@ -62,10 +60,9 @@ fn parse_stream(
     tags: &TagSet,
     text: &str,
     mut m: Machine,
-    start: usize,
     warnings: &mut Vec<Warning>,
 ) -> StreamTree {
-    let mut tree = StreamTree { start, end: text.len(), blocks: Vec::new(), ended_by_marker: false };
+    let mut tree = StreamTree { end: text.len(), blocks: Vec::new(), ended_by_marker: false };
     let mut actions = Vec::new();
     let mut last_open: Option<(usize, usize)> = None;
     let mut open_block: Option<usize> = None; // index in tree.blocks still waiting for its closer
@@ -147,7 +144,7 @@ fn parse_branches(
         let label = plan.branches.get(i).map_or_else(|| path.clone(), |b| b.label.clone());
         let mut machine = Machine::new(plan.depth, label, path.clone(), open_end, usize::MAX);
         machine.analysis = true;
-        let stream = parse_stream(spec, tags, text, machine, cursor, warnings);
+        let stream = parse_stream(spec, tags, text, machine, warnings);
         cursor = stream.end;
         let closed = stream.ended_by_marker;
         branches.push(BranchTree { tag_start: tag_at, open_end, path, stream });
