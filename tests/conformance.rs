@@ -90,8 +90,8 @@ fn fork_and_keep_one(text: &str, trigger: &str, open: &str, close: &str, join: &
             hidden[c] = branches.iter().filter(|o| *o != b).cloned().collect();
         }
     }
-    for c in join_at..n {
-        pos[c] = max_end + 1 + (c - join_at) as u32;
+    for (k, p) in pos.iter_mut().skip(join_at).enumerate() {
+        *p = max_end + 1 + k as u32;
     }
     Reference { pos, hidden }
 }
@@ -116,8 +116,8 @@ fn train_shared_start(text: &str, trigger: &str, open: &str, close: &str, join: 
         k += 1;
     }
     pos[g + 1] = (g + 1) as u32;
-    for c in join_at..n {
-        pos[c] = max_close + 1 + (c - join_at) as u32;
+    for (k, p) in pos.iter_mut().skip(join_at).enumerate() {
+        *p = max_close + 1 + k as u32;
     }
     pos
 }
@@ -248,8 +248,8 @@ fn aspd_layout_is_its_engine() {
             pos[c] = (p + k) as u32;
         }
     }
-    for c in join..n {
-        pos[c] = (p + s + 1 + (c - join)) as u32;
+    for (k, x) in pos.iter_mut().skip(join).enumerate() {
+        *x = (p + s + 1 + k) as u32;
     }
     let lay = layout_text(&spec, text);
     assert_eq!(lay.pieces.iter().map(|x| x.pos).collect::<Vec<_>>(), pos, "positions");

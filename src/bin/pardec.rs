@@ -282,7 +282,7 @@ fn cmd_run(args: &Args) -> CliResult<()> {
 
 /// A protocol by built-in name, or a JSON file describing one.
 enum ProtocolChoice {
-    Stream(ProtocolSpec),
+    Stream(Box<ProtocolSpec>),
     Apr,
     Sot,
 }
@@ -294,7 +294,7 @@ fn protocol_choice(name: &str) -> CliResult<ProtocolChoice> {
         _ => {}
     }
     if let Some(spec) = ProtocolSpec::builtin(name) {
-        return Ok(ProtocolChoice::Stream(spec));
+        return Ok(ProtocolChoice::Stream(Box::new(spec)));
     }
     let path = std::path::Path::new(name);
     if path.is_file() {
@@ -302,7 +302,7 @@ fn protocol_choice(name: &str) -> CliResult<ProtocolChoice> {
             .map_err(|e| Error::InvalidArgument(format!("protocol file {name}: {e}")))?;
         let spec = ProtocolSpec::from_json(&json)
             .map_err(|e| Error::InvalidArgument(format!("protocol file {name}: {e}")))?;
-        return Ok(ProtocolChoice::Stream(spec));
+        return Ok(ProtocolChoice::Stream(Box::new(spec)));
     }
     Err(usage(format!(
         "unknown protocol {name:?}: use one of {}, apr, sot, or a JSON file",
@@ -313,7 +313,7 @@ fn protocol_choice(name: &str) -> CliResult<ProtocolChoice> {
 fn stream_spec(args: &Args) -> CliResult<ProtocolSpec> {
     let name = args.get("--protocol").ok_or_else(|| usage("needs --protocol P"))?;
     match protocol_choice(name)? {
-        ProtocolChoice::Stream(spec) => Ok(spec),
+        ProtocolChoice::Stream(spec) => Ok(*spec),
         _ => Err(usage(format!("{name} has no tagged text layout: use a stream protocol"))),
     }
 }
@@ -352,7 +352,7 @@ fn cmd_run_auto(args: &Args, prompt: &str, protocol: &str) -> CliResult<()> {
     let json = args.has("--json");
     let mut printer = |ev: &Event<'_>| {
         match ev {
-            Event::Token { label, text, .. } if label.is_empty() => print!("{text}"),
+            Event::Token { label: "", text, .. } => print!("{text}"),
             Event::Token { label, text, .. } => print!("[{label}]{text}"),
             Event::Fork { branches, .. } => print!("\n[fork → {}]\n", branches.join(", ")),
             Event::Join { label, .. } => print!("\n[join into {:?}]\n", label),

@@ -371,7 +371,7 @@ fn push_index(vis: &mut Vec<Range<usize>>, i: usize) {
         Some(r) if r.end == i => r.end = i + 1,
         Some(r) if r.end < i => vis.push(i..i + 1),
         None => vis.push(i..i + 1),
-        Some(_) => *vis = merge(vis, &[i..i + 1]),
+        Some(_) => *vis = merge(vis, std::slice::from_ref(&(i..i + 1))),
     }
 }
 
