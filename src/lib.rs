@@ -18,9 +18,14 @@
 
 pub mod auto;
 mod backend;
+// The CLI's benchmark and equivalence check, and the C ABI: public for the `pardec` binary and
+// the tests, not part of the documented Rust API.
+#[doc(hidden)]
 pub mod bench;
+#[doc(hidden)]
 pub mod equivalence;
 mod error;
+#[doc(hidden)]
 pub mod ffi;
 mod llama;
 mod model;

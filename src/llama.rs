@@ -16,7 +16,8 @@ use std::ptr::NonNull;
 
 use llama_cpp_sys_2 as sys;
 
-use crate::model::Token;
+/// A token id of the model's vocabulary (llama.cpp's `llama_token`).
+pub type Token = i32;
 
 /// A loaded llama.cpp model. Read-only once loaded, so it may be shared between threads;
 /// creating contexts from it concurrently is serialised by the session module.

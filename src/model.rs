@@ -10,10 +10,8 @@ use std::sync::Arc;
 
 use crate::backend::backend;
 use crate::error::{Error, Result};
+pub use crate::llama::Token;
 use crate::llama::{LlamaModel, LoadFailure};
-
-/// A token id of the model's vocabulary.
-pub type Token = i32;
 
 /// How to load a model.
 #[derive(Debug, Clone, Default)]

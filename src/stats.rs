@@ -1,6 +1,6 @@
 //! The metrics the parallel-decoding papers report, for one generation.
 //!
-//! Definitions (DESIGN.md §1):
+//! Definitions (the metrics the papers report; README "Measured"):
 //! - TPS = generated tokens / wall time of decoding (serial + parallel phases);
 //! - P-TPS = branch tokens / parallel-phase time;
 //! - DP (degree of parallelism) = branch tokens / generated tokens;

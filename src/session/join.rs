@@ -221,7 +221,7 @@ impl Session {
     /// decoded once at max + 1 as a filler, moved to `sequential - 1`, then decoded again at
     /// `sequential`, where it sees every cell at its true distance, plus the filler; the filler
     /// is then removed.
-    fn join_at_sequential(&mut self, p: usize, join_tokens: &[Token], repeated: Option<Token>, sequential: i32) -> Result<()> {
+    pub(super) fn join_at_sequential(&mut self, p: usize, join_tokens: &[Token], repeated: Option<Token>, sequential: i32) -> Result<()> {
         let first = repeated.unwrap_or(join_tokens[0]);
         self.prefill_unrecorded(p, &[first])?;
         let seq = self.nodes[p].seq;

@@ -1,0 +1,102 @@
+//! What a session holds, read back: the transcript, the statistics, and each node's tokens,
+//! text, position and state.
+
+use super::tree::{Item, Node};
+use super::*;
+
+impl Session {
+    /// The structure and text of the session so far.
+    pub fn transcript(&self) -> Transcript {
+        let (trunk, flat) = report(&self.nodes, &self.blocks, 0);
+        Transcript { text: String::from_utf8_lossy(&flat).into_owned(), trunk }
+    }
+
+    /// Metrics since the session was created or last cleared.
+    pub fn stats(&self) -> Stats {
+        self.counters.to_stats(self.kv_cells_used())
+    }
+
+    /// Resets the metrics (not the KV cache).
+    pub fn reset_stats(&mut self) {
+        self.counters = Counters::default();
+    }
+
+    /// KV cells holding this session's tokens.
+    pub fn kv_cells_used(&self) -> u64 {
+        let trunk = self.nodes[0].cells;
+        let branches: u64 = self.nodes[1..]
+            .iter()
+            .filter(|n| n.alive)
+            .map(|n| n.cells - n.cells_at_fork)
+            .sum();
+        trunk + branches
+    }
+
+    /// The node's label path ("" for the trunk).
+    pub fn label(&self, node: NodeId) -> Option<&str> {
+        self.nodes.get(node.0).map(|n| n.label.as_str())
+    }
+
+    /// The position the node's next token will take.
+    pub fn next_pos(&self, node: NodeId) -> Option<i32> {
+        self.nodes.get(node.0).map(|n| n.next_pos)
+    }
+
+    /// Tokens the node decoded itself, in order (nested blocks excluded).
+    pub fn node_tokens(&self, node: NodeId) -> Vec<Token> {
+        self.nodes
+            .get(node.0)
+            .map(|n| {
+                n.items
+                    .iter()
+                    .filter_map(|i| match i {
+                        Item::Text { tokens, .. } => Some(tokens.as_slice()),
+                        Item::Block(_) => None,
+                    })
+                    .flatten()
+                    .copied()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Whether the node is generating (has a token waiting for the next step).
+    pub fn is_running(&self, node: NodeId) -> bool {
+        self.nodes.get(node.0).is_some_and(|n| n.alive && n.is_decoding())
+    }
+
+    /// The node's own text (nested blocks excluded), as decoded so far.
+    pub fn node_text(&self, node: NodeId) -> String {
+        self.nodes.get(node.0).map(Node::own_text).unwrap_or_default()
+    }
+
+    /// The text the node generated (sampled), excluding forced text and nested blocks.
+    pub fn node_generated_text(&self, node: NodeId) -> String {
+        if node.0 >= self.nodes.len() {
+            return String::new();
+        }
+        self.generated_text_from(node.0, 0)
+    }
+
+    /// Why the node last stopped.
+    pub fn stop_reason(&self, node: NodeId) -> Option<&StopReason> {
+        self.nodes.get(node.0).and_then(|n| n.stop_reason.as_ref())
+    }
+
+    /// Logits of every token the node sampled (requires `record_logits`).
+    #[doc(hidden)]
+    pub fn logit_trace(&self, node: NodeId) -> &[Vec<f32>] {
+        self.nodes.get(node.0).map_or(&[], |n| n.logit_trace.as_slice())
+    }
+
+    /// Text generated on a node by items at or after `first_item`.
+    pub(super) fn generated_text_from(&self, idx: usize, first_item: usize) -> String {
+        let mut bytes = Vec::new();
+        for item in self.nodes[idx].items.iter().skip(first_item) {
+            if let Item::Text { origin: Origin::Generated, bytes: b, .. } = item {
+                bytes.extend_from_slice(b);
+            }
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
