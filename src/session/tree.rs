@@ -1,5 +1,6 @@
 //! The fork tree: nodes (the trunk and every branch), blocks (one fork and its join), and what
-//! each node wrote. This is bookkeeping only; llama.cpp is driven from `mod.rs`.
+//! each node wrote. This is bookkeeping only; llama.cpp is driven from the other files of
+//! `session/`.
 
 use serde::Serialize;
 
