@@ -190,6 +190,20 @@ fn invalid_session_parameters_are_refused() {
     assert!(bad(nan));
 }
 
+/// llama.cpp aborts creating a context whose batch cannot hold one output per sequence:
+/// refused before it is asked (`pardec run --ctx 16 --protocol multiverse` exited 134).
+#[test]
+fn a_context_too_small_for_its_sequences_is_refused() {
+    let model = models::load(models::DEFAULT_MODEL_FILE);
+    let bad = |p: SessionParams| matches!(Session::new(&model, p), Err(Error::InvalidArgument(m)) if m.contains("max_branches + 1"));
+    assert!(bad(SessionParams { n_ctx: 16, max_branches: 16, n_threads: 2, ..Default::default() }));
+    for n_batch in [1, 8, 16] {
+        assert!(bad(SessionParams { n_batch, max_branches: 16, n_threads: 2, ..Default::default() }));
+    }
+    let ok = SessionParams { n_ctx: 64, n_batch: 17, max_branches: 16, n_threads: 2, ..Default::default() };
+    assert!(Session::new(&model, ok).is_ok());
+}
+
 #[test]
 fn kv_cache_full_while_prefilling_branch_prefixes_undoes_the_fork() {
     let model = models::load(models::DEFAULT_MODEL_FILE);

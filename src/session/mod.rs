@@ -329,6 +329,15 @@ impl Session {
         }
         params.sampling.validate()?;
         let n_seq_max = params.max_branches + 1;
+        // llama.cpp reserves one output row per sequence within the batch (min(n_ctx, n_batch)
+        // rows) and aborts when they do not fit (`output_reserve`).
+        if params.n_ctx.min(params.n_batch) < n_seq_max {
+            return Err(Error::InvalidArgument(format!(
+                "n_ctx ({}) and n_batch ({}) must each be at least max_branches + 1 = {n_seq_max}: \
+                 raise them or lower max_branches",
+                params.n_ctx, params.n_batch
+            )));
+        }
         let threads = if params.n_threads == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get()) as i32
         } else {
