@@ -118,7 +118,14 @@ fn layout_json_gives_shared_branch_positions_and_sibling_invisibility() {
     let first = |b: &str| tokens.iter().position(|t| t["branch"] == b).unwrap();
     let (b1, b2) = (first("1"), first("2"));
     assert_eq!(tokens[b1]["pos"], tokens[b2]["pos"], "branches start at one position");
-    let sees = |i: usize, j: usize| visible[i].as_array().unwrap().iter().any(|x| x.as_u64() == Some(j as u64));
+    // Visibility comes as sorted [start, end) ranges, the token itself included.
+    let sees = |i: usize, j: usize| {
+        visible[i].as_array().unwrap().iter().any(|r| {
+            let (a, b) = (r[0].as_u64().unwrap(), r[1].as_u64().unwrap());
+            (a..b).contains(&(j as u64))
+        })
+    };
+    assert!((0..tokens.len()).all(|i| sees(i, i)), "every token sees itself");
     assert!(!sees(b2, b1), "branch 2 must not see branch 1");
     assert!(sees(b2, 0), "branches see the prefix");
     let last = tokens.len() - 1;

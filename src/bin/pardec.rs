@@ -2,6 +2,7 @@
 //!
 //! Errors go to stderr as one line, with exit code 1 (2 for usage errors).
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -448,47 +449,67 @@ fn cmd_layout(args: &Args) -> CliResult<()> {
         })
         .collect();
     let lay = layout_with(&spec, &pieces, rule);
-    #[derive(Serialize)]
-    struct Tok {
-        text: String,
-        pos: u32,
-        branch: Option<String>,
-    }
-    #[derive(Serialize)]
-    struct Out {
-        tokens: Vec<Tok>,
-        visible: Vec<Vec<usize>>,
-        /// Tokens read a second time (a reprefill join, or a training rule with copies):
-        /// index `tokens.len() + k` in `visible`.
-        copies: Vec<pardec::protocol::CopyLayout>,
-        warnings: Vec<String>,
-    }
-    let out = Out {
-        tokens: pieces
-            .iter()
-            .zip(&lay.pieces)
-            .map(|(p, l)| Tok { text: String::from_utf8_lossy(p).into_owned(), pos: l.pos, branch: l.branch.clone() })
-            .collect(),
-        visible: lay
-            .pieces
-            .iter()
-            .chain(lay.copies.iter().map(|c| &c.layout))
-            .map(|l| l.visible.iter().flat_map(|r| r.clone()).collect())
-            .collect(),
-        copies: lay.copies.clone(),
-        warnings: lay.warnings.iter().map(|w| w.to_string()).collect(),
-    };
+    let text_of = |p: &[u8]| String::from_utf8_lossy(p).into_owned();
     if args.has("--json") {
-        println!("{}", serde_json::to_string(&out).map_err(|e| Error::Internal(e.to_string()))?);
-        return Ok(());
+        return write_layout_json(&pieces, &lay).map_err(|e| Error::Internal(format!("writing the layout: {e}")).into());
     }
-    for (i, t) in out.tokens.iter().enumerate() {
-        println!("{i:>5} pos {:>5} {:<8} {:?}", t.pos, t.branch.as_deref().unwrap_or("-"), t.text);
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for (i, (p, l)) in pieces.iter().zip(&lay.pieces).enumerate() {
+        let line = format!("{i:>5} pos {:>5} {:<8} {:?}", l.pos, l.branch.as_deref().unwrap_or("-"), text_of(p));
+        if writeln!(out, "{line}").is_err() {
+            return Ok(()); // stdout closed (`| head`): nothing more to say
+        }
     }
-    for w in &out.warnings {
+    for c in &lay.copies {
+        let _ = writeln!(out, "copy of {:>5} pos {:>5}", c.of, c.layout.pos);
+    }
+    drop(out);
+    for w in &lay.warnings {
         eprintln!("warning: {w}");
     }
     Ok(())
+}
+
+/// The layout as one JSON object, written token by token (memory stays linear in the text):
+/// `tokens` (text, pos, branch), `visible` (per token, then per copy: sorted `[start, end)`
+/// index ranges, the token itself included), `copies` (tokens read a second time: `of`, `pos`,
+/// `branch`; index `tokens.len() + k` in `visible`), `warnings`.
+fn write_layout_json(pieces: &[Vec<u8>], lay: &pardec::protocol::Layout) -> std::io::Result<()> {
+    #[derive(Serialize)]
+    struct Tok<'a> {
+        text: String,
+        pos: u32,
+        branch: Option<&'a str>,
+    }
+    #[derive(Serialize)]
+    struct Copy<'a> {
+        of: usize,
+        pos: u32,
+        branch: Option<&'a str>,
+    }
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    out.write_all(b"{\"tokens\":[")?;
+    for (i, (p, l)) in pieces.iter().zip(&lay.pieces).enumerate() {
+        let t = Tok { text: String::from_utf8_lossy(p).into_owned(), pos: l.pos, branch: l.branch.as_deref() };
+        write!(out, "{}{}", if i > 0 { "," } else { "" }, json(&t)?)?;
+    }
+    out.write_all(b"],\"visible\":[")?;
+    for (i, l) in lay.pieces.iter().chain(lay.copies.iter().map(|c| &c.layout)).enumerate() {
+        let ranges: Vec<[usize; 2]> = l.visible.iter().map(|r| [r.start, r.end]).collect();
+        write!(out, "{}{}", if i > 0 { "," } else { "" }, json(&ranges)?)?;
+    }
+    out.write_all(b"],\"copies\":[")?;
+    for (i, c) in lay.copies.iter().enumerate() {
+        let copy = Copy { of: c.of, pos: c.layout.pos, branch: c.layout.branch.as_deref() };
+        write!(out, "{}{}", if i > 0 { "," } else { "" }, json(&copy)?)?;
+    }
+    let warnings: Vec<String> = lay.warnings.iter().map(|w| w.to_string()).collect();
+    writeln!(out, "],\"warnings\":{}}}", json(&warnings)?)?;
+    out.flush()
+}
+
+fn json<T: Serialize>(value: &T) -> std::io::Result<String> {
+    serde_json::to_string(value).map_err(std::io::Error::other)
 }
 
 fn cmd_check(args: &Args) -> CliResult<()> {
