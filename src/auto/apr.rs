@@ -112,18 +112,9 @@ pub fn generate_apr(
 fn rewind_to_calls(session: &mut Session, format: &SubSearchFormat) -> Result<()> {
     let text = session.node_text(NodeId::TRUNK);
     let Some(start) = format.calls_start(&text) else { return Ok(()) };
-    let mut keep = 0;
-    let mut end = 0;
-    let mut piece = Vec::new();
-    for t in session.node_tokens(NodeId::TRUNK) {
-        piece.clear();
-        session.model().token_bytes(t, &mut piece);
-        if end + piece.len() > start {
-            break;
-        }
-        end += piece.len();
-        keep += 1;
-    }
+    let ends = session.node_token_ends(NodeId::TRUNK);
+    let keep = ends.iter().take_while(|&&e| e <= start).count();
+    let end = keep.checked_sub(1).map_or(0, |k| ends[k]);
     session.rewind(NodeId::TRUNK, keep)?;
     // (A token that splits a character leaves no valid slice: its bytes are dropped.)
     if let Some(rest) = text.get(end..start).filter(|r| !r.is_empty()) {

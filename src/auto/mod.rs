@@ -322,18 +322,11 @@ impl Driver<'_, '_> {
     /// trigger's own tokens; one that starts before it belongs to the text before, as in
     /// `protocol::layout`).
     fn tokens_within_tail(&self, node: NodeId, bytes: usize) -> usize {
-        let tokens = self.session.node_tokens(node);
-        let mut covered = 0;
-        let mut piece = Vec::new();
-        for (n, &t) in tokens.iter().rev().enumerate() {
-            piece.clear();
-            self.session.model().token_bytes(t, &mut piece);
-            covered += piece.len();
-            if covered > bytes {
-                return n;
-            }
-        }
-        tokens.len()
+        let ends = self.session.node_token_ends(node);
+        let from = ends.last().map_or(0, |&total| total.saturating_sub(bytes));
+        // Token i starts where token i - 1 ends.
+        let starts = std::iter::once(0).chain(ends.iter().copied());
+        starts.take(ends.len()).filter(|&s| s >= from).count()
     }
 
     /// A branch is over: closes it in the text where the protocol says so, lets it keep the

@@ -192,10 +192,10 @@ impl Session {
                 return Err(e);
             }
             for (row, entry) in chunk.iter().enumerate() {
-                bytes.clear();
-                self.model.token_bytes(entry.token, &mut bytes);
                 let node = &mut self.nodes[entry.node];
                 if record {
+                    bytes.clear();
+                    self.model.token_bytes(entry.token, &mut bytes);
                     node.push_token(Origin::Forced, entry.token, &bytes);
                 } else {
                     node.next_pos += 1;

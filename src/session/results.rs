@@ -60,6 +60,22 @@ impl Session {
             .unwrap_or_default()
     }
 
+    /// Where each of the node's own tokens ends, as a byte offset in its text (nested blocks
+    /// excluded): token `i` covers bytes `ends[i - 1]..ends[i]`. Lets a caller map text
+    /// offsets to token counts.
+    pub fn node_token_ends(&self, node: NodeId) -> Vec<usize> {
+        let mut ends = Vec::new();
+        let mut bytes = Vec::new();
+        let mut end = 0;
+        for t in self.node_tokens(node) {
+            bytes.clear();
+            self.model.token_bytes(t, &mut bytes);
+            end += bytes.len();
+            ends.push(end);
+        }
+        ends
+    }
+
     /// Whether the node is generating (has a token waiting for the next step).
     pub fn is_running(&self, node: NodeId) -> bool {
         self.nodes.get(node.0).is_some_and(|n| n.alive && n.is_decoding())
