@@ -19,13 +19,19 @@
 //!    strings (and the single-token ones of `w.banned_strings()` banned); feed what it
 //!    generated to `w.feed`. On a stop that gave no `Fork` (a block opened or closed, or
 //!    `NoFork`: a trigger with nothing to fork), run again with the new stop strings and bans.
-//! 2. On `Action::Fork(plan)`: fork one branch per `plan.branches[i]`, prefilled with its
-//!    `prefix`, each watched by `w.child(&plan.branches[i])` and run with that watcher's
-//!    stop strings and bans. A branch's `Fork` is a nested block: the same steps apply.
+//! 2. On `Action::Fork(plan)`: drop the trigger from the parent's cache if the spec says
+//!    `trigger_in_cache: false`, write its `fork_text` to the parent (then `w.forked()`), and
+//!    fork one branch per `plan.branches[i]`, prefilled with its `prefix` (tokenized part by
+//!    part where `branch_prefix_parts` says so), each watched by `w.child(&plan.branches[i])`
+//!    and run with that watcher's stop strings and bans. A branch's `Fork` is a nested block:
+//!    the same steps apply.
 //! 3. A branch is done at `Action::BranchEnd`; if it stopped for EOS or its limit, call
-//!    `finish(StreamEnd::Eos | Limit)` to get it.
-//! 4. When every branch of a fork is done (nested blocks joined), join them in the engine,
-//!    append `w.join_text()` to the parent, call `w.joined()`, and resume the parent.
+//!    `finish(StreamEnd::Eos | Limit)` to get it. Append its end marker if it has none and
+//!    `close_unfinished` says so; after a marker, let it sample `keep_after_end` more tokens.
+//!    `Action::TrunkEnd` ends the trunk.
+//! 4. When every branch of a fork is done (nested blocks joined), join them in the engine under
+//!    the spec's `join_rule` (repeating the last branch token if `join_repeats_last`), with
+//!    `w.join_text()` as join text, call `w.joined()`, and resume the parent.
 
 mod announce;
 mod builtin;
