@@ -69,7 +69,8 @@ pub enum pardec_kv_type {
     F32 = 1,
 }
 
-/// How a session picks tokens. `temperature <= 0` is greedy (argmax), fully deterministic.
+/// How a session picks tokens. `temperature <= 0` (or below 1e-20) is greedy (argmax), fully
+/// deterministic.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct pardec_sampling_params {

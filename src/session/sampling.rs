@@ -36,8 +36,10 @@ impl SamplingParams {
         Self::default()
     }
 
+    /// Greedy: a temperature of 0 or below, or one below [`GREEDY_BELOW`], whose 1/T would
+    /// overflow the scaled logits (the limit of sampling as T → 0 is the argmax anyway).
     pub fn is_greedy(&self) -> bool {
-        self.temperature <= 0.0
+        self.temperature < GREEDY_BELOW
     }
 
     pub(crate) fn validate(&self) -> crate::Result<()> {
@@ -55,6 +57,15 @@ impl SamplingParams {
             )))
         }
     }
+}
+
+/// Temperatures below this sample greedily: 1/T past 1e20 would overflow logits beyond 3e18.
+pub const GREEDY_BELOW: f32 = 1e-20;
+
+/// Whether `t` is in `banned`, a sorted list (the session sorts each run's bans once, so a
+/// ban list as long as the vocabulary costs a binary search per logit, not a scan).
+pub(crate) fn is_banned(banned: &[Token], t: Token) -> bool {
+    !banned.is_empty() && banned.binary_search(&t).is_ok()
 }
 
 /// SplitMix64: tiny, fast, and good enough to draw one token per step.
@@ -244,6 +255,8 @@ pub(crate) struct BranchSampler {
     scratch: Vec<(f32, u32)>,
     /// The k best candidates of a full row while it is scanned (worst on top).
     best_k: BinaryHeap<Reverse<Ranked>>,
+    /// A caller's unsorted ban list, sorted (sessions pass theirs sorted already).
+    sorted_bans: Vec<Token>,
 }
 
 impl BranchSampler {
@@ -253,6 +266,7 @@ impl BranchSampler {
             rng: SplitMix64(branch_seed(params.seed, path)),
             scratch: Vec::new(),
             best_k: BinaryHeap::new(),
+            sorted_bans: Vec::new(),
         }
     }
 
@@ -262,10 +276,24 @@ impl BranchSampler {
     /// holds the row's top `top_k` logits gives the very token the full row gives (up to
     /// exact ties at its edge); with `top_k` off or larger, sampling is truncated to the set.
     pub(crate) fn sample(&mut self, scores: Scores<'_>, banned: &[Token]) -> Token {
+        if banned.windows(2).all(|w| w[0] <= w[1]) {
+            return self.sample_sorted(scores, banned);
+        }
+        let mut sorted = std::mem::take(&mut self.sorted_bans);
+        sorted.clear();
+        sorted.extend_from_slice(banned);
+        sorted.sort_unstable();
+        let token = self.sample_sorted(scores, &sorted);
+        self.sorted_bans = sorted;
+        token
+    }
+
+    /// [`BranchSampler::sample`] with `banned` sorted (looked up by binary search).
+    fn sample_sorted(&mut self, scores: Scores<'_>, banned: &[Token]) -> Token {
         match scores {
             Scores::Full(logits) if self.params.is_greedy() => {
                 let best = argmax(logits) as Token;
-                if banned.is_empty() || !banned.contains(&best) {
+                if !is_banned(banned, best) {
                     return best;
                 }
                 greedy_with_bans(logits, banned)
@@ -287,7 +315,7 @@ impl BranchSampler {
                     logits
                         .iter()
                         .enumerate()
-                        .filter(|(i, v)| v.is_finite() && !banned.contains(&(*i as Token)))
+                        .filter(|(i, v)| v.is_finite() && !is_banned(banned, *i as Token))
                         .map(|(i, &v)| (v * inv_t, i as u32)),
                 );
                 if self.scratch.is_empty() {
@@ -301,7 +329,7 @@ impl BranchSampler {
                 self.scratch.extend(
                     ids.iter()
                         .zip(logits)
-                        .filter(|(t, v)| v.is_finite() && **t >= 0 && !banned.contains(t))
+                        .filter(|(t, v)| v.is_finite() && **t >= 0 && !is_banned(banned, **t))
                         .map(|(&t, &v)| (v * inv_t, t as u32)),
                 );
                 if self.scratch.is_empty() {
@@ -341,7 +369,7 @@ impl BranchSampler {
                 if heap.len() == k && !matches!(heap.peek(), Some(Reverse(worst)) if cand > *worst) {
                     continue;
                 }
-                if banned.contains(&(i as Token)) {
+                if is_banned(banned, i as Token) {
                     continue;
                 }
                 if heap.len() == k {
@@ -407,7 +435,7 @@ impl BranchSampler {
 fn greedy_with_bans(logits: &[f32], banned: &[Token]) -> Token {
     let mut best: Option<usize> = None;
     for (i, &v) in logits.iter().enumerate() {
-        if banned.contains(&(i as Token)) {
+        if is_banned(banned, i as Token) {
             continue;
         }
         if best.map_or(true, |b| v > logits[b]) {
@@ -423,7 +451,7 @@ fn greedy_with_bans(logits: &[f32], banned: &[Token]) -> Token {
 fn best_candidate(ids: &[Token], logits: &[f32], banned: &[Token]) -> Token {
     let mut best: Option<(f32, Token)> = None;
     for (&t, &v) in ids.iter().zip(logits) {
-        if banned.contains(&t) || v.is_nan() {
+        if is_banned(banned, t) || v.is_nan() {
             continue;
         }
         if best.map_or(true, |(bv, bt)| v > bv || (v == bv && t < bt)) {
@@ -471,6 +499,35 @@ mod tests {
         assert_ne!(branch_seed(1, &[0, 1]), branch_seed(1, &[0, 2]));
         assert_ne!(branch_seed(1, &[0, 1]), branch_seed(2, &[0, 1]));
         assert_ne!(branch_seed(1, &[1]), branch_seed(1, &[1, 0]));
+    }
+
+    #[test]
+    fn a_vanishing_temperature_is_greedy() {
+        // 1/T overflowed to infinity and the scaled row became NaN: the least likely token won.
+        let logits: Vec<f32> = (0..1000).map(|i| ((i * 37) % 1000) as f32 * 0.01).collect();
+        let best = argmax(&logits) as Token;
+        for t in [1e-38f32, f32::MIN_POSITIVE, 1e-30, 1e-21] {
+            let params = SamplingParams { temperature: t, seed: 3, ..Default::default() };
+            assert!(params.is_greedy());
+            let mut s = BranchSampler::new(&params, &[0]);
+            assert_eq!(s.sample(Scores::Full(&logits), &[]), best, "temperature {t:e}");
+        }
+        assert!(!SamplingParams { temperature: 1e-3, ..Default::default() }.is_greedy());
+    }
+
+    #[test]
+    fn a_ban_list_as_long_as_the_vocabulary_leaves_the_one_allowed_token() {
+        // Sorted, as session runs pass them (an unsorted list is sorted by the sampler).
+        let logits: Vec<f32> = (0..50_000).map(|i| (i % 97) as f32).collect();
+        let mut banned: Vec<Token> = (0..50_000).filter(|&t| t != 12_345).collect();
+        banned.extend(0..1000); // repeats, as a caller might pass
+        banned.sort_unstable();
+        banned.dedup();
+        for params in [SamplingParams::greedy(), SamplingParams { temperature: 0.8, top_k: 40, seed: 1, ..Default::default() }] {
+            let mut s = BranchSampler::new(&params, &[0]);
+            assert_eq!(s.sample(Scores::Full(&logits), &banned), 12_345, "{params:?}");
+        }
+        assert!(is_banned(&banned, 0) && !is_banned(&banned, 12_345) && !is_banned(&[], 3));
     }
 
     #[test]

@@ -87,6 +87,9 @@ impl Session {
         if limits.ban_eog {
             node.banned.extend_from_slice(self.model.eog_tokens());
         }
+        // Sorted once per run: every sample looks tokens up in it (sampling::is_banned).
+        node.banned.sort_unstable();
+        node.banned.dedup();
         node.generated_in_run = 0;
         node.stop_reason = None;
         let longest = node.stops.iter().map(String::len).max().unwrap_or(0);
