@@ -372,7 +372,8 @@ typedef struct pardec_chat_message {
 } pardec_chat_message;
 
 /**
- * How a session picks tokens. `temperature <= 0` is greedy (argmax), fully deterministic.
+ * How a session picks tokens. `temperature <= 0` (or below 1e-20) is greedy (argmax), fully
+ * deterministic.
  */
 typedef struct pardec_sampling_params {
     float temperature;
