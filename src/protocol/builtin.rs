@@ -42,8 +42,9 @@ impl ProtocolSpec {
     /// - `aspd` (arXiv 2508.08895): serial text with `<|title|>T<|/title|>…` then `<|para|>`;
     ///   branches `<|branch|>T: …<|/branch|>`; join `<|/para|>\n` (which also closes the block).
     ///
-    /// None of them bans a tag: the engines sample freely, and a tag where it means nothing is
-    /// text (with a warning).
+    /// Multiverse, NPR, ThreadWeaver and Parallel-R1 ban no tag: their engines sample freely,
+    /// and a tag where it means nothing is text (with a warning). ASPD's engine constrains its
+    /// serial decoding, so it keeps the derived bans.
     pub fn builtin(name: &str) -> Option<ProtocolSpec> {
         let free = || Some(Bans::default());
         let spec = match name.to_ascii_lowercase().as_str() {
@@ -75,6 +76,7 @@ impl ProtocolSpec {
                 train_rule: Some(TrainRule::SharedStart),
                 bans: free(),
             },
+            // NPR's rollout engine is Multiverse's sglang engine with NPR's tags.
             "npr" => ProtocolSpec {
                 name: s("npr"),
                 block_open: Some(s("<guideline>")),
@@ -88,20 +90,9 @@ impl ProtocolSpec {
                 summary_open: Some(s("<takeaway>")),
                 summary_close: None,
                 block_close: Some(s("</takeaway>")),
-                max_depth: 6,
                 max_branches: 5,
-                branch_prefix_parts: Vec::new(),
-                trigger_in_cache: true,
-                join_repeats_last: false,
-                fork_text: s("\n"),
-                keep_after_end: 1,
-                close_unfinished: false,
-                join_rule: JoinRule::SameMax,
-                check_labels: false,
-                max_blocks: None,
                 on_bad_plan: BadPlan::EndStream,
-                train_rule: Some(TrainRule::SharedStart),
-                bans: free(),
+                ..Self::builtin("multiverse")?
             },
             "threadweaver" => ProtocolSpec {
                 name: s("threadweaver"),
