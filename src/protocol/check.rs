@@ -11,7 +11,7 @@ use serde::Serialize;
 use std::fmt;
 
 use super::spec::{Announce, ProtocolSpec};
-use super::structure::{parse, BlockTree, StreamTree};
+use super::structure::{parse, BlockTree, StreamTree, MOST_KEPT_BYTES};
 
 /// A structural problem at a (1-based) line of the text.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -117,7 +117,6 @@ fn check_block(spec: &ProtocolSpec, text: &str, block: &BlockTree, out: &mut Vec
 /// whitespace and, where the branch keeps tokens after its end marker, past a short kept text
 /// (it can be any token: Multiverse transcripts hold `</Path>6<Path>`).
 fn follows(after: &str, expected: &str, keep: u32) -> bool {
-    const MOST_KEPT_BYTES: usize = 16;
     after.trim_start().starts_with(expected) || (keep > 0 && after.find(expected).is_some_and(|i| i <= MOST_KEPT_BYTES))
 }
 

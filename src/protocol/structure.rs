@@ -164,9 +164,12 @@ fn parse_branches(
     BlockTree { opened, plan, fork_end, branches, resume: cursor, closed: None }
 }
 
+/// How far past a branch's end marker the text it keeps may reach (the kept tokens, usually
+/// one newline, at most a few bytes).
+pub(crate) const MOST_KEPT_BYTES: usize = 16;
+
 /// Where `tag` starts in `rest` after a short kept text holding no other tag opener.
 fn kept_then_tag(rest: &str, tag: &str) -> Option<usize> {
-    const MOST_KEPT_BYTES: usize = 16;
     let i = rest.find(tag)?;
     (i <= MOST_KEPT_BYTES && !rest[..i].contains('<')).then_some(i)
 }

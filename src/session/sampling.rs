@@ -255,8 +255,6 @@ pub(crate) struct BranchSampler {
     scratch: Vec<(f32, u32)>,
     /// The k best candidates of a full row while it is scanned (worst on top).
     best_k: BinaryHeap<Reverse<Ranked>>,
-    /// A caller's unsorted ban list, sorted (sessions pass theirs sorted already).
-    sorted_bans: Vec<Token>,
 }
 
 impl BranchSampler {
@@ -266,30 +264,24 @@ impl BranchSampler {
             rng: SplitMix64(branch_seed(params.seed, path)),
             scratch: Vec::new(),
             best_k: BinaryHeap::new(),
-            sorted_bans: Vec::new(),
         }
     }
 
-    /// Picks the next token. `banned` tokens are never chosen while another is possible.
+    /// [`BranchSampler::sample_sorted`] for a ban list in any order (tests pass literal ones).
+    #[cfg(test)]
+    pub(crate) fn sample(&mut self, scores: Scores<'_>, banned: &[Token]) -> Token {
+        let mut sorted = banned.to_vec();
+        sorted.sort_unstable();
+        self.sample_sorted(scores, &sorted)
+    }
+
+    /// Picks the next token. `banned` tokens, a sorted list (the session sorts each run's once),
+    /// are never chosen while another is possible.
     ///
     /// Full rows and candidate sets go through the same selection, so a candidate set that
     /// holds the row's top `top_k` logits gives the very token the full row gives (up to
     /// exact ties at its edge); with `top_k` off or larger, sampling is truncated to the set.
-    pub(crate) fn sample(&mut self, scores: Scores<'_>, banned: &[Token]) -> Token {
-        if banned.windows(2).all(|w| w[0] <= w[1]) {
-            return self.sample_sorted(scores, banned);
-        }
-        let mut sorted = std::mem::take(&mut self.sorted_bans);
-        sorted.clear();
-        sorted.extend_from_slice(banned);
-        sorted.sort_unstable();
-        let token = self.sample_sorted(scores, &sorted);
-        self.sorted_bans = sorted;
-        token
-    }
-
-    /// [`BranchSampler::sample`] with `banned` sorted (looked up by binary search).
-    fn sample_sorted(&mut self, scores: Scores<'_>, banned: &[Token]) -> Token {
+    pub(crate) fn sample_sorted(&mut self, scores: Scores<'_>, banned: &[Token]) -> Token {
         match scores {
             Scores::Full(logits) if self.params.is_greedy() => {
                 let best = argmax(logits) as Token;

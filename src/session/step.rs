@@ -213,7 +213,7 @@ impl Session {
         }
         debug_assert!(rows.next().is_none(), "step entries out of node order");
         let pick = |(row, node, logits): &mut (usize, &mut Node, &[f32])| {
-            let token = node.sampler.sample(Scores::Full(logits), &node.banned);
+            let token = node.sampler.sample_sorted(Scores::Full(logits), &node.banned);
             (*row, token)
         };
         let floats: usize = work.iter().map(|(_, _, l)| l.len()).sum();
@@ -368,7 +368,7 @@ pub(super) fn sample_next(
     let token = match (forced, preselected) {
         (Some(t), _) if t >= 0 && (t as usize) < model.n_vocab() => t,
         (_, Some(t)) => t,
-        _ => node.sampler.sample(scores, &node.banned),
+        _ => node.sampler.sample_sorted(scores, &node.banned),
     };
     if model.is_eog(token) {
         node.state = NodeState::Idle;
