@@ -7,6 +7,7 @@ mod common;
 
 use common::models;
 use common::script::{nested_multiverse, seg, seg_eos, Script, When};
+use common::transcript::response_pieces;
 use pardec::auto::{generate_auto, AutoParams, AutoReport};
 use pardec::protocol::{check, layout, ProtocolSpec, WarningKind};
 use pardec::{ItemReport, Model, NodeReport, Origin, Session, SessionParams, Silent, Transcript};
@@ -18,33 +19,6 @@ fn session(model: &Model) -> Session {
 
 fn params() -> AutoParams {
     AutoParams { max_tokens: 120, max_branch_tokens: 80, response_prefix: String::new(), ..Default::default() }
-}
-
-/// Every (token, position) in the order of the flattened text.
-fn flatten(report: &NodeReport, out: &mut Vec<(i32, i32)>) {
-    for item in &report.items {
-        match item {
-            ItemReport::Text { first_pos, tokens, .. } => {
-                out.extend(tokens.iter().enumerate().map(|(i, &t)| (t, first_pos + i as i32)))
-            }
-            ItemReport::Block { branches, .. } => branches.iter().for_each(|b| flatten(b, out)),
-        }
-    }
-}
-
-/// The response part of the transcript (after the prompt), as (piece bytes, engine position).
-fn response_pieces(model: &Model, t: &Transcript, prompt_tokens: usize) -> (Vec<Vec<u8>>, Vec<i32>) {
-    let mut all = Vec::new();
-    flatten(&t.trunk, &mut all);
-    let mut pieces = Vec::new();
-    let mut pos = Vec::new();
-    for &(tok, p) in &all[prompt_tokens..] {
-        let mut b = Vec::new();
-        model.token_bytes(tok, &mut b);
-        pieces.push(b);
-        pos.push(p - prompt_tokens as i32);
-    }
-    (pieces, pos)
 }
 
 /// Runs `spec` with `script` and checks what every protocol must satisfy: the text is

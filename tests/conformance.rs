@@ -22,10 +22,11 @@
 mod common;
 
 use common::script::{seg, seg_eos, Script, When};
+use common::transcript::response_pieces;
 use common::tiny_model::{ByteVocab, TinyConfig, TinyModel};
 use pardec::auto::{generate_auto, AutoParams};
 use pardec::protocol::{check, layout, layout_text, layout_with, Layout, ProtocolSpec, Rule};
-use pardec::{ItemReport, KvType, Model, ModelParams, NodeId, NodeReport, Session, SessionParams, Silent};
+use pardec::{KvType, Model, ModelParams, NodeId, Session, SessionParams, Silent};
 
 const MULTIVERSE: &str = "Let's think in parallel.\n<Parallel>\n<Goal>\n<Outline>\n1: Convert the feet.\n</Outline>\n\
 <Outline>\n2: Form the fraction.\n</Outline>\n</Goal>\n<Path>\n1: Two feet are 24 inches.\n</Path>\n<Path>\n2: Three of \
@@ -300,17 +301,6 @@ fn byte_model() -> (Model, std::path::PathBuf) {
     (Model::load(&path, &ModelParams::default()).unwrap(), path)
 }
 
-fn flatten(n: &NodeReport, out: &mut Vec<(pardec::Token, i32)>) {
-    for item in &n.items {
-        match item {
-            ItemReport::Text { first_pos, tokens, .. } => {
-                out.extend(tokens.iter().enumerate().map(|(i, &t)| (t, first_pos + i as i32)))
-            }
-            ItemReport::Block { branches, .. } => branches.iter().for_each(|b| flatten(b, out)),
-        }
-    }
-}
-
 /// Runs `spec` under `script` after a short prompt; the response text, its tokens' bytes and
 /// the positions the engine decoded them at.
 fn run_engine(model: &Model, spec: &ProtocolSpec, script: Script) -> (String, Vec<Vec<u8>>, Vec<u32>) {
@@ -323,16 +313,8 @@ fn run_engine(model: &Model, spec: &ProtocolSpec, script: Script) -> (String, Ve
     let auto = AutoParams { max_tokens: 400, max_branch_tokens: 200, ..Default::default() };
     generate_auto(&mut s, spec, &auto, &mut Silent).unwrap();
     let t = s.transcript();
-    let mut all = Vec::new();
-    flatten(&t.trunk, &mut all);
-    let mut pieces = Vec::new();
-    let mut pos = Vec::new();
-    for &(tok, p) in &all[prompt_tokens..] {
-        let mut b = Vec::new();
-        model.token_bytes(tok, &mut b);
-        pieces.push(b);
-        pos.push((p - prompt_tokens as i32) as u32);
-    }
+    let (pieces, pos) = response_pieces(model, &t, prompt_tokens);
+    let pos = pos.into_iter().map(|p| p as u32).collect();
     (t.text[prompt_len..].to_string(), pieces, pos)
 }
 

@@ -7,3 +7,4 @@
 pub mod tiny_model;
 pub mod models;
 pub mod script;
+pub mod transcript;
