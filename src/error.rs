@@ -7,7 +7,7 @@ use std::fmt;
 pub enum Error {
     /// llama.cpp's backend could not start.
     Backend(String),
-    /// The model file does not exist or cannot be read.
+    /// The model or adapter file does not exist or cannot be read.
     ModelNotFound(String),
     /// The file exists but is not a GGUF file (bad magic).
     NotGguf(String),
@@ -41,6 +41,11 @@ pub enum Error {
     Decode(i32),
     /// A bug in pardec (a caught panic, a broken invariant).
     Internal(String),
+    /// A GGUF file that is not a LoRA adapter (`general.type`/`adapter.type`), or a malformed one.
+    NotAdapter(String),
+    /// A LoRA adapter made for another model: another architecture, a tensor the model lacks,
+    /// or a shape that does not fit.
+    AdapterMismatch(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -81,6 +86,8 @@ impl fmt::Display for Error {
             Error::Cancelled => write!(f, "cancelled by the caller"),
             Error::Decode(code) => write!(f, "llama_decode failed with code {code}"),
             Error::Internal(m) => write!(f, "internal error: {m}"),
+            Error::NotAdapter(m) => write!(f, "not a LoRA adapter: {m}"),
+            Error::AdapterMismatch(m) => write!(f, "adapter does not fit the model: {m}"),
         }
     }
 }

@@ -16,6 +16,7 @@
 //! # Ok::<(), pardec::Error>(())
 //! ```
 
+mod adapter;
 pub mod auto;
 mod backend;
 // The CLI's benchmark and equivalence check, and the C ABI: public for the `pardec` binary and
@@ -25,6 +26,7 @@ pub mod bench;
 #[doc(hidden)]
 pub mod equivalence;
 mod error;
+mod gguf;
 #[doc(hidden)]
 pub mod ffi;
 mod llama;
@@ -33,6 +35,7 @@ pub mod protocol;
 pub mod session;
 mod stats;
 
+pub use adapter::Adapter;
 pub use backend::backend;
 pub use error::{Error, Result};
 pub use model::{Model, ModelParams, Token};

@@ -41,6 +41,40 @@ impl Drop for LlamaModel {
     }
 }
 
+/// A llama.cpp LoRA adapter of one model. It is freed explicitly (`free`) by its owner, under
+/// the model's adapter lock; a model frees any adapters still attached when it is freed.
+pub(crate) struct LlamaAdapter {
+    ptr: Option<NonNull<sys::llama_adapter_lora>>,
+}
+
+// SAFETY: an adapter's tensors are read-only once loaded; the one mutation, freeing, detaches
+// it from its model's set, which `adapter.rs` serialises with the model's adapter lock.
+unsafe impl Send for LlamaAdapter {}
+unsafe impl Sync for LlamaAdapter {}
+
+impl LlamaAdapter {
+    /// None when llama.cpp refuses the file (it catches its own exceptions and logs why).
+    pub(crate) fn load(model: &LlamaModel, path: &Path) -> Option<LlamaAdapter> {
+        let c_path = path.to_str().and_then(|s| CString::new(s).ok())?;
+        // SAFETY: a live model and a NUL-terminated path that lives across the call.
+        let ptr = unsafe { sys::llama_adapter_lora_init(model.ptr.as_ptr(), c_path.as_ptr()) };
+        Some(LlamaAdapter { ptr: Some(NonNull::new(ptr)?) })
+    }
+
+    pub(crate) fn as_ptr(&self) -> *mut sys::llama_adapter_lora {
+        self.ptr.map_or(std::ptr::null_mut(), NonNull::as_ptr)
+    }
+
+    /// Frees the adapter (once; later calls do nothing). No context may still use it.
+    pub(crate) fn free(&mut self) {
+        if let Some(ptr) = self.ptr.take() {
+            // SAFETY: the pointer came from llama_adapter_lora_init on a model that is still
+            // alive (the owner holds it), and `take` makes this the only free.
+            unsafe { sys::llama_adapter_lora_free(ptr.as_ptr()) }
+        }
+    }
+}
+
 /// Why a model failed to load.
 pub(crate) enum LoadFailure {
     /// The path cannot be passed to C (not UTF-8, or holds a NUL byte).
@@ -326,6 +360,18 @@ impl LlamaContext {
                 free_chains(&mut chains);
                 None
             }
+        }
+    }
+
+    /// Replaces the context's LoRA adapters (an empty list removes them). llama.cpp rebuilds
+    /// its graph at the next decode; cells already computed keep their values.
+    pub(crate) fn set_adapters(&mut self, adapters: &[(&LlamaAdapter, f32)]) {
+        let mut ptrs: Vec<*mut sys::llama_adapter_lora> = adapters.iter().map(|(a, _)| a.as_ptr()).collect();
+        let mut scales: Vec<f32> = adapters.iter().map(|&(_, s)| s).collect();
+        // SAFETY: both arrays hold `len` entries and outlive the call (llama.cpp copies them
+        // into its own map); the adapters outlive the context (the session keeps them).
+        unsafe {
+            sys::llama_set_adapters_lora(self.ptr.as_ptr(), ptrs.as_mut_ptr(), ptrs.len(), scales.as_mut_ptr());
         }
     }
 

@@ -4,6 +4,7 @@
 //! needed. Loading checks what llama.cpp would otherwise abort or misbehave on: a missing file,
 //! a file that is not GGUF, and architectures whose state cannot be forked and joined.
 
+use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,6 +32,11 @@ pub(crate) struct ModelInner {
     architecture: String,
     /// Every end-of-generation token, for callers that must ban them.
     eog_tokens: Vec<Token>,
+    /// Taken for writing while a LoRA adapter is loaded or freed, for reading while a context
+    /// is created or decodes: llama.cpp reads the model's adapter set then (`adapter.rs`).
+    pub(crate) adapter_lock: parking_lot::RwLock<()>,
+    /// Tensor shapes from the file's header, read when the first adapter is checked.
+    tensor_shapes: once_cell::sync::OnceCell<Option<HashMap<String, Vec<u64>>>>,
 }
 
 /// A loaded GGUF model, shareable between sessions and threads (`Send + Sync`).
@@ -110,8 +116,22 @@ impl Model {
                 has_text_vocab,
                 architecture,
                 eog_tokens,
+                adapter_lock: parking_lot::RwLock::new(()),
+                tensor_shapes: once_cell::sync::OnceCell::new(),
             }),
         })
+    }
+
+    /// The shape (`ne`) of each tensor in the model's file, by name; None when the file can no
+    /// longer be read (an adapter's shapes are then left to llama.cpp to check).
+    pub(crate) fn tensor_shapes(&self) -> Option<&HashMap<String, Vec<u64>>> {
+        self.inner
+            .tensor_shapes
+            .get_or_init(|| {
+                let header = crate::gguf::read_header(&self.inner.path).ok()?;
+                Some(header.tensors.into_iter().map(|t| (t.name, t.ne)).collect())
+            })
+            .as_ref()
     }
 
     /// The file the model was loaded from.

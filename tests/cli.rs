@@ -131,6 +131,21 @@ fn layout_json_gives_shared_branch_positions_and_sibling_invisibility() {
     let last = tokens.len() - 1;
     assert!(sees(last, b1) && sees(last, b2), "after the join the trunk sees both branches");
     assert!(tokens[last]["branch"].is_null());
+
+    // Training labels: ids, byte offsets that spell the text, and the predicting entry.
+    let mut offset = 0;
+    for t in tokens {
+        assert!(t["id"].as_i64().is_some(), "{t}");
+        assert_eq!(t["start"].as_u64(), Some(offset), "{t}");
+        offset += t["text"].as_str().unwrap().len() as u64;
+    }
+    assert_eq!(offset as usize, MULTIVERSE.len(), "the tokens spell the text");
+    let prev = |i: usize| tokens[i]["prev"].as_u64().map(|p| p as usize);
+    assert_eq!(prev(0), None);
+    assert_eq!(prev(b1), Some(b1 - 1), "branch 1 follows the fork point");
+    assert_eq!(prev(b2), Some(b1 - 1), "branch 2 is predicted from the fork point too, not from branch 1's end");
+    assert_eq!(prev(b2 + 1), Some(b2));
+    assert!(v["warnings"].as_array().unwrap().is_empty());
 }
 
 #[test]

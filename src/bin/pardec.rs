@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use pardec::bench::{self, BenchParams};
 use pardec::{
-    BranchSpec, Error, Event, JoinMode, Model, ModelParams, NodeId, RunLimits, SamplingParams,
+    Adapter, BranchSpec, Error, Event, JoinMode, Model, ModelParams, NodeId, RunLimits, SamplingParams,
     Selection, Session, SessionParams, Silent, Stats,
 };
 use pardec::auto::apr::generate_apr;
@@ -30,6 +30,7 @@ usage:
                [--max-tokens N] [--max-branch-tokens N] [sampling options] [--json]
   pardec layout [--model PATH] --protocol P [--rule engine|train] [--json]   (tagged text on stdin)
   pardec check  --protocol P                             (tagged text on stdin)
+  pardec score [--model PATH] --context TEXT --continuation TEXT [--json]
   pardec equiv [--model PATH] [--branches N] [--tokens N] [--bound X] [--threads N]
                [--selection device[:K]]   (also: device-selected greedy tokens == host's)
 
@@ -43,6 +44,10 @@ layout: position ids, branch and visible tokens of every token of a tagged train
 the engine decodes it (visible lists include the token itself; tokens a reprefill join reads
 again are listed as copies); --rule train: as the protocol's own training code lays it out.
 check: structural errors.
+score: the natural-log probability of each token of the continuation after the context (raw
+text, special tokens parsed, no chat template), from raw logits.
+--lora PATH[:SCALE] (run, bench, equiv, score; repeatable): decode with a LoRA adapter of the
+model, at SCALE (default 1).
 equiv: decodes branches in one batch and each alone and prints the largest logit distance
 (relative to the largest logit), then the same with branches deliberately leaking into each
 other; exits 1 unless the first is within --bound (default 0.15) and the second beyond it.
@@ -158,6 +163,23 @@ fn load_model(args: &Args) -> CliResult<Model> {
     Ok(Model::load(&path, &ModelParams::default())?)
 }
 
+/// Every `--lora PATH[:SCALE]` (scale 1 when absent), loaded for `model`.
+fn adapters(args: &Args, model: &Model) -> CliResult<Vec<(Adapter, f32)>> {
+    args.all("--lora")
+        .iter()
+        .map(|spec| {
+            let (path, scale) = match spec.rsplit_once(':') {
+                Some((path, scale)) if !path.is_empty() => match scale.parse::<f32>() {
+                    Ok(scale) if scale.is_finite() => (path, scale),
+                    _ => return Err(usage(format!("--lora {spec:?}: {scale:?} is not a finite scale"))),
+                },
+                _ => (spec.as_str(), 1.0),
+            };
+            Ok((Adapter::load(model, path)?, scale))
+        })
+        .collect()
+}
+
 fn sampling(args: &Args) -> CliResult<SamplingParams> {
     Ok(SamplingParams {
         temperature: args.num("--temp", 0.0)?,
@@ -191,6 +213,7 @@ fn cmd_run(args: &Args) -> CliResult<()> {
         "--model", "--prompt", "--branch", "--then", "--max-tokens", "--max-branch-tokens",
         "--temp", "--top-k", "--top-p", "--min-p", "--seed", "--ctx", "--threads", "--raw",
         "--stream", "--json", "--protocol", "--response-prefix", "--branch-stop", "--selection",
+        "--lora",
     ])?;
     let prompt = args.get("--prompt").ok_or_else(|| usage("run needs --prompt TEXT"))?;
     if let Some(protocol) = args.get("--protocol") {
@@ -216,6 +239,7 @@ fn cmd_run(args: &Args) -> CliResult<()> {
         max_branches: (branches.len() as u32).clamp(1, pardec::session::MAX_SEQUENCES - 1),
         sampling: sampling(args)?,
         selection: selection(args)?,
+        adapters: adapters(args, &model)?,
         ..Default::default()
     };
     let mut session = Session::new(&model, params)?;
@@ -341,6 +365,7 @@ fn cmd_run_auto(args: &Args, prompt: &str, protocol: &str) -> CliResult<()> {
         max_branches: 16,
         sampling: sampling(args)?,
         selection: selection(args)?,
+        adapters: adapters(args, &model)?,
         ..Default::default()
     };
     let mut session = Session::new(&model, params)?;
@@ -451,7 +476,8 @@ fn cmd_layout(args: &Args) -> CliResult<()> {
     let lay = layout_with(&spec, &pieces, rule);
     let text_of = |p: &[u8]| String::from_utf8_lossy(p).into_owned();
     if args.has("--json") {
-        return write_layout_json(&pieces, &lay).map_err(|e| Error::Internal(format!("writing the layout: {e}")).into());
+        let spelled = pieces.iter().flatten().copied().eq(text.bytes());
+        return write_layout_json(&tokens, &pieces, &lay, spelled).map_err(|e| Error::Internal(format!("writing the layout: {e}")).into());
     }
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for (i, (p, l)) in pieces.iter().zip(&lay.pieces).enumerate() {
@@ -471,12 +497,22 @@ fn cmd_layout(args: &Args) -> CliResult<()> {
 }
 
 /// The layout as one JSON object, written token by token (memory stays linear in the text):
-/// `tokens` (text, pos, branch), `visible` (per token, then per copy: sorted `[start, end)`
-/// index ranges, the token itself included), `copies` (tokens read a second time: `of`, `pos`,
-/// `branch`; index `tokens.len() + k` in `visible`), `warnings`.
-fn write_layout_json(pieces: &[Vec<u8>], lay: &pardec::protocol::Layout) -> std::io::Result<()> {
+/// `tokens` (id, start: byte offset in the tokens' text, prev: the entry whose logits predict
+/// it, text, pos, branch), `visible` (per token, then per copy: sorted `[start, end)` index
+/// ranges, the token itself included), `copies` (tokens read a second time: `of`, `pos`,
+/// `branch`, `prev`; index `tokens.len() + k` in `visible`), `warnings`. `spelled` is false when
+/// the tokens' text differs from the input (offsets then refer to the tokens' text).
+fn write_layout_json(
+    ids: &[pardec::Token],
+    pieces: &[Vec<u8>],
+    lay: &pardec::protocol::Layout,
+    spelled: bool,
+) -> std::io::Result<()> {
     #[derive(Serialize)]
     struct Tok<'a> {
+        id: pardec::Token,
+        start: usize,
+        prev: Option<usize>,
         text: String,
         pos: u32,
         branch: Option<&'a str>,
@@ -486,11 +522,21 @@ fn write_layout_json(pieces: &[Vec<u8>], lay: &pardec::protocol::Layout) -> std:
         of: usize,
         pos: u32,
         branch: Option<&'a str>,
+        prev: Option<usize>,
     }
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     out.write_all(b"{\"tokens\":[")?;
+    let mut start = 0;
     for (i, (p, l)) in pieces.iter().zip(&lay.pieces).enumerate() {
-        let t = Tok { text: String::from_utf8_lossy(p).into_owned(), pos: l.pos, branch: l.branch.as_deref() };
+        let t = Tok {
+            id: ids[i],
+            start,
+            prev: l.predecessor(i),
+            text: String::from_utf8_lossy(p).into_owned(),
+            pos: l.pos,
+            branch: l.branch.as_deref(),
+        };
+        start += p.len();
         write!(out, "{}{}", if i > 0 { "," } else { "" }, json(&t)?)?;
     }
     out.write_all(b"],\"visible\":[")?;
@@ -500,10 +546,18 @@ fn write_layout_json(pieces: &[Vec<u8>], lay: &pardec::protocol::Layout) -> std:
     }
     out.write_all(b"],\"copies\":[")?;
     for (i, c) in lay.copies.iter().enumerate() {
-        let copy = Copy { of: c.of, pos: c.layout.pos, branch: c.layout.branch.as_deref() };
+        let copy = Copy {
+            of: c.of,
+            pos: c.layout.pos,
+            branch: c.layout.branch.as_deref(),
+            prev: c.layout.predecessor(pieces.len() + i),
+        };
         write!(out, "{}{}", if i > 0 { "," } else { "" }, json(&copy)?)?;
     }
-    let warnings: Vec<String> = lay.warnings.iter().map(|w| w.to_string()).collect();
+    let mut warnings: Vec<String> = lay.warnings.iter().map(|w| w.to_string()).collect();
+    if !spelled {
+        warnings.push("the tokens do not spell the input text exactly: `start` offsets are in the tokens' text".into());
+    }
     writeln!(out, "],\"warnings\":{}}}", json(&warnings)?)?;
     out.flush()
 }
@@ -559,7 +613,7 @@ fn print_stats(s: &Stats) {
 fn cmd_bench(args: &Args) -> CliResult<()> {
     args.check_known(&[
         "--model", "--branches", "--tokens", "--reps", "--threads", "--json", "--auto", "--selection",
-        "--temp", "--top-k", "--top-p", "--min-p", "--seed",
+        "--temp", "--top-k", "--top-p", "--min-p", "--seed", "--lora",
     ])?;
     let mut p = BenchParams::default();
     if let Some(list) = args.get("--branches") {
@@ -580,6 +634,7 @@ fn cmd_bench(args: &Args) -> CliResult<()> {
     p.session.selection = selection(args)?;
     p.session.sampling = sampling(args)?;
     let model = load_model(args)?;
+    p.session.adapters = adapters(args, &model)?;
     if args.has("--auto") {
         return cmd_bench_auto(args, &model, &p);
     }
@@ -647,7 +702,7 @@ fn cmd_bench_auto(args: &Args, model: &Model, p: &BenchParams) -> CliResult<()> 
 }
 
 fn cmd_equiv(args: &Args) -> CliResult<()> {
-    args.check_known(&["--model", "--branches", "--tokens", "--bound", "--threads", "--selection"])?;
+    args.check_known(&["--model", "--branches", "--tokens", "--bound", "--threads", "--selection", "--lora"])?;
     let branches: usize = args.num("--branches", 4)?;
     let tokens: usize = args.num("--tokens", 12)?;
     let bound: f64 = args.num("--bound", 0.15)?;
@@ -655,7 +710,12 @@ fn cmd_equiv(args: &Args) -> CliResult<()> {
         return Err(usage("equiv needs --branches in 2..=64 and --tokens ≥ 1"));
     }
     let model = load_model(args)?;
-    let params = SessionParams { n_ctx: 4096, n_threads: args.num("--threads", 0)?, ..Default::default() };
+    let params = SessionParams {
+        n_ctx: 4096,
+        n_threads: args.num("--threads", 0)?,
+        adapters: adapters(args, &model)?,
+        ..Default::default()
+    };
     let noise = pardec::equivalence::batch_vs_alone(&model, &params, branches, tokens, false)?;
     let leak = pardec::equivalence::batch_vs_alone(&model, &params, branches, tokens, true)?;
     println!("batch vs alone: {noise:.6}   with a sibling leak: {leak:.6}   bound: {bound}");
@@ -678,6 +738,42 @@ fn cmd_equiv(args: &Args) -> CliResult<()> {
     Ok(())
 }
 
+/// `score`: the log-probability of each token of a continuation after a context.
+fn cmd_score(args: &Args) -> CliResult<()> {
+    args.check_known(&["--model", "--lora", "--context", "--continuation", "--ctx", "--threads", "--json"])?;
+    let context = args.get("--context").ok_or_else(|| usage("score needs --context TEXT"))?;
+    let continuation = args.get("--continuation").ok_or_else(|| usage("score needs --continuation TEXT"))?;
+    let model = load_model(args)?;
+    let params = SessionParams {
+        n_ctx: args.num("--ctx", 4096)?,
+        n_threads: args.num("--threads", 0)?,
+        max_branches: 1,
+        adapters: adapters(args, &model)?,
+        ..Default::default()
+    };
+    let mut session = Session::new(&model, params)?;
+    session.prompt(context)?;
+    let ids = model.tokenize(continuation, false)?;
+    let logprobs = session.score_tokens(NodeId::TRUNK, &ids)?;
+    let total: f64 = logprobs.iter().map(|&l| l as f64).sum();
+    if args.has("--json") {
+        let tokens: Vec<_> = ids
+            .iter()
+            .zip(&logprobs)
+            .map(|(id, lp)| serde_json::json!({ "id": id, "logprob": lp }))
+            .collect();
+        println!("{}", serde_json::json!({ "tokens": tokens, "total": total }));
+        return Ok(());
+    }
+    for (id, lp) in ids.iter().zip(&logprobs) {
+        let mut piece = Vec::new();
+        model.token_bytes(*id, &mut piece);
+        println!("{id:>7} {lp:>10.4} {:?}", String::from_utf8_lossy(&piece));
+    }
+    println!("total {total:.4} over {} tokens", ids.len());
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let result = match argv.first().map(String::as_str) {
@@ -686,6 +782,7 @@ fn main() -> ExitCode {
         Some("equiv") => Args::parse(&argv[1..]).and_then(|a| cmd_equiv(&a)),
         Some("layout") => Args::parse(&argv[1..]).and_then(|a| cmd_layout(&a)),
         Some("check") => Args::parse(&argv[1..]).and_then(|a| cmd_check(&a)),
+        Some("score") => Args::parse(&argv[1..]).and_then(|a| cmd_score(&a)),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(())

@@ -27,7 +27,7 @@ pub enum pardec_status {
     Busy = 6,
     /// llama.cpp's backend could not start.
     Backend = 7,
-    /// The model file does not exist or cannot be read.
+    /// The model or adapter file does not exist or cannot be read.
     ModelNotFound = 8,
     /// The file is not a GGUF file.
     NotGguf = 9,
@@ -62,6 +62,10 @@ pub enum pardec_status {
     /// pardec panicked; the panic was caught. A session that panicked refuses further calls
     /// with this status (free it).
     Panic = 23,
+    /// The GGUF file is not a LoRA adapter (or a malformed one).
+    NotAdapter = 24,
+    /// The LoRA adapter was made for another model (architecture, tensor names or shapes).
+    AdapterMismatch = 25,
 }
 
 impl From<&Error> for pardec_status {
@@ -86,6 +90,8 @@ impl From<&Error> for pardec_status {
             Error::Cancelled => pardec_status::Cancelled,
             Error::Decode(_) => pardec_status::Decode,
             Error::Internal(_) => pardec_status::Internal,
+            Error::NotAdapter(_) => pardec_status::NotAdapter,
+            Error::AdapterMismatch(_) => pardec_status::AdapterMismatch,
         }
     }
 }
@@ -108,7 +114,7 @@ pub(crate) const STATUS_TABLE: &[(pardec_status, &str, &std::ffi::CStr)] = &[
         c"the session is in use (re-entrant call from a callback, or another thread)",
     ),
     (pardec_status::Backend, "BACKEND", c"llama.cpp's backend could not start"),
-    (pardec_status::ModelNotFound, "MODEL_NOT_FOUND", c"the model file does not exist or cannot be read"),
+    (pardec_status::ModelNotFound, "MODEL_NOT_FOUND", c"the model or adapter file does not exist or cannot be read"),
     (pardec_status::NotGguf, "NOT_GGUF", c"the file is not a GGUF file"),
     (pardec_status::ModelLoad, "MODEL_LOAD", c"llama.cpp could not load the model"),
     (pardec_status::UnsupportedModel, "UNSUPPORTED_MODEL", c"the model cannot be used this way"),
@@ -124,6 +130,12 @@ pub(crate) const STATUS_TABLE: &[(pardec_status, &str, &std::ffi::CStr)] = &[
     (pardec_status::Decode, "DECODE", c"llama_decode failed"),
     (pardec_status::Internal, "INTERNAL", c"internal error in pardec"),
     (pardec_status::Panic, "PANIC", c"pardec panicked (caught at the C boundary)"),
+    (pardec_status::NotAdapter, "NOT_ADAPTER", c"the file is not a LoRA adapter"),
+    (
+        pardec_status::AdapterMismatch,
+        "ADAPTER_MISMATCH",
+        c"the LoRA adapter was made for another model",
+    ),
 ];
 
 #[cfg(test)]

@@ -74,6 +74,20 @@ impl PieceLayout {
         let k = self.visible.partition_point(|r| r.end <= j);
         self.visible.get(k).is_some_and(|r| r.start <= j)
     }
+
+    /// The entry whose logits predict this one, `index` being this entry's own index: the
+    /// last entry it sees other than itself (in a branch's first token, the fork point rather
+    /// than the previous sibling's end, which it does not see). `None` for the first token.
+    /// Training reads its labels from this instead of shifting by one in file order.
+    pub fn predecessor(&self, index: usize) -> Option<usize> {
+        self.visible.iter().rev().find_map(|r| {
+            let last = r.end.checked_sub(1)?;
+            if last != index {
+                return Some(last);
+            }
+            (last > r.start).then(|| last - 1)
+        })
+    }
 }
 
 /// A piece read a second time: it has index `pieces.len() + k` in visibility ranges.

@@ -23,8 +23,10 @@
 mod fork;
 mod join;
 mod kv;
+mod lora;
 mod prefill;
 mod results;
+mod score;
 pub mod sampling;
 mod step;
 mod stop;
@@ -36,6 +38,7 @@ use once_cell::sync::Lazy;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+use crate::adapter::Adapter;
 use crate::backend::backend;
 use crate::error::{Error, Result};
 use crate::llama::{Batch, ContextConfig, LlamaContext, Sampled};
@@ -44,6 +47,7 @@ use crate::stats::{Counters, Stats};
 use kv::{SeqPool, TRUNK_SEQ};
 use sampling::{BranchSampler, SamplingParams, Scores};
 use step::selection_threads;
+use lora::check_adapters;
 use tree::{report, Block, Node, NodeState};
 pub use join::JoinRule;
 pub use tree::{ItemReport, JoinMode, NodeReport, Origin, StopReason, Transcript};
@@ -107,6 +111,9 @@ pub struct SessionParams {
     pub flash_attn: Option<bool>,
     pub sampling: SamplingParams,
     pub selection: Selection,
+    /// LoRA adapters of the session's model, each with its scale (1.0: as trained); see
+    /// [`Session::set_adapters`].
+    pub adapters: Vec<(Adapter, f32)>,
     /// Keep the logits of every sampled token (for equivalence tests; costs memory).
     #[doc(hidden)]
     pub record_logits: bool,
@@ -128,6 +135,7 @@ impl Default for SessionParams {
             flash_attn: None,
             sampling: SamplingParams::default(),
             selection: Selection::Host,
+            adapters: Vec::new(),
             record_logits: false,
             leak_between_siblings: false,
         }
@@ -349,6 +357,7 @@ impl Session {
             (None, KvType::F16) => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO,
         };
         let device_candidates = device_candidates(&params, model.n_vocab())?;
+        check_adapters(model, &params.adapters)?;
         let config = ContextConfig {
             n_ctx: params.n_ctx,
             n_batch: params.n_batch,
@@ -363,6 +372,7 @@ impl Session {
         // holding that model and declares `ctx` before `model`, so the context goes first.
         let ctx = {
             let _guard = CONTEXT_CREATION.lock();
+            let _adapters_stay = model.inner.adapter_lock.read();
             LlamaContext::new(&model.inner.llama, &config).ok_or_else(|| {
                 Error::Context(format!(
                     "llama.cpp refused n_ctx={} n_batch={} n_seq_max={n_seq_max}{} (out of \
@@ -397,6 +407,7 @@ impl Session {
             params,
         };
         session.reset_tree();
+        session.apply_adapters();
         Ok(session)
     }
 

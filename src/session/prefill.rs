@@ -6,6 +6,7 @@
 
 use std::time::Instant;
 
+use super::score::log_probability;
 use super::step::row_scores;
 use super::tree::Item;
 use super::*;
@@ -158,16 +159,23 @@ impl Session {
     /// Each node gets logits for its last token, saved for its next sample. On failure every
     /// node's cells written here are removed again.
     pub(super) fn prefill(&mut self, work: &[(usize, &[Token])]) -> Result<()> {
-        self.prefill_into(work, true)
+        self.prefill_into(work, true, None)
     }
 
     /// Decodes tokens into one node's cells without adding them to its text: a join's re-read
     /// of text the transcript already holds. Its next-token logits are saved as usual.
     pub(super) fn prefill_unrecorded(&mut self, idx: usize, tokens: &[Token]) -> Result<()> {
-        self.prefill_into(&[(idx, tokens)], false)
+        self.prefill_into(&[(idx, tokens)], false, None)
     }
 
-    pub(super) fn prefill_into(&mut self, work: &[(usize, &[Token])], record: bool) -> Result<()> {
+    /// The prefill itself. With `scores`, every row's logits are read and the log-probability
+    /// of the token that follows in the same node is pushed (see `score.rs`).
+    pub(super) fn prefill_into(
+        &mut self,
+        work: &[(usize, &[Token])],
+        record: bool,
+        mut scores: Option<&mut Vec<f32>>,
+    ) -> Result<()> {
         let mut entries = Vec::new();
         for &(idx, tokens) in work {
             let pos0 = self.nodes[idx].next_pos;
@@ -176,13 +184,13 @@ impl Session {
                     node: idx,
                     token: t,
                     pos: pos0 + i as i32,
-                    logits: i + 1 == tokens.len(),
+                    logits: scores.is_some() || i + 1 == tokens.len(),
                 });
             }
         }
         let starts: Vec<(usize, i32)> = work.iter().map(|&(i, _)| (i, self.nodes[i].next_pos)).collect();
         let mut bytes = Vec::new();
-        for chunk in entries.chunks(self.n_batch) {
+        for (chunk_index, chunk) in entries.chunks(self.n_batch).enumerate() {
             if let Err(e) = self.decode_chunk(chunk) {
                 for &(idx, pos0) in &starts {
                     let seq = self.nodes[idx].seq;
@@ -201,7 +209,12 @@ impl Session {
                     node.next_pos += 1;
                     node.cells += 1;
                 }
-                if entry.logits {
+                let next = entries.get(chunk_index * self.n_batch + row + 1).filter(|n| n.node == entry.node);
+                if let (Some(sink), Some(next)) = (scores.as_deref_mut(), next) {
+                    let row = row_scores(&self.ctx, self.device_candidates.is_some(), row as i32)?;
+                    sink.push(log_probability(&row, next.token)?);
+                }
+                if entry.logits && next.is_none() {
                     let scores = row_scores(&self.ctx, self.device_candidates.is_some(), row as i32)?;
                     self.nodes[entry.node].saved.store(scores);
                 }

@@ -66,7 +66,7 @@ impl Session {
                     break 'steps;
                 }
             }
-            if let Err(e) = decode_status(&mut self.ctx, &self.batch) {
+            if let Err(e) = decode_status(&mut self.ctx, &self.batch, &self.model) {
                 result = Err(e);
                 break;
             }
@@ -338,7 +338,7 @@ impl Session {
                 return Err(Error::Internal("batch add: the batch is full".into()));
             }
         }
-        decode_status(&mut self.ctx, &self.batch)
+        decode_status(&mut self.ctx, &self.batch, &self.model)
     }
 
     /// Test-only leak: tag the token with every running sibling's sequence id too.
@@ -408,10 +408,12 @@ pub(super) fn scripted_token(script: &mut Option<Box<dyn TokenScript>>, node: &N
 }
 
 /// Calls llama_decode and maps its status. Code 1 (no KV slot) leaves the memory unchanged.
-pub(super) fn decode_status(ctx: &mut LlamaContext, batch: &Batch) -> Result<()> {
+pub(super) fn decode_status(ctx: &mut LlamaContext, batch: &Batch, model: &Model) -> Result<()> {
     if batch.len() == 0 {
         return Err(Error::Decode(-1));
     }
+    // llama.cpp may re-size its graph here, reading the model's adapter set (adapter.rs).
+    let _adapters_stay = model.inner.adapter_lock.read();
     match ctx.decode(batch) {
         0 => Ok(()),
         1 => Err(Error::KvCacheFull),

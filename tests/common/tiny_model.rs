@@ -153,7 +153,7 @@ impl TinyModel {
     /// All tensors as (GGUF name, ne, data), in file order. `ne[0]` is the contiguous
     /// dimension, so a `[n_out][n_in]` row-major matrix has `ne = [n_in, n_out]`. Shapes are
     /// those `llama_model_llama::load_arch_tensors` asks for.
-    fn tensors(&self) -> Vec<(String, Vec<u64>, &[f32])> {
+    pub fn tensors(&self) -> Vec<(String, Vec<u64>, &[f32])> {
         let c = &self.cfg;
         let (e, f) = (c.n_embd as u64, c.n_ff as u64);
         let nq = (c.n_head * c.head_dim()) as u64;
@@ -185,17 +185,11 @@ impl TinyModel {
         t
     }
 
-    /// Writes the model as a GGUF v3 file that llama.cpp loads as a `llama` model.
-    ///
-    /// Layout (all little-endian): magic "GGUF", version u32, tensor count u64, KV count u64,
-    /// the KV pairs (key = u64 length + bytes, value type u32, value), the tensor infos
-    /// (name, n_dims u32, ne[] u64, ggml type u32, offset u64 into the data section), zero
-    /// padding to `general.alignment`, then the data section. ggml's reader insists that each
-    /// tensor's offset is exactly the end of the previous one rounded up to the alignment.
+    /// Writes the model as a GGUF v3 file that llama.cpp loads as a `llama` model (see
+    /// [`write_gguf_file`] for the layout).
     ///
     /// `tokenizer.ggml.model = "none"` makes llama.cpp skip the tokenizer and create
     /// `llama.vocab_size` dummy tokens; the model is then driven purely by token ids.
-    /// Integer keys must be UINT32 and float keys FLOAT32: llama.cpp checks the types.
     pub fn write_gguf(&self, path: &Path) -> io::Result<()> {
         self.write_gguf_with(path, None)
     }
@@ -210,29 +204,12 @@ impl TinyModel {
     }
 
     fn write_gguf_with(&self, path: &Path, vocab: Option<&ByteVocab>) -> io::Result<()> {
-        const ALIGN: u64 = 32;
-        const T_I32: u32 = 5;
-        const T_U32: u32 = 4;
-        const T_F32: u32 = 6;
-        const T_STR: u32 = 8;
-        const T_ARR: u32 = 9;
-        const GGML_TYPE_F32: u32 = 0;
-        fn put_str(b: &mut Vec<u8>, s: &str) {
-            b.extend_from_slice(&(s.len() as u64).to_le_bytes());
-            b.extend_from_slice(s.as_bytes());
-        }
-        enum V<'a> {
-            U32(u32),
-            F32(f32),
-            Str(&'a str),
-            Strs(Vec<String>),
-            I32s(Vec<i32>),
-        }
+        use GgufValue as V;
         let c = &self.cfg;
         let mut kvs: Vec<(&str, V)> = vec![
-            ("general.architecture", V::Str("llama")),
-            ("general.name", V::Str("pardec-tiny")),
-            ("general.alignment", V::U32(ALIGN as u32)),
+            ("general.architecture", V::Str("llama".into())),
+            ("general.name", V::Str("pardec-tiny".into())),
+            ("general.alignment", V::U32(GGUF_ALIGN as u32)),
             ("llama.context_length", V::U32(c.n_ctx_train as u32)),
             ("llama.embedding_length", V::U32(c.n_embd as u32)),
             ("llama.block_count", V::U32(c.n_layer as u32)),
@@ -245,11 +222,11 @@ impl TinyModel {
             ("llama.vocab_size", V::U32(c.n_vocab as u32)),
         ];
         match vocab {
-            None => kvs.push(("tokenizer.ggml.model", V::Str("none"))),
+            None => kvs.push(("tokenizer.ggml.model", V::Str("none".into()))),
             Some(v) => {
                 let (tokens, types) = v.tokens();
-                kvs.push(("tokenizer.ggml.model", V::Str("gpt2")));
-                kvs.push(("tokenizer.ggml.pre", V::Str("default")));
+                kvs.push(("tokenizer.ggml.model", V::Str("gpt2".into())));
+                kvs.push(("tokenizer.ggml.pre", V::Str("default".into())));
                 kvs.push(("tokenizer.ggml.tokens", V::Strs(tokens)));
                 kvs.push(("tokenizer.ggml.token_type", V::I32s(types)));
                 kvs.push(("tokenizer.ggml.merges", V::Strs(Vec::new())));
@@ -257,73 +234,7 @@ impl TinyModel {
                 kvs.push(("tokenizer.ggml.bos_token_id", V::U32(v.eos() as u32)));
             }
         }
-        let tensors = self.tensors();
-
-        let mut b = Vec::new();
-        b.extend_from_slice(b"GGUF");
-        b.extend_from_slice(&3u32.to_le_bytes());
-        b.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
-        b.extend_from_slice(&(kvs.len() as u64).to_le_bytes());
-        for (key, v) in &kvs {
-            put_str(&mut b, key);
-            match v {
-                V::U32(x) => {
-                    b.extend_from_slice(&T_U32.to_le_bytes());
-                    b.extend_from_slice(&x.to_le_bytes());
-                }
-                V::F32(x) => {
-                    b.extend_from_slice(&T_F32.to_le_bytes());
-                    b.extend_from_slice(&x.to_le_bytes());
-                }
-                V::Str(s) => {
-                    b.extend_from_slice(&T_STR.to_le_bytes());
-                    put_str(&mut b, s);
-                }
-                V::Strs(list) => {
-                    b.extend_from_slice(&T_ARR.to_le_bytes());
-                    b.extend_from_slice(&T_STR.to_le_bytes());
-                    b.extend_from_slice(&(list.len() as u64).to_le_bytes());
-                    for s in list {
-                        put_str(&mut b, s);
-                    }
-                }
-                V::I32s(list) => {
-                    b.extend_from_slice(&T_ARR.to_le_bytes());
-                    b.extend_from_slice(&T_I32.to_le_bytes());
-                    b.extend_from_slice(&(list.len() as u64).to_le_bytes());
-                    for x in list {
-                        b.extend_from_slice(&x.to_le_bytes());
-                    }
-                }
-            }
-        }
-        let pad = |n: u64| n.div_ceil(ALIGN) * ALIGN;
-        let mut offset = 0u64;
-        for (name, ne, data) in &tensors {
-            assert_eq!(
-                ne.iter().product::<u64>(),
-                data.len() as u64,
-                "{name}: shape/data mismatch"
-            );
-            put_str(&mut b, name);
-            b.extend_from_slice(&(ne.len() as u32).to_le_bytes());
-            for d in ne {
-                b.extend_from_slice(&d.to_le_bytes());
-            }
-            b.extend_from_slice(&GGML_TYPE_F32.to_le_bytes());
-            b.extend_from_slice(&offset.to_le_bytes());
-            offset = pad(offset + 4 * data.len() as u64);
-        }
-        b.resize(pad(b.len() as u64) as usize, 0); // the data section starts aligned
-        for (_, _, data) in &tensors {
-            for x in data.iter() {
-                b.extend_from_slice(&x.to_le_bytes());
-            }
-            b.resize(pad(b.len() as u64) as usize, 0);
-        }
-        let mut file = io::BufWriter::new(std::fs::File::create(path)?);
-        file.write_all(&b)?;
-        file.flush()
+        write_gguf_file(path, &kvs, &self.tensors())
     }
 
     /// Logits (`n_vocab` floats) for every token, computed in plain Rust.
@@ -533,4 +444,192 @@ fn byte_char(b: u8) -> char {
     }
     let rank = (0..b).filter(|&x| !printable(x)).count() as u32;
     char::from_u32(256 + rank).expect("valid char")
+}
+
+/// Alignment of the data section and of every tensor in the files written here.
+const GGUF_ALIGN: u64 = 32;
+
+/// A metadata value for [`write_gguf_file`].
+pub enum GgufValue {
+    U32(u32),
+    F32(f32),
+    Str(String),
+    Strs(Vec<String>),
+    I32s(Vec<i32>),
+}
+
+/// Writes a GGUF v3 file of f32 tensors.
+///
+/// Layout (all little-endian): magic "GGUF", version u32, tensor count u64, KV count u64,
+/// the KV pairs (key = u64 length + bytes, value type u32, value), the tensor infos
+/// (name, n_dims u32, ne[] u64, ggml type u32, offset u64 into the data section), zero
+/// padding to `general.alignment`, then the data section. ggml's reader insists that each
+/// tensor's offset is exactly the end of the previous one rounded up to the alignment.
+/// Integer keys must be UINT32 and float keys FLOAT32 where llama.cpp reads them: it checks.
+pub fn write_gguf_file(path: &Path, kvs: &[(&str, GgufValue)], tensors: &[(String, Vec<u64>, &[f32])]) -> io::Result<()> {
+    const T_I32: u32 = 5;
+    const T_U32: u32 = 4;
+    const T_F32: u32 = 6;
+    const T_STR: u32 = 8;
+    const T_ARR: u32 = 9;
+    const GGML_TYPE_F32: u32 = 0;
+    fn put_str(b: &mut Vec<u8>, s: &str) {
+        b.extend_from_slice(&(s.len() as u64).to_le_bytes());
+        b.extend_from_slice(s.as_bytes());
+    }
+    let mut b = Vec::new();
+    b.extend_from_slice(b"GGUF");
+    b.extend_from_slice(&3u32.to_le_bytes());
+    b.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+    b.extend_from_slice(&(kvs.len() as u64).to_le_bytes());
+    for (key, v) in kvs {
+        put_str(&mut b, key);
+        match v {
+            GgufValue::U32(x) => {
+                b.extend_from_slice(&T_U32.to_le_bytes());
+                b.extend_from_slice(&x.to_le_bytes());
+            }
+            GgufValue::F32(x) => {
+                b.extend_from_slice(&T_F32.to_le_bytes());
+                b.extend_from_slice(&x.to_le_bytes());
+            }
+            GgufValue::Str(s) => {
+                b.extend_from_slice(&T_STR.to_le_bytes());
+                put_str(&mut b, s);
+            }
+            GgufValue::Strs(list) => {
+                b.extend_from_slice(&T_ARR.to_le_bytes());
+                b.extend_from_slice(&T_STR.to_le_bytes());
+                b.extend_from_slice(&(list.len() as u64).to_le_bytes());
+                for s in list {
+                    put_str(&mut b, s);
+                }
+            }
+            GgufValue::I32s(list) => {
+                b.extend_from_slice(&T_ARR.to_le_bytes());
+                b.extend_from_slice(&T_I32.to_le_bytes());
+                b.extend_from_slice(&(list.len() as u64).to_le_bytes());
+                for x in list {
+                    b.extend_from_slice(&x.to_le_bytes());
+                }
+            }
+        }
+    }
+    let pad = |n: u64| n.div_ceil(GGUF_ALIGN) * GGUF_ALIGN;
+    let mut offset = 0u64;
+    for (name, ne, data) in tensors {
+        assert_eq!(ne.iter().product::<u64>(), data.len() as u64, "{name}: shape/data mismatch");
+        put_str(&mut b, name);
+        b.extend_from_slice(&(ne.len() as u32).to_le_bytes());
+        for d in ne {
+            b.extend_from_slice(&d.to_le_bytes());
+        }
+        b.extend_from_slice(&GGML_TYPE_F32.to_le_bytes());
+        b.extend_from_slice(&offset.to_le_bytes());
+        offset = pad(offset + 4 * data.len() as u64);
+    }
+    b.resize(pad(b.len() as u64) as usize, 0); // the data section starts aligned
+    for (_, _, data) in tensors {
+        for x in data.iter() {
+            b.extend_from_slice(&x.to_le_bytes());
+        }
+        b.resize(pad(b.len() as u64) as usize, 0);
+    }
+    let mut file = io::BufWriter::new(std::fs::File::create(path)?);
+    file.write_all(&b)?;
+    file.flush()
+}
+
+/// A LoRA adapter for a [`TinyModel`]: for each adapted matrix `W` (`[n_out][n_in]`), `A`
+/// (`[r][n_in]`, GGUF `ne = [n_in, r]`) and `B` (`[n_out][r]`, `ne = [r, n_out]`); llama.cpp
+/// then uses `W + scale·(alpha/r)·B·A`.
+#[derive(Clone, Debug)]
+pub struct TinyLora {
+    pub rank: usize,
+    pub alpha: f32,
+    /// (layer, matrix name as in GGUF: "attn_q", ..., A, B).
+    pub pairs: Vec<(usize, &'static str, Vec<f32>, Vec<f32>)>,
+}
+
+/// The matrices a LoRA may adapt, by GGUF name.
+pub const LORA_TARGETS: [&str; 7] = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"];
+
+impl TinyModel {
+    /// The layer's matrix named as in GGUF, with its (n_out, n_in).
+    fn matrix_mut(&mut self, layer: usize, name: &str) -> (&mut Vec<f32>, usize, usize) {
+        let c = &self.cfg;
+        let (e, f) = (c.n_embd, c.n_ff);
+        let (nq, nkv) = (c.n_head * c.head_dim(), c.n_head_kv * c.head_dim());
+        let l = &mut self.layers[layer];
+        match name {
+            "attn_q" => (&mut l.wq, nq, e),
+            "attn_k" => (&mut l.wk, nkv, e),
+            "attn_v" => (&mut l.wv, nkv, e),
+            "attn_output" => (&mut l.wo, e, nq),
+            "ffn_gate" => (&mut l.ffn_gate, f, e),
+            "ffn_up" => (&mut l.ffn_up, f, e),
+            "ffn_down" => (&mut l.ffn_down, e, f),
+            other => panic!("no matrix {other}"),
+        }
+    }
+}
+
+impl TinyLora {
+    /// Random A and B for every target of every layer; `gain` sets the size of B·A against W.
+    pub fn random(model: &TinyModel, rank: usize, alpha: f32, gain: f32, seed: u64) -> TinyLora {
+        let mut rng = SplitMix64(seed);
+        let mut probe = model.clone();
+        let mut pairs = Vec::new();
+        for layer in 0..model.cfg.n_layer {
+            for name in LORA_TARGETS {
+                let (_, n_out, n_in) = probe.matrix_mut(layer, name);
+                let a = rng.matrix(rank, n_in, 1.0);
+                let b = rng.matrix(n_out, rank, gain);
+                pairs.push((layer, name, a, b));
+            }
+        }
+        TinyLora { rank, alpha, pairs }
+    }
+
+    /// The model with this adapter merged in at `scale` (what llama.cpp must compute).
+    pub fn merged(&self, model: &TinyModel, scale: f32) -> TinyModel {
+        let mut out = model.clone();
+        let factor = scale * self.alpha / self.rank as f32;
+        for (layer, name, a, b) in &self.pairs {
+            let (w, n_out, n_in) = out.matrix_mut(*layer, name);
+            for o in 0..n_out {
+                for i in 0..n_in {
+                    let ba: f32 = (0..self.rank).map(|k| b[o * self.rank + k] * a[k * n_in + i]).sum();
+                    w[o * n_in + i] += factor * ba;
+                }
+            }
+        }
+        out
+    }
+
+    /// The adapter's tensors as (GGUF name, ne, data).
+    pub fn tensors(&self, model: &TinyModel) -> Vec<(String, Vec<u64>, &[f32])> {
+        let mut probe = model.clone();
+        let r = self.rank as u64;
+        let mut t: Vec<(String, Vec<u64>, &[f32])> = Vec::new();
+        for (layer, name, a, b) in &self.pairs {
+            let (_, n_out, n_in) = probe.matrix_mut(*layer, name);
+            t.push((format!("blk.{layer}.{name}.weight.lora_a"), vec![n_in as u64, r], a));
+            t.push((format!("blk.{layer}.{name}.weight.lora_b"), vec![r, n_out as u64], b));
+        }
+        t
+    }
+
+    /// Writes the adapter as llama.cpp reads it: `general.type = adapter`, `adapter.type =
+    /// lora`, `adapter.lora.alpha`, for architecture `arch`.
+    pub fn write_gguf(&self, model: &TinyModel, path: &Path, arch: &str) -> io::Result<()> {
+        let kvs = [
+            ("general.type", GgufValue::Str("adapter".into())),
+            ("general.architecture", GgufValue::Str(arch.into())),
+            ("general.alignment", GgufValue::U32(GGUF_ALIGN as u32)),
+            ("adapter.type", GgufValue::Str("lora".into())),
+            ("adapter.lora.alpha", GgufValue::F32(self.alpha)),
+        ];
+        write_gguf_file(path, &kvs, &self.tensors(model))
+    }
 }
