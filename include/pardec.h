@@ -46,10 +46,15 @@
 #include <stdint.h>
 
 #define PARDEC_VERSION_MAJOR 0
-#define PARDEC_VERSION_MINOR 3
+#define PARDEC_VERSION_MINOR 4
 #define PARDEC_VERSION_PATCH 0
-#define PARDEC_VERSION "0.3.0"
+#define PARDEC_VERSION "0.4.0"
 
+
+/**
+ * Most adapters applied to one session at once.
+ */
+#define PARDEC_MAX_ADAPTERS 64
 
 /**
  * Most messages in one `pardec_model_apply_chat_template` call.
@@ -111,7 +116,7 @@ typedef enum pardec_status {
      */
     PARDEC_STATUS_BACKEND = 7,
     /**
-     * The model file does not exist or cannot be read.
+     * The model or adapter file does not exist or cannot be read.
      */
     PARDEC_STATUS_MODEL_NOT_FOUND = 8,
     /**
@@ -177,6 +182,14 @@ typedef enum pardec_status {
      * with this status (free it).
      */
     PARDEC_STATUS_PANIC = 23,
+    /**
+     * The GGUF file is not a LoRA adapter (or a malformed one).
+     */
+    PARDEC_STATUS_NOT_ADAPTER = 24,
+    /**
+     * The LoRA adapter was made for another model (architecture, tensor names or shapes).
+     */
+    PARDEC_STATUS_ADAPTER_MISMATCH = 25,
 } pardec_status;
 
 /**
@@ -313,6 +326,14 @@ typedef enum pardec_join_rule {
      */
     PARDEC_JOIN_RULE_REPREFILL = 2,
 } pardec_join_rule;
+
+/**
+ * A LoRA adapter loaded for one model (opaque).
+ *
+ * Thread safety: fully thread-safe, like a model. Sessions using it hold their own reference,
+ * so `pardec_adapter_free` may be called while they still decode with it.
+ */
+typedef struct pardec_adapter pardec_adapter;
 
 /**
  * A loaded GGUF model (opaque).
@@ -687,6 +708,38 @@ const char *pardec_last_error(void);
 void pardec_string_free(char *s);
 
 /**
+ * Loads a GGUF LoRA adapter for `model`. On success `*out_adapter` holds a new handle, to be
+ * released with `pardec_adapter_free`.
+ *
+ * Errors: NULL_ARGUMENT, MODEL_NOT_FOUND (no such file), NOT_GGUF, NOT_ADAPTER (a GGUF that
+ * is not a LoRA adapter, or a malformed one), ADAPTER_MISMATCH (made for another
+ * architecture, or tensors the model lacks or of other shapes), MODEL_LOAD (llama.cpp refused
+ * it).
+ */
+enum pardec_status pardec_adapter_load(const struct pardec_model *model,
+                                       const char *path,
+                                       struct pardec_adapter **out_adapter);
+
+/**
+ * Releases an adapter handle (NULL is ignored). Sessions still using the adapter keep it.
+ */
+void pardec_adapter_free(struct pardec_adapter *adapter);
+
+/**
+ * Replaces the session's LoRA adapters with `adapters[0..n]`, each at `scales[i]` (1.0: as
+ * trained; 0 disables it); `n == 0` returns to the base model. Cells already in the KV cache
+ * keep the values computed before: call `pardec_session_clear` first for a clean switch.
+ *
+ * Errors: NULL_ARGUMENT, BUSY, INVALID_ARGUMENT (n above PARDEC_MAX_ADAPTERS, an adapter
+ * loaded for another model, a scale that is not finite, an adapter listed twice); on an error
+ * the session keeps its previous adapters.
+ */
+enum pardec_status pardec_session_set_adapters(struct pardec_session *session,
+                                               const struct pardec_adapter *const *adapters,
+                                               const float *scales,
+                                               size_t n);
+
+/**
  * Loads a GGUF model. `params` may be NULL for the defaults. On success `*out_model` holds a
  * new handle, to be released with `pardec_model_free`.
  *
@@ -860,6 +913,25 @@ enum pardec_status pardec_session_prompt(struct pardec_session *session, const c
 enum pardec_status pardec_session_append(struct pardec_session *session,
                                          pardec_node node,
                                          const char *text);
+
+/**
+ * Appends UTF-8 text to an idle node, as `pardec_session_append` does, and writes to
+ * `out_logprobs[0..n]` the natural-log probability the model gave each of its `n` tokens
+ * after everything the node sees before it (raw logits: the sampling parameters do not
+ * apply); `*out_n` receives `n`. The text is tokenized on its own (special tokens parsed). A
+ * capacity of `strlen(text)` always suffices: every token covers at least one byte.
+ *
+ * Errors: NULL_ARGUMENT, INVALID_UTF8, BUSY, INVALID_ARGUMENT (unknown node, text with no
+ * tokens, more tokens than `capacity`, a session with device selection), INVALID_STATE (node
+ * running or waiting on a block, or without next-token logits: prompt it first),
+ * KV_CACHE_FULL, DECODE. On an error nothing is appended.
+ */
+enum pardec_status pardec_session_score(struct pardec_session *session,
+                                        pardec_node node,
+                                        const char *text,
+                                        float *out_logprobs,
+                                        size_t capacity,
+                                        size_t *out_n);
 
 /**
  * Generates on the trunk until an end-of-generation token, a stop string or

@@ -78,6 +78,8 @@ fn enum_values_are_frozen() {
         (pardec_status::Decode, 21),
         (pardec_status::Internal, 22),
         (pardec_status::Panic, 23),
+        (pardec_status::NotAdapter, 24),
+        (pardec_status::AdapterMismatch, 25),
     ];
     for (status, value) in statuses {
         assert_eq!(status as i32, value, "{status:?}");

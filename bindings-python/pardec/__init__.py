@@ -28,8 +28,9 @@ import os
 import sys
 import threading
 import weakref
+import contextlib
 from contextlib import contextmanager
-from ctypes import byref, c_bool, c_char_p, c_int32, c_size_t, c_void_p, sizeof
+from ctypes import byref, c_bool, c_char_p, c_float, c_int32, c_size_t, c_void_p, sizeof
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -38,7 +39,7 @@ from ._lib import LibraryNotFoundError, candidate_paths
 
 __all__ = [
     "TRUNK", "Status", "PardecError", "Cancelled", "ClosedError", "LibraryNotFoundError",
-    "Event", "Stats", "Branch", "Block", "Result", "Model", "Session", "Generation",
+    "Event", "Stats", "Branch", "Block", "Result", "Model", "Adapter", "Session", "Generation",
     "version", "candidate_paths",
 ]
 
@@ -73,6 +74,8 @@ class Status(enum.IntEnum):
     DECODE = 21
     INTERNAL = 22
     PANIC = 23
+    NOT_ADAPTER = 24
+    ADAPTER_MISMATCH = 25
 
 
 _STOP_REASONS = {0: None, 1: "eog", 2: "max_tokens", 3: "stop_string", 4: "kv_cache_full", 5: "cancelled"}
@@ -367,6 +370,50 @@ class Model:
         return _take_string(out)
 
 
+def _free_adapter(ptr: int) -> None:
+    _c.lib().pardec_adapter_free(ptr)
+
+
+class Adapter:
+    """A GGUF LoRA adapter loaded for one model (``pardec_adapter``); apply it to sessions of
+    that model with a scale. Thread-safe; sessions keep using it after it is closed."""
+
+    def __init__(self, model: Model, path: Union[str, "os.PathLike[str]"]):
+        out = c_void_p()
+        with model._use() as mp:
+            _check(_c.lib().pardec_adapter_load(mp, os.fsencode(path), byref(out)))
+        self.model = model
+        self.path = os.fspath(path)
+        self._ptr: Optional[int] = out.value
+        self._lock = threading.Lock()
+        self._finalizer = weakref.finalize(self, _free_adapter, out.value)
+        self._finalizer.atexit = False
+
+    @contextmanager
+    def _use(self) -> Iterator[int]:
+        with self._lock:
+            if self._ptr is None:
+                raise ClosedError("adapter")
+            yield self._ptr
+
+    def close(self) -> None:
+        """Releases the handle. Closing twice is allowed."""
+        with self._lock:
+            if self._ptr is not None:
+                self._ptr = None
+                self._finalizer()
+
+    @property
+    def closed(self) -> bool:
+        return self._ptr is None
+
+    def __enter__(self) -> "Adapter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 # ----- session -----------------------------------------------------------------------------
 
 
@@ -398,6 +445,7 @@ class Session:
         min_p: Optional[float] = None,
         seed: Optional[int] = None,
         device_candidates: Optional[int] = None,
+        adapters: Sequence[Tuple[Adapter, float]] = (),
     ):
         L = _c.lib()
         p = _c.pardec_session_params()
@@ -429,6 +477,8 @@ class Session:
         self._lock = threading.Lock()
         self._finalizer = weakref.finalize(self, _free_session, out.value)
         self._finalizer.atexit = False
+        if adapters:
+            self.set_adapters(adapters)
 
     @contextmanager
     def _use(self) -> Iterator[int]:
@@ -476,6 +526,37 @@ class Session:
         data = _encode(text, "text")
         with self._use() as p:
             _check(_c.lib().pardec_session_append(p, node, data))
+
+    def score(self, context: Optional[str], continuation: str, node: int = TRUNK) -> List[float]:
+        """The natural-log probability the model gives each token of ``continuation``, which is
+        appended to ``node`` (raw logits; sampling parameters do not apply). With ``context``
+        the session is cleared first and ``context`` becomes the prompt; with None the
+        continuation follows what the node already holds. The continuation is tokenized on
+        its own (special tokens parsed)."""
+        data = _encode(continuation, "continuation")
+        if context is not None:
+            self.clear()
+            self.prompt(context)
+        capacity = max(len(data), 1)  # every token covers at least one byte
+        out = (c_float * capacity)()
+        n = c_size_t()
+        with self._use() as p:
+            _check(_c.lib().pardec_session_score(p, node, data, out, capacity, byref(n)))
+        return list(out[: n.value])
+
+    def set_adapters(self, adapters: Sequence[Tuple[Adapter, float]]) -> None:
+        """Decodes from now on with these LoRA adapters of the session's model, each at its
+        scale (empty: the base model). Cells already computed keep their values: ``clear()``
+        first for a clean switch."""
+        items = list(adapters)
+        with contextlib.ExitStack() as stack:
+            ptrs = (c_void_p * max(len(items), 1))()
+            scales = (c_float * max(len(items), 1))()
+            for i, (adapter, scale) in enumerate(items):
+                ptrs[i] = stack.enter_context(adapter._use())
+                scales[i] = float(scale)
+            with self._use() as p:
+                _check(_c.lib().pardec_session_set_adapters(p, ptrs, scales, len(items)))
 
     # --- generation ---
 

@@ -221,6 +221,7 @@ pardec_callback = CFUNCTYPE(c_bool, c_void_p, POINTER(pardec_event))
 model_p = c_void_p  # struct pardec_model *
 session_p = c_void_p  # struct pardec_session *
 result_p = c_void_p  # struct pardec_result *
+adapter_p = c_void_p  # struct pardec_adapter *
 
 
 def _declare(L: ctypes.CDLL) -> None:
@@ -264,6 +265,15 @@ def _declare(L: ctypes.CDLL) -> None:
     #     const struct pardec_chat_message *messages, size_t n_messages, char **out_text);
     fn("pardec_model_apply_chat_template", pardec_status, model_p, POINTER(pardec_chat_message), c_size_t, char_pp)
 
+    # enum pardec_status pardec_adapter_load(const struct pardec_model *model, const char *path,
+    #                                        struct pardec_adapter **out_adapter);
+    fn("pardec_adapter_load", pardec_status, model_p, c_char_p, POINTER(adapter_p))
+    # void pardec_adapter_free(struct pardec_adapter *adapter);
+    fn("pardec_adapter_free", None, adapter_p)
+    # enum pardec_status pardec_session_set_adapters(struct pardec_session *session,
+    #     const struct pardec_adapter *const *adapters, const float *scales, size_t n);
+    fn("pardec_session_set_adapters", pardec_status, session_p, POINTER(adapter_p), POINTER(c_float), c_size_t)
+
     # enum pardec_status pardec_session_new(const struct pardec_model *model,
     #     const struct pardec_session_params *params, struct pardec_session **out_session);
     fn("pardec_session_new", pardec_status, model_p, POINTER(pardec_session_params), POINTER(session_p))
@@ -278,6 +288,10 @@ def _declare(L: ctypes.CDLL) -> None:
     # enum pardec_status pardec_session_append(struct pardec_session *session, pardec_node node,
     #                                          const char *text);
     fn("pardec_session_append", pardec_status, session_p, pardec_node, c_char_p)
+    # enum pardec_status pardec_session_score(struct pardec_session *session, pardec_node node,
+    #     const char *text, float *out_logprobs, size_t capacity, size_t *out_n);
+    fn("pardec_session_score", pardec_status, session_p, pardec_node, c_char_p, POINTER(c_float), c_size_t,
+       POINTER(c_size_t))
     # enum pardec_status pardec_session_generate(struct pardec_session *session,
     #     const struct pardec_run_limits *limits, pardec_callback callback, void *user_data,
     #     char **out_text);
@@ -344,6 +358,7 @@ FUNCTIONS = [
     "pardec_model_params_default", "pardec_session_params_default", "pardec_run_limits_default",
     "pardec_model_load", "pardec_model_free", "pardec_model_n_vocab", "pardec_model_architecture",
     "pardec_model_apply_chat_template",
+    "pardec_adapter_load", "pardec_adapter_free", "pardec_session_set_adapters", "pardec_session_score",
     "pardec_session_new", "pardec_session_free", "pardec_session_clear", "pardec_session_reset_stats",
     "pardec_session_prompt", "pardec_session_append", "pardec_session_generate", "pardec_session_generate_auto",
     "pardec_session_generate_sot", "pardec_session_fork",

@@ -357,3 +357,73 @@ def test_generate_sot_expands_the_skeleton_points_in_parallel(model):
         with pytest.raises(pardec.PardecError) as e:
             s.generate_sot("Again?")
         assert e.value.status == pardec.Status.INVALID_STATE
+
+
+def _write_lora(path, rank: int, value: float, alpha: float = 4.0, n: int = 576) -> None:
+    """A LoRA GGUF adapting blk.0's attention output of an n×n matrix (SmolLM2: n_embd 576),
+    A and B filled with `value`, written by hand (GGUF v3, f32 tensors, 32-byte alignment)."""
+    import struct
+
+    def s(text: str) -> bytes:
+        b = text.encode()
+        return struct.pack("<Q", len(b)) + b
+
+    kvs = [("general.type", "adapter"), ("general.architecture", "llama"), ("adapter.type", "lora")]
+    tensors = [("blk.0.attn_output.weight.lora_a", [n, rank]), ("blk.0.attn_output.weight.lora_b", [rank, n])]
+    out = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(kvs) + 1)
+    for k, v in kvs:
+        out += s(k) + struct.pack("<I", 8) + s(v)
+    out += s("adapter.lora.alpha") + struct.pack("<If", 6, alpha)
+    offset = 0
+    for name, ne in tensors:
+        out += s(name) + struct.pack("<I", len(ne)) + b"".join(struct.pack("<Q", d) for d in ne)
+        out += struct.pack("<IQ", 0, offset)
+        offset += -(-4 * ne[0] * ne[1] // 32) * 32
+    out += b"\0" * (-len(out) % 32)
+    for _, ne in tensors:
+        data = struct.pack("<f", value) * (ne[0] * ne[1])
+        out += data + b"\0" * (-len(data) % 32)
+    path.write_bytes(out)
+
+
+def test_score_gives_log_probabilities_that_follow_the_context(model):
+    with pardec.Session(model, n_ctx=256, n_threads=1) as s:
+        ctx = model.chat([("user", "What is the capital of France?")])
+        likely = s.score(ctx, "The capital of France is Paris.")
+        unlikely = s.score(ctx, "The capital of France is Tokyo.")
+        assert len(likely) == len(unlikely) > 3 and all(lp <= 0 for lp in likely)
+        assert likely[-2] > unlikely[-2] + 2, (likely, unlikely)
+        # None: the continuation follows what the trunk holds; scoring with nothing before fails.
+        more = s.score(None, " It is in Europe.")
+        assert len(more) > 2
+        s.clear()
+        with pytest.raises(pardec.PardecError) as e:
+            s.score(None, "x")
+        assert e.value.status == pardec.Status.INVALID_STATE
+
+
+def test_adapters_change_the_scores_and_scale_zero_is_the_base(model, model_file, tmp_path):
+    path = tmp_path / "lora.gguf"
+    _write_lora(path, rank=2, value=0.05)
+    ctx = model.chat([("user", "Name a fruit.")])
+    with pardec.Adapter(model, path) as adapter, pardec.Session(model, n_ctx=256, n_threads=1) as s:
+        base = s.score(ctx, "An apple.")
+        s.set_adapters([(adapter, 1.0)])
+        adapted = s.score(ctx, "An apple.")
+        s.set_adapters([(adapter, 0.0)])
+        off = s.score(ctx, "An apple.")
+        assert max(abs(a - b) for a, b in zip(base, adapted)) > 1e-2
+        assert max(abs(a - b) for a, b in zip(base, off)) < 1e-4
+        with pardec.Session(model, n_ctx=256, n_threads=1, adapters=[(adapter, 1.0)]) as s2:
+            assert s2.score(ctx, "An apple.") == pytest.approx(adapted, abs=1e-4)
+
+    for bad, status in ((tmp_path / "missing.gguf", pardec.Status.MODEL_NOT_FOUND),
+                        (model_file, pardec.Status.NOT_ADAPTER)):
+        with pytest.raises(pardec.PardecError) as e:
+            pardec.Adapter(model, bad)
+        assert e.value.status == status
+    wrong = tmp_path / "wrong.gguf"
+    _write_lora(wrong, rank=2, value=0.05, n=512)
+    with pytest.raises(pardec.PardecError) as e:
+        pardec.Adapter(model, wrong)
+    assert e.value.status == pardec.Status.ADAPTER_MISMATCH and "attn_output" in e.value.message

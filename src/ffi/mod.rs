@@ -2,7 +2,7 @@
 //! (`cbindgen.toml`; `tests/ffi_header.rs` fails when the checked-in header is stale).
 //!
 //! Conventions (also in the header's preamble):
-//! - opaque handles `pardec_model`, `pardec_session`, `pardec_result`, each with a `_free` that
+//! - opaque handles `pardec_model`, `pardec_adapter`, `pardec_session`, `pardec_result`, each with a `_free` that
 //!   accepts NULL;
 //! - every fallible function returns a `pardec_status` and writes its out-params only on
 //!   success; `pardec_last_error()` gives the detail on the calling thread;
@@ -18,6 +18,7 @@
 #![allow(non_camel_case_types)]
 #![allow(clippy::missing_safety_doc)] // each function's contract is in its doc comment
 
+mod adapter;
 mod boundary;
 mod model;
 mod params;
@@ -27,6 +28,7 @@ mod status;
 
 use std::ffi::c_char;
 
+pub use adapter::*;
 pub use model::*;
 pub use params::*;
 pub use result::*;

@@ -42,7 +42,7 @@ pub(crate) unsafe fn model_arg<'a>(p: *const pardec_model) -> FfiResult<&'a pard
 
 /// The path as the OS spells it. On Unix a path is bytes, not necessarily UTF-8, so any bytes
 /// are accepted there; elsewhere it must be UTF-8.
-unsafe fn path_arg(p: *const c_char) -> FfiResult<PathBuf> {
+pub(crate) unsafe fn path_arg(p: *const c_char) -> FfiResult<PathBuf> {
     #[cfg(unix)]
     {
         use std::os::unix::ffi::OsStrExt;

@@ -58,7 +58,7 @@ impl Drop for PoisonOnUnwind<'_> {
 ///
 /// # Safety
 /// `p` is NULL or a live handle from `pardec_session_new`.
-unsafe fn with_session<R>(
+pub(crate) unsafe fn with_session<R>(
     p: *const pardec_session,
     f: impl FnOnce(&mut Session) -> FfiResult<R>,
 ) -> FfiResult<R> {
@@ -377,6 +377,45 @@ pub unsafe extern "C" fn pardec_session_append(
     guard(|| {
         let text = str_arg(text, "text")?;
         with_session(session, |s| Ok(s.append_text(node_id(node), text)?))
+    })
+}
+
+/// Appends UTF-8 text to an idle node, as `pardec_session_append` does, and writes to
+/// `out_logprobs[0..n]` the natural-log probability the model gave each of its `n` tokens
+/// after everything the node sees before it (raw logits: the sampling parameters do not
+/// apply); `*out_n` receives `n`. The text is tokenized on its own (special tokens parsed). A
+/// capacity of `strlen(text)` always suffices: every token covers at least one byte.
+///
+/// Errors: NULL_ARGUMENT, INVALID_UTF8, BUSY, INVALID_ARGUMENT (unknown node, text with no
+/// tokens, more tokens than `capacity`, a session with device selection), INVALID_STATE (node
+/// running or waiting on a block, or without next-token logits: prompt it first),
+/// KV_CACHE_FULL, DECODE. On an error nothing is appended.
+#[no_mangle]
+pub unsafe extern "C" fn pardec_session_score(
+    session: *mut pardec_session,
+    node: pardec_node,
+    text: *const c_char,
+    out_logprobs: *mut f32,
+    capacity: usize,
+    out_n: *mut usize,
+) -> pardec_status {
+    guard(|| {
+        let text = str_arg(text, "text")?;
+        let out_n = out_arg(out_n, "out_n")?;
+        let out_logprobs = out_arg(out_logprobs, "out_logprobs")?;
+        with_session(session, |s| {
+            let tokens = s.model().tokenize(text, false)?;
+            if tokens.len() > capacity {
+                return Err(FfiError::invalid(format!(
+                    "the text has {} tokens but out_logprobs holds {capacity}",
+                    tokens.len()
+                )));
+            }
+            let logprobs = s.score_tokens(node_id(node), &tokens)?;
+            std::ptr::copy_nonoverlapping(logprobs.as_ptr(), out_logprobs, logprobs.len());
+            *out_n = logprobs.len();
+            Ok(())
+        })
     })
 }
 
