@@ -292,7 +292,14 @@ static void null_session(void) {
     EXPECT(pardec_session_reset_stats(NULL), PARDEC_STATUS_NULL_ARGUMENT);
     EXPECT(pardec_session_generate_auto(NULL, "multiverse", 8, 8, NULL, NULL, NULL, NULL), PARDEC_STATUS_NULL_ARGUMENT);
     EXPECT(pardec_session_generate_sot(NULL, "Why?", 8, 8, NULL, NULL, NULL), PARDEC_STATUS_NULL_ARGUMENT);
-    ASSERT(r == SENTINEL && running);
+    float lp[4];
+    size_t n_lp = 9;
+    EXPECT(pardec_session_score(NULL, PARDEC_NODE_TRUNK, "x", lp, 4, &n_lp), PARDEC_STATUS_NULL_ARGUMENT);
+    EXPECT(pardec_session_set_adapters(NULL, NULL, NULL, 0), PARDEC_STATUS_NULL_ARGUMENT);
+    pardec_adapter *a = SENTINEL;
+    EXPECT(pardec_adapter_load(NULL, "/nonexistent.gguf", &a), PARDEC_STATUS_NULL_ARGUMENT);
+    pardec_adapter_free(NULL);
+    ASSERT(r == SENTINEL && running && n_lp == 9 && a == SENTINEL);
 
     const char *text = SENTINEL;
     size_t n = 7;
@@ -513,6 +520,39 @@ static void cancel_and_join(pardec_model *m) {
 }
 
 /* Limits of the context. */
+/* LoRA adapters and scoring: wrong files and arguments get their statuses, nothing is written. */
+static void adapters_and_scores(pardec_model *m, const char *model_path) {
+    pardec_adapter *a = SENTINEL;
+    EXPECT(pardec_adapter_load(m, NULL, &a), PARDEC_STATUS_NULL_ARGUMENT);
+    EXPECT(pardec_adapter_load(m, "/nonexistent/lora.gguf", NULL), PARDEC_STATUS_NULL_ARGUMENT);
+    EXPECT(pardec_adapter_load(m, "/nonexistent/lora.gguf", &a), PARDEC_STATUS_MODEL_NOT_FOUND);
+    EXPECT(pardec_adapter_load(m, model_path, &a), PARDEC_STATUS_NOT_ADAPTER); /* a model, not an adapter */
+    ASSERT(a == SENTINEL);
+
+    pardec_session *s = NULL;
+    EXPECT(pardec_session_new(m, NULL, &s), PARDEC_STATUS_OK);
+    if (!s) return;
+    const pardec_adapter *none[1] = {NULL};
+    float scales[1] = {1.0f};
+    EXPECT(pardec_session_set_adapters(s, none, scales, 1), PARDEC_STATUS_NULL_ARGUMENT);
+    EXPECT(pardec_session_set_adapters(s, none, scales, 100000), PARDEC_STATUS_INVALID_ARGUMENT);
+    EXPECT(pardec_session_set_adapters(s, NULL, NULL, 0), PARDEC_STATUS_OK); /* the base model */
+
+    float lp[64];
+    size_t n = 99;
+    /* Nothing to predict the first token from yet; then a buffer too small; then success. */
+    EXPECT(pardec_session_score(s, PARDEC_NODE_TRUNK, "Paris", lp, 64, &n), PARDEC_STATUS_INVALID_STATE);
+    EXPECT(pardec_session_prompt(s, "The capital of France is"), PARDEC_STATUS_OK);
+    EXPECT(pardec_session_score(s, PARDEC_NODE_TRUNK, " Paris, a large city", lp, 1, &n), PARDEC_STATUS_INVALID_ARGUMENT);
+    EXPECT(pardec_session_score(s, PARDEC_NODE_TRUNK, "\xff", lp, 64, &n), PARDEC_STATUS_INVALID_UTF8);
+    EXPECT(pardec_session_score(s, PARDEC_NODE_TRUNK, " Paris", NULL, 64, &n), PARDEC_STATUS_NULL_ARGUMENT);
+    EXPECT(pardec_session_score(s, 77, " Paris", lp, 64, &n), PARDEC_STATUS_INVALID_ARGUMENT);
+    ASSERT(n == 99);
+    EXPECT(pardec_session_score(s, PARDEC_NODE_TRUNK, " Paris", lp, 64, &n), PARDEC_STATUS_OK);
+    ASSERT(n >= 1 && n <= 6 && lp[0] <= 0.0f);
+    pardec_session_free(s);
+}
+
 static void context_limits(pardec_model *m) {
     pardec_session *s = new_session(m, 64, 2, 1);
     if (!s) return;
@@ -554,6 +594,7 @@ int main(int argc, char **argv) {
         session_creation(m);
         arguments(m);
         cancel_and_join(m);
+        adapters_and_scores(m, path);
         context_limits(m);
         pardec_model_free(m);
     }

@@ -12,8 +12,11 @@ impl Session {
     /// previous adapters stay.
     pub fn set_adapters(&mut self, adapters: &[(Adapter, f32)]) -> Result<()> {
         check_adapters(&self.model, adapters)?;
-        self.params.adapters = adapters.to_vec();
+        // The context is switched before the old list is dropped: an adapter whose last
+        // reference that list holds is freed only once the context no longer points at it.
+        let previous = std::mem::replace(&mut self.params.adapters, adapters.to_vec());
         self.apply_adapters();
+        drop(previous);
         Ok(())
     }
 
