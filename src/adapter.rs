@@ -164,12 +164,10 @@ fn check_header(header: &gguf::Header, model: &Model) -> std::result::Result<Sha
     let model_shapes = model.tensor_shapes();
     let mut rank = None;
     for (base, (a, b)) in &pairs {
-        if let Some(shapes) = model_shapes {
-            let Some(w) = shapes.get(base) else {
-                return Err(Refusal::Mismatch(format!("the model has no tensor {base:?}")));
-            };
-            check_pair(base, w, a, b)?;
-        }
+        let Some(w) = model_shapes.get(base) else {
+            return Err(Refusal::Mismatch(format!("the model has no tensor {base:?}")));
+        };
+        check_pair(base, w, a, b)?;
         rank.get_or_insert(b.ne[0]);
     }
     Ok(Shape { alpha, rank: rank.unwrap_or(0), matrices: pairs.len() })

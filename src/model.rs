@@ -5,12 +5,12 @@
 //! a file that is not GGUF, and architectures whose state cannot be forked and joined.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::backend::backend;
 use crate::error::{Error, Result};
+use crate::gguf::HeaderError;
 pub use crate::llama::Token;
 use crate::llama::{LlamaModel, LoadFailure};
 
@@ -35,8 +35,8 @@ pub(crate) struct ModelInner {
     /// Taken for writing while a LoRA adapter is loaded or freed, for reading while a context
     /// is created or decodes: llama.cpp reads the model's adapter set then (`adapter.rs`).
     pub(crate) adapter_lock: parking_lot::RwLock<()>,
-    /// Tensor shapes from the file's header, read when the first adapter is checked.
-    tensor_shapes: once_cell::sync::OnceCell<Option<HashMap<String, Vec<u64>>>>,
+    /// Tensor shapes from the file's header, for checking adapters.
+    tensor_shapes: HashMap<String, Vec<u64>>,
 }
 
 /// A loaded GGUF model, shareable between sessions and threads (`Send + Sync`).
@@ -54,22 +54,21 @@ impl std::fmt::Debug for Model {
     }
 }
 
-const GGUF_MAGIC: &[u8; 4] = b"GGUF";
-
-fn check_gguf_file(path: &Path) -> Result<()> {
-    let mut file = std::fs::File::open(path)
-        .map_err(|e| Error::ModelNotFound(format!("{}: {e}", path.display())))?;
-    if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
-        return Err(Error::ModelNotFound(format!("{} is a directory", path.display())));
-    }
-    let mut magic = [0u8; 4];
-    if file.read_exact(&mut magic).is_err() || &magic != GGUF_MAGIC {
-        return Err(Error::NotGguf(format!(
-            "{} does not start with the GGUF magic bytes",
-            path.display()
-        )));
-    }
-    Ok(())
+/// Reads the file's GGUF header with pardec's own bounded reader before llama.cpp parses it: a
+/// missing file, a file that is not GGUF and a malformed or truncated header are refused here,
+/// with their own errors, so llama.cpp only ever sees well-formed headers. The tensor shapes
+/// are kept for checking adapters.
+fn check_gguf_file(path: &Path) -> Result<HashMap<String, Vec<u64>>> {
+    let header = crate::gguf::read_header(path).map_err(|e| match e {
+        HeaderError::Io(e) => Error::ModelNotFound(format!("{}: {e}", path.display())),
+        HeaderError::Magic => {
+            Error::NotGguf(format!("{} does not start with the GGUF magic bytes", path.display()))
+        }
+        HeaderError::Malformed(e) => {
+            Error::ModelLoad(format!("{}: malformed GGUF header: {e}", path.display()))
+        }
+    })?;
+    Ok(header.tensors.into_iter().map(|t| (t.name, t.ne)).collect())
 }
 
 impl Model {
@@ -80,7 +79,7 @@ impl Model {
     /// or hybrid models, whose per-sequence state cannot be merged at a join).
     pub fn load(path: impl AsRef<Path>, params: &ModelParams) -> Result<Model> {
         let path = path.as_ref();
-        check_gguf_file(path)?;
+        let shapes = check_gguf_file(path)?;
         backend()?;
         let llama = LlamaModel::load(path, params.n_gpu_layers).map_err(|e| match e {
             LoadFailure::BadPath => Error::InvalidArgument(format!(
@@ -117,21 +116,14 @@ impl Model {
                 architecture,
                 eog_tokens,
                 adapter_lock: parking_lot::RwLock::new(()),
-                tensor_shapes: once_cell::sync::OnceCell::new(),
+                tensor_shapes: shapes,
             }),
         })
     }
 
-    /// The shape (`ne`) of each tensor in the model's file, by name; None when the file can no
-    /// longer be read (an adapter's shapes are then left to llama.cpp to check).
-    pub(crate) fn tensor_shapes(&self) -> Option<&HashMap<String, Vec<u64>>> {
-        self.inner
-            .tensor_shapes
-            .get_or_init(|| {
-                let header = crate::gguf::read_header(&self.inner.path).ok()?;
-                Some(header.tensors.into_iter().map(|t| (t.name, t.ne)).collect())
-            })
-            .as_ref()
+    /// The shape (`ne`) of each tensor in the model's file, by name, as read at load.
+    pub(crate) fn tensor_shapes(&self) -> &HashMap<String, Vec<u64>> {
+        &self.inner.tensor_shapes
     }
 
     /// The file the model was loaded from.

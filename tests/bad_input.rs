@@ -173,6 +173,22 @@ fn model_loading_errors_are_specific() {
     let cut = dir.join("truncated.gguf");
     std::fs::write(&cut, &std::fs::read(&good).unwrap()[..1000]).unwrap();
     assert!(matches!(Model::load(&cut, &ModelParams::default()), Err(Error::ModelLoad(_))));
+
+    // Every cut inside the header is refused by pardec's own reader, before llama.cpp parses it.
+    let whole = std::fs::read(&good).unwrap();
+    let header_end = whole.windows(17).position(|w| w == b"token_embd.weight").unwrap() + 17;
+    for len in (5..header_end).step_by(7) {
+        std::fs::write(&cut, &whole[..len]).unwrap();
+        match Model::load(&cut, &ModelParams::default()) {
+            Err(Error::ModelLoad(m)) => assert!(m.contains("malformed GGUF header"), "{len}: {m}"),
+            other => panic!("a header cut at {len} bytes gave {other:?}"),
+        }
+    }
+    // A count of 2^64 − 1 metadata pairs: refused before anything is allocated.
+    let mut huge = whole[..16].to_vec();
+    huge.extend_from_slice(&u64::MAX.to_le_bytes());
+    std::fs::write(&cut, &huge).unwrap();
+    assert!(matches!(Model::load(&cut, &ModelParams::default()), Err(Error::ModelLoad(m)) if m.contains("malformed")));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
