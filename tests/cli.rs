@@ -225,3 +225,27 @@ fn selection_spread_over_threads_picks_the_same_tokens() {
         assert_eq!(one, run("4", temp), "temperature {temp}: threads changed the output");
     }
 }
+
+#[test]
+fn help_after_a_command_prints_the_usage() {
+    for cmd in ["run", "layout", "score"] {
+        let out = pardec(&[cmd, "--help"]);
+        assert!(out.status.success(), "{cmd} --help: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("usage:"));
+    }
+}
+
+#[test]
+fn score_prints_log_probabilities_and_lora_errors_are_specific() {
+    let v = json(&pardec(&["score", "--context", "The capital of France is", "--continuation", " Paris", "--json"]));
+    let tokens = v["tokens"].as_array().unwrap();
+    assert!(!tokens.is_empty());
+    let sum: f64 = tokens.iter().map(|t| t["logprob"].as_f64().unwrap()).sum();
+    assert!(sum < 0.0 && (sum - v["total"].as_f64().unwrap()).abs() < 1e-6);
+
+    let missing = pardec(&["score", "--lora", "/nonexistent/a.gguf", "--context", "a", "--continuation", "b"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("adapter /nonexistent/a.gguf"));
+    let bad_scale = pardec(&["score", "--lora", "a.gguf:nan", "--context", "a", "--continuation", "b"]);
+    assert_eq!(bad_scale.status.code(), Some(2), "a scale that is not finite is a usage error");
+}

@@ -776,7 +776,13 @@ fn cmd_score(args: &Args) -> CliResult<()> {
 
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
+    // `pardec run --help` asks for help; it is not a flag missing its value.
+    let wants_help = argv.iter().skip(1).any(|a| a == "--help" || a == "-h");
     let result = match argv.first().map(String::as_str) {
+        Some(_) if wants_help => {
+            println!("{USAGE}");
+            Ok(())
+        }
         Some("run") => Args::parse(&argv[1..]).and_then(|a| cmd_run(&a)),
         Some("bench") => Args::parse(&argv[1..]).and_then(|a| cmd_bench(&a)),
         Some("equiv") => Args::parse(&argv[1..]).and_then(|a| cmd_equiv(&a)),
