@@ -1,0 +1,248 @@
+"""Builds the self-distilled parallel training set from the default model itself (ASPD's
+"non-invasive parallel data transformation", done on device with pardec).
+
+    python training/build_data.py --out training/data/multiverse-smollm2.jsonl [--seed 1]
+
+Deterministic for a seed (sampling is seeded; the engine is deterministic on one machine):
+1. prompts from training/prompts.json (train split): list-like requests and serial ones;
+2. own answers: each prompt is answered --samples times by the model, sampled, all samples of
+   several prompts in one batch of pardec forks (one decode step for all of them);
+3. parallel rewrite: an answer whose body is a list of items becomes a Multiverse block, titles
+   from the items' heads, one path per item, the model's own closing text as the conclusion;
+4. structural check with `pardec check`, then selection among the samples by DP, then ABN;
+5. independence check with the engine: each item's body is scored as a branch sees it (prefix,
+   outline and its own path opening only) and as a serial reader does (the items before it
+   too); a block whose item loses more than --max-isolation-loss nats per token when isolated
+   degrades to a serial example;
+6. output: JSONL (text, protocol, DP, ABN, provenance) and <out>.summary.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "bindings-python"))
+sys.path.insert(0, str(HERE))
+
+import pardec  # noqa: E402
+import pardec_cli  # noqa: E402
+from multiverse_text import ListAnswer, parse_list_answer, multiverse_response  # noqa: E402
+
+PROTOCOL = "multiverse"
+END = "<|im_end|>"
+
+
+def default_model() -> str:
+    return str(Path.home() / ".cache" / "pardec" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+@dataclass
+class Prompt:
+    id: str
+    split: str
+    kind: str  # "parallel" or "serial"
+    template: str
+    text: str
+
+
+def expand_prompts(path: Path, split: str, seed: int) -> List[Prompt]:
+    spec = json.loads(path.read_text())[split]
+    rng = random.Random(f"{seed}:{split}")
+    out: List[Prompt] = []
+    for kind in ("parallel", "serial"):
+        for group in spec[kind]:
+            for template in group["templates"]:
+                for topic in group["topics"]:
+                    fill = dict(n=rng.choice([3, 4]), a=rng.randint(2, 19), b=rng.randint(2, 19),
+                                c=rng.randint(2, 5), topic=topic, thing=topic)
+                    text = template.format(**fill)
+                    out.append(Prompt(f"{split}-{len(out):03d}", split, kind, template, text))
+    return out
+
+
+def sample_answers(model: pardec.Model, prompts: List[Prompt], samples: int, max_tokens: int,
+                   seed: int, batch: int, temperature: float) -> Dict[str, List[Tuple[str, str]]]:
+    """Every prompt answered `samples` times: (text, stop reason). Several prompts share one
+    fork block (each branch's prefix is its whole chat prompt), so all are decoded together."""
+    per_fork = max(1, batch // samples)
+    session = pardec.Session(model, n_ctx=16384, max_branches=per_fork * samples,
+                             temperature=temperature, top_p=0.95, seed=seed)
+    answers: Dict[str, List[Tuple[str, str]]] = {}
+    for start in range(0, len(prompts), per_fork):
+        group = prompts[start:start + per_fork]
+        session.clear()
+        prefixes = [model.chat([("user", p.text)]) for p in group for _ in range(samples)]
+        session.fork(prefixes, max_tokens=max_tokens)
+        session.run()
+        branches = session.result().blocks[-1].branches
+        for i, p in enumerate(group):
+            answers[p.id] = [(b.text, b.stop_reason or "") for b in branches[i * samples:(i + 1) * samples]]
+        print(f"  answered {min(start + per_fork, len(prompts))}/{len(prompts)}", file=sys.stderr, flush=True)
+    return answers
+
+
+def degenerate(text: str) -> Optional[str]:
+    """Why a sampled answer is not worth learning from, or None."""
+    lines = [l.strip() for l in text.splitlines() if l.strip()]
+    if not lines:
+        return "empty"
+    if len(set(lines)) < len(lines):
+        return "repeats a line"
+    words = text.split()
+    if len(words) >= 12 and len(set(words)) < 0.35 * len(words):
+        return "repetitive"
+    return None
+
+
+def isolation_losses(session: pardec.Session, chat: str, answer: ListAnswer, parallel_text: str) -> List[float]:
+    """Per item: mean log-likelihood per token of its content as a serial reader sees it (after
+    the items before it) minus as its branch sees it (prefix, outline, its own path opening).
+    The item's head (it restates the outline) and the closing tag are context, not scored:
+    there the serial reader only gains from copying the format of the items before, which
+    says nothing about whether the content depends on them."""
+    fork_at = parallel_text.index("</Goal>\n") + len("</Goal>\n")
+    shared = chat + parallel_text[:fork_at]
+    losses = []
+    serial_before = ""
+    for i, item in enumerate(answer.items, start=1):
+        opening = f"<Path>\n{i}: {item.body[:item.head]}"
+        content = item.content()
+        if len(content.split()) < 3:
+            losses.append(0.0)  # nothing beyond the title to depend on anything
+        else:
+            iso = session.score(shared + opening, content)
+            ser = session.score(shared + serial_before + opening, content)
+            losses.append(sum(ser) / len(ser) - sum(iso) / len(iso))
+        serial_before += f"<Path>\n{i}: {item.body}</Path>\n"
+    return losses
+
+
+def token_counts(text: str, response_start: int, model_path: str) -> Tuple[int, int, int]:
+    """(response tokens, of them in branches, branches) from the engine's layout."""
+    lay = pardec_cli.layout(text, PROTOCOL, model_path)
+    response = [t for t in lay["tokens"] if t["start"] >= response_start]
+    in_branch = [t for t in response if t["branch"] is not None]
+    return len(response), len(in_branch), len({t["branch"] for t in in_branch})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=default_model())
+    ap.add_argument("--prompts", default=str(HERE / "prompts.json"))
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--samples", type=int, default=4)
+    ap.add_argument("--serial-per-prompt", type=int, default=2,
+                    help="serial examples kept per serial prompt (balances the two kinds)")
+    ap.add_argument("--max-tokens", type=int, default=220)
+    ap.add_argument("--batch", type=int, default=16, help="sequences decoded together")
+    ap.add_argument("--temperature", type=float, default=0.7)
+    ap.add_argument("--max-isolation-loss", type=float, default=0.25,
+                    help="nats per token an item may lose when it cannot see the items before it")
+    ap.add_argument("--limit", type=int, default=0, help="first N prompts only (smoke runs)")
+    args = ap.parse_args()
+
+    prompts = expand_prompts(Path(args.prompts), "train", args.seed)
+    if args.limit:
+        prompts = prompts[: args.limit // 2] + [p for p in prompts if p.kind == "serial"][: args.limit - args.limit // 2]
+    model = pardec.Model(args.model)
+    print(f"sampling {len(prompts)} prompts x {args.samples}", file=sys.stderr)
+    answers = sample_answers(model, prompts, args.samples, args.max_tokens, args.seed, args.batch, args.temperature)
+    scorer = pardec.Session(model, n_ctx=4096)
+
+    examples, reasons, iso_all = [], {}, []
+    count = lambda why: reasons.__setitem__(why, reasons.get(why, 0) + 1)
+    for p in prompts:
+        chat = model.chat([("user", p.text)])
+        usable = []
+        for k, (text, stop) in enumerate(answers[p.id]):
+            why = "unfinished" if stop != "eog" else degenerate(text)
+            if why:
+                count(f"sample dropped: {why}")
+                continue
+            usable.append((k, text.strip()))
+        if not usable:
+            count(f"{p.kind} prompt dropped: no usable sample")
+            continue
+        chosen: List[dict] = []
+        if p.kind == "parallel":
+            candidates = []
+            for k, text in usable:
+                answer = parse_list_answer(text)
+                if answer is None:
+                    count("sample is not a list")
+                    continue
+                response = multiverse_response(answer)
+                full = chat + response + END
+                ok, said = pardec_cli.check(full, PROTOCOL)
+                if not ok:
+                    count("rewrite fails pardec check")
+                    continue
+                n_resp, n_branch, n_br = token_counts(full, len(chat.encode()), args.model)
+                candidates.append((n_branch / max(n_resp, 1), n_br, k, text, answer, response))
+            # Selection by DP, then ABN; the first one whose items are independent wins.
+            for dp, abn, k, text, answer, response in sorted(candidates, key=lambda c: (-c[0], -c[1], c[2])):
+                losses = isolation_losses(scorer, chat, answer, response)
+                iso_all.extend(losses)
+                if max(losses) > args.max_isolation_loss:
+                    count("block degraded: items not independent")
+                    continue
+                chosen.append(dict(response=response, parallel=True, dp=dp, abn=float(abn), sample=k,
+                                   isolation_loss=[round(x, 4) for x in losses], flat=answer.flat()))
+                break
+            if not chosen:
+                if candidates:
+                    # The model's own list, kept serial: it teaches when not to fork.
+                    _, _, k, text, _, _ = sorted(candidates, key=lambda c: c[2])[0]
+                    chosen.append(dict(response=text, parallel=False, dp=0.0, abn=0.0, sample=k, flat=text))
+                else:
+                    count("parallel prompt dropped: no list answer")
+        else:
+            plain = [(k, t) for k, t in usable if parse_list_answer(t) is None] or usable
+            for k, text in plain[: args.serial_per_prompt]:
+                chosen.append(dict(response=text, parallel=False, dp=0.0, abn=0.0, sample=k, flat=text))
+        for c in chosen:
+            text = chat + c.pop("response") + END
+            examples.append(dict(id=f"{p.id}-s{c['sample']}", prompt=p.text, kind=p.kind, protocol=PROTOCOL,
+                                 text=text, response_start=len(chat.encode()), **c,
+                                 provenance=dict(seed=args.seed, sample=c["sample"], template=p.template,
+                                                 temperature=args.temperature, model=Path(args.model).name)))
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w") as f:
+        for e in examples:
+            f.write(json.dumps(e, ensure_ascii=False) + "\n")
+    par = [e for e in examples if e["parallel"]]
+    summary = dict(
+        examples=len(examples), parallel=len(par), serial=len(examples) - len(par),
+        parallel_share=round(len(par) / max(len(examples), 1), 3),
+        mean_dp=round(sum(e["dp"] for e in par) / max(len(par), 1), 3),
+        mean_abn=round(sum(e["abn"] for e in par) / max(len(par), 1), 3),
+        prompts=len(prompts), samples_per_prompt=args.samples, seed=args.seed,
+        max_isolation_loss=args.max_isolation_loss,
+        isolation_loss_quantiles=_quantiles(iso_all), reasons=reasons,
+        sha256=hashlib.sha256(out.read_bytes()).hexdigest())
+    Path(str(out) + ".summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary, indent=2))
+
+
+def _quantiles(xs: List[float]) -> Dict[str, float]:
+    if not xs:
+        return {}
+    s = sorted(xs)
+    q = lambda f: round(s[min(len(s) - 1, int(f * len(s)))], 4)
+    return {"p10": q(0.1), "p50": q(0.5), "p90": q(0.9), "max": round(s[-1], 4)}
+
+
+if __name__ == "__main__":
+    main()
