@@ -156,9 +156,11 @@ class GgufLlama(torch.nn.Module):
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.hp.rms_eps)
         return (xf * weight).to(self.dtype)
 
-    def forward(self, ids: torch.Tensor, pos: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
-        """Logits (n, vocab) in float32 for one sequence: `ids` and `pos` (n,), `visible` a
-        boolean (n, n) matrix, True where row i may attend to column j (pardec layout's rule)."""
+    def forward(self, ids: torch.Tensor, pos: torch.Tensor, visible: torch.Tensor,
+                rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Logits in float32 for one sequence: `ids` and `pos` (n,), `visible` a boolean (n, n)
+        matrix, True where row i may attend to column j (pardec layout's rule). `rows`: only
+        these rows' logits (the vocabulary projection is most of the memory)."""
         hp = self.hp
         n, hd = ids.shape[0], hp.head_dim
         x = self.weights["token_embd"][ids]
@@ -177,6 +179,8 @@ class GgufLlama(torch.nn.Module):
             h = self._rms(x, self.weights[f"{layer}.ffn_norm"])
             ff = F.silu(self._linear(h, layer, "ffn_gate")) * self._linear(h, layer, "ffn_up")
             x = x + self._linear(ff, layer, "ffn_down")
+        if rows is not None:
+            x = x[rows]
         x = self._rms(x, self.weights["output_norm"])
         return (x @ self.weights["output"].T).float()
 
@@ -185,8 +189,10 @@ def causal_visible(n: int) -> torch.Tensor:
     return torch.ones(n, n, dtype=torch.bool).tril()
 
 
-def log_probs_of(logits: torch.Tensor, pairs: List[tuple]) -> torch.Tensor:
-    """log p(target | row) for (row, target id) pairs."""
+def target_log_probs(model: GgufLlama, ids: torch.Tensor, pos: torch.Tensor, visible: torch.Tensor,
+                     pairs: List[tuple]) -> torch.Tensor:
+    """log p(target | row) for (row, target id) pairs, one forward pass."""
     rows = torch.tensor([r for r, _ in pairs], dtype=torch.long)
     targets = torch.tensor([t for _, t in pairs], dtype=torch.long)
-    return torch.log_softmax(logits[rows], dim=-1).gather(1, targets[:, None])[:, 0]
+    logits = model(ids, pos, visible, rows=rows)
+    return torch.log_softmax(logits, dim=-1).gather(1, targets[:, None])[:, 0]
