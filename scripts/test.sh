@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every test: the Rust unit and integration tests (both real models and the tiny float32
-# oracle), the C ABI header check, the C/C++ examples and misuse tests, and the Python shim.
+# oracle), the C ABI header check, the C/C++ examples and misuse tests, the Python shim, and
+# the training recipe's smoke test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -10,4 +11,5 @@ cargo test --release --doc
 if [[ -f scripts/test-ffi.sh ]]; then
     bash scripts/test-ffi.sh
 fi
+bash scripts/test-training.sh
 echo "test.sh: all tests passed"

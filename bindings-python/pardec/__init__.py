@@ -30,7 +30,7 @@ import threading
 import weakref
 import contextlib
 from contextlib import contextmanager
-from ctypes import byref, c_bool, c_char_p, c_float, c_int32, c_size_t, c_void_p, sizeof
+from ctypes import byref, c_bool, c_char_p, c_float, c_int32, c_size_t, c_uint32, c_uint64, c_void_p, sizeof
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -136,8 +136,25 @@ def _take_string(ptr: c_void_p) -> str:
 def _encode(text: str, what: str) -> bytes:
     if not isinstance(text, str):
         raise TypeError(f"{what} must be str, not {type(text).__name__}")
+    # A C string ends at its first NUL: the rest would be dropped without a word (a stop
+    # string "\0" would silently never stop).
+    if "\0" in text:
+        raise ValueError(f"{what} contains a NUL character, which a C string cannot hold")
     # Surrogates (e.g. from os.fsdecode) cannot be UTF-8: the library would refuse them anyway.
     return text.encode("utf-8", "surrogatepass")
+
+
+def _c_int(value: int, ctype, what: str) -> int:
+    """``value`` checked against the range of the C integer type it is passed as: ctypes
+    would wrap it silently (``n_ctx=2**32 + 12`` would become 12)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be int, not {type(value).__name__}")
+    bits = 8 * ctypes.sizeof(ctype)
+    signed = ctype(-1).value == -1
+    low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    if not low <= value <= high:
+        raise ValueError(f"{what} must be in {low}..{high}, got {value}")
+    return value
 
 
 # ----- value types -----------------------------------------------------------------------
@@ -247,16 +264,16 @@ class _Limits:
         L = _c.lib()
         self.c = _c.pardec_run_limits()
         _check(L.pardec_run_limits_default(byref(self.c), sizeof(self.c)))
-        if max_tokens < 0:
+        if isinstance(max_tokens, int) and max_tokens < 0:
             raise ValueError("max_tokens must be >= 0")
-        self.c.max_tokens = max_tokens
+        self.c.max_tokens = _c_int(max_tokens, c_uint32, "max_tokens")
         if isinstance(stop, str):
             stop = [stop]
         self._stop = (c_char_p * len(stop))(*[_encode(s, "stop string") for s in stop])
         self.c.stop = ctypes.cast(self._stop, ctypes.POINTER(c_char_p))
         self.c.n_stop = len(stop)
         self.c.ban_eog = bool(ban_eog)
-        banned = list(banned_tokens)
+        banned = [_c_int(t, c_int32, "banned token") for t in banned_tokens]
         self._banned = (c_int32 * len(banned))(*banned)
         self.c.banned_tokens = ctypes.cast(self._banned, ctypes.POINTER(c_int32))
         self.c.n_banned_tokens = len(banned)
@@ -312,7 +329,7 @@ class Model:
         params = _c.pardec_model_params()
         _check(L.pardec_model_params_default(byref(params), sizeof(params)))
         if n_gpu_layers is not None:
-            params.n_gpu_layers = n_gpu_layers
+            params.n_gpu_layers = _c_int(n_gpu_layers, c_int32, "n_gpu_layers")
         out = c_void_p()
         _check(L.pardec_model_load(os.fsencode(path), byref(params), byref(out)))
         self._ptr: Optional[int] = out.value
@@ -454,19 +471,22 @@ class Session:
                             ("max_depth", max_depth), ("n_threads", n_threads),
                 ("device_candidates", device_candidates)):
             if value is not None:
-                if value < 0:
+                if isinstance(value, int) and not isinstance(value, bool) and value < 0:
                     raise ValueError(f"{name} must be >= 0")
-                setattr(p, name, value)
+                setattr(p, name, _c_int(value, c_uint32, name))
         if kv_type is not None:
             if kv_type not in _KV_TYPES:
                 raise ValueError(f"kv_type must be one of {sorted(_KV_TYPES)}")
             p.kv_type = _KV_TYPES[kv_type]
         if flash_attn is not None:
             p.flash_attn = 1 if flash_attn else 0
-        for name, value in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p),
-                            ("min_p", min_p), ("seed", seed)):
+        for name, value in (("temperature", temperature), ("top_p", top_p), ("min_p", min_p)):
             if value is not None:
                 setattr(p.sampling, name, value)
+        if top_k is not None:
+            p.sampling.top_k = _c_int(top_k, c_uint32, "top_k")
+        if seed is not None:
+            p.sampling.seed = _c_int(seed, c_uint64, "seed")
         out = c_void_p()
         with model._use() as mp:
             _check(L.pardec_session_new(mp, byref(p), byref(out)))
@@ -525,7 +545,7 @@ class Session:
         """Appends text to an idle node, as if the model had written it."""
         data = _encode(text, "text")
         with self._use() as p:
-            _check(_c.lib().pardec_session_append(p, node, data))
+            _check(_c.lib().pardec_session_append(p, _c_int(node, c_uint32, "node"), data))
 
     def score(self, context: Optional[str], continuation: str, node: int = TRUNK) -> List[float]:
         """The natural-log probability the model gives each token of ``continuation``, which is
@@ -541,7 +561,7 @@ class Session:
         out = (c_float * capacity)()
         n = c_size_t()
         with self._use() as p:
-            _check(_c.lib().pardec_session_score(p, node, data, out, capacity, byref(n)))
+            _check(_c.lib().pardec_session_score(p, _c_int(node, c_uint32, "node"), data, out, capacity, byref(n)))
         return list(out[: n.value])
 
     def set_adapters(self, adapters: Sequence[Tuple[Adapter, float]]) -> None:
@@ -597,7 +617,8 @@ class Session:
         prefix = _encode(response_prefix, "response_prefix") if response_prefix is not None else None
         with self._use() as p:
             status = _c.lib().pardec_session_generate_auto(
-                p, _encode(protocol, "protocol"), max_tokens, max_branch_tokens, prefix, cb.c, None, byref(out))
+                p, _encode(protocol, "protocol"), _c_int(max_tokens, c_size_t, "max_tokens"),
+                _c_int(max_branch_tokens, c_size_t, "max_branch_tokens"), prefix, cb.c, None, byref(out))
         cb.check(status)
         return json.loads(_take_string(out))
 
@@ -613,7 +634,8 @@ class Session:
         out = c_void_p()
         with self._use() as p:
             status = _c.lib().pardec_session_generate_sot(
-                p, _encode(question, "question"), skeleton_tokens, point_tokens, cb.c, None, byref(out))
+                p, _encode(question, "question"), _c_int(skeleton_tokens, c_size_t, "skeleton_tokens"),
+                _c_int(point_tokens, c_size_t, "point_tokens"), cb.c, None, byref(out))
         cb.check(status)
         return json.loads(_take_string(out))
 
@@ -627,7 +649,7 @@ class Session:
         nodes = (_c.pardec_node * len(encoded))()
         limits = _Limits(max_tokens, stop, ban_eog, banned_tokens)
         with self._use() as p:
-            _check(_c.lib().pardec_session_fork(p, parent, arr, len(encoded), byref(limits.c), nodes))
+            _check(_c.lib().pardec_session_fork(p, _c_int(parent, c_uint32, "parent"), arr, len(encoded), byref(limits.c), nodes))
         return list(nodes)
 
     def run(self, on_event: Optional[Callable[[Event], Optional[bool]]] = None) -> None:
@@ -648,7 +670,7 @@ class Session:
         """Starts generation on an idle node without decoding; :meth:`step`/:meth:`run` advance it."""
         limits = _Limits(max_tokens, stop, ban_eog, banned_tokens)
         with self._use() as p:
-            _check(_c.lib().pardec_session_resume(p, node, byref(limits.c)))
+            _check(_c.lib().pardec_session_resume(p, _c_int(node, c_uint32, "node"), byref(limits.c)))
 
     def step(self, on_event: Optional[Callable[[Event], Optional[bool]]] = None) -> bool:
         """Decodes one step of every running node; False when nothing was running."""
@@ -679,10 +701,10 @@ class Session:
             mode, indices = _JOIN_KEEP, list(keep)
             if any(i < 0 for i in indices):
                 raise ValueError("branch indices must be >= 0")
-        arr = (c_size_t * len(indices))(*indices)
+        arr = (c_size_t * len(indices))(*[_c_int(i, c_size_t, "branch index") for i in indices])
         data = _encode(text, "text") if text is not None else None
         with self._use() as p:
-            _check(_c.lib().pardec_session_join_rule(p, parent, mode, arr, len(indices), _JOIN_RULES[rule], data))
+            _check(_c.lib().pardec_session_join_rule(p, _c_int(parent, c_uint32, "parent"), mode, arr, len(indices), _JOIN_RULES[rule], data))
 
     # --- results ---
 

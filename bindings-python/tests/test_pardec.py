@@ -227,6 +227,38 @@ def test_errors_carry_status_and_message(model, session, tmp_path):
     assert len(cases) == 13
 
 
+
+def test_nul_characters_and_out_of_range_integers_are_refused_by_name(model, session):
+    """A C string ends at a NUL and ctypes wraps integers modulo the C type: both would change
+    the request without a word, so the shim refuses them, naming the argument."""
+    session.prompt(PROMPT)
+    nul_cases = [
+        (session.prompt, ("a\0b",), {}, "text"),
+        (session.append, ("a\0b",), {}, "text"),
+        (session.fork, (["ok", "x\0y"],), {}, "prefix"),
+        (session.generate_text, (), {"max_tokens": 2, "stop": ["\0"]}, "stop string"),
+        (session.score, (None, "\0"), {}, "continuation"),
+        (session.generate_auto, ("multiverse",), {"response_prefix": "<Parallel>\0"}, "response_prefix"),
+    ]
+    for fn, args, kw, name in nul_cases:
+        with pytest.raises(ValueError, match=f"{name} contains a NUL"):
+            fn(*args, **kw)
+    wrap_cases = [
+        (pardec.Session, (model,), {"n_ctx": 2**32 + 12}, "n_ctx"),
+        (pardec.Session, (model,), {"n_threads": 2**32}, "n_threads"),
+        (pardec.Session, (model,), {"seed": 2**64}, "seed"),
+        (pardec.Session, (model,), {"top_k": -1}, "top_k"),
+        (session.generate_text, (), {"max_tokens": 2**32 + 1}, "max_tokens"),
+        (session.generate_text, (), {"max_tokens": 2, "banned_tokens": [2**31]}, "banned token"),
+        (session.append, ("x",), {"node": 2**32}, "node"),
+        (session.generate_auto, ("multiverse",), {"max_branch_tokens": 2**64}, "max_branch_tokens"),
+    ]
+    for fn, args, kw, name in wrap_cases:
+        with pytest.raises(ValueError, match=name):
+            fn(*args, **kw)
+    # Nothing above reached the session: it still continues its prompt.
+    assert session.generate_text(max_tokens=2)
+
 def test_close_twice_and_use_after_close(model_file):
     model = pardec.Model(model_file)
     session = pardec.Session(model, n_ctx=256, n_threads=1)
