@@ -64,7 +64,7 @@ impl fmt::Display for Error {
             Error::EmptyPrompt => write!(f, "the prompt is empty (it tokenizes to no tokens)"),
             Error::PromptTooLong { tokens, n_ctx } => write!(
                 f,
-                "the prompt has {tokens} tokens but the context holds only {n_ctx}"
+                "the prompt needs at least {tokens} cells but the context holds only {n_ctx}"
             ),
             Error::EmptyBranchPrefix { branch } => {
                 write!(f, "the prefix of branch {branch} tokenizes to no tokens")

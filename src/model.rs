@@ -37,6 +37,8 @@ pub(crate) struct ModelInner {
     pub(crate) adapter_lock: parking_lot::RwLock<()>,
     /// Tensor shapes from the file's header, for checking adapters.
     tensor_shapes: HashMap<String, Vec<u64>>,
+    /// The longest text any one token stands for, in bytes (computed on first use).
+    max_token_bytes: once_cell::sync::OnceCell<usize>,
 }
 
 /// A loaded GGUF model, shareable between sessions and threads (`Send + Sync`).
@@ -117,6 +119,7 @@ impl Model {
                 eog_tokens,
                 adapter_lock: parking_lot::RwLock::new(()),
                 tensor_shapes: shapes,
+                max_token_bytes: once_cell::sync::OnceCell::new(),
             }),
         })
     }
@@ -183,6 +186,21 @@ impl Model {
             return;
         }
         self.inner.llama.token_piece(token, out);
+    }
+
+    /// The most bytes of text one token covers: a text of `n` bytes needs at least
+    /// `n / max_token_bytes()` tokens, which bounds a prompt's length before tokenizing it.
+    pub fn max_token_bytes(&self) -> usize {
+        *self.inner.max_token_bytes.get_or_init(|| {
+            let mut piece = Vec::new();
+            let mut longest = 1;
+            for token in 0..self.n_vocab() as Token {
+                piece.clear();
+                self.token_bytes(token, &mut piece);
+                longest = longest.max(piece.len());
+            }
+            longest
+        })
     }
 
     /// Renders tokens to text (invalid UTF-8 sequences replaced).

@@ -250,3 +250,26 @@ fn a_rambling_skeleton_is_cut_with_a_warning() {
     assert!(k.contains(&WarningKind::TooManyBranches), "{k:?}");
     assert_eq!(s.stats().branches, 10);
 }
+
+/// A KV cache that fills inside a block fails the call with KvCacheFull, but nothing is lost:
+/// the report (filled as it went) has the block, the session holds the text so far.
+#[test]
+fn a_full_kv_cache_midway_keeps_the_report_and_the_text() {
+    let model = models::load(models::DEFAULT_MODEL_FILE);
+    let mut s = Session::new(&model, SessionParams { n_ctx: 128, max_branches: 4, n_threads: 2, ..Default::default() })
+        .unwrap();
+    s.prompt("Write about fruit.\n").unwrap();
+    let prefix = "<Parallel>\n<Goal>\n<Outline>1: Apples</Outline>\n<Outline>2: Pears</Outline>\n</Goal>";
+    let params = AutoParams { max_tokens: 400, max_branch_tokens: 400, response_prefix: prefix.into(), ..Default::default() };
+    let mut report = AutoReport::default();
+    let spec = ProtocolSpec::builtin("multiverse").unwrap();
+    let mut ban_eog = params.clone();
+    ban_eog.branches_ban_eog = true; // the paths must run until the cache is full
+    let outcome = pardec::auto::generate_auto_into(&mut s, &spec, &ban_eog, &mut Silent, &mut report);
+    assert_eq!(outcome, Err(pardec::Error::KvCacheFull));
+    assert!(!report.blocks.is_empty(), "{report:?}");
+    assert_eq!(report.blocks[0].paths, ["1", "2"]);
+    let t = s.transcript();
+    assert!(t.text.contains(prefix), "{}", t.text);
+    assert!(s.kv_cells_used() > 100, "the branches wrote until the cache was full");
+}

@@ -83,6 +83,18 @@ fn prompt_errors_are_specific() {
     let long = "word ".repeat(2000);
     let n_ctx = s.n_ctx() as usize; // llama.cpp may round the requested size up
     assert!(matches!(s.prompt(&long), Err(Error::PromptTooLong { n_ctx: n, tokens }) if n == n_ctx && tokens > n_ctx));
+    // A text that cannot fit is refused from its length alone, before tokenizing (a 200 MB
+    // prompt took a minute and gigabytes): the bound is its bytes over the longest token.
+    let max_bytes = model.max_token_bytes();
+    assert!((1..=1024).contains(&max_bytes), "{max_bytes}");
+    let huge = "x".repeat(64 << 20);
+    let bound = huge.len().div_ceil(max_bytes);
+    assert!(matches!(s.prompt(&huge), Err(Error::PromptTooLong { tokens, .. }) if tokens == bound));
+    // ... but not a text that fits while being longer in bytes than the context in cells.
+    let fits = "word ".repeat(n_ctx / 2);
+    assert!(model.tokenize(&fits, true).unwrap().len() < n_ctx);
+    s.prompt(&fits).unwrap();
+    s.clear();
     assert!(matches!(s.prompt_bytes(b"caf\xC3"), Err(Error::InvalidUtf8(_))));
     assert!(matches!(s.prompt_tokens(&[1, -5]), Err(Error::InvalidArgument(_))));
     assert!(matches!(s.prompt_tokens(&[model.n_vocab() as i32]), Err(Error::InvalidArgument(_))));
@@ -201,6 +213,9 @@ fn invalid_session_parameters_are_refused() {
     assert!(bad(SessionParams { n_batch: 0, ..Default::default() }));
     assert!(bad(SessionParams { n_ctx: 0, ..Default::default() }));
     assert!(bad(SessionParams { max_depth: 0, ..Default::default() }));
+    // ggml's pool holds 512 threads; u32::MAX was clamped to 1024 and accepted.
+    assert!(bad(SessionParams { n_threads: 513, ..Default::default() }));
+    assert!(bad(SessionParams { n_threads: u32::MAX, ..Default::default() }));
     let mut nan = SessionParams::default();
     nan.sampling.top_p = f32::NAN;
     assert!(bad(nan));
@@ -218,6 +233,54 @@ fn a_context_too_small_for_its_sequences_is_refused() {
     }
     let ok = SessionParams { n_ctx: 64, n_batch: 17, max_branches: 16, n_threads: 2, ..Default::default() };
     assert!(Session::new(&model, ok).is_ok());
+}
+
+/// A join whose join text cannot fit is refused before it closes the block (it used to close
+/// it, then fail decoding the text: half joined). After the refusal the block is still open:
+/// discarding its branches frees their cells, and the session goes on.
+#[test]
+fn a_join_text_that_cannot_fit_leaves_the_block_open() {
+    let model = models::load(models::DEFAULT_MODEL_FILE);
+    let mut s = session(&model, 256, 8);
+    s.prompt("Topics:\n").unwrap();
+    s.fork(NodeId::TRUNK, &specs(2, 40)).unwrap();
+    s.run(&mut Silent).unwrap();
+    let cells = s.kv_cells_used();
+    let free = s.n_ctx() as u64 - cells;
+    let too_long = " and".repeat(free as usize + 1);
+    assert_eq!(s.join(NodeId::TRUNK, JoinMode::All, Some(&too_long)), Err(Error::KvCacheFull));
+    assert_eq!(s.kv_cells_used(), cells, "nothing was merged or decoded");
+    assert!(s.transcript().top_level_branches(0).is_some_and(|b| b.len() == 2));
+    // Still open: it can be joined now, here by discarding the branches.
+    s.join(NodeId::TRUNK, JoinMode::Discard, Some("\n")).unwrap();
+    assert_usable(&mut s);
+}
+
+/// After a failure the error for a node that cannot continue says why, not a guess.
+#[test]
+fn a_node_without_logits_says_why() {
+    let model = models::load(models::DEFAULT_MODEL_FILE);
+    let mut s = session(&model, 256, 8);
+    s.prompt("Topics:\n").unwrap();
+    let mut stop_at_once = |_: &pardec::Event| false;
+    assert_eq!(
+        s.generate(&RunLimits { max_tokens: 8, ..Default::default() }, &mut stop_at_once),
+        Err(Error::Cancelled)
+    );
+    let limits = RunLimits { max_tokens: 2, ..Default::default() };
+    match s.resume(NodeId::TRUNK, &limits) {
+        Err(Error::InvalidState(m)) => assert!(m.contains("cancelled") && !m.contains("join"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    s.fork(NodeId::TRUNK, &specs(2, 4)).unwrap();
+    s.run(&mut Silent).unwrap();
+    s.join(NodeId::TRUNK, JoinMode::All, None).unwrap();
+    match s.resume(NodeId::TRUNK, &limits) {
+        Err(Error::InvalidState(m)) => assert!(m.contains("a join kept branches"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    s.append_text(NodeId::TRUNK, "\n").unwrap();
+    assert!(s.resume(NodeId::TRUNK, &limits).is_ok());
 }
 
 #[test]

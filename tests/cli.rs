@@ -249,3 +249,32 @@ fn score_prints_log_probabilities_and_lora_errors_are_specific() {
     let bad_scale = pardec(&["score", "--lora", "a.gguf:nan", "--context", "a", "--continuation", "b"]);
     assert_eq!(bad_scale.status.code(), Some(2), "a scale that is not finite is a usage error");
 }
+
+/// A reader that goes away (`pardec ... | head -c1`) ends the command by SIGPIPE, quietly, as
+/// it ends cat or grep; Rust's default (SIGPIPE ignored) made the print panic.
+#[test]
+fn a_closed_stdout_ends_the_command_quietly() {
+    use std::io::{Read, Write};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pardec"))
+        .args(["layout", "--protocol", "multiverse", "--json"])
+        .env("PARDEC_MODEL", models::model_path(models::DEFAULT_MODEL_FILE))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Megabytes of JSON: far more than a pipe buffers, so the writes meet the closed end.
+    child.stdin.take().unwrap().write_all("one two three four ".repeat(4000).as_bytes()).unwrap();
+    let mut first = [0u8; 1];
+    let mut stdout = child.stdout.take().unwrap();
+    stdout.read_exact(&mut first).unwrap();
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "status {:?}, stderr {stderr}", out.status);
+    }
+}

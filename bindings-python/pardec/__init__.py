@@ -97,6 +97,8 @@ class PardecError(Exception):
             pass
         self.status = status
         self.message = message
+        # generate_auto: what the generation did before it stopped midway (else None).
+        self.report: Optional[dict] = None
         name = status.name if isinstance(status, Status) else str(status)
         super().__init__(f"{name}: {message}" if message else name)
 
@@ -610,7 +612,10 @@ class Session:
                       on_event: Optional[Callable[[Event], Optional[bool]]] = None) -> dict:
         """Auto mode: the model decides when to fork, under ``protocol`` (a built-in name such
         as "multiverse", "aspd" or "apr", or a protocol description as a JSON string). Returns
-        the report ``{"blocks": [...], "warnings": [...]}``; the text is in :meth:`result`."""
+        the report ``{"blocks": [...], "warnings": [...]}``; the text is in :meth:`result`.
+        When the generation stops midway (a full KV cache, a cancel, a failed decode) the
+        exception's ``report`` attribute holds the report of what was done before, and the
+        text so far is in :meth:`result`."""
         import json
         cb = _Callback(on_event)
         out = c_void_p()
@@ -619,8 +624,13 @@ class Session:
             status = _c.lib().pardec_session_generate_auto(
                 p, _encode(protocol, "protocol"), _c_int(max_tokens, c_size_t, "max_tokens"),
                 _c_int(max_branch_tokens, c_size_t, "max_branch_tokens"), prefix, cb.c, None, byref(out))
-        cb.check(status)
-        return json.loads(_take_string(out))
+        report = json.loads(_take_string(out)) if out.value else None
+        try:
+            cb.check(status)
+        except PardecError as e:
+            e.report = report
+            raise
+        return report
 
     def generate_sot(self, question: str, skeleton_tokens: int = 0, point_tokens: int = 0,
                      on_event: Optional[Callable[[Event], Optional[bool]]] = None) -> dict:

@@ -18,6 +18,18 @@ pub fn generate_apr(
     observer: &mut dyn Observer,
 ) -> Result<AutoReport> {
     let mut report = AutoReport::default();
+    generate_apr_into(session, format, params, observer, &mut report)?;
+    Ok(report)
+}
+
+/// [`generate_apr`], filling `report` as it goes (see [`super::generate_auto_into`]).
+pub fn generate_apr_into(
+    session: &mut Session,
+    format: &SubSearchFormat,
+    params: &AutoParams,
+    observer: &mut dyn Observer,
+    report: &mut AutoReport,
+) -> Result<()> {
     let mut budget = params.max_tokens;
     if !params.response_prefix.is_empty() {
         session.append_text(NodeId::TRUNK, &params.response_prefix)?;
@@ -104,7 +116,7 @@ pub fn generate_apr(
             paths,
         });
     }
-    Ok(report)
+    Ok(())
 }
 
 /// Rewinds the trunk to the text before its last calls block: the tokens wholly before it

@@ -131,13 +131,13 @@ impl Bans {
     }
 }
 
-struct Driver<'s, 'o> {
+struct Driver<'s, 'o, 'r> {
     session: &'s mut Session,
     observer: &'o mut dyn Observer,
     streams: BTreeMap<NodeId, Stream>,
     /// Open blocks: parent → its branches.
     blocks: BTreeMap<NodeId, Vec<NodeId>>,
-    report: AutoReport,
+    report: &'r mut AutoReport,
     bans: Bans,
     branch_budget: usize,
     branches_ban_eog: bool,
@@ -152,6 +152,21 @@ pub fn generate_auto(
     params: &AutoParams,
     observer: &mut dyn Observer,
 ) -> Result<AutoReport> {
+    let mut report = AutoReport::default();
+    generate_auto_into(session, spec, params, observer, &mut report)?;
+    Ok(report)
+}
+
+/// [`generate_auto`], filling `report` as it goes: when the call fails midway (a full KV
+/// cache, a cancel, a failed decode) the report still describes every block and warning
+/// before the failure, and the text so far is in the session.
+pub fn generate_auto_into(
+    session: &mut Session,
+    spec: &ProtocolSpec,
+    params: &AutoParams,
+    observer: &mut dyn Observer,
+    report: &mut AutoReport,
+) -> Result<()> {
     spec.validate().map_err(|e| Error::InvalidArgument(format!("protocol: {e}")))?;
     let mut spec = spec.clone();
     // The session's limits win: deeper nesting is read as text, extra branches are cut.
@@ -161,7 +176,7 @@ pub fn generate_auto(
         observer,
         streams: BTreeMap::new(),
         blocks: BTreeMap::new(),
-        report: AutoReport::default(),
+        report,
         bans: Bans { cache: HashMap::new() },
         branch_budget: params.max_branch_tokens,
         branches_ban_eog: params.branches_ban_eog,
@@ -175,11 +190,10 @@ pub fn generate_auto(
     } else {
         driver.start_run(NodeId::TRUNK)?;
     }
-    driver.drive()?;
-    Ok(driver.report)
+    driver.drive()
 }
 
-impl Driver<'_, '_> {
+impl Driver<'_, '_, '_> {
     fn add_stream(&mut self, node: NodeId, watcher: Watcher, budget: usize) {
         let run_from = self.session.node_text(node).len();
         let tokens_from = self.session.node_tokens(node).len();

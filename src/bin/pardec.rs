@@ -11,9 +11,9 @@ use pardec::{
     Adapter, BranchSpec, Error, Event, JoinMode, Model, ModelParams, NodeId, RunLimits, SamplingParams,
     Selection, Session, SessionParams, Silent, Stats,
 };
-use pardec::auto::apr::generate_apr;
+use pardec::auto::apr::generate_apr_into;
 use pardec::auto::sot::{generate_sot, SotParams};
-use pardec::auto::{generate_auto, AutoParams};
+use pardec::auto::{generate_auto_into, AutoParams, AutoReport};
 use pardec::protocol::{check, layout_with, ProtocolSpec, Rule, SkeletonFormat, SubSearchFormat};
 use serde::Serialize;
 
@@ -394,22 +394,30 @@ fn cmd_run_auto(args: &Args, prompt: &str, protocol: &str) -> CliResult<()> {
         model.apply_chat_template(&[("user", prompt)]).unwrap_or_else(|_| prompt.to_string())
     };
     let mut answer = None;
-    let report = match choice {
+    let mut report = AutoReport::default();
+    let outcome = match choice {
         ProtocolChoice::Sot => {
             let sot = SotParams { skeleton_tokens: 120, point_tokens: auto.max_branch_tokens };
             let result = generate_sot(&mut session, prompt, &SkeletonFormat::sot(), &sot, observer)?;
             answer = Some(result.answer);
-            result.report
+            report = result.report;
+            Ok(())
         }
         ProtocolChoice::Apr => {
             session.prompt(&prompt_text)?;
-            generate_apr(&mut session, &SubSearchFormat::apr(), &auto, observer)?
+            generate_apr_into(&mut session, &SubSearchFormat::apr(), &auto, observer, &mut report)
         }
         ProtocolChoice::Stream(spec) => {
             session.prompt(&prompt_text)?;
-            generate_auto(&mut session, &spec, &auto, observer)?
+            generate_auto_into(&mut session, &spec, &auto, observer, &mut report)
         }
     };
+    // A generation that stopped midway prints what it wrote before the error is reported.
+    if let Err(e) = &outcome {
+        if !matches!(e, Error::KvCacheFull | Error::Cancelled | Error::Decode(_)) {
+            return outcome.map_err(Into::into);
+        }
+    }
     let t = session.transcript();
     let branches = t
         .blocks()
@@ -431,7 +439,7 @@ fn cmd_run_auto(args: &Args, prompt: &str, protocol: &str) -> CliResult<()> {
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&out).map_err(|e| Error::Internal(e.to_string()))?);
-        return Ok(());
+        return outcome.map_err(Into::into);
     }
     println!("── text ──\n{}", out.text.trim_end());
     if let Some(answer) = &out.answer {
@@ -444,7 +452,7 @@ fn cmd_run_auto(args: &Args, prompt: &str, protocol: &str) -> CliResult<()> {
         println!("── warning in {:?} at byte {}: {}", w.stream, w.at, w.message);
     }
     print_stats(&out.stats);
-    Ok(())
+    outcome.map_err(Into::into)
 }
 
 fn read_stdin() -> CliResult<String> {
@@ -775,6 +783,13 @@ fn cmd_score(args: &Args) -> CliResult<()> {
 }
 
 fn main() -> ExitCode {
+    // Rust ignores SIGPIPE, so printing into a closed pipe (`pardec run ... | head -c1`)
+    // panicked; a command-line tool should end quietly there, as cat and grep do.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of a signal, before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let argv: Vec<String> = std::env::args().skip(1).collect();
     // `pardec run --help` asks for help; it is not a flag missing its value.
     let wants_help = argv.iter().skip(1).any(|a| a == "--help" || a == "-h");

@@ -645,10 +645,13 @@ pub unsafe extern "C" fn pardec_session_join_rule(
 /// the prompt. `max_tokens` bounds the trunk, `max_branch_tokens` each branch;
 /// `response_prefix` (may be NULL) is put in the model's mouth and watched like generated text.
 /// Tokens stream through `callback` as in `pardec_session_generate`, with FORK, JOIN and
-/// WARNING events as the model opens and closes blocks. On success, if
-/// `out_report_json` is not NULL it receives a JSON object `{"blocks": [{"parent", "labels",
-/// "titles", "paths"}], "warnings": [{"stream", "kind", "at", "message"}]}` (free it with
-/// `pardec_string_free`): malformed model output never fails the call, it is reported there.
+/// WARNING events as the model opens and closes blocks. If `out_report_json` is not NULL it
+/// receives a JSON object `{"blocks": [{"parent", "labels", "titles", "paths"}], "warnings":
+/// [{"stream", "kind", "at", "message"}]}` (free it with `pardec_string_free`): malformed
+/// model output never fails the call, it is reported there. The report is written on success
+/// and also when the generation stops midway (KV_CACHE_FULL, CANCELLED, DECODE): it then
+/// describes what was done before, and the text so far is in the session
+/// (`pardec_session_result`); on any other error it is not written.
 ///
 /// Errors: NULL_ARGUMENT, INVALID_UTF8, INVALID_ARGUMENT (unknown protocol, invalid JSON
 /// description), BUSY, INVALID_STATE (no prompt, or a node still running), KV_CACHE_FULL,
@@ -673,25 +676,46 @@ pub unsafe extern "C" fn pardec_session_generate_auto(
             response_prefix: prefix.to_string(),
             ..Default::default()
         };
-        let report = with_session(session, |s| {
+        let spec = if protocol == "apr" {
+            None
+        } else if protocol.trim_start().starts_with('{') {
+            Some(
+                crate::protocol::ProtocolSpec::from_json(protocol)
+                    .map_err(|e| crate::Error::InvalidArgument(format!("protocol JSON: {e}")))?,
+            )
+        } else {
+            Some(crate::protocol::ProtocolSpec::builtin(protocol).ok_or_else(|| {
+                crate::Error::InvalidArgument(format!("unknown protocol {protocol:?}"))
+            })?)
+        };
+        let mut report = crate::auto::AutoReport::default();
+        let outcome = with_session(session, |s| {
             streaming(callback, user_data, |obs| {
-                if protocol == "apr" {
-                    let format = crate::protocol::SubSearchFormat::apr();
-                    return Ok(crate::auto::apr::generate_apr(s, &format, &params, obs)?);
-                }
-                let spec = if protocol.trim_start().starts_with('{') {
-                    crate::protocol::ProtocolSpec::from_json(protocol)
-                        .map_err(|e| crate::Error::InvalidArgument(format!("protocol JSON: {e}")))?
-                } else {
-                    crate::protocol::ProtocolSpec::builtin(protocol).ok_or_else(|| {
-                        crate::Error::InvalidArgument(format!("unknown protocol {protocol:?}"))
-                    })?
-                };
-                Ok(crate::auto::generate_auto(s, &spec, &params, obs)?)
+                Ok(match &spec {
+                    None => crate::auto::apr::generate_apr_into(
+                        s,
+                        &crate::protocol::SubSearchFormat::apr(),
+                        &params,
+                        obs,
+                        &mut report,
+                    )?,
+                    Some(spec) => crate::auto::generate_auto_into(s, spec, &params, obs, &mut report)?,
+                })
             })
-        })?;
-        write_json(out_report_json, &report)
+        });
+        // A generation that failed midway still says what it did before the failure.
+        match &outcome {
+            Err(e) if !stopped_midway(e.status) => {}
+            _ => write_json(out_report_json, &report)?,
+        }
+        outcome
     })
+}
+
+/// Statuses with which a generation stops after it has begun, its text so far kept in the
+/// session: the report of what it did is still written.
+fn stopped_midway(status: pardec_status) -> bool {
+    matches!(status, pardec_status::KvCacheFull | pardec_status::Cancelled | pardec_status::Decode)
 }
 
 /// Skeleton-of-Thought for plain instruct models: the model first writes a numbered skeleton

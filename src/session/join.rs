@@ -161,6 +161,21 @@ impl Session {
             JoinRule::SameMax | JoinRule::SameSeq => &kept_nodes,
             JoinRule::Reprefill => &kept_nodes[..kept_nodes.len().min(1)],
         };
+        // What the parent decodes after the merge must fit before anything changes: a join
+        // that closed the block and then found the cache full left the session half joined.
+        let decoded_after = reread.len()
+            + usize::from(repeated.is_some())
+            + join_tokens.len()
+            + usize::from(rule == JoinRule::SameSeq && !join_tokens.is_empty());
+        let released: u64 = children
+            .iter()
+            .filter(|c| !merged.contains(c))
+            .map(|&c| self.nodes[c].cells - self.nodes[c].cells_at_fork)
+            .sum();
+        let in_use = self.kv_cells_used() - released;
+        if in_use + decoded_after as u64 > u64::from(self.n_ctx) {
+            return Err(Error::KvCacheFull);
+        }
         let parent_seq = self.nodes[p].seq;
         let mut new_next = self.nodes[p].next_pos;
         let mut gained = 0;
@@ -195,6 +210,7 @@ impl Session {
         node.cells += gained;
         if !kept.is_empty() {
             node.saved.clear(); // they predate the branches
+            node.no_scores_because = "a join kept branches, and no token has seen them yet";
         }
         let start = Instant::now();
         if !reread.is_empty() {

@@ -346,10 +346,14 @@ impl Session {
                 params.n_ctx, params.n_batch
             )));
         }
+        // ggml's thread pool holds at most GGML_MAX_N_THREADS (512) workers.
+        if params.n_threads > 512 {
+            return Err(Error::InvalidArgument(format!("n_threads {} is above 512 (ggml's limit)", params.n_threads)));
+        }
         let threads = if params.n_threads == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get()) as i32
+            std::thread::available_parallelism().map_or(1, |n| n.get()).min(512) as i32
         } else {
-            params.n_threads.min(1024) as i32
+            params.n_threads as i32
         };
         let flash = match (params.flash_attn, params.kv_type) {
             (Some(true), _) => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED,

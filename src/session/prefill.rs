@@ -18,6 +18,13 @@ impl Session {
         if text.is_empty() {
             return Err(Error::EmptyPrompt);
         }
+        // A text that cannot fit is refused before tokenizing it (200 MB took a minute and
+        // gigabytes): every token covers at most max_token_bytes of it.
+        let have = self.kv_cells_used() as usize;
+        let at_least = text.len().div_ceil(self.model.max_token_bytes());
+        if have + at_least > self.n_ctx as usize {
+            return Err(Error::PromptTooLong { tokens: have + at_least, n_ctx: self.n_ctx as usize });
+        }
         let add_bos = self.nodes[0].next_pos == 0;
         let tokens = self.model.tokenize(text, add_bos)?;
         self.prompt_tokens(&tokens)
@@ -108,6 +115,7 @@ impl Session {
         node_ref.next_pos = from;
         node_ref.cells -= removed;
         node_ref.saved.clear();
+        node_ref.no_scores_because = "it was rewound";
         let seq = node_ref.seq;
         self.ctx.seq_rm(seq, from);
         Ok(())
@@ -141,6 +149,7 @@ impl Session {
         node_ref.next_pos = from;
         node_ref.cells -= n as u64;
         node_ref.saved.clear();
+        node_ref.no_scores_because = "its last tokens were taken out of the cache";
         self.ctx.seq_rm(seq, from);
         Ok(())
     }

@@ -26,10 +26,10 @@ impl Session {
         let idx = self.idle_node(node, "generate on")?;
         self.check_bans(limits)?;
         if self.nodes[idx].saved.is_empty() {
+            let node = &self.nodes[idx];
             return Err(Error::InvalidState(format!(
-                "node {:?} has no next-token logits (after a join that kept branches, append \
-                 text before generating)",
-                self.nodes[idx].label
+                "node {:?} has no next-token logits ({}): append text before generating",
+                node.label, node.no_scores_because
             )));
         }
         self.start_node(idx, limits);
@@ -320,6 +320,10 @@ impl Session {
                 // The scores after its last decoded token were consumed by sampling the
                 // dropped token; the node needs appended text before it generates again.
                 node.saved.clear();
+                node.no_scores_because = match reason {
+                    StopReason::KvCacheFull => "the KV cache filled: the token it had sampled was never decoded",
+                    _ => "its run was stopped (cancelled, or a failed decode): the token it had sampled was never decoded",
+                };
                 let _ = self.emit_end(idx, observer);
             }
         }

@@ -96,6 +96,8 @@ pub(crate) struct Node {
     /// Next-token scores after this node's last decoded token, kept when it stops so it can
     /// resume or fork. Empty when stale (after a join that kept branches).
     pub saved: SavedScores,
+    /// Why `saved` is empty, for the error that asks for appended text.
+    pub no_scores_because: &'static str,
     /// Bytes of the pending token, rendered at sampling time.
     pub pending_bytes: Vec<u8>,
     pub utf8: Utf8Stream,
@@ -128,6 +130,7 @@ impl Node {
             banned: Vec::new(),
             sampler,
             saved: SavedScores::default(),
+            no_scores_because: "it has decoded nothing yet",
             pending_bytes: Vec::new(),
             utf8: Utf8Stream::default(),
             open_block: None,
