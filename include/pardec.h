@@ -1044,10 +1044,13 @@ enum pardec_status pardec_session_join_rule(struct pardec_session *session,
  * the prompt. `max_tokens` bounds the trunk, `max_branch_tokens` each branch;
  * `response_prefix` (may be NULL) is put in the model's mouth and watched like generated text.
  * Tokens stream through `callback` as in `pardec_session_generate`, with FORK, JOIN and
- * WARNING events as the model opens and closes blocks. On success, if
- * `out_report_json` is not NULL it receives a JSON object `{"blocks": [{"parent", "labels",
- * "titles", "paths"}], "warnings": [{"stream", "kind", "at", "message"}]}` (free it with
- * `pardec_string_free`): malformed model output never fails the call, it is reported there.
+ * WARNING events as the model opens and closes blocks. If `out_report_json` is not NULL it
+ * receives a JSON object `{"blocks": [{"parent", "labels", "titles", "paths"}], "warnings":
+ * [{"stream", "kind", "at", "message"}]}` (free it with `pardec_string_free`): malformed
+ * model output never fails the call, it is reported there. The report is written on success
+ * and also when the generation stops midway (KV_CACHE_FULL, CANCELLED, DECODE): it then
+ * describes what was done before, and the text so far is in the session
+ * (`pardec_session_result`); on any other error it is not written.
  *
  * Errors: NULL_ARGUMENT, INVALID_UTF8, INVALID_ARGUMENT (unknown protocol, invalid JSON
  * description), BUSY, INVALID_STATE (no prompt, or a node still running), KV_CACHE_FULL,
