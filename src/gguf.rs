@@ -30,7 +30,10 @@ pub(crate) enum Value {
     Float(f64),
     Bool(bool),
     Str(String),
-    Array,
+    /// An array, its elements read past. `repeated`: for the vocabulary's token strings
+    /// (`tokenizer.ggml.tokens`), the first string that appears twice, by index (llama.cpp
+    /// asserts on one).
+    Array { repeated: Option<(u64, String)> },
 }
 
 impl Value {
@@ -184,6 +187,19 @@ impl<R: Read> Reader<R> {
                 let n = self.count("array elements", MAX_ARRAY)?;
                 match element_size(element) {
                     Some(size) => self.skip(n * size)?,
+                    None if element == 8 && key == "tokenizer.ggml.tokens" => {
+                        let mut seen = std::collections::HashSet::new();
+                        let mut repeated = None;
+                        for i in 0..n {
+                            let len = self.count("string bytes", MAX_STRING)?;
+                            let mut buf = vec![0u8; len as usize];
+                            self.bytes(&mut buf)?;
+                            if repeated.is_none() && !seen.insert(buf.clone()) {
+                                repeated = Some((i, String::from_utf8_lossy(&buf).into_owned()));
+                            }
+                        }
+                        return Ok(Value::Array { repeated });
+                    }
                     None if element == 8 => {
                         for _ in 0..n {
                             let len = self.count("string bytes", MAX_STRING)?;
@@ -196,7 +212,7 @@ impl<R: Read> Reader<R> {
                         )))
                     }
                 }
-                Value::Array
+                Value::Array { repeated: None }
             }
             10 => Value::Int(self.u64()? as i64),
             11 => Value::Int(i64::from_le_bytes(self.fixed()?)),
@@ -269,7 +285,7 @@ mod tests {
         let h = parse(&header_bytes()[..]).unwrap();
         assert_eq!(h.str("general.type"), Some("adapter"));
         assert_eq!(h.metadata["adapter.lora.alpha"].as_f64(), Some(8.0));
-        assert_eq!(h.metadata["tokens"], Value::Array);
+        assert_eq!(h.metadata["tokens"], Value::Array { repeated: None });
         assert_eq!(h.tensors, vec![TensorInfo { name: "blk.0.attn_q.weight.lora_a".into(), ne: vec![64, 4] }]);
     }
 

@@ -16,6 +16,71 @@ use std::ptr::NonNull;
 
 use llama_cpp_sys_2 as sys;
 
+/// The catching wrappers of src/shim/llama_shim.cpp (build.rs compiles it): each returns 0
+/// with the call's result in `out`, or i32::MIN (PARDEC_SHIM_THREW) when llama.cpp threw.
+mod shim {
+    use super::sys;
+    use std::ffi::{c_char, CStr};
+
+    extern "C" {
+        fn pardec_shim_last_message() -> *const c_char;
+        pub(super) fn pardec_shim_tokenize(
+            vocab: *const sys::llama_vocab,
+            text: *const c_char,
+            text_len: i32,
+            tokens: *mut sys::llama_token,
+            n_tokens_max: i32,
+            add_special: bool,
+            parse_special: bool,
+            out: *mut i32,
+        ) -> i32;
+        pub(super) fn pardec_shim_token_to_piece(
+            vocab: *const sys::llama_vocab,
+            token: sys::llama_token,
+            buf: *mut c_char,
+            length: i32,
+            lstrip: i32,
+            special: bool,
+            out: *mut i32,
+        ) -> i32;
+        pub(super) fn pardec_shim_decode(ctx: *mut sys::llama_context, batch: *const sys::llama_batch, out: *mut i32) -> i32;
+        pub(super) fn pardec_shim_model_load(
+            path: *const c_char,
+            params: *const sys::llama_model_params,
+            out: *mut *mut sys::llama_model,
+        ) -> i32;
+        pub(super) fn pardec_shim_init_context(
+            model: *mut sys::llama_model,
+            params: *const sys::llama_context_params,
+            out: *mut *mut sys::llama_context,
+        ) -> i32;
+        pub(super) fn pardec_shim_adapter_init(
+            model: *mut sys::llama_model,
+            path: *const c_char,
+            out: *mut *mut sys::llama_adapter_lora,
+        ) -> i32;
+        pub(super) fn pardec_shim_chat_apply_template(
+            tmpl: *const c_char,
+            chat: *const sys::llama_chat_message,
+            n_msg: usize,
+            add_ass: bool,
+            buf: *mut c_char,
+            length: i32,
+            out: *mut i32,
+        ) -> i32;
+    }
+
+    /// The message of the exception the last failed wrapper on this thread caught.
+    pub(super) fn last_message() -> String {
+        // SAFETY: a NUL-terminated thread-local buffer of the shim's, always initialised.
+        unsafe { CStr::from_ptr(pardec_shim_last_message()) }.to_string_lossy().into_owned()
+    }
+}
+
+/// A llama.cpp call that threw (through the shim): its message.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Threw(pub String);
+
 /// A token id of the model's vocabulary (llama.cpp's `llama_token`).
 pub type Token = i32;
 
@@ -57,7 +122,10 @@ impl LlamaAdapter {
     pub(crate) fn load(model: &LlamaModel, path: &Path) -> Option<LlamaAdapter> {
         let c_path = path.to_str().and_then(|s| CString::new(s).ok())?;
         // SAFETY: a live model and a NUL-terminated path that lives across the call.
-        let ptr = unsafe { sys::llama_adapter_lora_init(model.ptr.as_ptr(), c_path.as_ptr()) };
+        let mut ptr = std::ptr::null_mut();
+        if unsafe { shim::pardec_shim_adapter_init(model.ptr.as_ptr(), c_path.as_ptr(), &mut ptr) } != 0 {
+            return None;
+        }
         Some(LlamaAdapter { ptr: Some(NonNull::new(ptr)?) })
     }
 
@@ -81,7 +149,12 @@ pub(crate) enum LoadFailure {
     BadPath,
     /// llama.cpp returned no model (unknown architecture, corrupt file, out of memory...).
     Refused,
+    /// llama.cpp threw while loading (the exception's message).
+    Threw(String),
 }
+
+/// What [`LlamaContext::decode`] returns when llama_decode threw a C++ exception.
+pub(crate) const DECODE_THREW: i32 = -1000;
 
 impl LlamaModel {
     pub(crate) fn load(path: &Path, n_gpu_layers: Option<u32>) -> Result<LlamaModel, LoadFailure> {
@@ -95,7 +168,11 @@ impl LlamaModel {
             if let Some(n) = n_gpu_layers {
                 params.n_gpu_layers = n.min(i32::MAX as u32) as i32;
             }
-            sys::llama_model_load_from_file(c_path.as_ptr(), params)
+            let mut ptr = std::ptr::null_mut();
+            if shim::pardec_shim_model_load(c_path.as_ptr(), &params, &mut ptr) != 0 {
+                return Err(LoadFailure::Threw(shim::last_message()));
+            }
+            ptr
         };
         let ptr = NonNull::new(ptr).ok_or(LoadFailure::Refused)?;
         // SAFETY: a loaded model always has a vocabulary (possibly of type "none"), which
@@ -162,24 +239,28 @@ impl LlamaModel {
     }
 
     /// Tokenizes UTF-8 text, parsing special tokens written in it. The caller makes sure the
-    /// vocabulary has a tokenizer (llama.cpp asserts on type "none").
-    pub(crate) fn tokenize(&self, text: &str, add_special: bool) -> Option<Vec<Token>> {
-        let len = i32::try_from(text.len()).ok()?;
+    /// vocabulary has a tokenizer (llama.cpp asserts on type "none"). Err: why not.
+    pub(crate) fn tokenize(&self, text: &str, add_special: bool) -> Result<Vec<Token>, Threw> {
+        let len = i32::try_from(text.len()).map_err(|_| Threw("the text is longer than 2 GiB".into()))?;
         // A token covers at least one byte, plus room for BOS/EOS.
         let mut tokens: Vec<Token> = vec![0; text.len() + 2];
         loop {
-            let cap = i32::try_from(tokens.len()).ok()?;
+            let cap = i32::try_from(tokens.len()).map_err(|_| Threw("too many tokens".into()))?;
+            let mut n = 0;
             // SAFETY: `text` is readable for `len` bytes and `tokens` writable for `cap` ids;
             // a negative result is the count needed, nothing is written past `cap`.
-            let n = unsafe {
-                sys::llama_tokenize(self.vocab(), text.as_ptr().cast(), len, tokens.as_mut_ptr(), cap, add_special, true)
+            let status = unsafe {
+                shim::pardec_shim_tokenize(self.vocab(), text.as_ptr().cast(), len, tokens.as_mut_ptr(), cap, add_special, true, &mut n)
             };
+            if status != 0 {
+                return Err(Threw(shim::last_message()));
+            }
             if n == i32::MIN {
-                return None;
+                return Err(Threw("the token count overflows".into()));
             }
             if n >= 0 {
                 tokens.truncate(n as usize);
-                return Some(tokens);
+                return Ok(tokens);
             }
             tokens.resize((-n) as usize, 0);
         }
@@ -190,19 +271,27 @@ impl LlamaModel {
         if token < 0 || token >= self.n_vocab() {
             return;
         }
+        // A vocabulary whose rendering throws gets U+FFFD: visibly broken, never an abort.
+        const BROKEN: &[u8] = "\u{FFFD}".as_bytes();
         let mut buf = [0u8; 64];
+        let mut n = 0;
         // SAFETY: the id is inside the vocabulary and the buffer writable for its length.
-        let n = unsafe { sys::llama_token_to_piece(self.vocab(), token, buf.as_mut_ptr().cast(), 64, 0, true) };
+        if unsafe { shim::pardec_shim_token_to_piece(self.vocab(), token, buf.as_mut_ptr().cast(), 64, 0, true, &mut n) } != 0 {
+            out.extend_from_slice(BROKEN);
+            return;
+        }
         if n >= 0 {
             out.extend_from_slice(&buf[..n as usize]);
             return;
         }
         let mut big = vec![0u8; (-n) as usize];
         // SAFETY: as above, with the length llama.cpp asked for.
-        let n = unsafe {
-            sys::llama_token_to_piece(self.vocab(), token, big.as_mut_ptr().cast(), big.len() as i32, 0, true)
+        let status = unsafe {
+            shim::pardec_shim_token_to_piece(self.vocab(), token, big.as_mut_ptr().cast(), big.len() as i32, 0, true, &mut n)
         };
-        if n >= 0 {
+        if status != 0 {
+            out.extend_from_slice(BROKEN);
+        } else if n >= 0 {
             out.extend_from_slice(&big[..n as usize]);
         }
     }
@@ -235,10 +324,11 @@ impl LlamaModel {
             let cap = i32::try_from(buf.len()).ok()?;
             // SAFETY: `chat` points at NUL-terminated strings kept alive by `owned`; the buffer
             // is writable for `cap` bytes; the result is the length needed (or < 0: unknown).
-            let n = unsafe {
-                sys::llama_chat_apply_template(template.as_ptr(), chat.as_ptr(), chat.len(), true, buf.as_mut_ptr().cast(), cap)
+            let mut n = 0;
+            let status = unsafe {
+                shim::pardec_shim_chat_apply_template(template.as_ptr(), chat.as_ptr(), chat.len(), true, buf.as_mut_ptr().cast(), cap, &mut n)
             };
-            if n < 0 {
+            if status != 0 || n < 0 {
                 return None;
             }
             if (n as usize) <= buf.len() {
@@ -352,7 +442,11 @@ impl LlamaContext {
                 p.samplers = seq_configs.as_mut_ptr();
                 p.n_samplers = seq_configs.len();
             }
-            sys::llama_init_from_model(model.ptr.as_ptr(), p)
+            let mut ctx = std::ptr::null_mut();
+            if shim::pardec_shim_init_context(model.ptr.as_ptr(), &p, &mut ctx) != 0 {
+                ctx = std::ptr::null_mut();
+            }
+            ctx
         };
         match NonNull::new(ptr) {
             Some(ptr) => Some(LlamaContext { ptr, chains, n_vocab: model.n_vocab().max(0) as usize }),
@@ -385,11 +479,16 @@ impl LlamaContext {
         unsafe { sys::llama_n_batch(self.ptr.as_ptr()) }
     }
 
-    /// Decodes a batch; returns llama_decode's status (0 ok, 1 no KV slot, other: failure).
+    /// Decodes a batch; returns llama_decode's status (0 ok, 1 no KV slot, other: failure;
+    /// [`DECODE_THREW`]: llama.cpp threw, its message logged).
     pub(crate) fn decode(&mut self, batch: &Batch) -> i32 {
+        let mut status = 0;
         // SAFETY: the batch's arrays hold `n_tokens` initialised entries (see `Batch::add`);
         // the caller has checked seq ids < n_seq_max and n_tokens ≤ n_batch.
-        unsafe { sys::llama_decode(self.ptr.as_ptr(), batch.raw) }
+        if unsafe { shim::pardec_shim_decode(self.ptr.as_ptr(), &batch.raw, &mut status) } != 0 {
+            return DECODE_THREW;
+        }
+        status
     }
 
     /// Waits for the backend to finish the last decode.

@@ -70,7 +70,37 @@ fn check_gguf_file(path: &Path) -> Result<HashMap<String, Vec<u64>>> {
             Error::ModelLoad(format!("{}: malformed GGUF header: {e}", path.display()))
         }
     })?;
+    check_what_llama_cpp_asserts_on(&header)
+        .map_err(|why| Error::ModelLoad(format!("{}: refused before llama.cpp reads it: {why}", path.display())))?;
     Ok(header.tensors.into_iter().map(|t| (t.name, t.ne)).collect())
+}
+
+/// Header values on which llama.cpp stops the process (GGML_ASSERT) instead of refusing the
+/// file: found by mutating the real model's header (issue "hostile input"). Everything else
+/// is llama.cpp's to check; the tensor data itself has no checksum and is trusted.
+fn check_what_llama_cpp_asserts_on(header: &crate::gguf::Header) -> std::result::Result<(), String> {
+    use crate::gguf::Value;
+    let arch = header.str("general.architecture").unwrap_or("");
+    // LLAMA_MAX_LAYERS; 0 trips the n_layer_all assert.
+    if let Some(n) = header.metadata.get(&format!("{arch}.block_count")).and_then(Value::as_f64) {
+        if !(1.0..=512.0).contains(&n) {
+            return Err(format!("{arch}.block_count is {n} (llama.cpp handles 1 to 512 layers)"));
+        }
+    }
+    // A NaN or non-positive epsilon asserts at the first decode.
+    for key in ["attention.layer_norm_rms_epsilon", "attention.layer_norm_epsilon"] {
+        let key = format!("{arch}.{key}");
+        if let Some(eps) = header.metadata.get(&key).and_then(Value::as_f64) {
+            if !(eps.is_finite() && eps > 0.0) {
+                return Err(format!("{key} is {eps} (it must be a positive number)"));
+            }
+        }
+    }
+    // Two tokens with one text: llama.cpp asserts id_to_token.size() == token_to_id.size().
+    if let Some(Value::Array { repeated: Some((i, text)) }) = header.metadata.get("tokenizer.ggml.tokens") {
+        return Err(format!("token {i} ({text:?}) repeats an earlier token of tokenizer.ggml.tokens"));
+    }
+    Ok(())
 }
 
 impl Model {
@@ -91,6 +121,10 @@ impl Model {
             LoadFailure::Refused => Error::ModelLoad(format!(
                 "llama.cpp could not load {}; the architecture may be unknown to this \
                  llama.cpp or the file corrupt (PARDEC_LLAMA_LOG=1 shows llama.cpp's log)",
+                path.display()
+            )),
+            LoadFailure::Threw(why) => Error::ModelLoad(format!(
+                "llama.cpp threw while loading {}: {why}",
                 path.display()
             )),
         })?;
@@ -173,8 +207,8 @@ impl Model {
                     .into(),
             ));
         }
-        self.inner.llama.tokenize(text, add_bos).ok_or_else(|| {
-            Error::InvalidArgument(format!("llama.cpp could not tokenize {} bytes of text", text.len()))
+        self.inner.llama.tokenize(text, add_bos).map_err(|why| {
+            Error::InvalidArgument(format!("llama.cpp could not tokenize {} bytes of text: {}", text.len(), why.0))
         })
     }
 

@@ -297,3 +297,58 @@ fn kv_cache_full_while_prefilling_branch_prefixes_undoes_the_fork() {
     assert!(s.transcript().top_level_branches(0).is_none(), "no block was opened");
     assert_usable(&mut s);
 }
+
+/// GGUF files llama.cpp itself trips over: each is refused with an error value, or the
+/// model's output degrades visibly, never an abort (a C++ exception crossing into Rust, or a
+/// GGML_ASSERT). The model is the tiny one with a byte-level vocabulary, edited.
+#[test]
+fn hostile_model_files_get_error_values() {
+    use tiny_model::{ByteVocab, GgufValue as V, TinyConfig, TinyModel};
+    let dir = std::env::temp_dir().join(format!("pardec-hostile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let vocab = ByteVocab { specials: vec![] };
+    let tiny = TinyModel::random(TinyConfig { n_vocab: vocab.n_vocab(), ..TinyConfig::default() });
+    let write = |name: &str, edit: &dyn Fn(&mut Vec<(&str, V)>)| {
+        let path = dir.join(name);
+        tiny.write_gguf_edited(&path, Some(&vocab), |kvs| edit(kvs)).unwrap();
+        path
+    };
+    let set = |kvs: &mut Vec<(&str, V)>, key: &'static str, value: V| {
+        kvs.retain(|(k, _)| *k != key);
+        kvs.push((key, value));
+    };
+    // Byte-level BPE tokens read as SentencePiece: llama.cpp throws std::out_of_range from a
+    // map lookup when it tokenizes (the C++ shim turns it into an error).
+    let spm = write("spm.gguf", &|kvs| set(kvs, "tokenizer.ggml.model", V::Str("llama".into())));
+    let model = Model::load(&spm, &ModelParams::default()).expect("llama.cpp loads it");
+    match model.tokenize("hello", false) {
+        Err(Error::InvalidArgument(m)) => assert!(m.contains("unordered_map::at"), "{m}"),
+        other => panic!("tokenizing a mismatched vocabulary gave {other:?}"),
+    }
+    // Rendering its tokens goes through the same shim (U+FFFD where llama.cpp throws).
+    let _ = model.detokenize(&[0, 1, 2, 300]);
+    // What llama.cpp asserts on: refused by pardec's header checks before it sees them.
+    let cases: Vec<(&str, Box<dyn Fn(&mut Vec<(&str, V)>)>)> = vec![
+        ("no layers", Box::new(|kvs| set(kvs, "llama.block_count", V::U32(0)))),
+        ("too many layers", Box::new(|kvs| set(kvs, "llama.block_count", V::U32(513)))),
+        ("NaN epsilon", Box::new(|kvs| set(kvs, "llama.attention.layer_norm_rms_epsilon", V::F32(f32::NAN)))),
+        ("negative epsilon", Box::new(|kvs| set(kvs, "llama.attention.layer_norm_rms_epsilon", V::F32(-1e-5)))),
+        ("duplicate tokens", Box::new(|kvs| {
+            for (k, v) in kvs.iter_mut() {
+                if *k == "tokenizer.ggml.tokens" {
+                    if let V::Strs(tokens) = v {
+                        tokens[1] = tokens[0].clone();
+                    }
+                }
+            }
+        })),
+    ];
+    for (i, (what, edit)) in cases.iter().enumerate() {
+        let path = write(&format!("case{i}.gguf"), edit.as_ref());
+        match Model::load(&path, &ModelParams::default()) {
+            Err(Error::ModelLoad(m)) => assert!(m.contains("refused"), "{what}: {m}"),
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

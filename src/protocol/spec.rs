@@ -356,6 +356,16 @@ impl ProtocolSpec {
                 if separator.is_empty() {
                     return Err(err("announce.label.separator", "must not be empty"));
                 }
+                // A separator that holds a control string (or is held by one) would make
+                // every announcement also a tag: the watcher could never tell them apart.
+                if let Some((field, _, tag)) =
+                    tags.iter().find(|(_, _, t)| t.contains(separator.as_str()) || separator.contains(*t))
+                {
+                    return Err(err(
+                        "announce.label.separator",
+                        format!("{separator:?} and `{field}` {tag:?}: one contains the other"),
+                    ));
+                }
             }
             Announce::Tagged { .. } => {}
         }
@@ -612,6 +622,17 @@ mod tests {
             label: LabelRule::Numbered { separator: String::new() },
         };
         assert_eq!(spec.validate().unwrap_err().field, "announce.label.separator");
+        for separator in ["</Outline>", "<Path>", "Goal"] {
+            let spec = ProtocolSpec {
+                announce: Announce::Tagged {
+                    open: "<Outline>".into(),
+                    close: "</Outline>".into(),
+                    label: LabelRule::Numbered { separator: separator.into() },
+                },
+                ..ProtocolSpec::builtin("multiverse").unwrap()
+            };
+            assert_eq!(spec.validate().unwrap_err().field, "announce.label.separator", "{separator}");
+        }
     }
 
     #[test]

@@ -204,6 +204,16 @@ impl TinyModel {
     }
 
     fn write_gguf_with(&self, path: &Path, vocab: Option<&ByteVocab>) -> io::Result<()> {
+        self.write_gguf_edited(path, vocab, |_| {})
+    }
+
+    /// [`TinyModel::write_gguf_bytes`] with the metadata edited first (hostile-file tests).
+    pub fn write_gguf_edited(
+        &self,
+        path: &Path,
+        vocab: Option<&ByteVocab>,
+        edit: impl FnOnce(&mut Vec<(&str, GgufValue)>),
+    ) -> io::Result<()> {
         use GgufValue as V;
         let c = &self.cfg;
         let mut kvs: Vec<(&str, V)> = vec![
@@ -234,6 +244,7 @@ impl TinyModel {
                 kvs.push(("tokenizer.ggml.bos_token_id", V::U32(v.eos() as u32)));
             }
         }
+        edit(&mut kvs);
         write_gguf_file(path, &kvs, &self.tensors())
     }
 
