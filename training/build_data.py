@@ -85,7 +85,10 @@ def sample_answers(model: pardec.Model, prompts: List[Prompt], samples: int, max
         session.run()
         branches = session.result().blocks[-1].branches
         for i, p in enumerate(group):
-            answers[p.id] = [(b.text, b.stop_reason or "") for b in branches[i * samples:(i + 1) * samples]]
+            mine = zip(prefixes[i * samples:(i + 1) * samples], branches[i * samples:(i + 1) * samples])
+            # A branch's text starts with its prefix (here: the chat prompt).
+            answers[p.id] = [(b.text[len(pre):] if b.text.startswith(pre) else b.text, b.stop_reason or "")
+                             for pre, b in mine]
         print(f"  answered {min(start + per_fork, len(prompts))}/{len(prompts)}", file=sys.stderr, flush=True)
     return answers
 
@@ -108,21 +111,32 @@ def isolation_losses(session: pardec.Session, chat: str, answer: ListAnswer, par
     the items before it) minus as its branch sees it (prefix, outline, its own path opening).
     The item's head (it restates the outline) and the closing tag are context, not scored:
     there the serial reader only gains from copying the format of the items before, which
-    says nothing about whether the content depends on them."""
+    says nothing about whether the content depends on them.
+
+    One prefill of the shared prefix serves both readings: the serial one continues the trunk
+    item by item; each isolated one is a branch forked from the prefix (it sees the prefix and
+    itself, exactly as the engine decodes a path)."""
     fork_at = parallel_text.index("</Goal>\n") + len("</Goal>\n")
-    shared = chat + parallel_text[:fork_at]
-    losses = []
-    serial_before = ""
-    for i, item in enumerate(answer.items, start=1):
-        opening = f"<Path>\n{i}: {item.body[:item.head]}"
+    openings = [f"<Path>\n{i}: {item.body[:item.head]}" for i, item in enumerate(answer.items, start=1)]
+    session.clear()
+    session.prompt(chat + parallel_text[:fork_at])
+    branches = session.fork(openings, max_tokens=0)  # prefilled, nothing sampled
+    session.run()
+    isolated = []
+    for node, item in zip(branches, answer.items):
         content = item.content()
-        if len(content.split()) < 3:
-            losses.append(0.0)  # nothing beyond the title to depend on anything
-        else:
-            iso = session.score(shared + opening, content)
-            ser = session.score(shared + serial_before + opening, content)
-            losses.append(sum(ser) / len(ser) - sum(iso) / len(iso))
-        serial_before += f"<Path>\n{i}: {item.body}</Path>\n"
+        isolated.append(session.score(None, content, node=node) if len(content.split()) >= 3 else None)
+    session.join(keep="discard")
+    losses = []
+    for i, (opening, item, iso) in enumerate(zip(openings, answer.items, isolated)):
+        session.append(opening if i == 0 else "</Path>\n" + opening)
+        if iso is None:  # nothing beyond the title to depend on anything: no loss
+            if item.content().strip():
+                session.append(item.content())
+            losses.append(0.0)
+            continue
+        ser = session.score(None, item.content())
+        losses.append(sum(ser) / len(ser) - sum(iso) / len(iso))
     return losses
 
 
@@ -146,7 +160,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=220)
     ap.add_argument("--batch", type=int, default=16, help="sequences decoded together")
     ap.add_argument("--temperature", type=float, default=0.7)
-    ap.add_argument("--max-isolation-loss", type=float, default=0.25,
+    ap.add_argument("--max-isolation-loss", type=float, default=0.6,
                     help="nats per token an item may lose when it cannot see the items before it")
     ap.add_argument("--limit", type=int, default=0, help="first N prompts only (smoke runs)")
     args = ap.parse_args()
@@ -155,13 +169,23 @@ def main() -> None:
     if args.limit:
         prompts = prompts[: args.limit // 2] + [p for p in prompts if p.kind == "serial"][: args.limit - args.limit // 2]
     model = pardec.Model(args.model)
-    print(f"sampling {len(prompts)} prompts x {args.samples}", file=sys.stderr)
-    answers = sample_answers(model, prompts, args.samples, args.max_tokens, args.seed, args.batch, args.temperature)
-    scorer = pardec.Session(model, n_ctx=4096)
+    # The sampled answers are kept beside the output: the later stages can be rerun on them.
+    cache = Path(str(args.out) + ".answers.json")
+    if cache.exists():
+        answers = {k: [tuple(a) for a in v] for k, v in json.loads(cache.read_text()).items()}
+        print(f"answers read from {cache}", file=sys.stderr)
+    else:
+        print(f"sampling {len(prompts)} prompts x {args.samples}", file=sys.stderr)
+        answers = sample_answers(model, prompts, args.samples, args.max_tokens, args.seed, args.batch, args.temperature)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(answers, ensure_ascii=False, indent=0) + "\n")
+    scorer = pardec.Session(model, n_ctx=4096, max_branches=8)
 
     examples, reasons, iso_all = [], {}, []
     count = lambda why: reasons.__setitem__(why, reasons.get(why, 0) + 1)
-    for p in prompts:
+    for n, p in enumerate(prompts):
+        if n % 10 == 0:
+            print(f"  checked {n}/{len(prompts)}", file=sys.stderr, flush=True)
         chat = model.chat([("user", p.text)])
         usable = []
         for k, (text, stop) in enumerate(answers[p.id]):

@@ -70,7 +70,7 @@ class LoraPair(torch.nn.Module):
 
 
 class GgufLlama(torch.nn.Module):
-    def __init__(self, path: str, dtype: torch.dtype = torch.bfloat16):
+    def __init__(self, path: str, dtype: torch.dtype = torch.float32):
         super().__init__()
         reader = GGUFReader(path)
         arch = _field(reader, "general.architecture")
