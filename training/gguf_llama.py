@@ -70,8 +70,9 @@ class LoraPair(torch.nn.Module):
 
 
 class GgufLlama(torch.nn.Module):
-    def __init__(self, path: str, dtype: torch.dtype = torch.float32):
+    def __init__(self, path: str, dtype: torch.dtype = torch.float32, device: str = "cpu"):
         super().__init__()
+        self.device = torch.device(device)
         reader = GGUFReader(path)
         arch = _field(reader, "general.architecture")
         if arch != "llama":
@@ -95,6 +96,7 @@ class GgufLlama(torch.nn.Module):
                 self.weights[f"{layer}.{name}"] = as_t(_tensor(tensors[f"blk.{layer}.{name}.weight"]))
             for name in ("attn_norm", "ffn_norm"):
                 self.weights[f"{layer}.{name}"] = torch.from_numpy(_tensor(tensors[f"blk.{layer}.{name}.weight"]))
+        self.weights = {k: v.to(self.device) for k, v in self.weights.items()}
         self.lora = torch.nn.ModuleDict()
         self.lora_alpha = 1.0
         self.lora_rank = 0
@@ -108,7 +110,7 @@ class GgufLlama(torch.nn.Module):
         for layer in range(self.hp.n_layer):
             for name in targets:
                 n_out, n_in = self.weights[f"{layer}.{name}"].shape
-                self.lora[f"{layer}_{name}"] = LoraPair(n_out, n_in, rank, gen)
+                self.lora[f"{layer}_{name}"] = LoraPair(n_out, n_in, rank, gen).to(self.device)
 
     def _linear(self, x: torch.Tensor, layer: int, name: str) -> torch.Tensor:
         y = x @ self.weights[f"{layer}.{name}"].T
@@ -131,7 +133,7 @@ class GgufLlama(torch.nn.Module):
         for key, pair in self.lora.items():
             layer, name = key.split("_", 1)
             for part, t in (("lora_a", pair.a), ("lora_b", pair.b)):
-                arr = t.detach().float().numpy().astype(np.float16)
+                arr = t.detach().float().cpu().numpy().astype(np.float16)
                 w.add_tensor(f"blk.{layer}.{name}.weight.{part}", arr, raw_dtype=GGMLQuantizationType.F16)
         w.write_header_to_file()
         w.write_kv_data_to_file()
@@ -143,7 +145,7 @@ class GgufLlama(torch.nn.Module):
     def _rope(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """llama.cpp's NORM rotation: pairs (2i, 2i+1) turned by pos·base^(-2i/d)."""
         d = x.shape[-1]
-        inv = self.hp.rope_base ** (-torch.arange(0, d, 2, dtype=torch.float32) / d)
+        inv = self.hp.rope_base ** (-torch.arange(0, d, 2, dtype=torch.float32, device=x.device) / d)
         ang = pos.float()[:, None] * inv[None, :]  # (n, d/2)
         cos, sin = ang.cos()[:, None, :], ang.sin()[:, None, :]
         xf = x.float().reshape(*x.shape[:-1], d // 2, 2)
@@ -162,6 +164,7 @@ class GgufLlama(torch.nn.Module):
         matrix, True where row i may attend to column j (pardec layout's rule). `rows`: only
         these rows' logits (the vocabulary projection is most of the memory)."""
         hp = self.hp
+        ids, pos, visible = ids.to(self.device), pos.to(self.device), visible.to(self.device)
         n, hd = ids.shape[0], hp.head_dim
         x = self.weights["token_embd"][ids]
         for layer in range(hp.n_layer):
@@ -180,7 +183,7 @@ class GgufLlama(torch.nn.Module):
             ff = F.silu(self._linear(h, layer, "ffn_gate")) * self._linear(h, layer, "ffn_up")
             x = x + self._linear(ff, layer, "ffn_down")
         if rows is not None:
-            x = x[rows]
+            x = x[rows.to(self.device)]
         x = self._rms(x, self.weights["output_norm"])
         return (x @ self.weights["output"].T).float()
 
@@ -195,4 +198,4 @@ def target_log_probs(model: GgufLlama, ids: torch.Tensor, pos: torch.Tensor, vis
     rows = torch.tensor([r for r, _ in pairs], dtype=torch.long)
     targets = torch.tensor([t for _, t in pairs], dtype=torch.long)
     logits = model(ids, pos, visible, rows=rows)
-    return torch.log_softmax(logits, dim=-1).gather(1, targets[:, None])[:, 0]
+    return torch.log_softmax(logits, dim=-1).gather(1, targets[:, None].to(logits.device))[:, 0].cpu()

@@ -68,6 +68,7 @@ def main() -> None:
     ap.add_argument("--dtype", choices=("bf16", "fp32"), default="fp32",
                     help="bf16 only where the CPU has bf16 units (emulated it was 13x slower here)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--device", default="cpu", help="torch device: cpu, or cuda where a GPU is lent")
     ap.add_argument("--limit", type=int, default=0, help="first N examples only")
     ap.add_argument("--max-steps", type=int, default=0, help="stop after N optimizer steps")
     args = ap.parse_args()
@@ -78,7 +79,7 @@ def main() -> None:
     started = time.time()
     examples = load_examples(args.data, args.model, args.limit)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    model = GgufLlama(args.model, dtype)
+    model = GgufLlama(args.model, dtype, args.device)
     model.add_lora(args.rank, args.alpha, args.seed)
     params = list(model.lora.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
@@ -129,7 +130,7 @@ def main() -> None:
         data=[os.path.relpath(p, HERE.parent) for p in args.data], data_sha256=data_hash.hexdigest(),
         examples=len(examples), layout_rule="engine",
         config=dict(rank=args.rank, alpha=args.alpha, epochs=args.epochs, lr=args.lr, accum=args.accum,
-                    dtype=args.dtype, targets="attn_q attn_k attn_v attn_output ffn_gate ffn_up ffn_down",
+                    dtype=args.dtype, device=args.device, targets="attn_q attn_k attn_v attn_output ffn_gate ffn_up ffn_down",
                     steps=step),
         seed=args.seed, first_loss=round(losses[0], 4) if losses else None,
         final_loss=round(losses[-1], 4) if losses else None,
