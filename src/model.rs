@@ -96,6 +96,12 @@ fn check_what_llama_cpp_asserts_on(header: &crate::gguf::Header) -> std::result:
             }
         }
     }
+    // ggml's CPU buffers assert 32-byte alignment of the mapped tensor data.
+    if let Some(align) = header.metadata.get("general.alignment").and_then(Value::as_f64) {
+        if !(align >= 32.0 && align <= 65536.0 && (align as u64).is_power_of_two()) {
+            return Err(format!("general.alignment is {align} (llama.cpp needs a power of two from 32)"));
+        }
+    }
     // Two tokens with one text: llama.cpp asserts id_to_token.size() == token_to_id.size().
     if let Some(Value::Array { repeated: Some((i, text)) }) = header.metadata.get("tokenizer.ggml.tokens") {
         return Err(format!("token {i} ({text:?}) repeats an earlier token of tokenizer.ggml.tokens"));
