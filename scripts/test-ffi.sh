@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The C ABI end to end: header and layout tests, the C and C++ examples (shared and static
 # library; Makefile, and CMake when installed) with their output checked, the misuse and thread
-# tests natively and under valgrind, and the Python package's tests. Exits non-zero on any
+# tests natively, under valgrind and under ASan/UBSan, and the Python package's tests. Exits non-zero on any
 # failure. Called by scripts/test.sh; runs on its own too.
 #
 # Environment:
 #   PARDEC_MODEL          the model (default: the default model from scripts/fetch-models.sh)
 #   PARDEC_FFI_VALGRIND   0 skips the valgrind runs (default 1 when valgrind is installed)
 #   PARDEC_FFI_CMAKE      0 skips the CMake build (default 1 when cmake is installed)
+#   PARDEC_FFI_SANITIZE   0 skips the ASan/UBSan runs (default 1 when cc can build with them)
 #   PARDEC_THREADS        compute threads per session in the C programs (default here: 1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -90,6 +91,23 @@ if [[ "${PARDEC_FFI_VALGRIND:-1}" == 1 ]] && command -v valgrind > /dev/null; th
     tail -n 1 "$LOGS/valgrind-misuse.log"
 else
     step "valgrind skipped (not installed or PARDEC_FFI_VALGRIND=0)"
+fi
+
+if [[ "${PARDEC_FFI_SANITIZE:-1}" == 1 ]] \
+    && echo 'int main(void) { return 0; }' | cc -x c -fsanitize=address,undefined - -o "$OUT/.sanitizer-probe" 2> /dev/null; then
+    step "misuse test and the C example under ASan + UBSan (shared and static library)"
+    # The C side is instrumented; memory the library allocates is still watched by ASan's
+    # allocator. Leaks are valgrind's job above (LSan would list llama.cpp's process-lifetime
+    # caches), so detect_leaks=0; any UB report or memory error fails the run.
+    san="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all"
+    make -s -C ffi-examples OUT="$OUT/sanitized" OPT="$san" "$OUT/sanitized/misuse" "$OUT/sanitized/example_static"
+    ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1 "$OUT/sanitized/misuse" "$PARDEC_MODEL" \
+        > "$LOGS/asan-misuse.log" 2>&1 || { tail -40 "$LOGS/asan-misuse.log" >&2; fail "misuse under ASan/UBSan"; }
+    tail -n 1 "$LOGS/asan-misuse.log"
+    ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1 "$OUT/sanitized/example_static" "$PARDEC_MODEL" \
+        > "$LOGS/asan-example.log" 2>&1 || { tail -40 "$LOGS/asan-example.log" >&2; fail "static example under ASan/UBSan"; }
+else
+    step "ASan/UBSan skipped (the compiler cannot build with them, or PARDEC_FFI_SANITIZE=0)"
 fi
 
 step "Python package (pytest)"
