@@ -210,6 +210,22 @@ fn apr_trigger_split_across_the_response_prefix() {
     assert_eq!(r.blocks.len(), 1, "{:?}", r.warnings);
 }
 
+/// A response prefix holding a whole calls block runs its calls before the model writes a
+/// token (it was left to the model, which wrote on past it).
+#[test]
+fn apr_calls_written_in_the_response_prefix_run() {
+    let model = models::load(models::DEFAULT_MODEL_FILE);
+    let mut s = session(&model, 8, 2);
+    s.prompt("Moving to Node #0\nCurrent State: 10:[2, 5], Operations: []\n").unwrap();
+    let prefix = "Generated Node #0,0: 10:[10] Operation: 2*5=10\n<Calling Sub Searches>\n\
+        <Start Sub Search 0 at level 1> Moving to Node #0,0\n<End Calling Sub Searches>";
+    s.set_script(Some(Box::new(Script::new(&model, vec![("", vec![seg_eos(When::Start, "Done.")])]))));
+    let params = AutoParams { max_tokens: 30, max_branch_tokens: 4, response_prefix: prefix.into(), ..Default::default() };
+    let r = generate_apr(&mut s, &SubSearchFormat::apr(), &params, &mut Silent).unwrap();
+    assert_eq!(r.blocks.len(), 1, "{:?}", r.warnings);
+    assert!(s.transcript().text.contains("<End Sub Searches>"), "{}", s.transcript().text);
+}
+
 #[test]
 fn skeleton_of_thought_for_real() {
     let model = models::load(models::DEFAULT_MODEL_FILE);

@@ -35,17 +35,22 @@ pub fn generate_apr_into(
         session.append_text(NodeId::TRUNK, &params.response_prefix)?;
     }
     let stop = vec![format.trigger().to_string()];
-    while budget > 0 {
-        let before = session.node_tokens(NodeId::TRUNK).len();
-        session.resume(NodeId::TRUNK, &RunLimits { max_tokens: budget, stop: stop.clone(), ..Default::default() })?;
-        session.run(observer)?;
-        budget = budget.saturating_sub(session.node_tokens(NodeId::TRUNK).len() - before);
-        // A trigger written as the run's last allowed token ends the run by its budget, but it
-        // was written: its calls run all the same.
-        let called = matches!(session.stop_reason(NodeId::TRUNK), Some(StopReason::StopString(_)))
-            || session.node_text(NodeId::TRUNK).ends_with(format.trigger());
-        if !called {
-            break;
+    // A response prefix that ends a calls block itself runs its calls before the model writes.
+    let mut prefix_called =
+        !params.response_prefix.is_empty() && session.node_text(NodeId::TRUNK).ends_with(format.trigger());
+    while budget > 0 || prefix_called {
+        if !std::mem::take(&mut prefix_called) {
+            let before = session.node_tokens(NodeId::TRUNK).len();
+            session.resume(NodeId::TRUNK, &RunLimits { max_tokens: budget, stop: stop.clone(), ..Default::default() })?;
+            session.run(observer)?;
+            budget = budget.saturating_sub(session.node_tokens(NodeId::TRUNK).len() - before);
+            // A trigger written as the run's last allowed token ends the run by its budget, but
+            // it was written: its calls run all the same.
+            let called = matches!(session.stop_reason(NodeId::TRUNK), Some(StopReason::StopString(_)))
+                || session.node_text(NodeId::TRUNK).ends_with(format.trigger());
+            if !called {
+                break;
+            }
         }
         let calls = format.parse_calls(&session.node_text(NodeId::TRUNK), session.free_branch_slots());
         for w in calls.warnings {
