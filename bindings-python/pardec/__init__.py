@@ -556,14 +556,16 @@ class Session:
         continuation follows what the node already holds. The continuation is tokenized on
         its own (special tokens parsed)."""
         data = _encode(continuation, "continuation")
+        node = _c_int(node, c_uint32, "node")
         if context is not None:
+            _encode(context, "context")  # refused before the session is cleared, not after
             self.clear()
             self.prompt(context)
         capacity = max(len(data), 1)  # every token covers at least one byte
         out = (c_float * capacity)()
         n = c_size_t()
         with self._use() as p:
-            _check(_c.lib().pardec_session_score(p, _c_int(node, c_uint32, "node"), data, out, capacity, byref(n)))
+            _check(_c.lib().pardec_session_score(p, node, data, out, capacity, byref(n)))
         return list(out[: n.value])
 
     def set_adapters(self, adapters: Sequence[Tuple[Adapter, float]]) -> None:

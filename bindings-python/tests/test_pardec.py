@@ -256,6 +256,10 @@ def test_nul_characters_and_out_of_range_integers_are_refused_by_name(model, ses
     for fn, args, kw, name in wrap_cases:
         with pytest.raises(ValueError, match=name):
             fn(*args, **kw)
+    # A bad argument to score is refused before score clears the session for its context.
+    for kw in ({"context": "a\0b", "continuation": "x"}, {"context": "ok", "continuation": "x", "node": 2**32}):
+        with pytest.raises(ValueError):
+            session.score(**kw)
     # Nothing above reached the session: it still continues its prompt.
     assert session.generate_text(max_tokens=2)
 
