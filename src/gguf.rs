@@ -194,8 +194,13 @@ impl<R: Read> Reader<R> {
                             let len = self.count("string bytes", MAX_STRING)?;
                             let mut buf = vec![0u8; len as usize];
                             self.bytes(&mut buf)?;
-                            if repeated.is_none() && !seen.insert(buf.clone()) {
+                            if repeated.is_some() {
+                                continue;
+                            }
+                            if seen.contains(&buf) {
                                 repeated = Some((i, String::from_utf8_lossy(&buf).into_owned()));
+                            } else {
+                                seen.insert(buf);
                             }
                         }
                         return Ok(Value::Array { repeated });

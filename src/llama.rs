@@ -480,7 +480,7 @@ impl LlamaContext {
     }
 
     /// Decodes a batch; returns llama_decode's status (0 ok, 1 no KV slot, other: failure;
-    /// [`DECODE_THREW`]: llama.cpp threw, its message logged).
+    /// [`DECODE_THREW`]: llama.cpp threw; the session reports it as a decode failure).
     pub(crate) fn decode(&mut self, batch: &Batch) -> i32 {
         let mut status = 0;
         // SAFETY: the batch's arrays hold `n_tokens` initialised entries (see `Batch::add`);

@@ -95,7 +95,8 @@ fn errors_are_one_line_on_stderr_with_a_nonzero_exit() {
 
 const MULTIVERSE: &str = "<Parallel>\n<Goal>\n<Outline>1: A</Outline>\n<Outline>2: B</Outline>\n</Goal>\n<Path>\n1: x y</Path>\n<Path>\n2: z</Path>\n<Conclusion>\nok\n</Conclusion>\n</Parallel>\n";
 
-fn pardec_stdin(args: &[&str], stdin: &str) -> std::process::Output {
+/// `pardec` on the default model with its standard streams piped, `stdin` written and closed.
+fn spawn_with_stdin(args: &[&str], stdin: &str) -> std::process::Child {
     use std::io::Write;
     let mut child = Command::new(env!("CARGO_BIN_EXE_pardec"))
         .args(args)
@@ -106,7 +107,11 @@ fn pardec_stdin(args: &[&str], stdin: &str) -> std::process::Output {
         .spawn()
         .unwrap();
     child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    child.wait_with_output().unwrap()
+    child
+}
+
+fn pardec_stdin(args: &[&str], stdin: &str) -> std::process::Output {
+    spawn_with_stdin(args, stdin).wait_with_output().unwrap()
 }
 
 #[test]
@@ -254,17 +259,10 @@ fn score_prints_log_probabilities_and_lora_errors_are_specific() {
 /// it ends cat or grep; Rust's default (SIGPIPE ignored) made the print panic.
 #[test]
 fn a_closed_stdout_ends_the_command_quietly() {
-    use std::io::{Read, Write};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pardec"))
-        .args(["layout", "--protocol", "multiverse", "--json"])
-        .env("PARDEC_MODEL", models::model_path(models::DEFAULT_MODEL_FILE))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    use std::io::Read;
     // Megabytes of JSON: far more than a pipe buffers, so the writes meet the closed end.
-    child.stdin.take().unwrap().write_all("one two three four ".repeat(4000).as_bytes()).unwrap();
+    let mut child =
+        spawn_with_stdin(&["layout", "--protocol", "multiverse", "--json"], &"one two three four ".repeat(4000));
     let mut first = [0u8; 1];
     let mut stdout = child.stdout.take().unwrap();
     stdout.read_exact(&mut first).unwrap();

@@ -31,7 +31,8 @@ sys.path.insert(0, str(HERE))
 
 import pardec  # noqa: E402
 import pardec_cli  # noqa: E402
-from build_data import default_model, expand_prompts  # noqa: E402
+from build_data import expand_prompts  # noqa: E402
+from pardec_cli import default_model  # noqa: E402
 from multiverse_text import strip_tags  # noqa: E402
 
 WORD = re.compile(r"[a-z]{3,}")

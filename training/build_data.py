@@ -35,14 +35,11 @@ sys.path.insert(0, str(HERE))
 
 import pardec  # noqa: E402
 import pardec_cli  # noqa: E402
+from pardec_cli import default_model  # noqa: E402
 from multiverse_text import ListAnswer, parse_list_answer, multiverse_response  # noqa: E402
 
 PROTOCOL = "multiverse"
 END = "<|im_end|>"
-
-
-def default_model() -> str:
-    return str(Path.home() / ".cache" / "pardec" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
 @dataclass

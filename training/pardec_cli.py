@@ -15,6 +15,11 @@ from typing import List, Optional, Sequence, Tuple
 REPO = Path(__file__).resolve().parent.parent
 
 
+def default_model() -> str:
+    """The default model, where scripts/fetch-models.sh caches it."""
+    return str(Path.home() / ".cache" / "pardec" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
 def binary() -> str:
     path = os.environ.get("PARDEC_BIN") or str(REPO / "target" / "release" / "pardec")
     if not os.path.exists(path):

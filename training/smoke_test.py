@@ -29,7 +29,7 @@ sys.path.insert(0, str(HERE))
 import pardec_cli  # noqa: E402
 from gguf_llama import GgufLlama, causal_visible, target_log_probs  # noqa: E402
 from layout_tensors import example  # noqa: E402
-from train_lora import default_model  # noqa: E402
+from pardec_cli import default_model  # noqa: E402
 
 CHAT = "<|im_start|>user\nGive me two tips for sleeping better.<|im_end|>\n<|im_start|>assistant\n"
 
@@ -51,16 +51,23 @@ def failed(what: str) -> None:
     sys.exit(1)
 
 
+def scored_by_engine(context: str, continuation: str, model_path: str):
+    """The engine's log-probabilities of `continuation` after `context`, with the token ids of
+    both (the context as the engine tokenizes it) and the (row, target) pairs that predict the
+    continuation in a causal reading: what the trainer must reproduce."""
+    engine = pardec_cli.score(context, continuation, model_path)
+    ctx_ids = [t["id"] for t in pardec_cli.layout(context, "multiverse", model_path)["tokens"]]
+    ids = torch.tensor(ctx_ids + [i for i, _ in engine])
+    pairs = [(len(ctx_ids) - 1 + k, i) for k, (i, _) in enumerate(engine)]
+    return np.array([lp for _, lp in engine]), ids, pairs
+
+
 def check_forward_matches_engine(model: GgufLlama, model_path: str) -> None:
     continuation = "Here are two tips:\n1. Keep the same bedtime every night."
-    engine = pardec_cli.score(CHAT, continuation, model_path)
-    ctx_ids = [t["id"] for t in pardec_cli.layout(CHAT, "multiverse", model_path)["tokens"]]
-    ids = ctx_ids + [i for i, _ in engine]
+    theirs, ids, pairs = scored_by_engine(CHAT, continuation, model_path)
     n = len(ids)
-    pairs = [(len(ctx_ids) - 1 + k, i) for k, (i, _) in enumerate(engine)]
     with torch.no_grad():
-        ours = target_log_probs(model, torch.tensor(ids), torch.arange(n), causal_visible(n), pairs).numpy()
-    theirs = np.array([lp for _, lp in engine])
+        ours = target_log_probs(model, ids, torch.arange(n), causal_visible(n), pairs).numpy()
     corr = float(np.corrcoef(ours, theirs)[0, 1])
     worst = float(np.abs(ours - theirs).max())
     print(f"forward vs engine: {len(ids)} tokens, correlation {corr:.5f}, max |diff| {worst:.3f} nats")
@@ -129,12 +136,8 @@ def check_round_trip(model: GgufLlama, model_path: str, tmp: Path) -> None:
 
     context = CHAT + "Here are two tips.\n<Parallel>\n<Goal>\n"
     continuation = "<Outline>1: Keep a schedule</Outline>\n<Outline>2: Avoid screens</Outline>\n</Goal>\n"
-    base = pardec_cli.score(context, continuation, model_path)
-    ctx_ids = [t["id"] for t in pardec_cli.layout(context, "multiverse", model_path)["tokens"]]
-    ids = torch.tensor(ctx_ids + [i for i, _ in base])
+    base_lp, ids, pairs = scored_by_engine(context, continuation, model_path)
     n = len(ids)
-    pairs = [(len(ctx_ids) - 1 + k, i) for k, (i, _) in enumerate(base)]
-    base_lp = np.array([b for _, b in base])
 
     def trainer_delta() -> np.ndarray:
         with torch.no_grad():

@@ -28,14 +28,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import pardec_cli  # noqa: E402
+from pardec_cli import default_model  # noqa: E402
 from gguf_llama import GgufLlama, target_log_probs  # noqa: E402
 from layout_tensors import example  # noqa: E402
 
 RECIPE_VERSION = "1"
-
-
-def default_model() -> str:
-    return str(Path.home() / ".cache" / "pardec" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
 def load_examples(paths, model: str, limit: int):

@@ -91,6 +91,7 @@ impl Session {
             }
             if prefixes[i].is_empty() {
                 child.saved = parent.saved.clone();
+                child.no_scores_because = parent.no_scores_because;
             }
             self.nodes.push(child);
         }
