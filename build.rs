@@ -15,4 +15,13 @@ fn main() {
         .file("src/shim/llama_shim.cpp")
         .warnings(true)
         .compile("pardec_llama_shim");
+
+    // The C ABI's major version, for the header (tests/ffi_header.rs writes it there); the
+    // shared library's SONAME is libpardec.so.<it> (scripts/build-capi.sh reads it back from the
+    // header: a build script cannot add link arguments to a crate type built on request).
+    println!("cargo:rustc-env=PARDEC_ABI_MAJOR={PARDEC_ABI_MAJOR}");
 }
+
+/// The C ABI's major version: bumped only when a released function or struct changes
+/// incompatibly; the ABI grows by appending (struct_size), which minor versions keep.
+const PARDEC_ABI_MAJOR: u32 = 0;

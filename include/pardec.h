@@ -49,6 +49,8 @@
 #define PARDEC_VERSION_MINOR 4
 #define PARDEC_VERSION_PATCH 0
 #define PARDEC_VERSION "0.4.0"
+/* The C ABI's major version: the shared library's SONAME is libpardec.so.<it>. */
+#define PARDEC_ABI_MAJOR 0
 
 
 /**

@@ -21,11 +21,12 @@ t0=$SECONDS
 step() { echo "== test-ffi [$((SECONDS - t0))s]: $*"; }
 fail() { echo "test-ffi: FAIL: $*" >&2; exit 1; }
 
-step "cargo build --release"
+step "build the command line and the C libraries (scripts/build-capi.sh)"
 cargo build --release
+bash scripts/build-capi.sh
 
 step "header is current, version macros and ABI layouts"
-cargo test --release --quiet --test ffi_header --test ffi_abi
+cargo test --release --quiet --features capi --test ffi_header --test ffi_abi
 
 if [[ -z "${PARDEC_MODEL:-}" ]]; then
     PARDEC_MODEL="$(bash scripts/fetch-models.sh default)/SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -5,9 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-# Release profile only: llama.cpp is compiled once, and tests run at real speed.
-cargo test --release --all-targets
-cargo test --release --doc
+# Release profile only: llama.cpp is compiled once, and tests run at real speed. The whole
+# workspace (the library and the command line), with the C ABI and the CLI's tools compiled in.
+features=(--features pardec/capi,pardec/tools)
+cargo test --release --workspace --all-targets "${features[@]}"
+cargo test --release --workspace --doc "${features[@]}"
 if [[ -f scripts/test-ffi.sh ]]; then
     bash scripts/test-ffi.sh
 fi

@@ -19,16 +19,19 @@
 mod adapter;
 pub mod auto;
 mod backend;
-// The CLI's benchmark and equivalence check, and the C ABI: public for the `pardec` binary and
-// the tests, not part of the documented Rust API.
+// The command line's benchmark and equivalence check (feature `tools`) and the C ABI (feature
+// `capi`): compiled only on request, and not part of the documented Rust API.
+#[cfg(feature = "tools")]
 #[doc(hidden)]
 pub mod bench;
+#[cfg(feature = "tools")]
 #[doc(hidden)]
 pub mod equivalence;
 mod error;
-mod gguf;
+#[cfg(feature = "capi")]
 #[doc(hidden)]
 pub mod ffi;
+mod gguf;
 mod llama;
 mod model;
 pub mod protocol;

@@ -18,11 +18,13 @@ fn header_path() -> PathBuf {
 /// `env!`, so they are added here rather than written in Rust).
 fn version_macros() -> String {
     format!(
-        "\n#define PARDEC_VERSION_MAJOR {}\n#define PARDEC_VERSION_MINOR {}\n#define PARDEC_VERSION_PATCH {}\n#define PARDEC_VERSION \"{}\"\n",
+        "\n#define PARDEC_VERSION_MAJOR {}\n#define PARDEC_VERSION_MINOR {}\n#define PARDEC_VERSION_PATCH {}\n#define PARDEC_VERSION \"{}\"\n\
+         /* The C ABI's major version: the shared library's SONAME is libpardec.so.<it>. */\n#define PARDEC_ABI_MAJOR {}\n",
         env!("CARGO_PKG_VERSION_MAJOR"),
         env!("CARGO_PKG_VERSION_MINOR"),
         env!("CARGO_PKG_VERSION_PATCH"),
         env!("CARGO_PKG_VERSION"),
+        env!("PARDEC_ABI_MAJOR"),
     )
 }
 

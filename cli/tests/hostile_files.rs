@@ -4,6 +4,8 @@
 //! arrays, tensor infos, random byte flips in the header) and protocol JSON specs. Every case
 //! must end with an exit status, 0 or an error, within its time limit.
 
+// The workspace's shared test helpers (the tiny GGUF writer) live with the library's tests.
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -1,5 +1,7 @@
 //! The `pardec` command line, run as a user would.
 
+// The workspace's shared test helpers (model paths) live with the library's tests.
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::process::Command;
