@@ -10,15 +10,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo build --release --quiet
+source scripts/lib/target-dir.sh
+pardec="$(cargo_target_dir)/release/pardec"
 if [[ "${1:-}" == "explicit" ]]; then
     shift
-    exec ./target/release/pardec run \
+    exec "$pardec" run \
         --prompt "Give four tips for staying healthy while working at a desk. One sentence each." \
         --branch "1. Posture:" --branch "2. Movement:" --branch "3. Eyes:" --branch "4. Hydration:" \
         --max-branch-tokens 40 --branch-stop $'\n' --then $'\n\nIn summary,' --max-tokens 40 \
         --temp 0.6 --top-p 0.9 --seed 1 "$@"
 fi
-exec ./target/release/pardec run --protocol multiverse \
+exec "$pardec" run --protocol multiverse \
     --lora adapters/multiverse-smollm2-135m.gguf \
     --prompt "Give me 4 tips for keeping a small apartment tidy." \
     --max-tokens 320 --max-branch-tokens 120 --temp 0.7 --top-p 0.95 --seed 1 "$@"

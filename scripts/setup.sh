@@ -7,16 +7,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-have_libclang() {
-    [[ -n "${LIBCLANG_PATH:-}" ]] && return 0
-    compgen -G "/usr/lib/llvm-*/lib/libclang*.so*" >/dev/null || compgen -G "/usr/lib/x86_64-linux-gnu/libclang*.so*" >/dev/null \
-        || compgen -G "/usr/lib/aarch64-linux-gnu/libclang*.so*" >/dev/null
-}
+# Exactly the search bindgen's loader makes (tested by scripts/test-setup.sh).
+source scripts/lib/find-libclang.sh
+have_libclang() { find_libclang > /dev/null; }
 
 missing=()
 command -v cargo >/dev/null || { echo "setup: cargo is missing: install Rust from https://rustup.rs" >&2; exit 1; }
 command -v cc >/dev/null && command -v c++ >/dev/null || missing+=(build-essential)
 command -v cmake >/dev/null || missing+=(cmake)
+if [[ -n "${LIBCLANG_PATH:-}" ]] && ! have_libclang; then
+    echo "setup: LIBCLANG_PATH=$LIBCLANG_PATH holds no libclang.so, libclang-*.so, libclang.so.* or libclang-*.so.* (64-bit); point it at the folder of libclang, or unset it" >&2
+    exit 1
+fi
 have_libclang || missing+=(libclang-dev)
 command -v python3 >/dev/null || missing+=(python3 python3-pip)
 
@@ -35,6 +37,11 @@ if ((${#missing[@]})); then
         echo "setup: please install: ${missing[*]} (cmake ≥ 3.14, libclang for bindgen, a C++17 compiler)" >&2
         exit 1
     fi
+fi
+
+if ! have_libclang; then
+    echo "setup: libclang is still not where bindgen looks: install libclang-dev (Debian/Ubuntu), or set LIBCLANG_PATH to the folder holding libclang.so" >&2
+    exit 1
 fi
 
 bash scripts/fetch-models.sh all >/dev/null

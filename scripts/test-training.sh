@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --bin pardec
-export PARDEC_BIN="$PWD/target/release/pardec"
+source scripts/lib/target-dir.sh
+export PARDEC_BIN="$(cargo_target_dir)/release/pardec"
 python3 -m pytest -q training/test_multiverse_text.py
 PY="$(bash training/setup-venv.sh)"
 "$PY" -W ignore training/smoke_test.py

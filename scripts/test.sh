@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/test-setup.sh
 # Release profile only: llama.cpp is compiled once, and tests run at real speed. The whole
 # workspace (the library and the command line), with the C ABI and the CLI's tools compiled in.
 features=(--features pardec/capi,pardec/tools)
