@@ -13,8 +13,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
-OUT="$ROOT/target/ffi-examples"
-LOGS="$ROOT/target/ffi-test-logs"
+source scripts/lib/target-dir.sh
+TARGET="$(cargo_target_dir)"
+OUT="$TARGET/ffi-examples"
+LOGS="$TARGET/ffi-test-logs"
 mkdir -p "$OUT" "$LOGS"
 
 t0=$SECONDS
@@ -35,7 +37,7 @@ fi
 export PARDEC_MODEL
 
 step "build the examples (Makefile: shared and static)"
-make -s -C ffi-examples OUT="$OUT"
+make -s -C ffi-examples OUT="$OUT" LIB_DIR="$TARGET/release"
 
 # One compute thread per session in the examples: with several, llama.cpp's threads spin-wait
 # for each other, and any other load on the machine slows them a hundredfold. (misuse runs
@@ -54,10 +56,11 @@ done
 
 if [[ "${PARDEC_FFI_CMAKE:-1}" == 1 ]] && command -v cmake > /dev/null; then
     step "build the examples with CMake"
-    cmake -S ffi-examples -B target/ffi-examples-cmake -DCMAKE_BUILD_TYPE=RelWithDebInfo > "$LOGS/cmake.log"
-    cmake --build target/ffi-examples-cmake -j 2 >> "$LOGS/cmake.log" || { tail -30 "$LOGS/cmake.log" >&2; fail "CMake build"; }
+    cmake -S ffi-examples -B "$TARGET/ffi-examples-cmake" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+        -DPARDEC_LIB_DIR="$TARGET/release" > "$LOGS/cmake.log"
+    cmake --build "$TARGET/ffi-examples-cmake" -j 2 >> "$LOGS/cmake.log" || { tail -30 "$LOGS/cmake.log" >&2; fail "CMake build"; }
     for p in example example_cpp_static; do
-        target/ffi-examples-cmake/$p "$PARDEC_MODEL" > "$LOGS/cmake-$p.out" 2> "$LOGS/cmake-$p.err" \
+        "$TARGET/ffi-examples-cmake/$p" "$PARDEC_MODEL" > "$LOGS/cmake-$p.out" 2> "$LOGS/cmake-$p.err" \
             || fail "CMake-built $p exited with $?"
         outputs+=("$LOGS/cmake-$p.out")
     done
@@ -67,6 +70,9 @@ fi
 
 step "check the example outputs (branches, stats, same text from every build)"
 python3 ffi-examples/check_output.py "${outputs[@]}"
+
+step "install for C users and build against the install from outside the checkout (scripts/test-install.sh)"
+bash scripts/test-install.sh
 
 step "misuse and thread tests"
 "$OUT/misuse" "$PARDEC_MODEL"
@@ -101,7 +107,7 @@ if [[ "${PARDEC_FFI_SANITIZE:-1}" == 1 ]] \
     # allocator. Leaks are valgrind's job above (LSan would list llama.cpp's process-lifetime
     # caches), so detect_leaks=0; any UB report or memory error fails the run.
     san="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all"
-    make -s -C ffi-examples OUT="$OUT/sanitized" OPT="$san" "$OUT/sanitized/misuse" "$OUT/sanitized/example_static"
+    make -s -C ffi-examples OUT="$OUT/sanitized" LIB_DIR="$TARGET/release" OPT="$san" "$OUT/sanitized/misuse" "$OUT/sanitized/example_static"
     ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1 "$OUT/sanitized/misuse" "$PARDEC_MODEL" \
         > "$LOGS/asan-misuse.log" 2>&1 || { tail -40 "$LOGS/asan-misuse.log" >&2; fail "misuse under ASan/UBSan"; }
     tail -n 1 "$LOGS/asan-misuse.log"
