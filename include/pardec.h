@@ -85,6 +85,9 @@
  * The numeric values are part of the ABI and never change; new codes are only appended.
  */
 typedef enum pardec_status {
+    /**
+     * Success.
+     */
     PARDEC_STATUS_OK = 0,
     /**
      * A required pointer argument was NULL.
@@ -285,6 +288,9 @@ typedef enum pardec_event_kind {
  * KV cache precision (the `kv_type` field of `pardec_session_params`).
  */
 typedef enum pardec_kv_type {
+    /**
+     * Half-precision keys and values: the default, half the memory of F32.
+     */
     PARDEC_KV_TYPE_F16 = 0,
     /**
      * Exact keys and values (for equivalence tests).
@@ -399,6 +405,9 @@ typedef struct pardec_chat_message {
  * deterministic.
  */
 typedef struct pardec_sampling_params {
+    /**
+     * Softmax temperature; must be finite. 0 (the default) or below is greedy.
+     */
     float temperature;
     /**
      * Keep only the k most likely tokens (0: off).
@@ -455,6 +464,10 @@ typedef struct pardec_session_params {
      * Flash attention: -1 lets llama.cpp decide, 0 off, 1 on.
      */
     int32_t flash_attn;
+    /**
+     * How the trunk and every branch pick tokens (default greedy), for the session's whole
+     * life; each branch draws from its own random stream, derived from `sampling.seed`.
+     */
     struct pardec_sampling_params sampling;
     /**
      * Where tokens are chosen: 0 on the host from full logit rows (exact for every sampler);
@@ -509,11 +522,18 @@ typedef struct pardec_block_info {
      * Label of the node that forked ("" for the trunk).
      */
     const char *parent_label;
+    /**
+     * Branches of the block, kept or not: `pardec_result_branch` takes indices 0 to
+     * n_branches - 1.
+     */
     size_t n_branches;
     /**
      * KV position where every branch started.
      */
     int32_t fork_pos;
+    /**
+     * Whether and how the block was joined.
+     */
     enum pardec_join_state join_state;
 } pardec_block_info;
 
@@ -533,6 +553,9 @@ typedef struct pardec_branch_info {
      * Tokens the branch decoded itself (prefix and generated; nested blocks excluded).
      */
     size_t n_tokens;
+    /**
+     * Why the branch stopped generating (NONE if it never generated).
+     */
     enum pardec_stop_reason stop_reason;
     /**
      * The stop string that matched, or NULL.
@@ -574,8 +597,17 @@ typedef struct pardec_stats {
      * Branches opened.
      */
     uint64_t branches;
+    /**
+     * Wall time of decode steps with no branch token (the trunk alone), in seconds.
+     */
     double serial_seconds;
+    /**
+     * Wall time of decode steps holding at least one branch token, in seconds.
+     */
     double parallel_seconds;
+    /**
+     * Wall time of prefilling prompts, branch prefixes and join texts, in seconds.
+     */
     double prefill_seconds;
     /**
      * Generated tokens per second of decoding.
@@ -631,6 +663,9 @@ typedef struct pardec_event {
      * are absent when this is smaller.
      */
     size_t struct_size;
+    /**
+     * What happened: a `pardec_event_kind` value, which says which fields below are set.
+     */
     enum pardec_event_kind kind;
     /**
      * The node the event is about (`PARDEC_NODE_TRUNK` for the trunk and for DONE).

@@ -93,6 +93,7 @@ impl Adapter {
         })
     }
 
+    /// The file the adapter was loaded from, as given to [`Adapter::load`] (not canonicalized).
     pub fn path(&self) -> &Path {
         &self.inner.path
     }

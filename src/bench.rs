@@ -22,13 +22,21 @@ use crate::model::Model;
 use crate::session::sampling::SamplingParams;
 use crate::session::{BranchSpec, JoinMode, NodeId, RunLimits, Selection, Session, SessionParams, Silent};
 
+/// What `pardec bench` measures, and on what session.
 #[derive(Debug, Clone)]
 pub struct BenchParams {
+    /// The branch counts B to measure, one row each, in this order (default 1, 2, 4, 8, 16);
+    /// the session's `max_branches` is raised to the largest.
     pub branches: Vec<usize>,
     /// Tokens each branch decodes.
     pub tokens: usize,
+    /// Repetitions of every measurement; the fastest is kept (0 counts as 1).
     pub reps: usize,
+    /// The shared prompt every branch forks from (ignored, for a fixed run of token ids, on a
+    /// model without a tokenizer).
     pub prompt: String,
+    /// The session to measure on: its selection and sampling are the engine's; the raw
+    /// columns always use host selection.
     pub session: SessionParams,
 }
 
@@ -47,10 +55,13 @@ impl Default for BenchParams {
 /// One line of the benchmark.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchRow {
+    /// B: branches decoded together in the parallel and raw parallel runs.
     pub branches: usize,
     /// Where the engine chose its tokens, and how.
     pub selection: Selection,
+    /// The sampling parameters the engine used (EOG was banned throughout).
     pub sampling: SamplingParams,
+    /// Tokens each branch decoded in every run.
     pub tokens_per_branch: usize,
     /// Engine, branches one after another (tokens/s).
     pub serial_tps: f64,
@@ -231,12 +242,15 @@ pub fn run(model: &Model, p: &BenchParams) -> Result<Vec<BenchRow>> {
 /// One line of `pardec bench --auto`.
 #[derive(Debug, Clone, Serialize)]
 pub struct AutoBenchRow {
+    /// B: branches of the response's one block.
     pub branches: usize,
+    /// Filler tokens each branch writes before its end marker.
     pub tokens_per_branch: usize,
     /// Tokens of the response (trunk and branches, forced and sampled).
     pub response_tokens: usize,
-    /// Of which the trunk's own (serial part), and the longest branch (the block's steps).
+    /// Of which the trunk's own (serial part).
     pub trunk_tokens: usize,
+    /// Tokens of the longest branch: the block's steps on the critical path.
     pub longest_branch: usize,
     /// Wall time of auto mode (Multiverse, structure scripted, bodies by the model).
     pub auto_seconds: f64,

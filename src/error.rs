@@ -24,13 +24,30 @@ pub enum Error {
     /// A prompt with no tokens.
     EmptyPrompt,
     /// The prompt does not fit into the context.
-    PromptTooLong { tokens: usize, n_ctx: usize },
+    PromptTooLong {
+        /// Cells the session would hold with the prompt: those already used plus the prompt's
+        /// tokens (a lower bound, from its byte length, when it was refused untokenized).
+        tokens: usize,
+        /// The session's context size in cells.
+        n_ctx: usize,
+    },
     /// A branch prefix that tokenizes to nothing.
-    EmptyBranchPrefix { branch: usize },
+    EmptyBranchPrefix {
+        /// Index of the branch in the fork's list of specs (0-based).
+        branch: usize,
+    },
     /// More branches requested than free sequence ids.
-    TooManyBranches { requested: usize, free: usize },
+    TooManyBranches {
+        /// Branches the fork asked for.
+        requested: usize,
+        /// Sequence ids free at that moment (see `Session::free_branch_slots`).
+        free: usize,
+    },
     /// Forking deeper than the session's nesting limit.
-    DepthLimit { limit: usize },
+    DepthLimit {
+        /// The session's `max_depth`: nesting levels a fork may reach.
+        limit: usize,
+    },
     /// The operation is not valid in the session's current state (e.g. join with no open block).
     InvalidState(String),
     /// The KV cache has no free cell for the next step; what was generated so far is kept.
@@ -48,6 +65,7 @@ pub enum Error {
     AdapterMismatch(String),
 }
 
+/// The result of every fallible pardec call: `Ok`, or an [`Error`] saying what went wrong.
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl fmt::Display for Error {

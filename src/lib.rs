@@ -16,6 +16,8 @@
 //! # Ok::<(), pardec::Error>(())
 //! ```
 
+#![warn(missing_docs)]
+
 mod adapter;
 pub mod auto;
 mod backend;

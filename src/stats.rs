@@ -46,19 +46,32 @@ pub struct Stats {
     pub tokens_prefill: u64,
     /// Decode steps on the critical path (a parallel step counts once, whatever its width).
     pub steps: u64,
+    /// Forks made (blocks opened, nested ones included).
     pub blocks: u64,
+    /// Branches opened, over every block.
     pub branches: u64,
+    /// Wall time of decode steps with no branch token (the trunk decoding alone), seconds.
     pub serial_seconds: f64,
+    /// Wall time of decode steps holding at least one branch token, seconds.
     pub parallel_seconds: f64,
+    /// Wall time spent prefilling prompts, branch prefixes and join texts, seconds (not part
+    /// of `tps`).
     pub prefill_seconds: f64,
     /// Host time per decode step outside llama_decode (sampling, bookkeeping, callbacks), µs.
     pub host_us_per_step: f64,
     /// Of which choosing the next tokens (all rows of the step), µs.
     pub selection_us_per_step: f64,
+    /// Tokens per second: `tokens_total` / (`serial_seconds` + `parallel_seconds`); 0 when
+    /// nothing was decoded (as for every ratio here with a zero denominator).
     pub tps: f64,
+    /// Parallel tokens per second: `tokens_branch` / `parallel_seconds`.
     pub p_tps: f64,
+    /// Degree of parallelism: `tokens_branch` / `tokens_total`, in [0, 1].
     pub dp: f64,
+    /// Average branch number: `branches` / `blocks`.
     pub abn: f64,
+    /// Multiverse's #parallel: `tokens_total` / `steps`, the tokens gained per step on the
+    /// critical path (1.0 for purely serial decoding).
     pub parallel: f64,
     /// KV cells holding this session's tokens now.
     pub kv_cells_used: u64,

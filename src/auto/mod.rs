@@ -67,16 +67,20 @@ pub struct AutoBlock {
 pub struct AutoWarning {
     /// Label path of the stream ("" for the trunk).
     pub stream: String,
+    /// What was malformed (each kind documents the fallback taken).
     pub kind: WarningKind,
     /// Byte offset in that stream's own text.
     pub at: usize,
+    /// A readable description, with an excerpt of the offending text.
     pub message: String,
 }
 
 /// What an automatic generation did, besides the text (see [`Session::transcript`]).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct AutoReport {
+    /// Every block that was forked, in the order the model opened them (nested ones too).
     pub blocks: Vec<AutoBlock>,
+    /// Every malformation met, in the order they were found; empty for well-formed output.
     pub warnings: Vec<AutoWarning>,
 }
 

@@ -13,6 +13,7 @@ use super::{AutoBlock, AutoReport};
 /// Budgets of a Skeleton-of-Thought answer.
 #[derive(Debug, Clone)]
 pub struct SotParams {
+    /// Tokens the model may write for the skeleton (default 120).
     pub skeleton_tokens: usize,
     /// Tokens per point expansion (and for the serial fallback answer, per point expected).
     pub point_tokens: usize,
@@ -27,11 +28,15 @@ impl Default for SotParams {
 /// The answer and how it was made.
 #[derive(Debug, Clone, Serialize)]
 pub struct SotAnswer {
+    /// The skeleton's points, in order, as parsed (only those expanded, when the session had
+    /// fewer free branch slots than points).
     pub points: Vec<String>,
     /// The points with their expansions, in order.
     pub answer: String,
     /// True when the skeleton was unusable and the answer was written serially.
     pub serial_fallback: bool,
+    /// The one block of point expansions (none after a serial fallback) and the warnings
+    /// about the skeleton.
     pub report: AutoReport,
 }
 

@@ -64,6 +64,7 @@ impl pardec_model_params {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum pardec_kv_type {
+    /// Half-precision keys and values: the default, half the memory of F32.
     F16 = 0,
     /// Exact keys and values (for equivalence tests).
     F32 = 1,
@@ -74,6 +75,7 @@ pub enum pardec_kv_type {
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct pardec_sampling_params {
+    /// Softmax temperature; must be finite. 0 (the default) or below is greedy.
     pub temperature: f32,
     /// Keep only the k most likely tokens (0: off).
     pub top_k: u32,
@@ -106,6 +108,8 @@ pub struct pardec_session_params {
     pub kv_type: u32,
     /// Flash attention: -1 lets llama.cpp decide, 0 off, 1 on.
     pub flash_attn: i32,
+    /// How the trunk and every branch pick tokens (default greedy), for the session's whole
+    /// life; each branch draws from its own random stream, derived from `sampling.seed`.
     pub sampling: pardec_sampling_params,
     /// Where tokens are chosen: 0 on the host from full logit rows (exact for every sampler);
     /// n > 0 on the backend (GPU), which hands the host each row's n best candidates — the

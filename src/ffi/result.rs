@@ -56,8 +56,11 @@ pub struct pardec_stats {
     pub blocks: u64,
     /// Branches opened.
     pub branches: u64,
+    /// Wall time of decode steps with no branch token (the trunk alone), in seconds.
     pub serial_seconds: f64,
+    /// Wall time of decode steps holding at least one branch token, in seconds.
     pub parallel_seconds: f64,
+    /// Wall time of prefilling prompts, branch prefixes and join texts, in seconds.
     pub prefill_seconds: f64,
     /// Generated tokens per second of decoding.
     pub tps: f64,
@@ -154,9 +157,12 @@ pub enum pardec_join_state {
 pub struct pardec_block_info {
     /// Label of the node that forked ("" for the trunk).
     pub parent_label: *const c_char,
+    /// Branches of the block, kept or not: `pardec_result_branch` takes indices 0 to
+    /// n_branches - 1.
     pub n_branches: usize,
     /// KV position where every branch started.
     pub fork_pos: i32,
+    /// Whether and how the block was joined.
     pub join_state: pardec_join_state,
 }
 
@@ -175,6 +181,7 @@ pub struct pardec_branch_info {
     pub text: *const c_char,
     /// Tokens the branch decoded itself (prefix and generated; nested blocks excluded).
     pub n_tokens: usize,
+    /// Why the branch stopped generating (NONE if it never generated).
     pub stop_reason: pardec_stop_reason,
     /// The stop string that matched, or NULL.
     pub stop_string: *const c_char,

@@ -119,6 +119,7 @@ pub struct pardec_event {
     /// `sizeof(pardec_event)` as this library knows it: fields beyond a caller's own header
     /// are absent when this is smaller.
     pub struct_size: usize,
+    /// What happened: a `pardec_event_kind` value, which says which fields below are set.
     pub kind: pardec_event_kind,
     /// The node the event is about (`PARDEC_NODE_TRUNK` for the trunk and for DONE).
     pub node: pardec_node,

@@ -9,6 +9,7 @@ use crate::error::Error;
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum pardec_status {
+    /// Success.
     Ok = 0,
     /// A required pointer argument was NULL.
     NullArgument = 1,

@@ -13,8 +13,10 @@ pub struct Announced {
     pub label: String,
     /// The rest of the announcement, trimmed.
     pub title: String,
-    /// Byte range of the announcement (opening tag to closing tag) in the parsed text.
+    /// Byte offset in the parsed text where the announcement's opening tag starts.
     pub start: usize,
+    /// Byte offset just past its closing tag (exclusive; where an unclosed announcement was
+    /// cut: the next opening tag, or the end of the text).
     pub end: usize,
 }
 

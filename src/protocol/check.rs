@@ -16,7 +16,9 @@ use super::structure::{parse, BlockTree, StreamTree, MOST_KEPT_BYTES};
 /// A structural problem at a (1-based) line of the text.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StructError {
+    /// The 1-based line of the text where the problem starts.
     pub line: usize,
+    /// What is wrong, naming the tag or label involved.
     pub message: String,
 }
 

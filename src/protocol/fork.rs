@@ -26,14 +26,17 @@ pub struct BranchPlan {
 /// A fork the driver should make now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ForkPlan {
-    /// Byte range of the trigger in the forking stream's text. The branches start after
-    /// `trigger_end`; text the stream holds past it (same token) stays in the parent.
+    /// Byte offset of the trigger's first byte in the forking stream's text.
     pub trigger_start: usize,
+    /// Byte offset just past the trigger (exclusive). The branches start after it; text the
+    /// stream holds past it (same token) stays in the parent.
     pub trigger_end: usize,
     /// Depth of the new block (1 = opened by the trunk).
     pub depth: u32,
     /// Usable announcements (labelled, not repeated) before the cap.
     pub announced: usize,
+    /// The branches to open, in order: at most the watcher's branch cap, never empty (a
+    /// trigger with nothing to fork gives [`Action::NoFork`](super::Action::NoFork) instead).
     pub branches: Vec<BranchPlan>,
 }
 

@@ -95,6 +95,7 @@ impl PieceLayout {
 pub struct CopyLayout {
     /// The piece it repeats.
     pub of: usize,
+    /// Where the copy sits: its own position and visibility (its branch as the original's).
     #[serde(flatten)]
     pub layout: PieceLayout,
 }
@@ -102,9 +103,12 @@ pub struct CopyLayout {
 /// The layout of a whole text, with the warnings its structure raised.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Layout {
+    /// One entry per input piece, in order: `pieces[i]` places the caller's piece `i`.
     pub pieces: Vec<PieceLayout>,
     /// Pieces read again (a reprefill join, or a training rule with copies).
     pub copies: Vec<CopyLayout>,
+    /// What the text's structure got wrong (as the watcher would report it at inference),
+    /// at byte offsets in the concatenated text; the layout follows each one's fallback.
     pub warnings: Vec<Warning>,
 }
 

@@ -6,8 +6,8 @@
 //! - [`Watcher`]: a streaming state machine per stream (trunk or branch) that tells the
 //!   driver when to fork ([`Action::Fork`]), when a branch ended, and what was malformed,
 //!   with its stop strings and bans for the next run.
-//! - [`layout`]: position ids and visibility of each piece of a tagged text, as the engine
-//!   realizes them; [`check`]: structural validation of a complete text.
+//! - [`layout()`]: position ids and visibility of each piece of a tagged text, as the engine
+//!   realizes them; [`check()`]: structural validation of a complete text.
 //! - [`SubSearchFormat`] (children on their own prompts) and [`SkeletonFormat`] (skeleton,
 //!   then one branch per point).
 //!

@@ -21,8 +21,12 @@ use std::collections::HashMap;
 /// One search node's state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeState {
+    /// The number to reach (`T` in `Current State: T:[a, b]`).
     pub target: i64,
+    /// The numbers still available at this node, in the order the trace lists them.
     pub nums: Vec<i64>,
+    /// The operations that led here from the root, in order, as written (`'9/3=3'` without
+    /// its quotes).
     pub operations: Vec<String>,
 }
 

@@ -31,15 +31,22 @@ pub struct SkeletonFormat {
 /// A usable skeleton.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Skeleton {
+    /// The points in order, markers and `**bold**` stripped, repeats dropped; at least
+    /// one and `min_points`, at most `max_points`.
     pub points: Vec<String>,
+    /// What was odd in the skeleton (repeats, a cut list, a restart of the numbering), at byte
+    /// offsets in the parsed text.
     pub warnings: Vec<Warning>,
 }
 
 /// Too few points to expand in parallel: answer serially instead.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SkeletonFallback {
+    /// The usable points that were found: fewer than `min_points`, possibly none.
     pub points: Vec<String>,
+    /// What was odd in the skeleton, as in [`Skeleton::warnings`].
     pub warnings: Vec<Warning>,
+    /// Why the skeleton cannot be expanded in parallel, for messages.
     pub reason: String,
 }
 

@@ -155,9 +155,20 @@ pub enum BadPlan {
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Announce {
     /// Each branch is announced between `open` and `close` (`<Outline>1: …</Outline>`).
-    Tagged { open: String, close: String, label: LabelRule },
+    Tagged {
+        /// The tag that opens one announcement (`<Outline>`); not empty, and distinct from
+        /// every other control string.
+        open: String,
+        /// The tag that closes it (`</Outline>`); same constraints.
+        close: String,
+        /// How the label and title are read from the text between them.
+        label: LabelRule,
+    },
     /// Nothing is announced: every trigger forks `count` branches (labels `1`, `2`, …).
-    Fixed { count: usize },
+    Fixed {
+        /// Branches per fork: 1 to [`MAX_SUPPORTED_BRANCHES`] (validation refuses others).
+        count: usize,
+    },
 }
 
 /// How a branch's label and title are read from the text of its announcement.
@@ -167,7 +178,11 @@ pub enum LabelRule {
     /// The announcement starts with a dotted number and a separator:
     /// `\s*([0-9]+(\.[0-9]+)*)\s*{separator}`; the rest (trimmed) is the title. An
     /// announcement without one does not count.
-    Numbered { separator: String },
+    Numbered {
+        /// What follows the number (`:` in `1: title`); not empty, and neither containing
+        /// nor contained in any control string.
+        separator: String,
+    },
     /// The whole announcement is the title (trimmed unless `verbatim`); labels are the order,
     /// `1`, `2`, ….
     Title {
@@ -216,6 +231,7 @@ pub enum Phase {
 /// The state that decides a stream's stop strings and bans.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct StreamState {
+    /// Where the stream is in the protocol.
     pub phase: Phase,
     /// Number of blocks this stream is inside: 0 for the trunk, 1 for a branch of a
     /// top-level block, 2 for a branch of a nested block, …
@@ -223,6 +239,7 @@ pub struct StreamState {
 }
 
 impl StreamState {
+    /// Whether the stream is a branch (`depth > 0`) rather than the trunk.
     pub fn in_branch(&self) -> bool {
         self.depth > 0
     }
@@ -232,7 +249,9 @@ impl StreamState {
 /// `"bans.serial[1]"`, …).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpecError {
+    /// The offending field's path in the JSON form, as above.
     pub field: String,
+    /// What is wrong with it and what is allowed.
     pub message: String,
 }
 

@@ -43,20 +43,48 @@ pub enum EndCause {
 pub enum Action {
     /// A block opener was seen at `start..end`; `depth` is the new block's depth.
     /// Informational: the stream's stop strings and bans changed.
-    BlockOpened { start: usize, end: usize, depth: u32 },
+    BlockOpened {
+        /// Byte offset of the opener's first byte.
+        start: usize,
+        /// Byte offset just past the opener.
+        end: usize,
+        /// Depth of the new block: 1 for a block the trunk opens, 2 for one inside a branch
+        /// of a top-level block, …
+        depth: u32,
+    },
     /// Fork now, one branch per plan entry; then stop this stream until its branches are
     /// joined.
     Fork(ForkPlan),
     /// The trigger at `start..end` was seen, but nothing can be forked (the warning before
     /// says why): resume this stream serially.
-    NoFork { start: usize, end: usize },
+    NoFork {
+        /// Byte offset of the trigger's first byte.
+        start: usize,
+        /// Byte offset just past the trigger.
+        end: usize,
+    },
     /// This branch is over (`at`: end of its marker, or of its text).
-    BranchEnd { at: usize, cause: EndCause },
+    BranchEnd {
+        /// Byte offset where the branch ends: past its end marker, or where its text stopped.
+        at: usize,
+        /// What ended it.
+        cause: EndCause,
+    },
     /// The trunk is over by the protocol's rule ([`EndCause::Protocol`]) at `at`: stop
     /// generating.
-    TrunkEnd { at: usize },
+    TrunkEnd {
+        /// Byte offset where the trunk's text ends.
+        at: usize,
+    },
     /// The block was closed at `start..end`. Informational.
-    BlockClosed { start: usize, end: usize, depth: u32 },
+    BlockClosed {
+        /// Byte offset of the closer's first byte.
+        start: usize,
+        /// Byte offset just past the closer.
+        end: usize,
+        /// Depth of the block that closed (as in `BlockOpened`).
+        depth: u32,
+    },
     /// Something was malformed; the documented fallback was taken.
     Warning(Warning),
 }

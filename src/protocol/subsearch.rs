@@ -14,6 +14,8 @@ use super::warning::{excerpt, Warning, WarningKind};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubSearchFormat {
+    /// Opens the parent's calls block (`<Calling Sub Searches>`); it may be missing in the
+    /// model's text (a warning).
     pub call_open: String,
     /// Header of one child prompt, e.g. `<Start Sub Search {index} at level {level}>`.
     pub call_item: String,
@@ -22,10 +24,13 @@ pub struct SubSearchFormat {
     pub call_item_end: Option<String>,
     /// Ends the calls; use it as the parent's stop string.
     pub call_close: String,
+    /// Opens the results block given back to the parent (`<Sub Searches>`), on a line of its
+    /// own.
     pub results_open: String,
     /// One child's line in the results block, over `{index}`, `{level}` and `{result}` (used
     /// when `success_marker` is `None`).
     pub result_line: String,
+    /// Closes the results block (`<End Sub Searches>`), followed by a line break.
     pub results_close: String,
     /// Marks a call's node: the node id is the rest of the call's first line after it
     /// (`Moving to Node #` → `0,1`), `{node}` in the result templates.
@@ -71,6 +76,7 @@ pub enum ChildPrompt {
 pub struct SubSearchCall {
     /// The number written in the header.
     pub index: u32,
+    /// The level written in the header (1 when the header has none, or with `renumber`).
     pub level: u32,
     /// The child's own prompt (trimmed).
     pub prompt: String,
@@ -83,7 +89,11 @@ pub struct SubSearchCall {
 /// The calls found, and what was wrong with them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SubSearchCalls {
+    /// The children to run, in call order, at most the `cap` asked for; repeated headers
+    /// and empty prompts are left out.
     pub calls: Vec<SubSearchCall>,
+    /// What was wrong with the calls block (missing opener or closer, renumbered, repeated or
+    /// empty calls, calls past the cap), at byte offsets in the parsed text.
     pub warnings: Vec<Warning>,
 }
 

@@ -53,8 +53,12 @@ pub enum WarningKind {
 /// One malformation, at byte offset `at` of the stream's text.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Warning {
+    /// What was malformed; each kind documents the fallback taken.
     pub kind: WarningKind,
+    /// Byte offset in the stream's text (the watcher's [`Watcher::text`](super::Watcher::text),
+    /// or the text given to a parser) where the problem was found.
     pub at: usize,
+    /// A readable description, quoting a short excerpt of the text.
     pub message: String,
 }
 

@@ -69,6 +69,7 @@ impl Watcher {
         self.machine.cap = cap;
     }
 
+    /// [`Watcher::set_branch_cap`] as a builder: this watcher with the cap set.
     pub fn with_branch_cap(mut self, cap: usize) -> Watcher {
         self.set_branch_cap(cap);
         self
@@ -127,6 +128,7 @@ impl Watcher {
         out
     }
 
+    /// Where the stream is now (phase and depth): what decides its stop strings and bans.
     pub fn state(&self) -> StreamState {
         self.machine.state()
     }
@@ -147,6 +149,8 @@ impl Watcher {
         &self.text
     }
 
+    /// The protocol being watched (a copy of the spec the trunk's watcher was made with,
+    /// shared by its branches' watchers).
     pub fn spec(&self) -> &ProtocolSpec {
         &self.spec
     }

@@ -15,6 +15,7 @@ use crate::model::Token;
 /// How a branch picks its next token. `temperature <= 0` means greedy (argmax).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SamplingParams {
+    /// Softmax temperature; must be finite. 0 (the default) or below samples greedily.
     pub temperature: f32,
     /// Keep only the k most likely tokens (0: off).
     pub top_k: usize,
@@ -22,6 +23,8 @@ pub struct SamplingParams {
     pub top_p: f32,
     /// Drop tokens below min_p × the top probability (0.0: off).
     pub min_p: f32,
+    /// Seed of every branch's random stream (mixed with the branch's path in the fork tree):
+    /// the same seed gives the same text whatever the batching. Unused when greedy.
     pub seed: u64,
 }
 
@@ -32,6 +35,7 @@ impl Default for SamplingParams {
 }
 
 impl SamplingParams {
+    /// Argmax decoding: temperature 0, no truncation (the same as `default()`).
     pub fn greedy() -> Self {
         Self::default()
     }

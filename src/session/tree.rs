@@ -216,7 +216,10 @@ pub struct NodeReport {
     pub tokens: usize,
     /// The node's text with nested blocks flattened in (as in the KV cache).
     pub text: String,
+    /// Why the node's last run ended; `None` while it has never generated (or is running).
     pub stop_reason: Option<StopReason>,
+    /// The node's history in order: text pieces (prompt, forced text, generated runs) and
+    /// the blocks it forked, each with its branches.
     pub items: Vec<ItemReport>,
 }
 
@@ -224,14 +227,29 @@ pub struct NodeReport {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ItemReport {
-    Text { origin: Origin, first_pos: i32, tokens: Vec<Token>, text: String },
+    /// Consecutive tokens of one origin, in the node's own sequence.
+    Text {
+        /// Whether the caller put this text in or the model sampled it.
+        origin: Origin,
+        /// KV position of the first token (positions then follow one per token).
+        first_pos: i32,
+        /// The token ids, in order.
+        tokens: Vec<Token>,
+        /// Their text (bytes that are not valid UTF-8 replaced by U+FFFD).
+        text: String,
+    },
+    /// A fork of this node and its branches.
     Block {
+        /// Position of every branch's first token (the parent's next position at the fork);
+        /// 0 for a detached block, whose branches run on prompts of their own.
         fork_pos: i32,
+        /// What the join did with the branches; `None` while the block is open.
         join: Option<JoinMode>,
         /// How the parent read the kept branches back.
         rule: JoinRule,
         /// Tokens of kept branches the parent decoded again (a [`JoinRule::Reprefill`] join).
         reread_tokens: usize,
+        /// Every branch of the block in fork order, kept or not.
         branches: Vec<NodeReport>,
     },
 }
@@ -242,6 +260,7 @@ pub struct Transcript {
     /// The flattened text exactly as the trunk sees it in the KV cache: kept branches in order,
     /// discarded ones left out; an open block shows all its branches.
     pub text: String,
+    /// The trunk's report: its items hold every block and, through them, every branch.
     pub trunk: NodeReport,
 }
 
