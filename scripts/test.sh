@@ -15,4 +15,5 @@ if [[ -f scripts/test-ffi.sh ]]; then
     bash scripts/test-ffi.sh
 fi
 bash scripts/test-training.sh
+bash scripts/check-package.sh
 echo "test.sh: all tests passed"
