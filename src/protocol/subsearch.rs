@@ -92,8 +92,9 @@ pub struct SubSearchCalls {
     /// The children to run, in call order, at most the `cap` asked for; repeated headers
     /// and empty prompts are left out.
     pub calls: Vec<SubSearchCall>,
-    /// What was wrong with the calls block (missing opener or closer, renumbered, repeated or
-    /// empty calls, calls past the cap), at byte offsets in the parsed text.
+    /// What was wrong with the calls block (a missing opener or closer, empty or repeated
+    /// calls, calls past the cap, numbers out of order, no call at all), at byte offsets in the
+    /// parsed text.
     pub warnings: Vec<Warning>,
 }
 
