@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import sys
 import threading
+import warnings
 from ctypes import (
     CFUNCTYPE,
     POINTER,
@@ -28,7 +30,7 @@ from ctypes import (
     c_void_p,
 )
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, List, Optional, Tuple, Type
 
 # ----- finding the library -----------------------------------------------------------------
 
@@ -39,41 +41,99 @@ elif os.name == "nt":
 else:
     LIB_NAME = "libpardec.so"
 
+#: The package's version: the library's must have the same major.minor (see :func:`lib`).
+PACKAGE_VERSION = "0.4.0"
+
 
 class LibraryNotFoundError(OSError):
     """libpardec could not be loaded; the message lists every path tried and why it failed."""
+
+
+class LibraryVersionWarning(RuntimeWarning):
+    """The loaded libpardec is a newer minor version than this package: it works (the C ABI
+    only grows within a major version), but the package cannot use what is new."""
+
+
+def _source_checkout(package_dir: Path) -> Optional[Path]:
+    """The repository root when ``package_dir`` is ``<repo>/bindings-python/pardec`` of a
+    source checkout (the repo holds Cargo.toml and include/pardec.h), else None: an installed
+    package has no cargo target dir next to it."""
+    bindings = package_dir.parent
+    repo = bindings.parent
+    if (bindings.name == "bindings-python" and (bindings / "pyproject.toml").is_file()
+            and (repo / "Cargo.toml").is_file() and (repo / "include" / "pardec.h").is_file()):
+        return repo
+    return None
+
+
+def _candidate_paths_for(package_dir: Path) -> List[Path]:
+    """:func:`candidate_paths` for a package in ``package_dir``, ignoring ``$PARDEC_LIB``."""
+    paths = [package_dir / LIB_NAME]
+    repo = _source_checkout(package_dir)
+    if repo is not None:
+        target_dir = os.environ.get("CARGO_TARGET_DIR")
+        if target_dir:
+            paths.append(Path(target_dir) / "release" / LIB_NAME)
+        paths.append(repo / "target" / "release" / LIB_NAME)
+    return paths
 
 
 def candidate_paths() -> List[Path]:
     """Where libpardec is looked for, in order.
 
     1. ``$PARDEC_LIB`` (a file), if set: then nothing else is tried;
-    2. next to this package (a wheel or an install that bundles the library);
-    3. the cargo target dir of a source checkout: ``$CARGO_TARGET_DIR/release``, then
-       ``<repo>/target/release`` where ``<repo>`` is the folder holding ``bindings-python/``.
+    2. next to this package (the wheel bundles the library there);
+    3. only when this package is the ``bindings-python/pardec`` folder of a source checkout:
+       ``$CARGO_TARGET_DIR/release``, then ``<repo>/target/release``.
     """
     override = os.environ.get("PARDEC_LIB")
     if override:
         return [Path(override)]
-    here = Path(__file__).resolve().parent
-    paths = [here / LIB_NAME]
-    target_dir = os.environ.get("CARGO_TARGET_DIR")
-    if target_dir:
-        paths.append(Path(target_dir) / "release" / LIB_NAME)
-    repo = here.parent.parent
-    paths.append(repo / "target" / "release" / LIB_NAME)
-    return paths
+    return _candidate_paths_for(Path(__file__).resolve().parent)
+
+
+def _major_minor(version: str) -> Tuple[int, int]:
+    """(major, minor) of a version string such as "0.4.0"; ValueError if it has none."""
+    found = re.match(r"(\d+)\.(\d+)", version)
+    if not found:
+        raise ValueError(f"not a version: {version!r}")
+    return int(found.group(1)), int(found.group(2))
+
+
+def check_version(library: str, package: str = PACKAGE_VERSION) -> Optional[str]:
+    """Whether a library of version ``library`` can serve this package: None if so (a newer
+    minor version also warns with :class:`LibraryVersionWarning`), else why not. The C ABI only
+    grows within a major version, so an older minor version lacks functions the package
+    declares, and another major version may have changed anything."""
+    try:
+        lib_v, pkg_v = _major_minor(library), _major_minor(package)
+    except ValueError:
+        return f"pardec_version() returned {library!r}, not a version"
+    if lib_v == pkg_v:
+        return None
+    if lib_v[0] == pkg_v[0] and lib_v[1] > pkg_v[1]:
+        warnings.warn(
+            f"libpardec {library} is newer than the pardec Python package {package}: it works, "
+            "but what it added is not reachable from Python; install the package of the same "
+            "version", LibraryVersionWarning, stacklevel=4)
+        return None
+    return (f"libpardec {library} does not match the pardec Python package {package} "
+            "(major.minor must be equal, or the library's minor newer)")
 
 
 _lib: Optional[ctypes.CDLL] = None
+_lib_path: Optional[Path] = None
 _lib_lock = threading.Lock()
 
 
 def lib() -> ctypes.CDLL:
-    """The loaded library with its prototypes declared (loaded on first use)."""
-    global _lib
-    if _lib is not None:
-        return _lib
+    """The loaded library with its prototypes declared (loaded on first use). A library whose
+    ``pardec_version()`` does not match the package's major.minor is refused (the search goes
+    on, and the error lists it)."""
+    global _lib, _lib_path
+    loaded_lib = _lib
+    if loaded_lib is not None:
+        return loaded_lib
     with _lib_lock:
         if _lib is None:
             tried = []
@@ -83,19 +143,35 @@ def lib() -> ctypes.CDLL:
                     continue
                 try:
                     loaded = ctypes.CDLL(str(path))
-                except OSError as e:
+                    version_fn = loaded.pardec_version
+                except (OSError, AttributeError) as e:
                     tried.append(f"{path}: {e}")
                     continue
+                version_fn.restype = c_char_p
+                version_fn.argtypes = []
+                raw: Optional[bytes] = version_fn()
+                problem = check_version((raw or b"").decode("utf-8", "replace"))
+                if problem is not None:
+                    tried.append(f"{path}: {problem}")
+                    continue
                 _declare(loaded)
-                _lib = loaded
+                _lib, _lib_path = loaded, path
                 break
             else:
                 raise LibraryNotFoundError(
                     "libpardec not found; tried:\n  "
                     + "\n  ".join(tried)
-                    + "\nBuild it with `cargo build --release`, or set PARDEC_LIB to its path."
+                    + "\nInstall the package with `pip install ./bindings-python` (it builds and "
+                    "bundles the library), build it with `bash scripts/build-capi.sh` in a source "
+                    "checkout, or set PARDEC_LIB to its path."
                 )
-    return _lib
+        assert _lib is not None
+        return _lib
+
+
+def loaded_path() -> Optional[Path]:
+    """The path the library was loaded from, or None before it is loaded."""
+    return _lib_path
 
 
 # ----- types -------------------------------------------------------------------------------
@@ -105,6 +181,8 @@ pardec_node = c_uint32
 
 
 class pardec_model_params(Structure):
+    """``struct pardec_model_params`` of include/pardec.h."""
+
     _fields_ = [
         ("struct_size", c_size_t),
         ("n_gpu_layers", c_int32),
@@ -112,6 +190,8 @@ class pardec_model_params(Structure):
 
 
 class pardec_chat_message(Structure):
+    """``struct pardec_chat_message`` of include/pardec.h."""
+
     _fields_ = [
         ("role", c_char_p),
         ("content", c_char_p),
@@ -119,6 +199,8 @@ class pardec_chat_message(Structure):
 
 
 class pardec_sampling_params(Structure):
+    """``struct pardec_sampling_params`` of include/pardec.h."""
+
     _fields_ = [
         ("temperature", c_float),
         ("top_k", c_uint32),
@@ -129,6 +211,8 @@ class pardec_sampling_params(Structure):
 
 
 class pardec_session_params(Structure):
+    """``struct pardec_session_params`` of include/pardec.h."""
+
     _fields_ = [
         ("struct_size", c_size_t),
         ("n_ctx", c_uint32),
@@ -144,6 +228,8 @@ class pardec_session_params(Structure):
 
 
 class pardec_run_limits(Structure):
+    """``struct pardec_run_limits`` of include/pardec.h."""
+
     _fields_ = [
         ("struct_size", c_size_t),
         ("max_tokens", c_uint32),
@@ -156,6 +242,8 @@ class pardec_run_limits(Structure):
 
 
 class pardec_block_info(Structure):
+    """``struct pardec_block_info`` of include/pardec.h."""
+
     _fields_ = [
         ("parent_label", c_char_p),
         ("n_branches", c_size_t),
@@ -165,6 +253,8 @@ class pardec_block_info(Structure):
 
 
 class pardec_branch_info(Structure):
+    """``struct pardec_branch_info`` of include/pardec.h."""
+
     _fields_ = [
         ("label", c_char_p),
         ("text", c_char_p),
@@ -176,6 +266,8 @@ class pardec_branch_info(Structure):
 
 
 class pardec_stats(Structure):
+    """``struct pardec_stats`` of include/pardec.h."""
+
     _fields_ = [
         ("tokens_total", c_uint64),
         ("tokens_branch", c_uint64),
@@ -199,6 +291,8 @@ class pardec_stats(Structure):
 
 
 class pardec_event(Structure):
+    """``struct pardec_event`` of include/pardec.h."""
+
     # `label`, `text` and `stop_string` are c_void_p, not c_char_p: text is read with its
     # length (string_at), and all three are valid only during the callback.
     _fields_ = [
@@ -227,7 +321,7 @@ adapter_p = c_void_p  # struct pardec_adapter *
 def _declare(L: ctypes.CDLL) -> None:
     """Declares every function of the header on the loaded library."""
 
-    def fn(name, restype, *argtypes):
+    def fn(name: str, restype: Any, *argtypes: Any) -> None:
         f = getattr(L, name)
         f.restype = restype
         f.argtypes = list(argtypes)
@@ -353,7 +447,7 @@ def _declare(L: ctypes.CDLL) -> None:
 
 
 #: Every function the header declares (tests check the two lists agree).
-FUNCTIONS = [
+FUNCTIONS: List[str] = [
     "pardec_version", "pardec_status_str", "pardec_last_error", "pardec_string_free",
     "pardec_model_params_default", "pardec_session_params_default", "pardec_run_limits_default",
     "pardec_model_load", "pardec_model_free", "pardec_model_n_vocab", "pardec_model_architecture",
@@ -370,7 +464,7 @@ FUNCTIONS = [
 ]
 
 #: Every struct mirrored here, by C name (tests compare their fields with the header).
-STRUCTS = {
+STRUCTS: Dict[str, Type[Structure]] = {
     cls.__name__: cls
     for cls in (
         pardec_model_params, pardec_chat_message, pardec_sampling_params, pardec_session_params,

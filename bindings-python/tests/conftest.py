@@ -1,5 +1,9 @@
 """Fixtures: the real default model (SmolLM2-135M-Instruct Q4_1), loaded once.
 
+The tests run on whichever ``pardec`` is imported: the source folder (``python -m pytest
+bindings-python/tests`` in a checkout) or the installed wheel (scripts/test-python.sh, which
+sets PARDEC_TEST_INSTALLED so that importing the source by mistake fails).
+
 Sessions in these tests use one compute thread: with several, llama.cpp's threads spin-wait
 at a barrier for each other, and any other load on the machine (a parallel build) then slows
 decoding a hundredfold.
@@ -15,6 +19,11 @@ import pytest
 import pardec
 
 REPO = Path(__file__).resolve().parents[2]
+
+if os.environ.get("PARDEC_TEST_INSTALLED") and \
+        Path(pardec.__file__).resolve().parent == REPO / "bindings-python" / "pardec":
+    raise RuntimeError(f"PARDEC_TEST_INSTALLED is set, but pardec was imported from the source tree "
+                       f"({pardec.__file__}): the tests would not test the installed package")
 
 
 def model_path() -> Path:
