@@ -15,3 +15,15 @@ case "$(uname -s)" in
 esac
 cargo rustc --release --quiet -p pardec --lib --features capi \
     --crate-type cdylib --crate-type staticlib "$@" -- "${link_args[@]}"
+
+# Programs linked with -lpardec record the SONAME: give the build folder that name too, so they
+# run in place (ffi-examples/, with an rpath to it).
+if [[ $(uname -s) == Linux ]]; then
+    target_args=()
+    for ((i = 1; i <= $#; i++)); do
+        [[ ${!i} == --target ]] && { j=$((i + 1)); target_args=("${!j}"); }
+    done
+    source scripts/lib/target-dir.sh
+    release="$(cargo_target_dir)/${target_args[0]:+${target_args[0]}/}release"
+    ln -sf libpardec.so "$release/libpardec.so.$abi"
+fi
