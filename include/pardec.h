@@ -46,9 +46,9 @@
 #include <stdint.h>
 
 #define PARDEC_VERSION_MAJOR 0
-#define PARDEC_VERSION_MINOR 4
+#define PARDEC_VERSION_MINOR 5
 #define PARDEC_VERSION_PATCH 0
-#define PARDEC_VERSION "0.4.0"
+#define PARDEC_VERSION "0.5.0"
 /* The C ABI's major version: the shared library's SONAME is libpardec.so.<it>. */
 #define PARDEC_ABI_MAJOR 0
 
@@ -72,6 +72,11 @@
  * Most banned token ids in one `pardec_run_limits`.
  */
 #define PARDEC_MAX_BANNED_TOKENS (1 << 20)
+
+/**
+ * Most entries in `pardec_session_params.logit_bias`.
+ */
+#define PARDEC_MAX_LOGIT_BIASES (1 << 20)
 
 /**
  * Most branches in one fork (llama.cpp's sequence limit, minus the trunk).
@@ -429,6 +434,20 @@ typedef struct pardec_sampling_params {
 } pardec_sampling_params;
 
 /**
+ * One entry of `pardec_session_params.logit_bias`.
+ */
+typedef struct pardec_logit_bias {
+    /**
+     * A token id of the model's vocabulary.
+     */
+    int32_t token;
+    /**
+     * Added to its logit: finite, or -INFINITY to ban it.
+     */
+    float bias;
+} pardec_logit_bias;
+
+/**
  * How a session's context is made. Get defaults from `pardec_session_params_default()`.
  */
 typedef struct pardec_session_params {
@@ -475,6 +494,35 @@ typedef struct pardec_session_params {
      * same tokens for greedy and top_k <= n. Appended in 0.2; older callers get 0.
      */
     uint32_t device_candidates;
+    /**
+     * llama.cpp's repetition penalty (1.0: off; > 0) over each node's penalty window: a
+     * windowed token's logit is divided by it when positive, multiplied when not. The window
+     * is the last `penalty_last_n` tokens the node sees (a branch: its parent's at the fork,
+     * then its own; never a sibling's). Appended in 0.5, as are the fields below.
+     */
+    float repeat_penalty;
+    /**
+     * Subtracted from a windowed token's logit per occurrence (0: off).
+     */
+    float frequency_penalty;
+    /**
+     * Subtracted once from every windowed token's logit (0: off).
+     */
+    float presence_penalty;
+    /**
+     * Penalty window length: 0 turns penalties off, -1 is the whole context (default 64).
+     */
+    int32_t penalty_last_n;
+    /**
+     * Biases added to logits before anything else (-INFINITY bans a token); may be NULL
+     * when `n_logit_bias` is 0. Read during `pardec_session_new` only. Penalties and biases
+     * need host selection (`device_candidates` 0).
+     */
+    const struct pardec_logit_bias *logit_bias;
+    /**
+     * Entries of `logit_bias` (at most PARDEC_MAX_LOGIT_BIASES).
+     */
+    size_t n_logit_bias;
 } pardec_session_params;
 
 /**

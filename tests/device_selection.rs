@@ -46,7 +46,7 @@ fn script(model: &Model, selection: Selection, sampling: &SamplingParams) -> Vec
 }
 
 fn stochastic(seed: u64) -> SamplingParams {
-    SamplingParams { temperature: 0.9, top_k: 40, top_p: 0.95, min_p: 0.02, seed }
+    SamplingParams { temperature: 0.9, top_k: 40, top_p: 0.95, min_p: 0.02, seed, ..Default::default() }
 }
 
 #[test]

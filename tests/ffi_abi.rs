@@ -21,11 +21,15 @@ fn struct_layouts_are_frozen() {
     layout!(pardec_model_params, size 16, { struct_size @ 0, n_gpu_layers @ 8 });
     layout!(pardec_chat_message, size 16, { role @ 0, content @ 8 });
     layout!(pardec_sampling_params, size 24, { temperature @ 0, top_k @ 4, top_p @ 8, min_p @ 12, seed @ 16 });
-    // 0.2 appended device_candidates (0.1's struct was 64 bytes and is still accepted).
-    layout!(pardec_session_params, size 72, {
+    // 0.2 appended device_candidates (0.1's struct was 64 bytes and is still accepted), 0.5
+    // the penalties and the logit bias (0.2's 72 bytes are still accepted).
+    layout!(pardec_session_params, size 104, {
         struct_size @ 0, n_ctx @ 8, n_batch @ 12, max_branches @ 16, max_depth @ 20,
         n_threads @ 24, kv_type @ 28, flash_attn @ 32, sampling @ 40, device_candidates @ 64,
+        repeat_penalty @ 68, frequency_penalty @ 72, presence_penalty @ 76, penalty_last_n @ 80,
+        logit_bias @ 88, n_logit_bias @ 96,
     });
+    layout!(pardec_logit_bias, size 8, { token @ 0, bias @ 4 });
     layout!(pardec_run_limits, size 56, {
         struct_size @ 0, max_tokens @ 8, stop @ 16, n_stop @ 24, ban_eog @ 32,
         banned_tokens @ 40, n_banned_tokens @ 48,

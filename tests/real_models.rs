@@ -102,7 +102,7 @@ fn same_seed_same_output_different_seed_different_output() {
     for (name, model) in models::both() {
         let sample = |seed: u64| {
             let mut s = session(&model, |p| {
-                p.sampling = SamplingParams { temperature: 0.9, top_k: 40, top_p: 0.95, min_p: 0.02, seed };
+                p.sampling = SamplingParams { temperature: 0.9, top_k: 40, top_p: 0.95, min_p: 0.02, seed, ..Default::default() };
             });
             s.prompt(PROMPT).unwrap();
             s.fork(NodeId::TRUNK, &specs(3, 16)).unwrap();

@@ -42,7 +42,7 @@ else:
     LIB_NAME = "libpardec.so"
 
 #: The package's version: the library's must have the same major.minor (see :func:`lib`).
-PACKAGE_VERSION = "0.4.0"
+PACKAGE_VERSION = "0.5.0"
 
 
 class LibraryNotFoundError(OSError):
@@ -210,6 +210,15 @@ class pardec_sampling_params(Structure):
     ]
 
 
+class pardec_logit_bias(Structure):
+    """``struct pardec_logit_bias`` of include/pardec.h."""
+
+    _fields_ = [
+        ("token", c_int32),
+        ("bias", c_float),
+    ]
+
+
 class pardec_session_params(Structure):
     """``struct pardec_session_params`` of include/pardec.h."""
 
@@ -224,6 +233,12 @@ class pardec_session_params(Structure):
         ("flash_attn", c_int32),
         ("sampling", pardec_sampling_params),
         ("device_candidates", c_uint32),
+        ("repeat_penalty", c_float),
+        ("frequency_penalty", c_float),
+        ("presence_penalty", c_float),
+        ("penalty_last_n", c_int32),
+        ("logit_bias", POINTER(pardec_logit_bias)),
+        ("n_logit_bias", c_size_t),
     ]
 
 
@@ -467,7 +482,8 @@ FUNCTIONS: List[str] = [
 STRUCTS: Dict[str, Type[Structure]] = {
     cls.__name__: cls
     for cls in (
-        pardec_model_params, pardec_chat_message, pardec_sampling_params, pardec_session_params,
+        pardec_model_params, pardec_chat_message, pardec_sampling_params, pardec_logit_bias,
+        pardec_session_params,
         pardec_run_limits, pardec_block_info, pardec_branch_info, pardec_stats, pardec_event,
     )
 }

@@ -252,12 +252,49 @@ struct SamplingOpts {
     /// Seed of every branch's random stream (with its path in the fork tree)
     #[arg(long, value_name = "S", default_value_t = 0)]
     seed: u64,
+    /// llama.cpp's repetition penalty over each node's last --penalty-last-n tokens (1: off)
+    #[arg(long, value_name = "R", default_value_t = 1.0, value_parser = finite_f32)]
+    repeat_penalty: f32,
+    /// Lowers a recent token's logit by F per occurrence (0: off)
+    #[arg(long, value_name = "F", default_value_t = 0.0, value_parser = finite_f32, allow_negative_numbers = true)]
+    frequency_penalty: f32,
+    /// Lowers every recent token's logit by P once (0: off)
+    #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = finite_f32, allow_negative_numbers = true)]
+    presence_penalty: f32,
+    /// Tokens the penalties look back on (0: off, -1: the whole context)
+    #[arg(long, value_name = "N", default_value_t = 64, allow_negative_numbers = true)]
+    penalty_last_n: i32,
+    /// Add BIAS to token ID's logit, as ID=BIAS (-inf bans it); repeatable
+    #[arg(long, value_name = "ID=BIAS", value_parser = logit_bias_entry)]
+    logit_bias: Vec<(i32, f32)>,
 }
 
 impl SamplingOpts {
     fn params(&self) -> SamplingParams {
-        SamplingParams { temperature: self.temp, top_k: self.top_k, top_p: self.top_p, min_p: self.min_p, seed: self.seed }
+        SamplingParams {
+            temperature: self.temp,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            seed: self.seed,
+            repeat_penalty: self.repeat_penalty,
+            frequency_penalty: self.frequency_penalty,
+            presence_penalty: self.presence_penalty,
+            penalty_last_n: self.penalty_last_n,
+            logit_bias: self.logit_bias.clone(),
+        }
     }
+}
+
+/// One `--logit-bias ID=BIAS` entry (the session checks the id against the vocabulary).
+fn logit_bias_entry(s: &str) -> Result<(i32, f32), String> {
+    let (id, bias) = s.split_once('=').ok_or_else(|| format!("{s:?} is not ID=BIAS"))?;
+    let id = id.trim().parse::<i32>().map_err(|_| format!("{id:?} is not a token id"))?;
+    let bias = match bias.trim() {
+        "-inf" => f32::NEG_INFINITY,
+        b => b.parse::<f32>().ok().filter(|b| b.is_finite()).ok_or_else(|| format!("{b:?} is not a finite bias or -inf"))?,
+    };
+    Ok((id, bias))
 }
 
 const SELECTION_HELP: &str = "Where tokens are chosen: host (full logit rows, exact for any sampler) or device[:K] \

@@ -115,14 +115,47 @@ pub struct pardec_session_params {
     /// n > 0 on the backend (GPU), which hands the host each row's n best candidates — the
     /// same tokens for greedy and top_k <= n. Appended in 0.2; older callers get 0.
     pub device_candidates: u32,
+    /// llama.cpp's repetition penalty (1.0: off; > 0) over each node's penalty window: a
+    /// windowed token's logit is divided by it when positive, multiplied when not. The window
+    /// is the last `penalty_last_n` tokens the node sees (a branch: its parent's at the fork,
+    /// then its own; never a sibling's). Appended in 0.5, as are the fields below.
+    pub repeat_penalty: f32,
+    /// Subtracted from a windowed token's logit per occurrence (0: off).
+    pub frequency_penalty: f32,
+    /// Subtracted once from every windowed token's logit (0: off).
+    pub presence_penalty: f32,
+    /// Penalty window length: 0 turns penalties off, -1 is the whole context (default 64).
+    pub penalty_last_n: i32,
+    /// Biases added to logits before anything else (-INFINITY bans a token); may be NULL
+    /// when `n_logit_bias` is 0. Read during `pardec_session_new` only. Penalties and biases
+    /// need host selection (`device_candidates` 0).
+    pub logit_bias: *const pardec_logit_bias,
+    /// Entries of `logit_bias` (at most PARDEC_MAX_LOGIT_BIASES).
+    pub n_logit_bias: usize,
 }
+
+/// One entry of `pardec_session_params.logit_bias`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct pardec_logit_bias {
+    /// A token id of the model's vocabulary.
+    pub token: i32,
+    /// Added to its logit: finite, or -INFINITY to ban it.
+    pub bias: f32,
+}
+
+/// Most entries in `pardec_session_params.logit_bias`.
+pub const PARDEC_MAX_LOGIT_BIASES: usize = 1 << 20;
 
 /// `sizeof(pardec_session_params)` before `device_candidates` was appended.
 const SESSION_PARAMS_V1_SIZE: usize = std::mem::offset_of!(pardec_session_params, device_candidates);
+/// `sizeof(pardec_session_params)` before the penalties were appended (0.2 to 0.4).
+const SESSION_PARAMS_V2_SIZE: usize = std::mem::offset_of!(pardec_session_params, repeat_penalty);
 
 impl Versioned for pardec_session_params {
     const NAME: &'static str = "pardec_session_params";
-    const SIZES: &'static [usize] = &[SESSION_PARAMS_V1_SIZE, size_of::<pardec_session_params>()];
+    const SIZES: &'static [usize] =
+        &[SESSION_PARAMS_V1_SIZE, SESSION_PARAMS_V2_SIZE, size_of::<pardec_session_params>()];
 }
 
 impl Default for pardec_session_params {
@@ -166,12 +199,21 @@ impl Default for pardec_session_params {
                 Selection::Host => 0,
                 Selection::Device { candidates } => candidates,
             },
+            repeat_penalty: sampling.repeat_penalty,
+            frequency_penalty: sampling.frequency_penalty,
+            presence_penalty: sampling.presence_penalty,
+            penalty_last_n: sampling.penalty_last_n,
+            logit_bias: std::ptr::null(),
+            n_logit_bias: 0,
         }
     }
 }
 
 impl pardec_session_params {
-    pub(crate) fn to_rust(self) -> FfiResult<SessionParams> {
+    /// # Safety
+    /// `logit_bias` is NULL or points to `n_logit_bias` entries (when within the limit).
+    pub(crate) unsafe fn to_rust(self) -> FfiResult<SessionParams> {
+        let biases = array_arg(self.logit_bias, self.n_logit_bias, PARDEC_MAX_LOGIT_BIASES, "logit_bias")?;
         let kv_type = match self.kv_type {
             x if x == pardec_kv_type::F16 as u32 => KvType::F16,
             x if x == pardec_kv_type::F32 as u32 => KvType::F32,
@@ -198,6 +240,11 @@ impl pardec_session_params {
                 top_p: s.top_p,
                 min_p: s.min_p,
                 seed: s.seed,
+                repeat_penalty: self.repeat_penalty,
+                frequency_penalty: self.frequency_penalty,
+                presence_penalty: self.presence_penalty,
+                penalty_last_n: self.penalty_last_n,
+                logit_bias: biases.iter().map(|b| (b.token, b.bias)).collect(),
             },
             selection: match self.device_candidates {
                 0 => Selection::Host,

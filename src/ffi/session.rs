@@ -294,6 +294,7 @@ pub unsafe extern "C" fn pardec_session_new(
         } else {
             read_versioned(params, pardec_session_params::default())?
         };
+        // SAFETY: the header documents `logit_bias` as `n_logit_bias` readable entries.
         let session = Session::new(&model.model, params.to_rust()?)?;
         let handle = pardec_session { inner: Mutex::new(session), poisoned: AtomicBool::new(false) };
         *out = Box::into_raw(Box::new(handle));

@@ -203,7 +203,13 @@ impl Session {
         self.blocks[b].join = Some(mode);
         self.blocks[b].rule = rule;
         self.blocks[b].reread = reread.len();
+        // The parent now sees the kept branches, in order: so do its penalties.
+        let mut seen = Vec::new();
+        for &c in &kept_nodes {
+            flat_tokens(&self.nodes, &self.blocks, c, &mut seen);
+        }
         let node = &mut self.nodes[p];
+        node.window.extend(&seen);
         node.open_block = None;
         node.state = super::NodeState::Idle;
         node.next_pos = new_next;

@@ -24,6 +24,7 @@ mod fork;
 mod join;
 mod kv;
 mod lora;
+mod penalties;
 mod prefill;
 mod results;
 mod score;
@@ -374,6 +375,11 @@ fn device_candidates(params: &SessionParams, n_vocab: usize) -> Result<Option<u3
             "device selection keeps 1..={n_vocab} candidates per row, not {candidates}"
         )));
     }
+    if params.sampling.adjustments().any() {
+        return Err(Error::InvalidArgument(
+            "the logit bias and the repetition penalties change full logit rows: use Selection::Host".into(),
+        ));
+    }
     if params.record_logits || params.leak_between_siblings {
         return Err(Error::InvalidArgument(
             "record_logits and leak_between_siblings read full logit rows: use Selection::Host".into(),
@@ -401,7 +407,7 @@ impl Session {
         if params.max_depth == 0 {
             return Err(Error::InvalidArgument("max_depth must be at least 1".into()));
         }
-        params.sampling.validate()?;
+        params.sampling.validate_for(model.n_vocab())?;
         let n_seq_max = params.max_branches + 1;
         // llama.cpp reserves one output row per sequence within the batch (min(n_ctx, n_batch)
         // rows) and aborts when they do not fit (`output_reserve`).
@@ -485,7 +491,9 @@ impl Session {
         self.nodes.clear();
         self.blocks.clear();
         self.pool = SeqPool::new(self.n_seq_max);
-        self.nodes.push(Node::new(TRUNK_SEQ, BranchSampler::new(&self.params.sampling, &[])));
+        let mut trunk = Node::new(TRUNK_SEQ, BranchSampler::new(&self.params.sampling, &[]));
+        trunk.window.set_capacity(self.params.sampling.window_capacity(self.n_ctx));
+        self.nodes.push(trunk);
     }
 
     /// Forgets everything: empties the KV cache, the tree and the statistics.
@@ -524,9 +532,19 @@ impl Session {
 
     /// Replaces the sampling parameters for branches forked from now on (and the trunk's, if
     /// nothing was generated yet).
+    /// Every node's penalty window keeps its tokens under the new `penalty_last_n`.
     pub fn set_sampling(&mut self, sampling: SamplingParams) -> Result<()> {
-        sampling.validate()?;
+        sampling.validate_for(self.model.n_vocab())?;
+        if self.device_candidates.is_some() && sampling.adjustments().any() {
+            return Err(Error::InvalidArgument(
+                "the logit bias and the repetition penalties change full logit rows: use Selection::Host".into(),
+            ));
+        }
         self.params.sampling = sampling;
+        let capacity = self.params.sampling.window_capacity(self.n_ctx);
+        for node in &mut self.nodes {
+            node.window.set_capacity(capacity);
+        }
         let trunk = &mut self.nodes[0];
         trunk.sampler = BranchSampler::new(&self.params.sampling, &trunk.path);
         Ok(())

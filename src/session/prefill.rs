@@ -118,6 +118,7 @@ impl Session {
         node_ref.no_scores_because = "it was rewound";
         let seq = node_ref.seq;
         self.ctx.seq_rm(seq, from);
+        self.refill_window(idx);
         Ok(())
     }
 
@@ -260,5 +261,13 @@ impl Session {
         }
         node.next_pos = pos0;
         node.cells -= drop;
+        self.refill_window(idx);
+    }
+
+    /// Rebuilds a node's penalty window from the text it sees (after tokens were taken back).
+    pub(super) fn refill_window(&mut self, idx: usize) {
+        let mut seen = Vec::new();
+        super::tree::seen_tokens(&self.nodes, &self.blocks, idx, &mut seen);
+        self.nodes[idx].window.refill(&seen);
     }
 }

@@ -10,10 +10,15 @@ use std::collections::BinaryHeap;
 
 use serde::{Deserialize, Serialize};
 
+use super::penalties::{Adjustments, PenaltyWindow};
 use crate::model::Token;
 
 /// How a branch picks its next token. `temperature <= 0` means greedy (argmax).
+///
+/// The logit bias and the penalties change the logits before any of the rest (llama.cpp's
+/// semantics, see [`SamplingParams::repeat_penalty`]); they need host selection.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct SamplingParams {
     /// Softmax temperature; must be finite. 0 (the default) or below samples greedily.
     pub temperature: f32,
@@ -26,11 +31,39 @@ pub struct SamplingParams {
     /// Seed of every branch's random stream (mixed with the branch's path in the fork tree):
     /// the same seed gives the same text whatever the batching. Unused when greedy.
     pub seed: u64,
+    /// llama.cpp's repetition penalty (1.0: off; > 0): the logit of every token in the node's
+    /// penalty window is divided by it when positive and multiplied by it when not.
+    ///
+    /// The window is the last `penalty_last_n` tokens of the text the node sees: prompt,
+    /// appended and sampled text; a branch starts from its parent's window at the fork and
+    /// adds only its own tokens (a sibling's never enter it); a join appends the kept
+    /// branches' tokens, in order, to the parent's.
+    pub repeat_penalty: f32,
+    /// Subtracted from a windowed token's logit once per occurrence (0.0: off; finite).
+    pub frequency_penalty: f32,
+    /// Subtracted once from the logit of every token in the window (0.0: off; finite).
+    pub presence_penalty: f32,
+    /// Tokens in the penalty window: 0 turns the penalties off, -1 means the whole context.
+    pub penalty_last_n: i32,
+    /// Added to a token's logit before anything else; `f32::NEG_INFINITY` bans it. Token ids
+    /// must be in the vocabulary; a bias must not be NaN or +inf.
+    pub logit_bias: Vec<(Token, f32)>,
 }
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0, seed: 0 }
+        SamplingParams {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            seed: 0,
+            repeat_penalty: 1.0,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
+            penalty_last_n: 64,
+            logit_bias: Vec::new(),
+        }
     }
 }
 
@@ -52,13 +85,66 @@ impl SamplingParams {
             && (0.0..=1.0).contains(&self.top_p)
             && self.min_p.is_finite()
             && (0.0..=1.0).contains(&self.min_p);
-        if ok {
-            Ok(())
-        } else {
-            Err(crate::Error::InvalidArgument(format!(
-                "sampling parameters out of range: {self:?} (temperature finite, top_p and \
-                 min_p in [0, 1])"
-            )))
+        if !ok {
+            return Err(crate::Error::InvalidArgument(format!(
+                "sampling parameters out of range: temperature {}, top_p {}, min_p {} \
+                 (temperature finite, top_p and min_p in [0, 1])",
+                self.temperature, self.top_p, self.min_p
+            )));
+        }
+        if !(self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0) {
+            return Err(crate::Error::InvalidArgument(format!(
+                "repeat_penalty {} must be finite and above 0 (1.0 is off)",
+                self.repeat_penalty
+            )));
+        }
+        if !(self.frequency_penalty.is_finite() && self.presence_penalty.is_finite()) {
+            return Err(crate::Error::InvalidArgument(format!(
+                "frequency_penalty {} and presence_penalty {} must be finite",
+                self.frequency_penalty, self.presence_penalty
+            )));
+        }
+        if self.penalty_last_n < -1 {
+            return Err(crate::Error::InvalidArgument(format!(
+                "penalty_last_n {}: use -1 (whole context), 0 (off) or a count",
+                self.penalty_last_n
+            )));
+        }
+        if let Some((t, b)) = self.logit_bias.iter().find(|(_, b)| b.is_nan() || *b == f32::INFINITY) {
+            return Err(crate::Error::InvalidArgument(format!(
+                "logit bias {b} for token {t}: use a finite bias, or -inf to ban the token"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Also checks what depends on the model: logit-bias ids inside the vocabulary.
+    pub(crate) fn validate_for(&self, n_vocab: usize) -> crate::Result<()> {
+        self.validate()?;
+        if let Some((t, _)) = self.logit_bias.iter().find(|(t, _)| *t < 0 || *t as usize >= n_vocab) {
+            return Err(crate::Error::InvalidArgument(format!(
+                "logit bias for token {t}: outside the vocabulary (0..{n_vocab})"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The logit adjustments these parameters ask for.
+    pub(crate) fn adjustments(&self) -> Adjustments<'_> {
+        let window = self.penalty_last_n != 0;
+        Adjustments {
+            repeat: if window { self.repeat_penalty } else { 1.0 },
+            frequency: if window { self.frequency_penalty } else { 0.0 },
+            presence: if window { self.presence_penalty } else { 0.0 },
+            bias: &self.logit_bias,
+        }
+    }
+
+    /// Tokens the penalty window keeps in a context of `n_ctx` cells.
+    pub(crate) fn window_capacity(&self, n_ctx: u32) -> usize {
+        match self.penalty_last_n {
+            -1 => n_ctx as usize,
+            n => n.max(0) as usize,
         }
     }
 }
@@ -257,6 +343,8 @@ pub(crate) struct BranchSampler {
     params: SamplingParams,
     rng: SplitMix64,
     scratch: Vec<(f32, u32)>,
+    /// A copy of the logit row with the bias and penalties applied (reused every step).
+    adjusted: Vec<f32>,
     /// The k best candidates of a full row while it is scanned (worst on top).
     best_k: BinaryHeap<Reverse<Ranked>>,
 }
@@ -267,6 +355,7 @@ impl BranchSampler {
             params: params.clone(),
             rng: SplitMix64(branch_seed(params.seed, path)),
             scratch: Vec::new(),
+            adjusted: Vec::new(),
             best_k: BinaryHeap::new(),
         }
     }
@@ -277,6 +366,30 @@ impl BranchSampler {
         let mut sorted = banned.to_vec();
         sorted.sort_unstable();
         self.sample_sorted(scores, &sorted)
+    }
+
+    /// [`BranchSampler::sample_sorted`] after the logit bias and the penalties over `window`
+    /// (on a copy of the row: llama.cpp's rows are read-only). Candidate sets are used as they
+    /// are: the session refuses adjustments with device selection.
+    pub(crate) fn sample_adjusted(
+        &mut self,
+        scores: Scores<'_>,
+        banned: &[Token],
+        adjustments: &Adjustments<'_>,
+        window: &PenaltyWindow,
+    ) -> Token {
+        match scores {
+            Scores::Full(row) if adjustments.any() => {
+                let mut adjusted = std::mem::take(&mut self.adjusted);
+                adjusted.clear();
+                adjusted.extend_from_slice(row);
+                adjustments.apply(&mut adjusted, window);
+                let token = self.sample_sorted(Scores::Full(&adjusted), banned);
+                self.adjusted = adjusted;
+                token
+            }
+            _ => self.sample_sorted(scores, banned),
+        }
     }
 
     /// Picks the next token. `banned` tokens, a sorted list (the session sorts each run's once),
@@ -560,7 +673,7 @@ mod tests {
             let cand = Scores::Candidates { ids: &ids, logits: &vals };
             let banned = [argmax(&logits) as Token];
             let greedy = SamplingParams::greedy();
-            let sampled = SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.9, min_p: 0.01, seed: round };
+            let sampled = SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.9, min_p: 0.01, seed: round, ..Default::default() };
             for (params, bans) in [(&greedy, &[][..]), (&greedy, &banned[..]), (&sampled, &[][..]), (&sampled, &banned[..])] {
                 let mut full = BranchSampler::new(params, &[1, 2]);
                 let mut sparse = BranchSampler::new(params, &[1, 2]);
@@ -606,6 +719,7 @@ mod tests {
                 top_p: 0.9,
                 min_p: 0.0,
                 seed: round,
+                ..Default::default()
             };
             let mut fast = BranchSampler::new(&params, &[3]);
             let mut reference = BranchSampler::new(&params, &[3]);

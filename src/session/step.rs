@@ -113,7 +113,7 @@ impl Session {
         }
         let saved = std::mem::take(&mut node.saved);
         let forced = scripted_token(&mut self.script, node);
-        sample_next(node, &self.model, self.params.record_logits, saved.view(), forced, None);
+        sample_next(node, &self.model, &self.params, saved.view(), forced, None);
         node.saved = saved;
     }
 
@@ -195,8 +195,9 @@ impl Session {
         const PARALLEL_MIN_FLOATS: usize = 1 << 20;
         self.picks.clear();
         self.picks.resize(chunk.len(), NO_PICK);
-        if self.script.is_some() || self.device_candidates.is_some() {
+        if self.script.is_some() || self.device_candidates.is_some() || self.params.sampling.adjustments().any() {
             // A script may force any token, and candidate sets are tiny: sample at commit.
+            // So do penalised nodes, whose window must hold the token committed just before.
             return;
         }
         let Session { ctx, nodes, picks, selection_threads, .. } = self;
@@ -280,7 +281,7 @@ impl Session {
                 let forced = scripted_token(&mut self.script, node);
                 let pick = self.picks.get(row as usize).copied().filter(|&p| p != NO_PICK);
                 let choosing = Instant::now();
-                sample_next(node, &self.model, self.params.record_logits, scores, forced, pick);
+                sample_next(node, &self.model, &self.params, scores, forced, pick);
                 self.counters.selection_time += choosing.elapsed();
                 if matches!(node.stop_reason, Some(StopReason::Eog)) {
                     // Kept so the node can be resumed (or forked) after the EOG.
@@ -361,18 +362,18 @@ impl Session {
 pub(super) fn sample_next(
     node: &mut Node,
     model: &Model,
-    record_logits: bool,
+    params: &SessionParams,
     scores: Scores<'_>,
     forced: Option<Token>,
     preselected: Option<Token>,
 ) {
-    if let (true, Scores::Full(row)) = (record_logits, scores) {
+    if let (true, Scores::Full(row)) = (params.record_logits, scores) {
         node.logit_trace.push(row.to_vec());
     }
     let token = match (forced, preselected) {
         (Some(t), _) if t >= 0 && (t as usize) < model.n_vocab() => t,
         (_, Some(t)) => t,
-        _ => node.sampler.sample_sorted(scores, &node.banned),
+        _ => node.sampler.sample_adjusted(scores, &node.banned, &params.sampling.adjustments(), &node.window),
     };
     if model.is_eog(token) {
         node.state = NodeState::Idle;

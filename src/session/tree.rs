@@ -4,6 +4,7 @@
 
 use serde::Serialize;
 
+use super::penalties::PenaltyWindow;
 use super::sampling::{BranchSampler, SavedScores};
 use super::join::JoinRule;
 use super::text::Utf8Stream;
@@ -93,6 +94,8 @@ pub(crate) struct Node {
     /// Tokens this run may not sample.
     pub banned: Vec<Token>,
     pub sampler: BranchSampler,
+    /// The tokens the repetition penalties look back on (see `penalties.rs`).
+    pub window: PenaltyWindow,
     /// Next-token scores after this node's last decoded token, kept when it stops so it can
     /// resume or fork. Empty when stale (after a join that kept branches).
     pub saved: SavedScores,
@@ -129,6 +132,7 @@ impl Node {
             stop_lookback: Vec::new(),
             banned: Vec::new(),
             sampler,
+            window: PenaltyWindow::default(),
             saved: SavedScores::default(),
             no_scores_because: "it has decoded nothing yet",
             pending_bytes: Vec::new(),
@@ -167,6 +171,7 @@ impl Node {
         }
         self.next_pos += 1;
         self.cells += 1;
+        self.window.push(token);
     }
 
     /// The node's own text, nested blocks excluded (invalid UTF-8 replaced).
@@ -320,6 +325,57 @@ pub(crate) fn flat_tokens(nodes: &[Node], blocks: &[Block], idx: usize, out: &mu
             }
         }
     }
+}
+
+/// The text a node sees, as tokens in order: for a branch of a shared block, its parent's up
+/// to the fork, then its own (kept nested branches flattened in). Rebuilds a penalty window.
+pub(crate) fn seen_tokens(nodes: &[Node], blocks: &[Block], idx: usize, out: &mut Vec<Token>) {
+    if let Some(p) = nodes[idx].parent {
+        let before_fork = nodes[p].items.iter().position(
+            |item| matches!(item, Item::Block(b) if blocks[*b].children.contains(&idx)),
+        );
+        let shared = before_fork.is_some_and(|i| match nodes[p].items[i] {
+            Item::Block(b) => !blocks[b].detached,
+            Item::Text { .. } => false,
+        });
+        if let (true, Some(end)) = (shared, before_fork) {
+            seen_tokens_before(nodes, blocks, p, end, out);
+        }
+    }
+    for item in &nodes[idx].items {
+        match item {
+            Item::Text { tokens, .. } => out.extend_from_slice(tokens),
+            Item::Block(b) => {
+                for (i, &c) in blocks[*b].children.iter().enumerate() {
+                    if is_kept(&blocks[*b], i) {
+                        flat_tokens(nodes, blocks, c, out);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `seen_tokens` of node `idx` limited to its first `end` items.
+fn seen_tokens_before(nodes: &[Node], blocks: &[Block], idx: usize, end: usize, out: &mut Vec<Token>) {
+    let mut own = Vec::new();
+    seen_tokens(nodes, blocks, idx, &mut own);
+    // The items from `end` on are what the node added after the fork: drop them.
+    let mut after = Vec::new();
+    for item in &nodes[idx].items[end..] {
+        match item {
+            Item::Text { tokens, .. } => after.extend_from_slice(tokens),
+            Item::Block(b) => {
+                for (i, &c) in blocks[*b].children.iter().enumerate() {
+                    if is_kept(&blocks[*b], i) {
+                        flat_tokens(nodes, blocks, c, &mut after);
+                    }
+                }
+            }
+        }
+    }
+    own.truncate(own.len() - after.len().min(own.len()));
+    out.extend_from_slice(&own);
 }
 
 pub(crate) fn report(nodes: &[Node], blocks: &[Block], idx: usize) -> (NodeReport, Vec<u8>) {
