@@ -27,6 +27,18 @@ fn branches(model: &Model, sampling: &SamplingParams, prefixes: &[&str], max_tok
     ids.iter().map(|&id| s.node_tokens(id)).collect()
 }
 
+/// `branches` on a session made greedy, given `sampling` only after the prompt.
+fn branches_set_late(model: &Model, sampling: &SamplingParams, prefixes: &[&str], max_tokens: usize) -> Vec<Vec<i32>> {
+    let mut s = session(model, SamplingParams::greedy());
+    let prompt = model.apply_chat_template(&[("user", "Four tips for desk workers")]).unwrap();
+    s.prompt(&prompt).unwrap();
+    s.set_sampling(sampling.clone()).unwrap();
+    let specs: Vec<BranchSpec> = prefixes.iter().map(|p| branch(p, max_tokens)).collect();
+    let ids = s.fork(NodeId::TRUNK, &specs).unwrap();
+    s.run(&mut pardec::Silent).unwrap();
+    ids.iter().map(|&id| s.node_tokens(id)).collect()
+}
+
 /// How often the most repeated run of `n` tokens occurs.
 fn most_repeated(tokens: &[i32], n: usize) -> usize {
     let mut counts = std::collections::HashMap::new();
@@ -49,6 +61,9 @@ fn a_repetition_penalty_breaks_the_loop_a_greedy_run_falls_into() {
     println!("most repeated 8-token run: {looped} times plain, {broken} times penalised");
     assert!(looped >= 2, "the plain greedy run no longer loops ({looped}): pick another prompt");
     assert!(broken < looped, "the penalty did not break the loop ({broken} vs {looped})");
+    // Penalties turned on after the prompt look back on it just the same (windows are rebuilt
+    // from the text).
+    assert_eq!(&branches_set_late(&model, &penalised(), &["1. Posture:"], 64)[0], fixed);
 }
 
 #[test]

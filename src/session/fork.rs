@@ -84,10 +84,14 @@ impl Session {
             child.path = path;
             child.label = label;
             child.depth = depth;
-            child.window.set_capacity(self.params.sampling.window_capacity(self.n_ctx));
+            // The branch looks back on what it sees: its parent's window (when it shares the
+            // parent's cells), then itself.
+            child.window = if shared {
+                parent.window.clone()
+            } else {
+                PenaltyWindow::new(self.params.sampling.window_capacity(self.n_ctx))
+            };
             if shared {
-                // The branch looks back on what it sees: its parent's window, then itself.
-                child.window = parent.window.clone();
                 child.next_pos = parent.next_pos;
                 child.cells = parent.cells;
                 child.cells_at_fork = parent.cells;

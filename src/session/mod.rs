@@ -46,6 +46,7 @@ use crate::llama::{Batch, ContextConfig, LlamaContext, Sampled};
 use crate::model::{Model, Token};
 use crate::stats::{Counters, Stats};
 use kv::{SeqPool, TRUNK_SEQ};
+use penalties::PenaltyWindow;
 use sampling::{BranchSampler, SamplingParams, Scores};
 use step::selection_threads;
 use lora::check_adapters;
@@ -375,17 +376,24 @@ fn device_candidates(params: &SessionParams, n_vocab: usize) -> Result<Option<u3
             "device selection keeps 1..={n_vocab} candidates per row, not {candidates}"
         )));
     }
-    if params.sampling.adjustments().any() {
-        return Err(Error::InvalidArgument(
-            "the logit bias and the repetition penalties change full logit rows: use Selection::Host".into(),
-        ));
-    }
+    host_only_adjustments(&params.sampling)?;
     if params.record_logits || params.leak_between_siblings {
         return Err(Error::InvalidArgument(
             "record_logits and leak_between_siblings read full logit rows: use Selection::Host".into(),
         ));
     }
     Ok(Some(candidates))
+}
+
+/// Device selection hands the host candidate sets, which the logit bias and the penalties
+/// would re-rank from outside the set: they need full rows.
+fn host_only_adjustments(sampling: &SamplingParams) -> Result<()> {
+    if sampling.adjustments().any() {
+        return Err(Error::InvalidArgument(
+            "the logit bias and the repetition penalties change full logit rows: use Selection::Host".into(),
+        ));
+    }
+    Ok(())
 }
 
 impl Session {
@@ -492,7 +500,7 @@ impl Session {
         self.blocks.clear();
         self.pool = SeqPool::new(self.n_seq_max);
         let mut trunk = Node::new(TRUNK_SEQ, BranchSampler::new(&self.params.sampling, &[]));
-        trunk.window.set_capacity(self.params.sampling.window_capacity(self.n_ctx));
+        trunk.window = PenaltyWindow::new(self.params.sampling.window_capacity(self.n_ctx));
         self.nodes.push(trunk);
     }
 
@@ -531,19 +539,19 @@ impl Session {
     }
 
     /// Replaces the sampling parameters for branches forked from now on (and the trunk's, if
-    /// nothing was generated yet).
-    /// Every node's penalty window keeps its tokens under the new `penalty_last_n`.
+    /// nothing was generated yet). Every node's penalty window then holds the last
+    /// `penalty_last_n` tokens of its text.
     pub fn set_sampling(&mut self, sampling: SamplingParams) -> Result<()> {
         sampling.validate_for(self.model.n_vocab())?;
-        if self.device_candidates.is_some() && sampling.adjustments().any() {
-            return Err(Error::InvalidArgument(
-                "the logit bias and the repetition penalties change full logit rows: use Selection::Host".into(),
-            ));
+        if self.device_candidates.is_some() {
+            host_only_adjustments(&sampling)?;
         }
         self.params.sampling = sampling;
         let capacity = self.params.sampling.window_capacity(self.n_ctx);
-        for node in &mut self.nodes {
-            node.window.set_capacity(capacity);
+        for idx in 0..self.nodes.len() {
+            // Windows are kept only while a penalty is on: rebuild them from the text.
+            self.nodes[idx].window = PenaltyWindow::new(capacity);
+            self.refill_window(idx);
         }
         let trunk = &mut self.nodes[0];
         trunk.sampler = BranchSampler::new(&self.params.sampling, &trunk.path);

@@ -26,7 +26,6 @@ pub(crate) struct PenaltyWindow {
 
 impl PenaltyWindow {
     /// An empty window keeping the last `capacity` tokens (0 keeps none).
-    #[cfg(test)]
     pub(crate) fn new(capacity: usize) -> Self {
         PenaltyWindow { recent: VecDeque::new(), counts: HashMap::new(), capacity }
     }
@@ -48,16 +47,6 @@ impl PenaltyWindow {
         let skip = tokens.len().saturating_sub(self.capacity);
         for &t in &tokens[skip..] {
             self.push(t);
-        }
-    }
-
-    /// Keeps the same tokens under a new capacity (the last ones when it shrinks).
-    pub(crate) fn set_capacity(&mut self, capacity: usize) {
-        self.capacity = capacity;
-        while self.recent.len() > capacity {
-            if let Some(old) = self.recent.pop_front() {
-                self.forget(old);
-            }
         }
     }
 
@@ -94,7 +83,8 @@ pub(crate) struct Adjustments<'a> {
 }
 
 impl Adjustments<'_> {
-    fn penalises(&self) -> bool {
+    /// Whether a penalty is on (the window matters).
+    pub(crate) fn penalises(&self) -> bool {
         self.repeat != 1.0 || self.frequency != 0.0 || self.presence != 0.0
     }
 
@@ -140,10 +130,11 @@ mod tests {
         assert_eq!(w.count(6), 1);
         w.push(8);
         assert_eq!(w.count(6), 0);
-        w.set_capacity(1);
-        assert_eq!((w.count(5), w.count(7), w.count(8)), (0, 0, 1));
-        w.refill(&[1, 1, 1]);
-        assert_eq!(w.count(1), 1);
+        let mut one = PenaltyWindow::new(1);
+        one.extend(&[5, 7, 8]);
+        assert_eq!((one.count(5), one.count(7), one.count(8)), (0, 0, 1));
+        one.refill(&[1, 1, 1]);
+        assert_eq!((one.count(1), one.count(8)), (1, 0));
         let mut off = PenaltyWindow::new(0);
         off.push(3);
         assert_eq!(off.count(3), 0);

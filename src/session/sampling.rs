@@ -140,8 +140,13 @@ impl SamplingParams {
         }
     }
 
-    /// Tokens the penalty window keeps in a context of `n_ctx` cells.
+    /// Tokens the penalty window keeps in a context of `n_ctx` cells: none while no penalty is
+    /// on, so the default costs nothing per token (`Session::set_sampling` rebuilds windows
+    /// from the text when penalties are turned on).
     pub(crate) fn window_capacity(&self, n_ctx: u32) -> usize {
+        if !self.adjustments().penalises() {
+            return 0;
+        }
         match self.penalty_last_n {
             -1 => n_ctx as usize,
             n => n.max(0) as usize,

@@ -312,7 +312,12 @@ fn is_kept(block: &Block, i: usize) -> bool {
 /// The tokens of node `idx` in text order, kept branches of its blocks flattened in: the
 /// node's part of the transcript, as token ids.
 pub(crate) fn flat_tokens(nodes: &[Node], blocks: &[Block], idx: usize, out: &mut Vec<Token>) {
-    for item in &nodes[idx].items {
+    flat_items(nodes, blocks, &nodes[idx].items, out);
+}
+
+/// The tokens of `items` in text order, kept branches of their blocks flattened in.
+fn flat_items(nodes: &[Node], blocks: &[Block], items: &[Item], out: &mut Vec<Token>) {
+    for item in items {
         match item {
             Item::Text { tokens, .. } => out.extend_from_slice(tokens),
             Item::Block(b) => {
@@ -327,55 +332,24 @@ pub(crate) fn flat_tokens(nodes: &[Node], blocks: &[Block], idx: usize, out: &mu
     }
 }
 
-/// The text a node sees, as tokens in order: for a branch of a shared block, its parent's up
-/// to the fork, then its own (kept nested branches flattened in). Rebuilds a penalty window.
+/// The text a node sees, as tokens in order: for a branch of a shared block, what its parent
+/// saw up to the fork, then its own (kept nested branches flattened in). Rebuilds a penalty
+/// window.
 pub(crate) fn seen_tokens(nodes: &[Node], blocks: &[Block], idx: usize, out: &mut Vec<Token>) {
-    if let Some(p) = nodes[idx].parent {
-        let before_fork = nodes[p].items.iter().position(
-            |item| matches!(item, Item::Block(b) if blocks[*b].children.contains(&idx)),
-        );
-        let shared = before_fork.is_some_and(|i| match nodes[p].items[i] {
-            Item::Block(b) => !blocks[b].detached,
-            Item::Text { .. } => false,
-        });
-        if let (true, Some(end)) = (shared, before_fork) {
-            seen_tokens_before(nodes, blocks, p, end, out);
-        }
-    }
-    for item in &nodes[idx].items {
-        match item {
-            Item::Text { tokens, .. } => out.extend_from_slice(tokens),
-            Item::Block(b) => {
-                for (i, &c) in blocks[*b].children.iter().enumerate() {
-                    if is_kept(&blocks[*b], i) {
-                        flat_tokens(nodes, blocks, c, out);
-                    }
-                }
-            }
-        }
-    }
+    seen_tokens_upto(nodes, blocks, idx, nodes[idx].items.len(), out);
 }
 
-/// `seen_tokens` of node `idx` limited to its first `end` items.
-fn seen_tokens_before(nodes: &[Node], blocks: &[Block], idx: usize, end: usize, out: &mut Vec<Token>) {
-    let mut own = Vec::new();
-    seen_tokens(nodes, blocks, idx, &mut own);
-    // The items from `end` on are what the node added after the fork: drop them.
-    let mut after = Vec::new();
-    for item in &nodes[idx].items[end..] {
-        match item {
-            Item::Text { tokens, .. } => after.extend_from_slice(tokens),
-            Item::Block(b) => {
-                for (i, &c) in blocks[*b].children.iter().enumerate() {
-                    if is_kept(&blocks[*b], i) {
-                        flat_tokens(nodes, blocks, c, &mut after);
-                    }
-                }
-            }
+/// `seen_tokens` of node `idx` with only its first `end` items.
+fn seen_tokens_upto(nodes: &[Node], blocks: &[Block], idx: usize, end: usize, out: &mut Vec<Token>) {
+    if let Some(p) = nodes[idx].parent {
+        let fork_item = nodes[p].items.iter().position(
+            |item| matches!(item, Item::Block(b) if !blocks[*b].detached && blocks[*b].children.contains(&idx)),
+        );
+        if let Some(fork_item) = fork_item {
+            seen_tokens_upto(nodes, blocks, p, fork_item, out);
         }
     }
-    own.truncate(own.len() - after.len().min(own.len()));
-    out.extend_from_slice(&own);
+    flat_items(nodes, blocks, &nodes[idx].items[..end], out);
 }
 
 pub(crate) fn report(nodes: &[Node], blocks: &[Block], idx: usize) -> (NodeReport, Vec<u8>) {
