@@ -64,6 +64,11 @@
 #define PARDEC_MAX_CHAT_MESSAGES 4096
 
 /**
+ * Most token ids one `pardec_model_detokenize` call renders.
+ */
+#define PARDEC_MAX_DETOKENIZE_TOKENS (1 << 24)
+
+/**
  * Most stop strings in one `pardec_run_limits`.
  */
 #define PARDEC_MAX_STOP_STRINGS 64
@@ -72,6 +77,8 @@
  * Most banned token ids in one `pardec_run_limits`.
  */
 #define PARDEC_MAX_BANNED_TOKENS (1 << 20)
+
+
 
 /**
  * Most entries in `pardec_session_params.logit_bias`.
@@ -406,6 +413,36 @@ typedef struct pardec_chat_message {
 } pardec_chat_message;
 
 /**
+ * The vocabulary's special tokens; -1 where it has none.
+ */
+typedef struct pardec_special_tokens {
+    /**
+     * Beginning of sequence.
+     */
+    int32_t bos;
+    /**
+     * End of sequence.
+     */
+    int32_t eos;
+    /**
+     * End of turn (chat models).
+     */
+    int32_t eot;
+    /**
+     * Separator.
+     */
+    int32_t sep;
+    /**
+     * Newline.
+     */
+    int32_t nl;
+    /**
+     * Padding.
+     */
+    int32_t pad;
+} pardec_special_tokens;
+
+/**
  * How a session picks tokens. `temperature <= 0` (or below 1e-20) is greedy (argmax), fully
  * deterministic.
  */
@@ -523,6 +560,13 @@ typedef struct pardec_session_params {
      * Entries of `logit_bias` (at most PARDEC_MAX_LOGIT_BIASES).
      */
     size_t n_logit_bias;
+    /**
+     * Log-probabilities: -1 (the default) records none; n in 0..=PARDEC_MAX_TOP_LOGPROBS
+     * records every generated token's log-probability under the model (log-softmax of the
+     * raw logits) and its step's n most likely tokens, in TOKEN events and in results
+     * (`pardec_result_logprobs`). Needs host selection. Appended in 0.5 (after the biases).
+     */
+    int32_t logprobs;
 } pardec_session_params;
 
 /**
@@ -586,6 +630,12 @@ typedef struct pardec_block_info {
 } pardec_block_info;
 
 /**
+ * A node of a session's fork tree: `PARDEC_NODE_TRUNK` or a branch returned by
+ * `pardec_session_fork`. Node ids are never reused until `pardec_session_clear`.
+ */
+typedef uint32_t pardec_node;
+
+/**
  * One branch of a result. Pointers are owned by the result.
  */
 typedef struct pardec_branch_info {
@@ -614,6 +664,11 @@ typedef struct pardec_branch_info {
      * join that kept it).
      */
     bool kept;
+    /**
+     * The branch's node (as in events; for `pardec_result_logprobs`). Added in 0.5 in what
+     * was padding: the struct's size did not change.
+     */
+    pardec_node node;
 } pardec_branch_info;
 
 /**
@@ -697,10 +752,45 @@ typedef struct pardec_stats {
 } pardec_stats;
 
 /**
- * A node of a session's fork tree: `PARDEC_NODE_TRUNK` or a branch returned by
- * `pardec_session_fork`. Node ids are never reused until `pardec_session_clear`.
+ * One of a step's most likely tokens.
  */
-typedef uint32_t pardec_node;
+typedef struct pardec_top_logprob {
+    /**
+     * The token id.
+     */
+    int32_t token;
+    /**
+     * Its natural-log probability under the model.
+     */
+    float logprob;
+} pardec_top_logprob;
+
+/**
+ * A generated token's log-probability (see `pardec_session_params.logprobs`). Pointers are
+ * owned by the result.
+ */
+typedef struct pardec_token_logprob {
+    /**
+     * KV position of the token in its node.
+     */
+    int32_t pos;
+    /**
+     * The token the node committed.
+     */
+    int32_t token;
+    /**
+     * Its natural-log probability under the model (<= 0).
+     */
+    float logprob;
+    /**
+     * The step's most likely tokens, most likely first (`n_top` entries; NULL when 0).
+     */
+    const struct pardec_top_logprob *top;
+    /**
+     * Entries of `top`.
+     */
+    size_t n_top;
+} pardec_token_logprob;
 
 /**
  * One streamed event. Everything it points to is valid only during the callback.
@@ -748,6 +838,24 @@ typedef struct pardec_event {
      * DONE: the status the call returns; OK otherwise.
      */
     enum pardec_status status;
+    /**
+     * TOKEN, when the session records log-probabilities (`pardec_session_params.logprobs`
+     * >= 0) and this is not a flush: true, and the three fields below are set. Appended in
+     * 0.5: check `struct_size` before reading them.
+     */
+    bool has_logprob;
+    /**
+     * The token's natural-log probability under the model (<= 0).
+     */
+    float logprob;
+    /**
+     * The step's most likely tokens, most likely first (`n_top` entries; NULL when 0).
+     */
+    const struct pardec_top_logprob *top;
+    /**
+     * Entries of `top`.
+     */
+    size_t n_top;
 } pardec_event;
 
 /**
@@ -870,6 +978,68 @@ enum pardec_status pardec_model_apply_chat_template(const struct pardec_model *m
                                                     char **out_text);
 
 /**
+ * Tokenizes UTF-8 `text` into `out_tokens[0..capacity]` and writes the token count to
+ * `*out_n`. `add_bos` adds the model's start token where its metadata asks for one;
+ * `parse_special` reads special-token text (`<|im_start|>`) as those tokens; pass false for
+ * text from users. When the tokens do not fit, only `*out_n` is written (call again with
+ * that capacity); `capacity` `strlen(text) + 2` always suffices.
+ *
+ * Errors: NULL_ARGUMENT, INVALID_UTF8, OUT_OF_RANGE (capacity too small), INVALID_ARGUMENT
+ * (a model without a tokenizer, or one llama.cpp fails on).
+ */
+enum pardec_status pardec_model_tokenize(const struct pardec_model *model,
+                                         const char *text,
+                                         bool add_bos,
+                                         bool parse_special,
+                                         int32_t *out_tokens,
+                                         size_t capacity,
+                                         size_t *out_n);
+
+/**
+ * Writes the bytes token `token` renders to (special tokens as their text) to
+ * `out_bytes[0..capacity]` and their count to `*out_len`; no NUL is added. A piece need not
+ * be valid UTF-8 on its own (a character may span tokens). When it does not fit, only
+ * `*out_len` is written.
+ *
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (token outside the vocabulary), OUT_OF_RANGE.
+ */
+enum pardec_status pardec_model_token_piece(const struct pardec_model *model,
+                                            int32_t token,
+                                            char *out_bytes,
+                                            size_t capacity,
+                                            size_t *out_len);
+
+/**
+ * Renders `n_tokens` token ids to text (bytes that are not valid UTF-8 become U+FFFD);
+ * `*out_text` receives a new string to release with `pardec_string_free`.
+ *
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (an id outside the vocabulary, more than
+ * PARDEC_MAX_DETOKENIZE_TOKENS ids).
+ */
+enum pardec_status pardec_model_detokenize(const struct pardec_model *model,
+                                           const int32_t *tokens,
+                                           size_t n_tokens,
+                                           char **out_text);
+
+/**
+ * Writes the vocabulary's special tokens. Pass `sizeof(pardec_special_tokens)` as `size`.
+ *
+ * Errors: NULL_ARGUMENT, STRUCT_SIZE.
+ */
+enum pardec_status pardec_model_special_tokens(const struct pardec_model *model,
+                                               struct pardec_special_tokens *out_tokens,
+                                               size_t size);
+
+/**
+ * Writes to `*out_is_eog` whether `token` ends a generation (EOS, EOT, ...).
+ *
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (token outside the vocabulary).
+ */
+enum pardec_status pardec_model_token_is_eog(const struct pardec_model *model,
+                                             int32_t token,
+                                             bool *out_is_eog);
+
+/**
  * Fills `out` with the default model parameters. Pass `sizeof(pardec_model_params)` as
  * `struct_size`; it is stored in `out->struct_size`.
  *
@@ -945,6 +1115,19 @@ enum pardec_status pardec_result_branch(const struct pardec_result *result,
 enum pardec_status pardec_result_stats(const struct pardec_result *result,
                                        struct pardec_stats *out_stats,
                                        size_t size);
+
+/**
+ * Writes to `*out_entries` the log-probabilities of the tokens `node` generated, in order
+ * (owned by the result), and their count to `*out_n`. A node that generated nothing, or a
+ * session that records no log-probabilities (`pardec_session_params.logprobs` -1), gives
+ * NULL and 0. Nodes are the ids events and `pardec_branch_info.node` carry.
+ *
+ * Errors: NULL_ARGUMENT.
+ */
+enum pardec_status pardec_result_logprobs(const struct pardec_result *result,
+                                          pardec_node node,
+                                          const struct pardec_token_logprob **out_entries,
+                                          size_t *out_n);
 
 /**
  * Creates a session on a model. `params` may be NULL for the defaults. On success

@@ -43,11 +43,12 @@ mod stats;
 pub use adapter::Adapter;
 pub use backend::backend;
 pub use error::{Error, Result};
-pub use model::{Model, ModelParams, Token};
+pub use model::{Model, ModelParams, SpecialTokens, Token};
 pub use session::sampling::SamplingParams;
 pub use session::{
     BranchSpec, Event, ItemReport, JoinMode, JoinRule, KvType, NodeId, NodeReport, Observer, Origin, RunLimits,
-    Selection, Session, SessionParams, Silent, StopReason, TokenScript, Transcript,
+    Selection, Session, SessionParams, Silent, StopReason, TokenLogprob, TokenScript, Transcript,
+    MAX_TOP_LOGPROBS,
 };
 pub use stats::Stats;
 

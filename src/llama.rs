@@ -238,9 +238,28 @@ impl LlamaModel {
         unsafe { sys::llama_vocab_is_eog(self.vocab(), token) }
     }
 
-    /// Tokenizes UTF-8 text, parsing special tokens written in it. The caller makes sure the
-    /// vocabulary has a tokenizer (llama.cpp asserts on type "none"). Err: why not.
-    pub(crate) fn tokenize(&self, text: &str, add_special: bool) -> Result<Vec<Token>, Threw> {
+    /// The vocabulary's special tokens: BOS, EOS, EOT, SEP, newline and padding, each
+    /// `None` where the vocabulary has none (llama.cpp's LLAMA_TOKEN_NULL, or out of range).
+    pub(crate) fn special_tokens(&self) -> [Option<Token>; 6] {
+        let vocab = self.vocab();
+        // SAFETY: plain getters of the vocabulary's fields.
+        let ids = unsafe {
+            [
+                sys::llama_vocab_bos(vocab),
+                sys::llama_vocab_eos(vocab),
+                sys::llama_vocab_eot(vocab),
+                sys::llama_vocab_sep(vocab),
+                sys::llama_vocab_nl(vocab),
+                sys::llama_vocab_pad(vocab),
+            ]
+        };
+        ids.map(|t| (0..self.n_vocab()).contains(&t).then_some(t))
+    }
+
+    /// Tokenizes UTF-8 text, parsing special tokens written in it (`<|im_start|>`) when
+    /// `parse_special`. The caller makes sure the vocabulary has a tokenizer (llama.cpp
+    /// asserts on type "none"). Err: why not.
+    pub(crate) fn tokenize(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<Token>, Threw> {
         let len = i32::try_from(text.len()).map_err(|_| Threw("the text is longer than 2 GiB".into()))?;
         // A token covers at least one byte, plus room for BOS/EOS.
         let mut tokens: Vec<Token> = vec![0; text.len() + 2];
@@ -250,7 +269,7 @@ impl LlamaModel {
             // SAFETY: `text` is readable for `len` bytes and `tokens` writable for `cap` ids;
             // a negative result is the count needed, nothing is written past `cap`.
             let status = unsafe {
-                shim::pardec_shim_tokenize(self.vocab(), text.as_ptr().cast(), len, tokens.as_mut_ptr(), cap, add_special, true, &mut n)
+                shim::pardec_shim_tokenize(self.vocab(), text.as_ptr().cast(), len, tokens.as_mut_ptr(), cap, add_special, parse_special, &mut n)
             };
             if status != 0 {
                 return Err(Threw(shim::last_message()));

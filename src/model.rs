@@ -11,6 +11,7 @@ use std::sync::Arc;
 use crate::backend::backend;
 use crate::error::{Error, Result};
 use crate::gguf::HeaderError;
+use serde::Serialize;
 pub use crate::llama::Token;
 use crate::llama::{LlamaModel, LoadFailure};
 
@@ -199,6 +200,12 @@ impl Model {
         &self.inner.eog_tokens
     }
 
+    /// The vocabulary's special tokens (each `None` where it has none).
+    pub fn special_tokens(&self) -> SpecialTokens {
+        let [bos, eos, eot, sep, nl, pad] = self.inner.llama.special_tokens();
+        SpecialTokens { bos, eos, eot, sep, nl, pad }
+    }
+
     /// Whether `token` ends a generation (EOS, EOT, ...).
     pub fn is_eog(&self, token: Token) -> bool {
         self.inner.llama.is_eog(token)
@@ -207,13 +214,20 @@ impl Model {
     /// Tokenizes text. `add_bos` adds the model's start token where its metadata asks for
     /// one; special tokens written in the text (`<|im_start|>`) are parsed as such.
     pub fn tokenize(&self, text: &str, add_bos: bool) -> Result<Vec<Token>> {
+        self.tokenize_with(text, add_bos, true)
+    }
+
+    /// Tokenizes text as [`Model::tokenize`] does, but with `parse_special` false a special
+    /// token's text (`<|im_start|>`) is tokenized as plain text: for text from users, who
+    /// must not be able to open a chat turn by typing its marker.
+    pub fn tokenize_with(&self, text: &str, add_bos: bool, parse_special: bool) -> Result<Vec<Token>> {
         if !self.inner.has_text_vocab {
             return Err(Error::InvalidArgument(
                 "this model has no tokenizer (tokenizer.ggml.model = none): pass token ids"
                     .into(),
             ));
         }
-        self.inner.llama.tokenize(text, add_bos).map_err(|why| {
+        self.inner.llama.tokenize(text, add_bos, parse_special).map_err(|why| {
             Error::InvalidArgument(format!("llama.cpp could not tokenize {} bytes of text: {}", text.len(), why.0))
         })
     }
@@ -267,4 +281,21 @@ impl Model {
             )
         })
     }
+}
+
+/// A vocabulary's special tokens, as llama.cpp reads them from the GGUF metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct SpecialTokens {
+    /// Beginning of sequence.
+    pub bos: Option<Token>,
+    /// End of sequence.
+    pub eos: Option<Token>,
+    /// End of turn (chat models).
+    pub eot: Option<Token>,
+    /// Separator.
+    pub sep: Option<Token>,
+    /// Newline.
+    pub nl: Option<Token>,
+    /// Padding.
+    pub pad: Option<Token>,
 }

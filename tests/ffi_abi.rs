@@ -22,21 +22,27 @@ fn struct_layouts_are_frozen() {
     layout!(pardec_chat_message, size 16, { role @ 0, content @ 8 });
     layout!(pardec_sampling_params, size 24, { temperature @ 0, top_k @ 4, top_p @ 8, min_p @ 12, seed @ 16 });
     // 0.2 appended device_candidates (0.1's struct was 64 bytes and is still accepted), 0.5
-    // the penalties and the logit bias (0.2's 72 bytes are still accepted).
-    layout!(pardec_session_params, size 104, {
+    // the penalties and the logit bias (0.2's 72 bytes are still accepted), then logprobs
+    // (the 104 bytes of the penalties alone are still accepted).
+    layout!(pardec_session_params, size 112, {
         struct_size @ 0, n_ctx @ 8, n_batch @ 12, max_branches @ 16, max_depth @ 20,
         n_threads @ 24, kv_type @ 28, flash_attn @ 32, sampling @ 40, device_candidates @ 64,
         repeat_penalty @ 68, frequency_penalty @ 72, presence_penalty @ 76, penalty_last_n @ 80,
-        logit_bias @ 88, n_logit_bias @ 96,
+        logit_bias @ 88, n_logit_bias @ 96, logprobs @ 104,
     });
     layout!(pardec_logit_bias, size 8, { token @ 0, bias @ 4 });
+    layout!(pardec_special_tokens, size 24, { bos @ 0, eos @ 4, eot @ 8, sep @ 12, nl @ 16, pad @ 20 });
+    layout!(pardec_top_logprob, size 8, { token @ 0, logprob @ 4 });
+    layout!(pardec_token_logprob, size 32, { pos @ 0, token @ 4, logprob @ 8, top @ 16, n_top @ 24 });
     layout!(pardec_run_limits, size 56, {
         struct_size @ 0, max_tokens @ 8, stop @ 16, n_stop @ 24, ban_eog @ 32,
         banned_tokens @ 40, n_banned_tokens @ 48,
     });
-    layout!(pardec_event, size 64, {
+    // 0.5 appended the log-probability fields (callers read only what their header has).
+    layout!(pardec_event, size 88, {
         struct_size @ 0, kind @ 8, node @ 12, label @ 16, text @ 24, text_len @ 32, token @ 40,
-        stop_reason @ 44, stop_string @ 48, status @ 56,
+        stop_reason @ 44, stop_string @ 48, status @ 56, has_logprob @ 60, logprob @ 64,
+        top @ 72, n_top @ 80,
     });
     // 0.2 appended host_us_per_step and selection_us_per_step (0.1's struct was 128 bytes
     // and is still accepted).
@@ -49,6 +55,7 @@ fn struct_layouts_are_frozen() {
     layout!(pardec_block_info, size 24, { parent_label @ 0, n_branches @ 8, fork_pos @ 16, join_state @ 20 });
     layout!(pardec_branch_info, size 48, {
         label @ 0, text @ 8, n_tokens @ 16, stop_reason @ 24, stop_string @ 32, kept @ 40,
+        node @ 44,
     });
     // C enums are int-sized.
     assert_eq!(size_of::<pardec_status>(), 4);

@@ -267,6 +267,10 @@ struct SamplingOpts {
     /// Add BIAS to token ID's logit, as ID=BIAS (-inf bans it); repeatable
     #[arg(long, value_name = "ID=BIAS", value_parser = logit_bias_entry)]
     logit_bias: Vec<(i32, f32)>,
+    /// Record each generated token's log-probability and its step's N most likely tokens
+    /// (in --stream json token events and the --json transcript)
+    #[arg(long, value_name = "N")]
+    logprobs: Option<usize>,
 }
 
 impl SamplingOpts {
@@ -754,11 +758,25 @@ struct JsonEvent<'a> {
     kept: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     message: Option<&'a str>,
+    /// The token's log-probability and its step's most likely tokens (`--logprobs`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    logprob: Option<&'a pardec::TokenLogprob>,
 }
 
 impl<'a> JsonEvent<'a> {
     fn new(kind: &'a str, branch: &'a str) -> Self {
-        JsonEvent { kind, node: None, branch, token: None, text: None, reason: None, branches: None, kept: None, message: None }
+        JsonEvent {
+            kind,
+            node: None,
+            branch,
+            token: None,
+            text: None,
+            reason: None,
+            branches: None,
+            kept: None,
+            message: None,
+            logprob: None,
+        }
     }
 }
 
@@ -896,7 +914,7 @@ impl Watch {
 impl Observer for Watch {
     fn on_event(&mut self, ev: &Event<'_>) -> bool {
         match ev {
-            Event::Token { node, label, token, text } => {
+            Event::Token { node, label, token, text, logprob } => {
                 self.tokens += 1;
                 if !label.is_empty() {
                     self.branch_tokens += 1;
@@ -907,6 +925,7 @@ impl Observer for Watch {
                         node: Some(node.index()),
                         token: (*token >= 0).then_some(*token),
                         text: Some(text),
+                        logprob: *logprob,
                         ..JsonEvent::new("token", label)
                     }),
                     StreamMode::Log if text.is_empty() => {}
@@ -1181,6 +1200,7 @@ fn cmd_run(a: &RunArgs) -> CliResult<()> {
         sampling: a.sampling.params(),
         selection: a.selection.unwrap_or(Selection::Host),
         adapters: adapters(&a.lora, &model)?,
+        logprobs: a.sampling.logprobs,
         ..Default::default()
     };
     let mut session = Session::new(&model, params)?;
@@ -1327,6 +1347,7 @@ fn cmd_run_auto(a: &RunArgs, protocol: &str) -> CliResult<()> {
         sampling: a.sampling.params(),
         selection: a.selection.unwrap_or(Selection::Host),
         adapters: adapters(&a.lora, &model)?,
+        logprobs: a.sampling.logprobs,
         ..Default::default()
     };
     let mut session = Session::new(&model, params)?;

@@ -1,10 +1,12 @@
 //! Model handles.
 
 use std::ffi::c_char;
+use std::mem::size_of;
 use std::path::PathBuf;
 
 use super::boundary::{
-    array_arg, c_string, guard, guard_void, out_arg, read_versioned, str_arg, FfiError, FfiResult,
+    array_arg, c_string, guard, guard_void, out_arg, read_versioned, str_arg, write_versioned, FfiError,
+    FfiResult, Versioned,
 };
 use super::params::pardec_model_params;
 use super::status::pardec_status;
@@ -155,6 +157,174 @@ pub unsafe extern "C" fn pardec_model_apply_chat_template(
         }
         let text = model.model.apply_chat_template(&chat)?;
         *out = c_string(&text).into_raw();
+        Ok(())
+    })
+}
+
+// ----- tokenizer --------------------------------------------------------------------------
+
+/// Most token ids one `pardec_model_detokenize` call renders.
+pub const PARDEC_MAX_DETOKENIZE_TOKENS: usize = 1 << 24;
+
+/// The vocabulary's special tokens; -1 where it has none.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct pardec_special_tokens {
+    /// Beginning of sequence.
+    pub bos: i32,
+    /// End of sequence.
+    pub eos: i32,
+    /// End of turn (chat models).
+    pub eot: i32,
+    /// Separator.
+    pub sep: i32,
+    /// Newline.
+    pub nl: i32,
+    /// Padding.
+    pub pad: i32,
+}
+
+impl Versioned for pardec_special_tokens {
+    const NAME: &'static str = "pardec_special_tokens";
+    const SIZES: &'static [usize] = &[size_of::<pardec_special_tokens>()];
+}
+
+/// A token id inside the model's vocabulary, or INVALID_ARGUMENT.
+fn vocab_token(model: &Model, token: i32) -> FfiResult<crate::Token> {
+    if token < 0 || token as usize >= model.n_vocab() {
+        return Err(FfiError::invalid(format!("token {token} is outside the vocabulary (0..{})", model.n_vocab())));
+    }
+    Ok(token)
+}
+
+/// Copies `items` to `out[0..capacity]` and writes their count to `*out_n`; when they do not
+/// fit, writes only the count (the size to retry with) and fails with OUT_OF_RANGE. `out`
+/// may be NULL when `capacity` is 0 (a size query).
+unsafe fn copy_out<T: Copy>(items: &[T], out: *mut T, capacity: usize, out_n: *mut usize, what: &str) -> FfiResult<()> {
+    let n = out_arg(out_n, "out_n")?;
+    *n = items.len();
+    if items.len() > capacity {
+        return Err(FfiError::new(
+            pardec_status::OutOfRange,
+            format!("{what}: {} needed, capacity {capacity} (retry with *out_n)", items.len()),
+        ));
+    }
+    if !items.is_empty() {
+        std::ptr::copy_nonoverlapping(items.as_ptr(), out_arg(out, what)?, items.len());
+    }
+    Ok(())
+}
+
+/// Tokenizes UTF-8 `text` into `out_tokens[0..capacity]` and writes the token count to
+/// `*out_n`. `add_bos` adds the model's start token where its metadata asks for one;
+/// `parse_special` reads special-token text (`<|im_start|>`) as those tokens; pass false for
+/// text from users. When the tokens do not fit, only `*out_n` is written (call again with
+/// that capacity); `capacity` `strlen(text) + 2` always suffices.
+///
+/// Errors: NULL_ARGUMENT, INVALID_UTF8, OUT_OF_RANGE (capacity too small), INVALID_ARGUMENT
+/// (a model without a tokenizer, or one llama.cpp fails on).
+#[no_mangle]
+pub unsafe extern "C" fn pardec_model_tokenize(
+    model: *const pardec_model,
+    text: *const c_char,
+    add_bos: bool,
+    parse_special: bool,
+    out_tokens: *mut i32,
+    capacity: usize,
+    out_n: *mut usize,
+) -> pardec_status {
+    guard(|| {
+        let model = &model_arg(model)?.model;
+        let text = str_arg(text, "text")?;
+        let tokens = model.tokenize_with(text, add_bos, parse_special)?;
+        copy_out(&tokens, out_tokens, capacity, out_n, "out_tokens")
+    })
+}
+
+/// Writes the bytes token `token` renders to (special tokens as their text) to
+/// `out_bytes[0..capacity]` and their count to `*out_len`; no NUL is added. A piece need not
+/// be valid UTF-8 on its own (a character may span tokens). When it does not fit, only
+/// `*out_len` is written.
+///
+/// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (token outside the vocabulary), OUT_OF_RANGE.
+#[no_mangle]
+pub unsafe extern "C" fn pardec_model_token_piece(
+    model: *const pardec_model,
+    token: i32,
+    out_bytes: *mut c_char,
+    capacity: usize,
+    out_len: *mut usize,
+) -> pardec_status {
+    guard(|| {
+        let model = &model_arg(model)?.model;
+        let token = vocab_token(model, token)?;
+        let mut bytes = Vec::new();
+        model.token_bytes(token, &mut bytes);
+        copy_out(&bytes, out_bytes.cast::<u8>(), capacity, out_len, "out_bytes")
+    })
+}
+
+/// Renders `n_tokens` token ids to text (bytes that are not valid UTF-8 become U+FFFD);
+/// `*out_text` receives a new string to release with `pardec_string_free`.
+///
+/// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (an id outside the vocabulary, more than
+/// PARDEC_MAX_DETOKENIZE_TOKENS ids).
+#[no_mangle]
+pub unsafe extern "C" fn pardec_model_detokenize(
+    model: *const pardec_model,
+    tokens: *const i32,
+    n_tokens: usize,
+    out_text: *mut *mut c_char,
+) -> pardec_status {
+    guard(|| {
+        let model = &model_arg(model)?.model;
+        let tokens = array_arg(tokens, n_tokens, PARDEC_MAX_DETOKENIZE_TOKENS, "tokens")?;
+        let out = out_arg(out_text, "out_text")?;
+        for &t in tokens {
+            vocab_token(model, t)?;
+        }
+        *out = c_string(&model.detokenize(tokens)).into_raw();
+        Ok(())
+    })
+}
+
+/// Writes the vocabulary's special tokens. Pass `sizeof(pardec_special_tokens)` as `size`.
+///
+/// Errors: NULL_ARGUMENT, STRUCT_SIZE.
+#[no_mangle]
+pub unsafe extern "C" fn pardec_model_special_tokens(
+    model: *const pardec_model,
+    out_tokens: *mut pardec_special_tokens,
+    size: usize,
+) -> pardec_status {
+    guard(|| {
+        let s = model_arg(model)?.model.special_tokens();
+        let id = |t: Option<crate::Token>| t.unwrap_or(-1);
+        let tokens = pardec_special_tokens {
+            bos: id(s.bos),
+            eos: id(s.eos),
+            eot: id(s.eot),
+            sep: id(s.sep),
+            nl: id(s.nl),
+            pad: id(s.pad),
+        };
+        write_versioned(out_tokens, &tokens, size)
+    })
+}
+
+/// Writes to `*out_is_eog` whether `token` ends a generation (EOS, EOT, ...).
+///
+/// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (token outside the vocabulary).
+#[no_mangle]
+pub unsafe extern "C" fn pardec_model_token_is_eog(
+    model: *const pardec_model,
+    token: i32,
+    out_is_eog: *mut bool,
+) -> pardec_status {
+    guard(|| {
+        let model = &model_arg(model)?.model;
+        let token = vocab_token(model, token)?;
+        *out_arg(out_is_eog, "out_is_eog")? = model.is_eog(token);
         Ok(())
     })
 }

@@ -132,7 +132,15 @@ pub struct pardec_session_params {
     pub logit_bias: *const pardec_logit_bias,
     /// Entries of `logit_bias` (at most PARDEC_MAX_LOGIT_BIASES).
     pub n_logit_bias: usize,
+    /// Log-probabilities: -1 (the default) records none; n in 0..=PARDEC_MAX_TOP_LOGPROBS
+    /// records every generated token's log-probability under the model (log-softmax of the
+    /// raw logits) and its step's n most likely tokens, in TOKEN events and in results
+    /// (`pardec_result_logprobs`). Needs host selection. Appended in 0.5 (after the biases).
+    pub logprobs: i32,
 }
+
+/// Most alternatives per token `pardec_session_params.logprobs` may ask for.
+pub const PARDEC_MAX_TOP_LOGPROBS: usize = crate::MAX_TOP_LOGPROBS;
 
 /// One entry of `pardec_session_params.logit_bias`.
 #[repr(C)]
@@ -151,11 +159,14 @@ pub const PARDEC_MAX_LOGIT_BIASES: usize = 1 << 20;
 const SESSION_PARAMS_V1_SIZE: usize = std::mem::offset_of!(pardec_session_params, device_candidates);
 /// `sizeof(pardec_session_params)` before the penalties were appended (0.2 to 0.4).
 const SESSION_PARAMS_V2_SIZE: usize = std::mem::offset_of!(pardec_session_params, repeat_penalty);
+/// `sizeof(pardec_session_params)` before `logprobs` was appended (0.5 with penalties only;
+/// the padding after `n_logit_bias` is none, so the offset is the old size).
+const SESSION_PARAMS_V3_SIZE: usize = std::mem::offset_of!(pardec_session_params, logprobs);
 
 impl Versioned for pardec_session_params {
     const NAME: &'static str = "pardec_session_params";
     const SIZES: &'static [usize] =
-        &[SESSION_PARAMS_V1_SIZE, SESSION_PARAMS_V2_SIZE, size_of::<pardec_session_params>()];
+        &[SESSION_PARAMS_V1_SIZE, SESSION_PARAMS_V2_SIZE, SESSION_PARAMS_V3_SIZE, size_of::<pardec_session_params>()];
 }
 
 impl Default for pardec_session_params {
@@ -205,6 +216,7 @@ impl Default for pardec_session_params {
             penalty_last_n: sampling.penalty_last_n,
             logit_bias: std::ptr::null(),
             n_logit_bias: 0,
+            logprobs: -1,
         }
     }
 }
@@ -224,6 +236,11 @@ impl pardec_session_params {
             0 => Some(false),
             1 => Some(true),
             x => return Err(FfiError::invalid(format!("flash_attn {x}: use -1, 0 or 1"))),
+        };
+        let logprobs = match self.logprobs {
+            -1 => None,
+            n if n >= 0 => Some(n as usize), // the session checks the upper bound
+            n => return Err(FfiError::invalid(format!("logprobs {n}: use -1 (off) or a count >= 0"))),
         };
         let s = &self.sampling;
         Ok(SessionParams {
@@ -250,6 +267,7 @@ impl pardec_session_params {
                 0 => Selection::Host,
                 candidates => Selection::Device { candidates },
             },
+            logprobs,
             ..SessionParams::default()
         })
     }

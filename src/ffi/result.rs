@@ -7,7 +7,8 @@ use super::boundary::{
     c_string, guard, guard_void, out_arg, write_versioned, FfiError, FfiResult, Versioned,
 };
 use super::status::pardec_status;
-use crate::{ItemReport, JoinMode, NodeReport, Stats, StopReason, Transcript};
+use super::session::pardec_node;
+use crate::{ItemReport, JoinMode, NodeReport, Stats, StopReason, TokenLogprob, Transcript};
 
 /// Why a node stopped generating.
 #[repr(C)]
@@ -188,6 +189,9 @@ pub struct pardec_branch_info {
     /// Whether the parent attends to this branch (true while the block is open, and after a
     /// join that kept it).
     pub kept: bool,
+    /// The branch's node (as in events; for `pardec_result_logprobs`). Added in 0.5 in what
+    /// was padding: the struct's size did not change.
+    pub node: pardec_node,
 }
 
 impl Versioned for pardec_branch_info {
@@ -195,7 +199,64 @@ impl Versioned for pardec_branch_info {
     const SIZES: &'static [usize] = &[size_of::<pardec_branch_info>()];
 }
 
+/// One of a step's most likely tokens.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct pardec_top_logprob {
+    /// The token id.
+    pub token: i32,
+    /// Its natural-log probability under the model.
+    pub logprob: f32,
+}
+
+/// A generated token's log-probability (see `pardec_session_params.logprobs`). Pointers are
+/// owned by the result.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct pardec_token_logprob {
+    /// KV position of the token in its node.
+    pub pos: i32,
+    /// The token the node committed.
+    pub token: i32,
+    /// Its natural-log probability under the model (<= 0).
+    pub logprob: f32,
+    /// The step's most likely tokens, most likely first (`n_top` entries; NULL when 0).
+    pub top: *const pardec_top_logprob,
+    /// Entries of `top`.
+    pub n_top: usize,
+}
+
+/// One node's log-probabilities inside a result: the entries point into `tops`.
+struct NodeLogprobs {
+    node: usize,
+    entries: Vec<pardec_token_logprob>,
+    /// Owns what `entries[i].top` points to (never changed after the snapshot is made).
+    _tops: Vec<Vec<pardec_top_logprob>>,
+}
+
+impl NodeLogprobs {
+    fn new(node: usize, logprobs: &[TokenLogprob]) -> NodeLogprobs {
+        let tops: Vec<Vec<pardec_top_logprob>> = logprobs
+            .iter()
+            .map(|l| l.top.iter().map(|&(token, logprob)| pardec_top_logprob { token, logprob }).collect())
+            .collect();
+        let entries = logprobs
+            .iter()
+            .zip(&tops)
+            .map(|(l, top)| pardec_token_logprob {
+                pos: l.pos,
+                token: l.token,
+                logprob: l.logprob,
+                top: if top.is_empty() { std::ptr::null() } else { top.as_ptr() },
+                n_top: top.len(),
+            })
+            .collect();
+        NodeLogprobs { node, entries, _tops: tops }
+    }
+}
+
 struct ResultBranch {
+    node: usize,
     label: CString,
     text: CString,
     n_tokens: usize,
@@ -219,19 +280,30 @@ pub struct pardec_result {
     text: CString,
     blocks: Vec<ResultBlock>,
     stats: pardec_stats,
+    /// Nodes with log-probabilities, trunk first, then in the order of `blocks`.
+    logprobs: Vec<NodeLogprobs>,
 }
+
+// SAFETY: the raw pointers in `logprobs` point into buffers the result itself owns and never
+// changes; the result is immutable once made (see its thread-safety note).
+unsafe impl Send for pardec_result {}
+unsafe impl Sync for pardec_result {}
 
 impl pardec_result {
     pub(crate) fn snapshot(transcript: &Transcript, stats: &Stats) -> pardec_result {
         let mut blocks = Vec::new();
-        collect_blocks(&transcript.trunk, &mut blocks);
-        pardec_result { text: c_string(&transcript.text), blocks, stats: pardec_stats::from(stats) }
+        let mut logprobs = Vec::new();
+        collect_blocks(&transcript.trunk, &mut blocks, &mut logprobs);
+        if !transcript.trunk.logprobs.is_empty() {
+            logprobs.insert(0, NodeLogprobs::new(transcript.trunk.node, &transcript.trunk.logprobs));
+        }
+        pardec_result { text: c_string(&transcript.text), blocks, stats: pardec_stats::from(stats), logprobs }
     }
 }
 
 /// Every block under `node`, depth first in the order they were opened (the order of
 /// `Transcript::blocks`): a block comes before the blocks nested in its branches.
-fn collect_blocks(node: &NodeReport, out: &mut Vec<ResultBlock>) {
+fn collect_blocks(node: &NodeReport, out: &mut Vec<ResultBlock>, logprobs: &mut Vec<NodeLogprobs>) {
     for item in &node.items {
         let ItemReport::Block { fork_pos, join, branches, .. } = item else { continue };
         let join_state = match join {
@@ -245,7 +317,11 @@ fn collect_blocks(node: &NodeReport, out: &mut Vec<ResultBlock>) {
             .enumerate()
             .map(|(i, b)| {
                 let (stop_reason, stop) = stop_reason_code(b.stop_reason.as_ref());
+                if !b.logprobs.is_empty() {
+                    logprobs.push(NodeLogprobs::new(b.node, &b.logprobs));
+                }
                 ResultBranch {
+                    node: b.node,
                     label: c_string(&b.label),
                     text: c_string(&b.text),
                     n_tokens: b.tokens,
@@ -266,7 +342,7 @@ fn collect_blocks(node: &NodeReport, out: &mut Vec<ResultBlock>) {
             branches: branches_out,
         });
         for b in branches {
-            collect_blocks(b, out);
+            collect_blocks(b, out, logprobs);
         }
     }
 }
@@ -377,6 +453,7 @@ pub unsafe extern "C" fn pardec_result_branch(
             stop_reason: br.stop_reason,
             stop_string: br.stop_string.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
             kept: br.kept,
+            node: br.node as pardec_node,
         };
         write_versioned(out_info, &info, size)
     })
@@ -394,5 +471,30 @@ pub unsafe extern "C" fn pardec_result_stats(
     guard(|| {
         let r = result_arg(result)?;
         write_versioned(out_stats, &r.stats, size)
+    })
+}
+
+/// Writes to `*out_entries` the log-probabilities of the tokens `node` generated, in order
+/// (owned by the result), and their count to `*out_n`. A node that generated nothing, or a
+/// session that records no log-probabilities (`pardec_session_params.logprobs` -1), gives
+/// NULL and 0. Nodes are the ids events and `pardec_branch_info.node` carry.
+///
+/// Errors: NULL_ARGUMENT.
+#[no_mangle]
+pub unsafe extern "C" fn pardec_result_logprobs(
+    result: *const pardec_result,
+    node: pardec_node,
+    out_entries: *mut *const pardec_token_logprob,
+    out_n: *mut usize,
+) -> pardec_status {
+    guard(|| {
+        let r = result_arg(result)?;
+        let entries = out_arg(out_entries, "out_entries")?;
+        let n = out_arg(out_n, "out_n")?;
+        let found = r.logprobs.iter().find(|l| l.node == node as usize).map(|l| l.entries.as_slice());
+        let list = found.unwrap_or(&[]);
+        *entries = if list.is_empty() { std::ptr::null() } else { list.as_ptr() };
+        *n = list.len();
+        Ok(())
     })
 }

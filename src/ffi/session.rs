@@ -12,7 +12,7 @@ use super::boundary::{
 };
 use super::model::{model_arg, pardec_model};
 use super::params::{pardec_run_limits, pardec_session_params, run_limits_arg};
-use super::result::{pardec_result, pardec_stats, pardec_stop_reason, stop_reason_code};
+use super::result::{pardec_result, pardec_stats, pardec_stop_reason, pardec_top_logprob, stop_reason_code};
 use super::status::pardec_status;
 use crate::session::MAX_SEQUENCES;
 use crate::{BranchSpec, Event, JoinMode, JoinRule, NodeId, Observer, Session};
@@ -138,6 +138,16 @@ pub struct pardec_event {
     pub stop_string: *const c_char,
     /// DONE: the status the call returns; OK otherwise.
     pub status: pardec_status,
+    /// TOKEN, when the session records log-probabilities (`pardec_session_params.logprobs`
+    /// >= 0) and this is not a flush: true, and the three fields below are set. Appended in
+    /// 0.5: check `struct_size` before reading them.
+    pub has_logprob: bool,
+    /// The token's natural-log probability under the model (<= 0).
+    pub logprob: f32,
+    /// The step's most likely tokens, most likely first (`n_top` entries; NULL when 0).
+    pub top: *const pardec_top_logprob,
+    /// Entries of `top`.
+    pub n_top: usize,
 }
 
 /// Receives events on the thread that made the call, before it returns. Return true to go
@@ -156,11 +166,12 @@ struct CObserver {
     label: Vec<u8>,
     text: Vec<u8>,
     stop: Vec<u8>,
+    top: Vec<pardec_top_logprob>,
 }
 
 impl CObserver {
     fn new(callback: pardec_callback, user_data: *mut c_void) -> Self {
-        CObserver { callback, user_data, label: Vec::new(), text: Vec::new(), stop: Vec::new() }
+        CObserver { callback, user_data, label: Vec::new(), text: Vec::new(), stop: Vec::new(), top: Vec::new() }
     }
 
     fn blank(&mut self, kind: pardec_event_kind) -> pardec_event {
@@ -177,6 +188,10 @@ impl CObserver {
             stop_reason: pardec_stop_reason::None,
             stop_string: std::ptr::null(),
             status: pardec_status::Ok,
+            has_logprob: false,
+            logprob: 0.0,
+            top: std::ptr::null(),
+            n_top: 0,
         }
     }
 
@@ -207,21 +222,24 @@ impl Observer for CObserver {
         let Some(cb) = self.callback else { return true };
         // Exhaustive on purpose: a new event kind needs an ABI decision.
         let ev = match *event {
-            Event::Token { node, label, token, text } => {
+            Event::Token { node, label, token, text, logprob } => {
+                let mut ev = self.blank(pardec_event_kind::Token);
                 fill_c_buf(&mut self.label, label);
                 fill_c_buf(&mut self.text, text);
-                pardec_event {
-                    struct_size: size_of::<pardec_event>(),
-                    kind: pardec_event_kind::Token,
-                    node: node.index() as pardec_node,
-                    label: self.label.as_ptr() as *const c_char,
-                    text: self.text.as_ptr() as *const c_char,
-                    text_len: self.text.len() - 1,
-                    token,
-                    stop_reason: pardec_stop_reason::None,
-                    stop_string: std::ptr::null(),
-                    status: pardec_status::Ok,
+                ev.node = node.index() as pardec_node;
+                ev.label = self.label.as_ptr() as *const c_char;
+                ev.text = self.text.as_ptr() as *const c_char;
+                ev.text_len = self.text.len() - 1;
+                ev.token = token;
+                if let Some(lp) = logprob {
+                    self.top.clear();
+                    self.top.extend(lp.top.iter().map(|&(token, logprob)| pardec_top_logprob { token, logprob }));
+                    ev.has_logprob = true;
+                    ev.logprob = lp.logprob;
+                    ev.top = if self.top.is_empty() { std::ptr::null() } else { self.top.as_ptr() };
+                    ev.n_top = self.top.len();
                 }
+                ev
             }
             Event::Fork { parent, label, branches } => {
                 self.auto_event(pardec_event_kind::Fork, parent, label, &branches.join(","))
@@ -231,8 +249,8 @@ impl Observer for CObserver {
                 self.auto_event(pardec_event_kind::Warning, NodeId::TRUNK, label, message)
             }
             Event::End { node, label, reason } => {
+                let mut ev = self.blank(pardec_event_kind::End);
                 fill_c_buf(&mut self.label, label);
-                fill_c_buf(&mut self.text, "");
                 let (code, stop) = stop_reason_code(Some(reason));
                 let stop_string = match stop {
                     Some(s) => {
@@ -241,18 +259,11 @@ impl Observer for CObserver {
                     }
                     None => std::ptr::null(),
                 };
-                pardec_event {
-                    struct_size: size_of::<pardec_event>(),
-                    kind: pardec_event_kind::End,
-                    node: node.index() as pardec_node,
-                    label: self.label.as_ptr() as *const c_char,
-                    text: self.text.as_ptr() as *const c_char,
-                    text_len: 0,
-                    token: -1,
-                    stop_reason: code,
-                    stop_string,
-                    status: pardec_status::Ok,
-                }
+                ev.node = node.index() as pardec_node;
+                ev.label = self.label.as_ptr() as *const c_char;
+                ev.stop_reason = code;
+                ev.stop_string = stop_string;
+                ev
             }
         };
         unsafe { cb(self.user_data, &ev) }

@@ -23,6 +23,7 @@
 mod fork;
 mod join;
 mod kv;
+mod logprobs;
 mod lora;
 mod penalties;
 mod prefill;
@@ -52,6 +53,7 @@ use step::selection_threads;
 use lora::check_adapters;
 use tree::{report, Block, Node, NodeState};
 pub use join::JoinRule;
+pub use logprobs::{TokenLogprob, MAX_TOP_LOGPROBS};
 pub use tree::{ItemReport, JoinMode, NodeReport, Origin, StopReason, Transcript};
 
 /// No token chosen ahead for this row (see `Session::preselect`).
@@ -127,6 +129,12 @@ pub struct SessionParams {
     /// LoRA adapters of the session's model, each with its scale (1.0: as trained); see
     /// [`Session::set_adapters`].
     pub adapters: Vec<(Adapter, f32)>,
+    /// Log-probabilities of every generated token: `Some(n)` records, per node, each sampled
+    /// token's log-probability under the model (the log-softmax of the raw logits, before
+    /// bias, penalties or temperature, as llama-cpp-python reports them) and the `n` most
+    /// likely tokens of its step (0 to [`MAX_TOP_LOGPROBS`]); see [`Session::node_logprobs`]
+    /// and [`Event::Token`]. `None` (the default) costs nothing. Needs host selection.
+    pub logprobs: Option<usize>,
     /// Keep the logits of every sampled token (for equivalence tests; costs memory).
     #[doc(hidden)]
     pub record_logits: bool,
@@ -149,6 +157,7 @@ impl Default for SessionParams {
             sampling: SamplingParams::default(),
             selection: Selection::Host,
             adapters: Vec::new(),
+            logprobs: None,
             record_logits: false,
             leak_between_siblings: false,
         }
@@ -240,6 +249,9 @@ pub enum Event<'a> {
         token: Token,
         /// The characters this token completed (whole UTF-8).
         text: &'a str,
+        /// The token's log-probability and its step's most likely tokens, when the session
+        /// records them ([`SessionParams::logprobs`]); `None` otherwise and for flushes.
+        logprob: Option<&'a TokenLogprob>,
     },
     /// `node` stopped generating.
     End {
@@ -377,6 +389,11 @@ fn device_candidates(params: &SessionParams, n_vocab: usize) -> Result<Option<u3
         )));
     }
     host_only_adjustments(&params.sampling)?;
+    if params.logprobs.is_some() {
+        return Err(Error::InvalidArgument(
+            "log-probabilities need the full logit row of every step: use Selection::Host".into(),
+        ));
+    }
     if params.record_logits || params.leak_between_siblings {
         return Err(Error::InvalidArgument(
             "record_logits and leak_between_siblings read full logit rows: use Selection::Host".into(),
@@ -416,6 +433,11 @@ impl Session {
             return Err(Error::InvalidArgument("max_depth must be at least 1".into()));
         }
         params.sampling.validate_for(model.n_vocab())?;
+        if let Some(n) = params.logprobs.filter(|&n| n > MAX_TOP_LOGPROBS) {
+            return Err(Error::InvalidArgument(format!(
+                "logprobs {n}: at most {MAX_TOP_LOGPROBS} alternatives per token"
+            )));
+        }
         let n_seq_max = params.max_branches + 1;
         // llama.cpp reserves one output row per sequence within the batch (min(n_ctx, n_batch)
         // rows) and aborts when they do not fit (`output_reserve`).

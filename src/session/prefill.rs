@@ -114,6 +114,7 @@ impl Session {
         node_ref.items = items;
         node_ref.next_pos = from;
         node_ref.cells -= removed;
+        node_ref.logprobs.retain(|l| l.pos < from);
         node_ref.saved.clear();
         node_ref.no_scores_because = "it was rewound";
         let seq = node_ref.seq;

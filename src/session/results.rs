@@ -99,6 +99,13 @@ impl Session {
         self.nodes.get(node.0).and_then(|n| n.stop_reason.as_ref())
     }
 
+    /// Log-probabilities of the tokens the node generated, in order: empty unless the session
+    /// records them ([`SessionParams::logprobs`]). Forced text (prompt, prefixes, join text)
+    /// has none.
+    pub fn node_logprobs(&self, node: NodeId) -> &[TokenLogprob] {
+        self.nodes.get(node.0).map_or(&[], |n| n.logprobs.as_slice())
+    }
+
     /// Logits of every token the node sampled (requires `record_logits`).
     #[doc(hidden)]
     pub fn logit_trace(&self, node: NodeId) -> &[Vec<f32>] {

@@ -251,7 +251,12 @@ impl Session {
         {
             let node = &mut self.nodes[idx];
             let bytes = std::mem::take(&mut node.pending_bytes);
+            let pos = node.next_pos;
             node.push_token(Origin::Generated, entry.token, &bytes);
+            if let Some(mut lp) = node.pending_logprob.take() {
+                lp.pos = pos;
+                node.logprobs.push(lp);
+            }
             self.text_scratch.clear();
             node.utf8.push(&bytes, &mut self.text_scratch);
             node.pending_bytes = bytes;
@@ -266,6 +271,7 @@ impl Session {
             label: &self.nodes[idx].label,
             token: entry.token,
             text: &self.text_scratch,
+            logprob: self.nodes[idx].logprobs.last().filter(|l| l.pos == entry.pos),
         });
         let scores = row_scores(&self.ctx, self.device_candidates.is_some(), row)?;
         match finishing {
@@ -304,6 +310,7 @@ impl Session {
                 label: &node.label,
                 token: -1,
                 text: &self.text_scratch,
+                logprob: None,
             });
         }
         let reason = node.stop_reason.clone().unwrap_or(StopReason::Cancelled);
@@ -321,6 +328,7 @@ impl Session {
                 // The scores after its last decoded token were consumed by sampling the
                 // dropped token; the node needs appended text before it generates again.
                 node.saved.clear();
+                node.pending_logprob = None;
                 node.no_scores_because = match reason {
                     StopReason::KvCacheFull => "the KV cache filled: the token it had sampled was never decoded",
                     _ => "its run was stopped (cancelled, or a failed decode): the token it had sampled was never decoded",
@@ -374,6 +382,10 @@ pub(super) fn sample_next(
         (Some(t), _) if t >= 0 && (t as usize) < model.n_vocab() => t,
         (_, Some(t)) => t,
         _ => node.sampler.sample_adjusted(scores, &node.banned, &params.sampling.adjustments(), &node.window),
+    };
+    node.pending_logprob = match (params.logprobs, scores) {
+        (Some(n), Scores::Full(row)) if !model.is_eog(token) => Some(super::logprobs::token_logprob(row, token, n)),
+        _ => None,
     };
     if model.is_eog(token) {
         node.state = NodeState::Idle;

@@ -4,6 +4,7 @@
 
 use serde::Serialize;
 
+use super::logprobs::TokenLogprob;
 use super::penalties::PenaltyWindow;
 use super::sampling::{BranchSampler, SavedScores};
 use super::join::JoinRule;
@@ -103,6 +104,10 @@ pub(crate) struct Node {
     pub no_scores_because: &'static str,
     /// Bytes of the pending token, rendered at sampling time.
     pub pending_bytes: Vec<u8>,
+    /// Log-probabilities of the pending token (when the session records them).
+    pub pending_logprob: Option<TokenLogprob>,
+    /// Log-probabilities of the node's generated tokens, in order (`SessionParams::logprobs`).
+    pub logprobs: Vec<TokenLogprob>,
     pub utf8: Utf8Stream,
     pub open_block: Option<usize>,
     /// False once joined or discarded: its sequence id went back to the pool.
@@ -136,6 +141,8 @@ impl Node {
             saved: SavedScores::default(),
             no_scores_because: "it has decoded nothing yet",
             pending_bytes: Vec::new(),
+            pending_logprob: None,
+            logprobs: Vec::new(),
             utf8: Utf8Stream::default(),
             open_block: None,
             alive: true,
@@ -226,6 +233,9 @@ pub struct NodeReport {
     /// The node's history in order: text pieces (prompt, forced text, generated runs) and
     /// the blocks it forked, each with its branches.
     pub items: Vec<ItemReport>,
+    /// Log-probabilities of the node's generated tokens, when the session records them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 /// A piece of a node's history.
@@ -398,6 +408,7 @@ pub(crate) fn report(nodes: &[Node], blocks: &[Block], idx: usize) -> (NodeRepor
             text,
             stop_reason: node.stop_reason.clone(),
             items,
+            logprobs: node.logprobs.clone(),
         },
         flat,
     )
