@@ -585,7 +585,10 @@ typedef struct pardec_run_limits {
     uint32_t max_tokens;
     /**
      * Stop when any of these UTF-8 strings appears in the run's text (the token completing
-     * it is kept). `n_stop` entries, none NULL; may be NULL when `n_stop` is 0.
+     * it is kept). `n_stop` entries, none NULL; may be NULL when `n_stop` is 0. A stop may
+     * begin in text forced right before the run (a branch prefix) and end in it. A stop of
+     * whitespace only ("\n") matches only once the run has written something else than
+     * whitespace (a point starting on a new line has not ended); "" never matches.
      */
     const char *const *stop;
     /**
@@ -604,6 +607,11 @@ typedef struct pardec_run_limits {
      * Number of banned tokens (at most PARDEC_MAX_BANNED_TOKENS).
      */
     size_t n_banned_tokens;
+    /**
+     * `pardec_session_generate` returns its text without the stop string that ended the run
+     * (the session keeps every token). Appended in 0.5; older callers get false.
+     */
+    bool strip_stop;
 } pardec_run_limits;
 
 /**
@@ -1337,6 +1345,26 @@ enum pardec_status pardec_session_generate_auto(struct pardec_session *session,
                                                 pardec_callback callback,
                                                 void *user_data,
                                                 char **out_report_json);
+
+/**
+ * `pardec_session_generate_auto` with stop strings for the answer: it ends when one of the
+ * `n_stop` strings in `stop` (may be NULL when `n_stop` is 0; at most
+ * PARDEC_MAX_STOP_STRINGS) appears in text the trunk writes itself, outside the branches,
+ * with the rules of `pardec_run_limits.stop`. A string that is also one of the protocol's own
+ * markers stays the protocol's. The trunk's stop reason is then STOP_STRING.
+ *
+ * Errors: as `pardec_session_generate_auto`.
+ */
+enum pardec_status pardec_session_generate_auto_stop(struct pardec_session *session,
+                                                     const char *protocol,
+                                                     size_t max_tokens,
+                                                     size_t max_branch_tokens,
+                                                     const char *response_prefix,
+                                                     const char *const *stop,
+                                                     size_t n_stop,
+                                                     pardec_callback callback,
+                                                     void *user_data,
+                                                     char **out_report_json);
 
 /**
  * Skeleton-of-Thought for plain instruct models: the model first writes a numbered skeleton

@@ -64,7 +64,7 @@ fn run(model: &Model, rule: JoinRule) -> Run {
         SessionParams { n_ctx: 512, n_threads: 2, kv_type: KvType::F32, record_logits: true, ..Default::default() },
     )
     .unwrap();
-    let free = |n| RunLimits { max_tokens: n, ban_eog: true, banned_tokens: vec![JOIN], stop: vec![] };
+    let free = |n| RunLimits { max_tokens: n, ban_eog: true, banned_tokens: vec![JOIN], stop: vec![], ..Default::default() };
     s.prompt_tokens(&PROMPT).unwrap();
     s.generate(&free(4), &mut Silent).unwrap();
     let specs: Vec<BranchSpec> = BRANCH_TOKENS

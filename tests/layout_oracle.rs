@@ -80,7 +80,7 @@ fn layout_positions_and_mask_reproduce_the_engine() {
     .unwrap();
     s.set_script(Some(Box::new(CloseBranches)));
     // Generated text never contains a control token unless the script puts it there.
-    let free = |n| RunLimits { max_tokens: n, ban_eog: true, banned_tokens: CONTROL.to_vec(), stop: vec![] };
+    let free = |n| RunLimits { max_tokens: n, ban_eog: true, banned_tokens: CONTROL.to_vec(), stop: vec![], ..Default::default() };
 
     s.prompt_tokens(&[5, 77, 310, 12]).unwrap();
     s.generate(&free(5), &mut Silent).unwrap();

@@ -788,13 +788,10 @@ struct Watch {
     progress: bool,
     tokens: usize,
     branch_tokens: usize,
-    stops: Vec<String>,
-    trunk_text: String,
-    stopped: Option<String>,
 }
 
 impl Watch {
-    fn new(stream: bool, json: bool, stops: Vec<String>) -> Watch {
+    fn new(stream: bool, json: bool) -> Watch {
         let stdout_tty = std::io::stdout().is_terminal();
         let mode = match (stream, json) {
             (false, _) => StreamMode::Off,
@@ -809,9 +806,6 @@ impl Watch {
             progress,
             tokens: 0,
             branch_tokens: 0,
-            stops,
-            trunk_text: String::new(),
-            stopped: None,
         }
     }
 
@@ -881,34 +875,6 @@ impl Watch {
         }
         out::flush();
     }
-
-    /// Whether the trunk's generated text now ends a `--stop` string (after `added`).
-    fn trunk_stop(&mut self, added: &str) -> bool {
-        if self.stops.is_empty() || added.is_empty() {
-            return false;
-        }
-        let before = self.trunk_text.len();
-        self.trunk_text.push_str(added);
-        let text = &self.trunk_text;
-        for stop in &self.stops {
-            if stop.is_empty() {
-                continue;
-            }
-            // As the library's stop strings: whitespace alone waits for some content.
-            if stop.trim().is_empty() && text.trim().is_empty() {
-                continue;
-            }
-            let mut from = before.saturating_sub(stop.len() - 1);
-            while !text.is_char_boundary(from) {
-                from -= 1;
-            }
-            if text[from..].contains(stop.as_str()) {
-                self.stopped = Some(stop.clone());
-                return true;
-            }
-        }
-        false
-    }
 }
 
 impl Observer for Watch {
@@ -935,9 +901,6 @@ impl Observer for Watch {
                 if self.progress {
                     let (n, b) = (self.tokens, self.branch_tokens);
                     progress::tick(|| format!("generating: {n} tokens ({b} in branches)"));
-                }
-                if label.is_empty() && self.trunk_stop(text) {
-                    return false;
                 }
             }
             Event::End { node, label, reason } => match self.mode {
@@ -1206,7 +1169,7 @@ fn cmd_run(a: &RunArgs) -> CliResult<()> {
     let mut session = Session::new(&model, params)?;
     let prompt_text = chat_prompt(&model, &a.prompt, a.system.as_deref(), a.raw)?;
     // The trunk's stops are the library's own (RunLimits), so the watcher has none.
-    let mut watch = Watch::new(a.stream, a.json, Vec::new());
+    let mut watch = Watch::new(a.stream, a.json);
     watch.prompt(&prompt_text);
     session.prompt(&prompt_text)?;
     // Stop strings end a branch early (e.g. a newline: one list item per branch).
@@ -1355,9 +1318,10 @@ fn cmd_run_auto(a: &RunArgs, protocol: &str) -> CliResult<()> {
         max_tokens: a.max_tokens.unwrap_or(256),
         max_branch_tokens: a.max_branch_tokens.unwrap_or(96),
         response_prefix: a.response_prefix.clone().unwrap_or_default(),
+        stop: a.stops.clone(),
         ..Default::default()
     };
-    let mut watch = Watch::new(a.stream, a.json, a.stops.clone());
+    let mut watch = Watch::new(a.stream, a.json);
     let mut answer = None;
     let mut sot_points = None;
     let mut fallback = None;
@@ -1413,11 +1377,6 @@ fn cmd_run_auto(a: &RunArgs, protocol: &str) -> CliResult<()> {
         }
     };
     watch.finish();
-    // The watcher cancelled the run at a --stop string: that is the trunk's end, not an error.
-    let outcome = match outcome {
-        Err(Error::Cancelled) if watch.stopped.is_some() => Ok(()),
-        other => other,
-    };
     // A generation that stopped midway prints what it wrote before the error is reported.
     if let Err(e) = &outcome {
         if !matches!(e, Error::KvCacheFull | Error::Cancelled | Error::Decode(_)) {
@@ -1443,7 +1402,10 @@ fn cmd_run_auto(a: &RunArgs, protocol: &str) -> CliResult<()> {
         branches,
         blocks: report.blocks,
         warnings: report.warnings,
-        trunk_stop: watch.stopped.clone(),
+        trunk_stop: match session.stop_reason(NodeId::TRUNK) {
+            Some(StopReason::StopString(s)) => Some(s.clone()),
+            _ => None,
+        },
         stats: session.stats(),
     };
     if a.json {

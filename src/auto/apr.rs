@@ -34,7 +34,9 @@ pub fn generate_apr_into(
     if !params.response_prefix.is_empty() {
         session.append_text(NodeId::TRUNK, &params.response_prefix)?;
     }
-    let stop = vec![format.trigger().to_string()];
+    let protocol_stops = vec![format.trigger().to_string()];
+    let mut stop = protocol_stops.clone();
+    stop.extend(params.stop.iter().filter(|s| !protocol_stops.contains(s)).cloned());
     // A response prefix that ends a calls block itself runs its calls before the model writes.
     let mut prefix_called =
         !params.response_prefix.is_empty() && session.node_text(NodeId::TRUNK).ends_with(format.trigger());
@@ -44,6 +46,9 @@ pub fn generate_apr_into(
             session.resume(NodeId::TRUNK, &RunLimits { max_tokens: budget, stop: stop.clone(), ..Default::default() })?;
             session.run(observer)?;
             budget = budget.saturating_sub(session.node_tokens(NodeId::TRUNK).len() - before);
+            if super::ended_by_caller_stop(session, &params.stop, &protocol_stops) {
+                break;
+            }
             // A trigger written as the run's last allowed token ends the run by its budget, but
             // it was written: its calls run all the same.
             let called = matches!(session.stop_reason(NodeId::TRUNK), Some(StopReason::StopString(_)))

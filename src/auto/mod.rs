@@ -40,12 +40,30 @@ pub struct AutoParams {
     /// Branches never sample end-of-generation: they end at their end marker or budget
     /// (benchmarks that need every branch to write its full budget).
     pub branches_ban_eog: bool,
+    /// The answer ends when one of these appears in text the trunk writes itself (outside
+    /// the branches), with [`StopReason::StopString`] as the trunk's stop reason; the rules
+    /// of [`RunLimits::stop`] apply (whitespace-only stops wait for content). A string that is
+    /// also one of the protocol's own markers stays the protocol's.
+    pub stop: Vec<String>,
 }
 
 impl Default for AutoParams {
     fn default() -> Self {
-        AutoParams { max_tokens: 512, max_branch_tokens: 256, response_prefix: String::new(), branches_ban_eog: false }
+        AutoParams {
+            max_tokens: 512,
+            max_branch_tokens: 256,
+            response_prefix: String::new(),
+            branches_ban_eog: false,
+            stop: Vec::new(),
+        }
     }
+}
+
+/// Whether the trunk's last run ended at one of the caller's stop strings rather than at one
+/// of the protocol's (`protocol_stops`).
+pub(crate) fn ended_by_caller_stop(session: &Session, caller_stops: &[String], protocol_stops: &[String]) -> bool {
+    matches!(session.stop_reason(NodeId::TRUNK), Some(StopReason::StopString(s))
+        if caller_stops.contains(s) && !protocol_stops.contains(s))
 }
 
 /// A block the model opened.
@@ -145,6 +163,8 @@ struct Driver<'s, 'o, 'r> {
     bans: Bans,
     branch_budget: usize,
     branches_ban_eog: bool,
+    /// The caller's stop strings for the trunk (`AutoParams::stop`).
+    trunk_stops: Vec<String>,
 }
 
 /// Generates on the trunk under a stream protocol until the trunk ends (EOG, or its budget).
@@ -184,6 +204,7 @@ pub fn generate_auto_into(
         bans: Bans { cache: HashMap::new() },
         branch_budget: params.max_branch_tokens,
         branches_ban_eog: params.branches_ban_eog,
+        trunk_stops: params.stop.clone(),
     };
     let watcher = Watcher::trunk(&spec);
     driver.add_stream(NodeId::TRUNK, watcher, params.max_tokens);
@@ -206,11 +227,15 @@ impl Driver<'_, '_, '_> {
 
     fn limits(&mut self, node: NodeId) -> RunLimits {
         let stream = &self.streams[&node];
-        let stop = stream.watcher.stop_strings();
+        let mut stop = stream.watcher.stop_strings();
+        if node == NodeId::TRUNK {
+            stop.extend(self.trunk_stops.iter().filter(|s| !stop.contains(s)).cloned().collect::<Vec<_>>());
+        }
         let banned = stream.watcher.banned_strings();
         let budget = stream.budget;
         let ban_eog = self.branches_ban_eog && node != NodeId::TRUNK;
-        RunLimits { max_tokens: budget, stop, ban_eog, banned_tokens: self.bans.tokens(self.session, &banned) }
+        let banned_tokens = self.bans.tokens(self.session, &banned);
+        RunLimits { max_tokens: budget, stop, ban_eog, banned_tokens, ..Default::default() }
     }
 
     /// (Re)starts a stream's generation from where it is; a spent budget ends it instead.
@@ -284,9 +309,17 @@ impl Driver<'_, '_, '_> {
         while !text.is_char_boundary(from) {
             from -= 1;
         }
+        let caller_stop = node == NodeId::TRUNK
+            && ended_by_caller_stop(self.session, &self.trunk_stops, &self.streams[&node].watcher.stop_strings());
         let stream = self.streams.get_mut(&node).expect("stream");
         stream.budget = stream.budget.saturating_sub(used);
         let mut actions = self.feed(node, &text[from..]);
+        if caller_stop {
+            // The answer is over: whatever the same text opened is not started.
+            actions.retain(|a| !matches!(a, Action::Fork(_) | Action::BranchEnd { .. }));
+            actions.extend(self.finish(node, StreamEnd::Eos));
+            return self.act(node, actions, true);
+        }
         // A stop string means "look at the text"; anything else ends the stream.
         let end = match self.session.stop_reason(node) {
             Some(StopReason::StopString(_)) => None,
@@ -401,6 +434,7 @@ impl Driver<'_, '_, '_> {
                     stop: w.stop_strings(),
                     ban_eog: self.branches_ban_eog,
                     banned_tokens: self.bans.tokens(self.session, &banned),
+                    ..Default::default()
                 },
             });
         }

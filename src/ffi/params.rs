@@ -284,7 +284,10 @@ pub struct pardec_run_limits {
     /// Most tokens to sample (default 256).
     pub max_tokens: u32,
     /// Stop when any of these UTF-8 strings appears in the run's text (the token completing
-    /// it is kept). `n_stop` entries, none NULL; may be NULL when `n_stop` is 0.
+    /// it is kept). `n_stop` entries, none NULL; may be NULL when `n_stop` is 0. A stop may
+    /// begin in text forced right before the run (a branch prefix) and end in it. A stop of
+    /// whitespace only ("\n") matches only once the run has written something else than
+    /// whitespace (a point starting on a new line has not ended); "" never matches.
     pub stop: *const *const c_char,
     /// Number of stop strings (at most PARDEC_MAX_STOP_STRINGS).
     pub n_stop: usize,
@@ -294,11 +297,17 @@ pub struct pardec_run_limits {
     pub banned_tokens: *const i32,
     /// Number of banned tokens (at most PARDEC_MAX_BANNED_TOKENS).
     pub n_banned_tokens: usize,
+    /// `pardec_session_generate` returns its text without the stop string that ended the run
+    /// (the session keeps every token). Appended in 0.5; older callers get false.
+    pub strip_stop: bool,
 }
+
+/// `sizeof(pardec_run_limits)` before `strip_stop` was appended.
+const RUN_LIMITS_V1_SIZE: usize = std::mem::offset_of!(pardec_run_limits, strip_stop);
 
 impl Versioned for pardec_run_limits {
     const NAME: &'static str = "pardec_run_limits";
-    const SIZES: &'static [usize] = &[size_of::<pardec_run_limits>()];
+    const SIZES: &'static [usize] = &[RUN_LIMITS_V1_SIZE, size_of::<pardec_run_limits>()];
 }
 
 /// The default token budget of a run. (Rust's `RunLimits::default()` has 0, which generates
@@ -315,8 +324,19 @@ impl Default for pardec_run_limits {
             ban_eog: false,
             banned_tokens: std::ptr::null(),
             n_banned_tokens: 0,
+            strip_stop: false,
         }
     }
+}
+
+/// Reads `n` UTF-8 stop strings (at most PARDEC_MAX_STOP_STRINGS; `p` may be NULL when `n`
+/// is 0).
+///
+/// # Safety
+/// `p` is NULL or points to `n` pointers, each NULL or a NUL-terminated string.
+pub(crate) unsafe fn stop_strings_arg(p: *const *const c_char, n: usize, what: &str) -> FfiResult<Vec<String>> {
+    let stops = array_arg(p, n, PARDEC_MAX_STOP_STRINGS, what)?;
+    stops.iter().enumerate().map(|(i, &s)| str_arg(s, &format!("{what}[{i}]")).map(str::to_owned)).collect()
 }
 
 /// Reads optional run limits (NULL: the defaults) into the Rust type.
@@ -329,12 +349,7 @@ pub(crate) unsafe fn run_limits_arg(p: *const pardec_run_limits) -> FfiResult<Ru
     } else {
         read_versioned(p, pardec_run_limits::default())?
     };
-    let stops = array_arg(limits.stop, limits.n_stop, PARDEC_MAX_STOP_STRINGS, "run_limits.stop")?;
-    let stop = stops
-        .iter()
-        .enumerate()
-        .map(|(i, &s)| str_arg(s, &format!("run_limits.stop[{i}]")).map(str::to_owned))
-        .collect::<FfiResult<Vec<_>>>()?;
+    let stop = stop_strings_arg(limits.stop, limits.n_stop, "run_limits.stop")?;
     let banned = array_arg(
         limits.banned_tokens,
         limits.n_banned_tokens,
@@ -346,6 +361,7 @@ pub(crate) unsafe fn run_limits_arg(p: *const pardec_run_limits) -> FfiResult<Ru
         stop,
         ban_eog: limits.ban_eog,
         banned_tokens: banned.to_vec(),
+        strip_stop: limits.strip_stop,
     })
 }
 

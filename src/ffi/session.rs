@@ -11,7 +11,7 @@ use super::boundary::{
     str_arg, write_versioned, FfiError, FfiResult,
 };
 use super::model::{model_arg, pardec_model};
-use super::params::{pardec_run_limits, pardec_session_params, run_limits_arg};
+use super::params::{pardec_run_limits, pardec_session_params, run_limits_arg, stop_strings_arg};
 use super::result::{pardec_result, pardec_stats, pardec_stop_reason, pardec_top_logprob, stop_reason_code};
 use super::status::pardec_status;
 use crate::session::MAX_SEQUENCES;
@@ -685,6 +685,40 @@ pub unsafe extern "C" fn pardec_session_generate_auto(
     user_data: *mut c_void,
     out_report_json: *mut *mut c_char,
 ) -> pardec_status {
+    pardec_session_generate_auto_stop(
+        session,
+        protocol,
+        max_tokens,
+        max_branch_tokens,
+        response_prefix,
+        std::ptr::null(),
+        0,
+        callback,
+        user_data,
+        out_report_json,
+    )
+}
+
+/// `pardec_session_generate_auto` with stop strings for the answer: it ends when one of the
+/// `n_stop` strings in `stop` (may be NULL when `n_stop` is 0; at most
+/// PARDEC_MAX_STOP_STRINGS) appears in text the trunk writes itself, outside the branches,
+/// with the rules of `pardec_run_limits.stop`. A string that is also one of the protocol's own
+/// markers stays the protocol's. The trunk's stop reason is then STOP_STRING.
+///
+/// Errors: as `pardec_session_generate_auto`.
+#[no_mangle]
+pub unsafe extern "C" fn pardec_session_generate_auto_stop(
+    session: *mut pardec_session,
+    protocol: *const c_char,
+    max_tokens: usize,
+    max_branch_tokens: usize,
+    response_prefix: *const c_char,
+    stop: *const *const c_char,
+    n_stop: usize,
+    callback: pardec_callback,
+    user_data: *mut c_void,
+    out_report_json: *mut *mut c_char,
+) -> pardec_status {
     guard(|| {
         let protocol = str_arg(protocol, "protocol")?;
         let prefix = opt_str_arg(response_prefix, "response_prefix")?.unwrap_or("");
@@ -692,6 +726,7 @@ pub unsafe extern "C" fn pardec_session_generate_auto(
             max_tokens,
             max_branch_tokens,
             response_prefix: prefix.to_string(),
+            stop: stop_strings_arg(stop, n_stop, "stop")?,
             ..Default::default()
         };
         let spec = if protocol == "apr" {

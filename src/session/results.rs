@@ -114,12 +114,17 @@ impl Session {
 
     /// Text generated on a node by items at or after `first_item`.
     pub(super) fn generated_text_from(&self, idx: usize, first_item: usize) -> String {
+        String::from_utf8_lossy(&self.generated_bytes_from(idx, first_item)).into_owned()
+    }
+
+    /// The bytes behind [`Session::generated_text_from`].
+    pub(super) fn generated_bytes_from(&self, idx: usize, first_item: usize) -> Vec<u8> {
         let mut bytes = Vec::new();
         for item in self.nodes[idx].items.iter().skip(first_item) {
             if let Item::Text { origin: Origin::Generated, bytes: b, .. } = item {
                 bytes.extend_from_slice(b);
             }
         }
-        String::from_utf8_lossy(&bytes).into_owned()
+        bytes
     }
 }

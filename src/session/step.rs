@@ -17,7 +17,10 @@ impl Session {
         let first_item = self.nodes[0].items.len();
         self.resume(NodeId::TRUNK, limits)?;
         self.run(observer)?;
-        Ok(self.generated_text_from(0, first_item))
+        let trunk = &self.nodes[0];
+        let text = self.generated_bytes_from(0, first_item);
+        let keep = limits.returned_len(trunk.stop_reason.as_ref(), &trunk.stop_lookback, &text);
+        Ok(String::from_utf8_lossy(&text[..keep]).into_owned())
     }
 
     /// Starts (or restarts) generation on an idle node; [`Session::run`] then advances it
