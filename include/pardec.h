@@ -612,6 +612,17 @@ typedef struct pardec_run_limits {
      * (the session keeps every token). Appended in 0.5; older callers get false.
      */
     bool strip_stop;
+    /**
+     * GBNF grammar (llama.cpp's format) the run's sampled tokens must follow, or NULL;
+     * `pardec_grammar_json_object()` gives one for a single JSON object. A branch forked
+     * with NULL continues a copy of its parent's grammar state, if the parent's run had one.
+     * Needs host selection. Appended in 0.5, as is `grammar_root`.
+     */
+    const char *grammar;
+    /**
+     * The grammar's start rule; NULL means "root".
+     */
+    const char *grammar_root;
 } pardec_run_limits;
 
 /**
@@ -1071,6 +1082,12 @@ enum pardec_status pardec_session_params_default(struct pardec_session_params *o
  * Errors: NULL_ARGUMENT, STRUCT_SIZE.
  */
 enum pardec_status pardec_run_limits_default(struct pardec_run_limits *out, size_t struct_size);
+
+/**
+ * A GBNF grammar for exactly one JSON object (RFC 8259, bounded whitespace), for
+ * `pardec_run_limits.grammar`. A static string: do not free it.
+ */
+const char *pardec_grammar_json_object(void);
 
 /**
  * Releases a result (NULL is ignored). Every pointer read from it becomes invalid.

@@ -35,6 +35,7 @@ mod error;
 pub mod ffi;
 mod gguf;
 mod llama;
+mod llama_grammar;
 mod model;
 pub mod protocol;
 pub mod session;
@@ -46,6 +47,7 @@ pub use error::{Error, Result};
 pub use model::{Model, ModelParams, SpecialTokens, Token};
 pub use session::sampling::SamplingParams;
 pub use session::{
+    Grammar,
     BranchSpec, Event, ItemReport, JoinMode, JoinRule, KvType, NodeId, NodeReport, Observer, Origin, RunLimits,
     Selection, Session, SessionParams, Silent, StopReason, TokenLogprob, TokenScript, Transcript,
     MAX_TOP_LOGPROBS,

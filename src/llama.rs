@@ -184,7 +184,7 @@ impl LlamaModel {
         Ok(LlamaModel { ptr, vocab, n_vocab })
     }
 
-    fn vocab(&self) -> *const sys::llama_vocab {
+    pub(crate) fn vocab(&self) -> *const sys::llama_vocab {
         self.vocab
     }
 

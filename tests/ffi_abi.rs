@@ -34,10 +34,10 @@ fn struct_layouts_are_frozen() {
     layout!(pardec_special_tokens, size 24, { bos @ 0, eos @ 4, eot @ 8, sep @ 12, nl @ 16, pad @ 20 });
     layout!(pardec_top_logprob, size 8, { token @ 0, logprob @ 4 });
     layout!(pardec_token_logprob, size 32, { pos @ 0, token @ 4, logprob @ 8, top @ 16, n_top @ 24 });
-    // 0.5 appended strip_stop (the 56 bytes before are still accepted).
-    layout!(pardec_run_limits, size 64, {
+    // 0.5 appended strip_stop and the grammar (the 56 bytes before are still accepted).
+    layout!(pardec_run_limits, size 80, {
         struct_size @ 0, max_tokens @ 8, stop @ 16, n_stop @ 24, ban_eog @ 32,
-        banned_tokens @ 40, n_banned_tokens @ 48, strip_stop @ 56,
+        banned_tokens @ 40, n_banned_tokens @ 48, strip_stop @ 56, grammar @ 64, grammar_root @ 72,
     });
     // 0.5 appended the log-probability fields (callers read only what their header has).
     layout!(pardec_event, size 88, {

@@ -9,10 +9,10 @@ use std::ffi::c_char;
 use std::mem::size_of;
 
 use super::boundary::{
-    array_arg, guard, read_versioned, str_arg, write_versioned, FfiError, FfiResult, Versioned,
+    array_arg, guard, opt_str_arg, read_versioned, str_arg, write_versioned, FfiError, FfiResult, Versioned,
 };
 use super::status::pardec_status;
-use crate::{KvType, ModelParams, RunLimits, SamplingParams, Selection, SessionParams};
+use crate::{Grammar, KvType, ModelParams, RunLimits, SamplingParams, Selection, SessionParams};
 
 /// Most stop strings in one `pardec_run_limits`.
 pub const PARDEC_MAX_STOP_STRINGS: usize = 64;
@@ -300,6 +300,13 @@ pub struct pardec_run_limits {
     /// `pardec_session_generate` returns its text without the stop string that ended the run
     /// (the session keeps every token). Appended in 0.5; older callers get false.
     pub strip_stop: bool,
+    /// GBNF grammar (llama.cpp's format) the run's sampled tokens must follow, or NULL;
+    /// `pardec_grammar_json_object()` gives one for a single JSON object. A branch forked
+    /// with NULL continues a copy of its parent's grammar state, if the parent's run had one.
+    /// Needs host selection. Appended in 0.5, as is `grammar_root`.
+    pub grammar: *const c_char,
+    /// The grammar's start rule; NULL means "root".
+    pub grammar_root: *const c_char,
 }
 
 /// `sizeof(pardec_run_limits)` before `strip_stop` was appended.
@@ -325,6 +332,8 @@ impl Default for pardec_run_limits {
             banned_tokens: std::ptr::null(),
             n_banned_tokens: 0,
             strip_stop: false,
+            grammar: std::ptr::null(),
+            grammar_root: std::ptr::null(),
         }
     }
 }
@@ -362,6 +371,13 @@ pub(crate) unsafe fn run_limits_arg(p: *const pardec_run_limits) -> FfiResult<Ru
         ban_eog: limits.ban_eog,
         banned_tokens: banned.to_vec(),
         strip_stop: limits.strip_stop,
+        grammar: match opt_str_arg(limits.grammar, "run_limits.grammar")? {
+            None => None,
+            Some(gbnf) => Some(Grammar {
+                gbnf: gbnf.to_owned(),
+                root: opt_str_arg(limits.grammar_root, "run_limits.grammar_root")?.unwrap_or("root").to_owned(),
+            }),
+        },
     })
 }
 
@@ -408,4 +424,13 @@ pub unsafe extern "C" fn pardec_run_limits_default(
         let value = pardec_run_limits { struct_size, ..Default::default() };
         write_versioned(out, &value, struct_size)
     })
+}
+
+/// A GBNF grammar for exactly one JSON object (RFC 8259, bounded whitespace), for
+/// `pardec_run_limits.grammar`. A static string: do not free it.
+#[no_mangle]
+pub extern "C" fn pardec_grammar_json_object() -> *const c_char {
+    static JSON: once_cell::sync::Lazy<std::ffi::CString> =
+        once_cell::sync::Lazy::new(|| std::ffi::CString::new(crate::Grammar::json_object().gbnf).unwrap_or_default());
+    JSON.as_ptr()
 }

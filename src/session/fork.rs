@@ -51,8 +51,15 @@ impl Session {
             };
             prefixes.push(tokens);
         }
+        let mut grammars = Vec::with_capacity(specs.len());
         for spec in specs {
             self.check_bans(&spec.limits)?;
+            // A branch without a grammar of its own continues its parent's, when it sees it.
+            grammars.push(match (self.run_grammar(&spec.limits)?, &self.nodes[p].grammar) {
+                (Some(own), _) => Some(own),
+                (None, Some(parent)) if shared => Some(parent.fork()?),
+                (None, _) => None,
+            });
         }
         if prefixes.iter().any(Vec::is_empty) && self.nodes[p].saved.is_empty() {
             return Err(Error::InvalidState(
@@ -96,6 +103,7 @@ impl Session {
                 child.cells = parent.cells;
                 child.cells_at_fork = parent.cells;
             }
+            child.grammar = grammars[i].take();
             if prefixes[i].is_empty() {
                 child.saved = parent.saved.clone();
                 child.no_scores_because = parent.no_scores_because;

@@ -21,6 +21,7 @@
 //! nodes and blocks; `sampling` token choice; `kv` sequence ids; `text` whole-UTF-8 pieces.
 
 mod fork;
+mod grammar;
 mod join;
 mod kv;
 mod logprobs;
@@ -52,6 +53,7 @@ use sampling::{BranchSampler, SamplingParams, Scores};
 use step::selection_threads;
 use lora::check_adapters;
 use tree::{report, Block, Node, NodeState};
+pub use grammar::Grammar;
 pub use join::JoinRule;
 pub use logprobs::{TokenLogprob, MAX_TOP_LOGPROBS};
 pub use tree::{ItemReport, JoinMode, NodeReport, Origin, StopReason, Transcript};
@@ -207,6 +209,10 @@ pub struct RunLimits {
     /// Tokens this run may never sample (e.g. a protocol's control tokens in a state where
     /// they are illegal).
     pub banned_tokens: Vec<Token>,
+    /// Constrain the run's sampled tokens to this grammar (see [`Grammar`]): compiled when the
+    /// run starts, before anything is decoded, so a bad grammar is an error that changes
+    /// nothing. Needs host selection.
+    pub grammar: Option<Grammar>,
 }
 
 impl RunLimits {
@@ -638,6 +644,17 @@ impl Session {
 
     /// With device selection a run must ban fewer tokens than the candidates per row, so
     /// that every row keeps a token it may pick.
+    /// Compiles a run's grammar, if it has one, for this session.
+    fn run_grammar(&self, limits: &RunLimits) -> Result<Option<grammar::NodeGrammar>> {
+        let Some(g) = &limits.grammar else { return Ok(None) };
+        if self.device_candidates.is_some() {
+            return Err(Error::InvalidArgument(
+                "a grammar may reject every token of a reduced candidate set: use Selection::Host".into(),
+            ));
+        }
+        grammar::NodeGrammar::compile(&self.model, g).map(Some)
+    }
+
     fn check_bans(&self, limits: &RunLimits) -> Result<()> {
         let Some(k) = self.device_candidates else {
             return Ok(());

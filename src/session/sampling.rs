@@ -350,6 +350,8 @@ pub(crate) struct BranchSampler {
     scratch: Vec<(f32, u32)>,
     /// A copy of the logit row with the bias and penalties applied (reused every step).
     adjusted: Vec<f32>,
+    /// A copy of the logit row with the tokens a grammar rejects masked (reused).
+    masked: Vec<f32>,
     /// The k best candidates of a full row while it is scanned (worst on top).
     best_k: BinaryHeap<Reverse<Ranked>>,
 }
@@ -361,6 +363,7 @@ impl BranchSampler {
             rng: SplitMix64(branch_seed(params.seed, path)),
             scratch: Vec::new(),
             adjusted: Vec::new(),
+            masked: Vec::new(),
             best_k: BinaryHeap::new(),
         }
     }
@@ -371,6 +374,15 @@ impl BranchSampler {
         let mut sorted = banned.to_vec();
         sorted.sort_unstable();
         self.sample_sorted(scores, &sorted)
+    }
+
+    /// The buffer for a grammar-masked row (handed back with `give_masked_row`).
+    pub(crate) fn take_masked_row(&mut self) -> Vec<f32> {
+        std::mem::take(&mut self.masked)
+    }
+
+    pub(crate) fn give_masked_row(&mut self, row: Vec<f32>) {
+        self.masked = row;
     }
 
     /// [`BranchSampler::sample_sorted`] after the logit bias and the penalties over `window`

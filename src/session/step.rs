@@ -28,6 +28,7 @@ impl Session {
     pub fn resume(&mut self, node: NodeId, limits: &RunLimits) -> Result<()> {
         let idx = self.idle_node(node, "generate on")?;
         self.check_bans(limits)?;
+        let grammar = self.run_grammar(limits)?;
         if self.nodes[idx].saved.is_empty() {
             let node = &self.nodes[idx];
             return Err(Error::InvalidState(format!(
@@ -35,6 +36,7 @@ impl Session {
                 node.label, node.no_scores_because
             )));
         }
+        self.nodes[idx].grammar = grammar;
         self.start_node(idx, limits);
         Ok(())
     }
@@ -211,6 +213,10 @@ impl Session {
             let Some((row, _)) = rows.next_if(|(_, e)| e.node == i) else {
                 continue;
             };
+            // A node under a grammar samples at commit (it may need its row masked).
+            if node.grammar.is_some() {
+                continue;
+            }
             if let (NodeState::Running { .. }, Some(logits)) = (&node.state, ctx.logits(row as i32)) {
                 work.push((row, node, logits));
             }
@@ -256,6 +262,10 @@ impl Session {
             let bytes = std::mem::take(&mut node.pending_bytes);
             let pos = node.next_pos;
             node.push_token(Origin::Generated, entry.token, &bytes);
+            if node.grammar.as_mut().is_some_and(|g| !g.accept(entry.token)) {
+                // Only a scripted token can be one the grammar rejects: it overrides the grammar.
+                node.grammar = None;
+            }
             if let Some(mut lp) = node.pending_logprob.take() {
                 lp.pos = pos;
                 node.logprobs.push(lp);
@@ -381,10 +391,19 @@ pub(super) fn sample_next(
     if let (true, Scores::Full(row)) = (params.record_logits, scores) {
         node.logit_trace.push(row.to_vec());
     }
-    let token = match (forced, preselected) {
-        (Some(t), _) if t >= 0 && (t as usize) < model.n_vocab() => t,
-        (_, Some(t)) => t,
-        _ => node.sampler.sample_adjusted(scores, &node.banned, &params.sampling.adjustments(), &node.window),
+    let adjustments = params.sampling.adjustments();
+    let token = match (forced, preselected, node.grammar.as_mut()) {
+        (Some(t), _, _) if t >= 0 && (t as usize) < model.n_vocab() => Some(t),
+        (_, Some(t), _) => Some(t),
+        (_, _, Some(g)) => g.sample(&mut node.sampler, scores, &node.banned, &adjustments, &node.window),
+        _ => Some(node.sampler.sample_adjusted(scores, &node.banned, &adjustments, &node.window)),
+    };
+    // A grammar that admits nothing more ends the run as an end-of-generation token would.
+    let Some(token) = token else {
+        node.pending_logprob = None;
+        node.state = NodeState::Idle;
+        node.stop_reason = Some(StopReason::Eog);
+        return;
     };
     node.pending_logprob = match (params.logprobs, scores) {
         (Some(n), Scores::Full(row)) if !model.is_eog(token) => Some(super::logprobs::token_logprob(row, token, n)),

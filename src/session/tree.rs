@@ -4,6 +4,7 @@
 
 use serde::Serialize;
 
+use super::grammar::NodeGrammar;
 use super::logprobs::TokenLogprob;
 use super::penalties::PenaltyWindow;
 use super::sampling::{BranchSampler, SavedScores};
@@ -97,6 +98,8 @@ pub(crate) struct Node {
     pub sampler: BranchSampler,
     /// The tokens the repetition penalties look back on (see `penalties.rs`).
     pub window: PenaltyWindow,
+    /// The grammar of the node's current (or last) run, with its state (see `grammar.rs`).
+    pub grammar: Option<NodeGrammar>,
     /// Next-token scores after this node's last decoded token, kept when it stops so it can
     /// resume or fork. Empty when stale (after a join that kept branches).
     pub saved: SavedScores,
@@ -142,6 +145,7 @@ impl Node {
             no_scores_because: "it has decoded nothing yet",
             pending_bytes: Vec::new(),
             pending_logprob: None,
+            grammar: None,
             logprobs: Vec::new(),
             utf8: Utf8Stream::default(),
             open_block: None,

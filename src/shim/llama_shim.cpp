@@ -72,3 +72,42 @@ int32_t pardec_shim_chat_apply_template(const char *tmpl, const llama_chat_messa
 }
 
 }  // extern "C"
+
+// The grammar sampler (src/llama_grammar.rs). What llama.cpp does with a grammar, by path
+// (src/llama-grammar.cpp and src/llama-sampler.cpp of the vendored sources):
+//  - a parse error is thrown and caught inside llama_grammar_parser::parse, which prints it
+//    with the whole grammar to stderr (not through the log callback) and returns false; init
+//    then logs "failed to parse grammar" and returns NULL, as it does for an unknown root or a
+//    left-recursive rule. The Rust side checks all of these first (its port of the parser), so
+//    llama.cpp only ever sees grammars it accepts and never writes to stderr.
+//  - accepting a token the grammar rejects throws after emptying the grammar's stacks: the
+//    state is then unusable (the next apply would GGML_ASSERT on the empty stacks), so the
+//    Rust side checks every token with a one-candidate apply before accepting it.
+//  - accepting an end-of-generation token while the grammar is not in an accepting state is
+//    GGML_ABORT: refused on the Rust side the same way.
+//  - a token id outside the vocabulary throws std::out_of_range from the piece cache.
+// Each wrapper returns 0, or PARDEC_SHIM_THREW with the message kept (last_message).
+extern "C" {
+
+int32_t pardec_shim_grammar_init(const llama_vocab *vocab, const char *grammar, const char *root,
+                                 llama_sampler **out) {
+    GUARD(*out = llama_sampler_init_grammar(vocab, grammar, root))
+}
+
+int32_t pardec_shim_sampler_apply(llama_sampler *smpl, llama_token_data_array *cur_p) {
+    GUARD(llama_sampler_apply(smpl, cur_p))
+}
+
+int32_t pardec_shim_sampler_accept(llama_sampler *smpl, llama_token token) {
+    GUARD(llama_sampler_accept(smpl, token))
+}
+
+int32_t pardec_shim_sampler_clone(const llama_sampler *smpl, llama_sampler **out) {
+    GUARD(*out = llama_sampler_clone(smpl))
+}
+
+int32_t pardec_shim_sampler_free(llama_sampler *smpl) {
+    GUARD(llama_sampler_free(smpl))
+}
+
+}  // extern "C"

@@ -1,0 +1,104 @@
+//! Grammar-constrained generation: a run (the trunk's, or each branch's) whose sampled
+//! tokens must follow a GBNF grammar, with llama.cpp's grammar sampler holding each node's
+//! state. The rule is llama.cpp's `common_sampler`: the token the sampler picks is checked
+//! alone first, and only when the grammar rejects it is the whole row masked and drawn again.
+
+use super::penalties::{Adjustments, PenaltyWindow};
+use super::sampling::{BranchSampler, Scores};
+use crate::llama_grammar::{Grammar as GrammarState, JSON_OBJECT_GBNF};
+use crate::model::{Model, Token};
+use crate::{Error, Result};
+
+/// A GBNF grammar (llama.cpp's format) that the tokens a run samples must follow.
+///
+/// It constrains sampled text only: a branch prefix, appended text and scripted tokens are not
+/// read by it. A branch forked with no grammar of its own, from a parent whose last run had
+/// one, continues a copy of the parent's grammar state (its siblings' tokens never enter it).
+/// When the grammar admits no further token but end-of-generation (a complete JSON object,
+/// say), the run ends as if the model had emitted it ([`StopReason::Eog`](super::StopReason)),
+/// even when end-of-generation is banned. Grammars need host selection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grammar {
+    /// The rules, in GBNF.
+    pub gbnf: String,
+    /// The rule the text must match ("root" by convention).
+    pub root: String,
+}
+
+impl Grammar {
+    /// A grammar from GBNF text whose start rule is `root`.
+    pub fn gbnf(text: impl Into<String>) -> Self {
+        Grammar { gbnf: text.into(), root: "root".into() }
+    }
+
+    /// Exactly one JSON object (RFC 8259), with at most one space or one newline and
+    /// indentation between its tokens, so a model cannot pad it forever.
+    pub fn json_object() -> Self {
+        Grammar::gbnf(JSON_OBJECT_GBNF)
+    }
+}
+
+/// One node's grammar state. Holds the model so the vocabulary llama.cpp's sampler reads
+/// outlives it (fields drop in order: the state first).
+pub(crate) struct NodeGrammar {
+    state: GrammarState,
+    _model: Model,
+}
+
+impl std::fmt::Debug for NodeGrammar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NodeGrammar")
+    }
+}
+
+impl NodeGrammar {
+    /// Compiles `grammar` for `model`; a bad grammar is InvalidArgument with llama.cpp's rule.
+    pub(crate) fn compile(model: &Model, grammar: &Grammar) -> Result<NodeGrammar> {
+        // SAFETY: the vocabulary of a live model, which the returned value keeps alive.
+        let state = unsafe { GrammarState::compile(model.inner.llama.vocab(), &grammar.gbnf, &grammar.root) }
+            .map_err(|why| Error::InvalidArgument(format!("grammar: {why}")))?;
+        Ok(NodeGrammar { state, _model: model.clone() })
+    }
+
+    /// A copy of the state for a branch forking from this node.
+    pub(crate) fn fork(&self) -> Result<NodeGrammar> {
+        let state = self.state.try_clone().map_err(|why| Error::Internal(format!("grammar fork: {why}")))?;
+        Ok(NodeGrammar { state, _model: self._model.clone() })
+    }
+
+    /// Advances the state by a committed token; false when the grammar does not allow it (a
+    /// scripted token), which leaves the state as it was.
+    pub(crate) fn accept(&mut self, token: Token) -> bool {
+        self.state.accept(token).is_ok()
+    }
+
+    /// Picks the next token from a full row: the sampler's own choice when the grammar allows
+    /// it, else a new draw from the row with every rejected token masked. `None`: the grammar
+    /// admits no token here (or its state was lost), and the run ends.
+    pub(crate) fn sample(
+        &mut self,
+        sampler: &mut BranchSampler,
+        scores: Scores<'_>,
+        banned: &[Token],
+        adjustments: &Adjustments<'_>,
+        window: &PenaltyWindow,
+    ) -> Option<Token> {
+        let first = sampler.sample_adjusted(scores, banned, adjustments, window);
+        if self.state.allows(first).ok()? {
+            return Some(first);
+        }
+        let Scores::Full(row) = scores else {
+            return None; // the session refuses grammars with device selection
+        };
+        let mut masked = sampler.take_masked_row();
+        masked.clear();
+        masked.extend_from_slice(row);
+        let token = match self.state.mask(&mut masked) {
+            Ok(()) => Some(sampler.sample_adjusted(Scores::Full(&masked), banned, adjustments, window)),
+            Err(_) => None,
+        };
+        sampler.give_masked_row(masked);
+        // Every token rejected (a banned EOG excepted): the sampler's pick is then no better.
+        token.filter(|&t| self.state.allows(t).unwrap_or(false))
+    }
+}

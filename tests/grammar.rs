@@ -1,0 +1,92 @@
+//! Grammar-constrained generation on the default model: branches under the JSON-object
+//! grammar write parseable JSON on every seed (unconstrained, the same branches do not), a
+//! branch without a grammar continues its parent's state, and bad grammars are specific
+//! errors.
+
+mod common;
+
+use common::models;
+use pardec::{BranchSpec, Error, Grammar, Model, NodeId, RunLimits, SamplingParams, Selection, Session, SessionParams, StopReason};
+
+fn session(model: &Model, seed: u64) -> Session {
+    let sampling = SamplingParams { temperature: 0.8, seed, ..Default::default() };
+    let mut s = Session::new(model, SessionParams { n_ctx: 2048, max_branches: 4, n_threads: 2, sampling, ..Default::default() })
+        .unwrap();
+    let prompt = model.apply_chat_template(&[("user", "Describe a cat as a JSON object.")]).unwrap();
+    s.prompt(&prompt).unwrap();
+    s
+}
+
+fn limits(grammar: Option<Grammar>) -> RunLimits {
+    RunLimits { max_tokens: 160, grammar, ..Default::default() }
+}
+
+/// The generated text and stop reason of two branches forked on `seed`.
+fn two_branches(model: &Model, seed: u64, grammar: Option<Grammar>) -> Vec<(String, Option<StopReason>)> {
+    let mut s = session(model, seed);
+    let specs = vec![BranchSpec { limits: limits(grammar), ..Default::default() }; 2];
+    let ids = s.fork(NodeId::TRUNK, &specs).unwrap();
+    s.run(&mut pardec::Silent).unwrap();
+    ids.iter().map(|&id| (s.node_generated_text(id), s.stop_reason(id).cloned())).collect()
+}
+
+fn is_json_object(text: &str) -> bool {
+    matches!(serde_json::from_str::<serde_json::Value>(text), Ok(serde_json::Value::Object(_)))
+}
+
+#[test]
+fn json_grammar_branches_write_parseable_json_on_twenty_seeds() {
+    let model = models::load(models::DEFAULT_MODEL_FILE);
+    let (mut ended, mut free_parsed) = (0, 0);
+    for seed in 0..10 {
+        for (text, reason) in two_branches(&model, seed, Some(Grammar::json_object())) {
+            if reason == Some(StopReason::Eog) {
+                ended += 1;
+                assert!(is_json_object(&text), "seed {seed}: {text:?} is not one JSON object");
+            } else {
+                // Cut by its budget: still a prefix the grammar allowed, starting an object.
+                assert!(text.starts_with('{'), "seed {seed}: {text:?}");
+            }
+        }
+        free_parsed += two_branches(&model, seed, None).iter().filter(|(t, _)| is_json_object(t)).count();
+    }
+    assert!(ended >= 15, "only {ended} of 20 branches closed their object within the budget");
+    assert!(free_parsed < 20, "control: without the grammar every branch wrote bare JSON anyway");
+}
+
+#[test]
+fn a_branch_without_a_grammar_continues_its_parents_state() {
+    let model = models::load(models::DEFAULT_MODEL_FILE);
+    let mut s = session(&model, 3);
+    s.generate(&RunLimits { max_tokens: 4, grammar: Some(Grammar::json_object()), ..Default::default() }, &mut pardec::Silent)
+        .unwrap();
+    let opened = s.node_generated_text(NodeId::TRUNK);
+    assert!(opened.starts_with('{'), "{opened:?}");
+    let ids = s.fork(NodeId::TRUNK, &vec![BranchSpec { limits: limits(None), ..Default::default() }; 2]).unwrap();
+    s.run(&mut pardec::Silent).unwrap();
+    for id in ids {
+        let text = format!("{opened}{}", s.node_generated_text(id));
+        if s.stop_reason(id) == Some(&StopReason::Eog) {
+            assert!(is_json_object(&text), "{text:?}");
+        }
+    }
+}
+
+#[test]
+fn bad_grammars_are_specific_errors_and_change_nothing() {
+    let model = models::load(models::DEFAULT_MODEL_FILE);
+    let mut s = session(&model, 0);
+    let before = s.transcript().text;
+    for bad in ["root ::= foo", "root ::= \"a", "root ::= root \"a\"", "", "other ::= \"a\""] {
+        let err = s.generate(&limits(Some(Grammar::gbnf(bad))), &mut pardec::Silent).unwrap_err();
+        assert!(matches!(&err, Error::InvalidArgument(m) if m.starts_with("grammar:")), "{bad:?}: {err:?}");
+        let err = s.fork(NodeId::TRUNK, &[BranchSpec { limits: limits(Some(Grammar::gbnf(bad))), ..Default::default() }]).unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)), "{bad:?}");
+    }
+    assert_eq!(s.transcript().text, before);
+    let p = SessionParams { n_ctx: 256, n_threads: 2, selection: Selection::Device { candidates: 16 }, ..Default::default() };
+    let mut d = Session::new(&model, p).unwrap();
+    d.prompt("Hello").unwrap();
+    let err = d.generate(&limits(Some(Grammar::json_object())), &mut pardec::Silent).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(m) if m.contains("Selection::Host")));
+}
