@@ -239,6 +239,7 @@ class pardec_session_params(Structure):
         ("penalty_last_n", c_int32),
         ("logit_bias", POINTER(pardec_logit_bias)),
         ("n_logit_bias", c_size_t),
+        ("logprobs", c_int32),
     ]
 
 
@@ -253,6 +254,9 @@ class pardec_run_limits(Structure):
         ("ban_eog", c_bool),
         ("banned_tokens", POINTER(c_int32)),
         ("n_banned_tokens", c_size_t),
+        ("strip_stop", c_bool),
+        ("grammar", c_char_p),
+        ("grammar_root", c_char_p),
     ]
 
 
@@ -277,7 +281,32 @@ class pardec_branch_info(Structure):
         ("stop_reason", c_int),  # enum pardec_stop_reason
         ("stop_string", c_char_p),
         ("kept", c_bool),
+        ("node", pardec_node),
     ]
+
+
+class pardec_top_logprob(Structure):
+    """``struct pardec_top_logprob`` of include/pardec.h."""
+
+    _fields_ = [("token", c_int32), ("logprob", c_float)]
+
+
+class pardec_token_logprob(Structure):
+    """``struct pardec_token_logprob`` of include/pardec.h."""
+
+    _fields_ = [
+        ("pos", c_int32),
+        ("token", c_int32),
+        ("logprob", c_float),
+        ("top", POINTER(pardec_top_logprob)),
+        ("n_top", c_size_t),
+    ]
+
+
+class pardec_special_tokens(Structure):
+    """``struct pardec_special_tokens`` of include/pardec.h."""
+
+    _fields_ = [(name, c_int32) for name in ("bos", "eos", "eot", "sep", "nl", "pad")]
 
 
 class pardec_stats(Structure):
@@ -321,6 +350,10 @@ class pardec_event(Structure):
         ("stop_reason", c_int),  # enum pardec_stop_reason
         ("stop_string", c_void_p),
         ("status", c_int),  # enum pardec_status
+        ("has_logprob", c_bool),
+        ("logprob", c_float),
+        ("top", POINTER(pardec_top_logprob)),
+        ("n_top", c_size_t),
     ]
 
 
@@ -459,6 +492,34 @@ def _declare(L: ctypes.CDLL) -> None:
     # enum pardec_status pardec_result_stats(const struct pardec_result *result,
     #                                        struct pardec_stats *out_stats, size_t size);
     fn("pardec_result_stats", pardec_status, result_p, POINTER(pardec_stats), c_size_t)
+    # enum pardec_status pardec_result_logprobs(const struct pardec_result *result, pardec_node node,
+    #     const struct pardec_token_logprob **out_entries, size_t *out_n);
+    fn("pardec_result_logprobs", pardec_status, result_p, pardec_node, POINTER(POINTER(pardec_token_logprob)),
+       POINTER(c_size_t))
+    # enum pardec_status pardec_model_tokenize(const struct pardec_model *model, const char *text,
+    #     bool add_bos, bool parse_special, int32_t *out_tokens, size_t capacity, size_t *out_n);
+    fn("pardec_model_tokenize", pardec_status, model_p, c_char_p, c_bool, c_bool, POINTER(c_int32), c_size_t,
+       POINTER(c_size_t))
+    # enum pardec_status pardec_model_token_piece(const struct pardec_model *model, int32_t token,
+    #     char *out_bytes, size_t capacity, size_t *out_len);
+    fn("pardec_model_token_piece", pardec_status, model_p, c_int32, c_void_p, c_size_t, POINTER(c_size_t))
+    # enum pardec_status pardec_model_detokenize(const struct pardec_model *model, const int32_t *tokens,
+    #     size_t n_tokens, char **out_text);
+    fn("pardec_model_detokenize", pardec_status, model_p, POINTER(c_int32), c_size_t, char_pp)
+    # enum pardec_status pardec_model_special_tokens(const struct pardec_model *model,
+    #     struct pardec_special_tokens *out_tokens, size_t size);
+    fn("pardec_model_special_tokens", pardec_status, model_p, POINTER(pardec_special_tokens), c_size_t)
+    # enum pardec_status pardec_model_token_is_eog(const struct pardec_model *model, int32_t token,
+    #     bool *out_is_eog);
+    fn("pardec_model_token_is_eog", pardec_status, model_p, c_int32, POINTER(c_bool))
+    # enum pardec_status pardec_session_generate_auto_stop(struct pardec_session *session,
+    #     const char *protocol, size_t max_tokens, size_t max_branch_tokens, const char *response_prefix,
+    #     const char *const *stop, size_t n_stop, pardec_callback callback, void *user_data,
+    #     char **out_report_json);
+    fn("pardec_session_generate_auto_stop", pardec_status, session_p, c_char_p, c_size_t, c_size_t, c_char_p,
+       POINTER(c_char_p), c_size_t, pardec_callback, c_void_p, char_pp)
+    # const char *pardec_grammar_json_object(void);
+    fn("pardec_grammar_json_object", c_char_p)
 
 
 #: Every function the header declares (tests check the two lists agree).
@@ -475,7 +536,9 @@ FUNCTIONS: List[str] = [
     "pardec_session_join_rule",
     "pardec_session_result", "pardec_session_stats",
     "pardec_result_free", "pardec_result_text", "pardec_result_n_blocks", "pardec_result_block",
-    "pardec_result_branch", "pardec_result_stats",
+    "pardec_result_branch", "pardec_result_stats", "pardec_result_logprobs",
+    "pardec_model_tokenize", "pardec_model_token_piece", "pardec_model_detokenize", "pardec_model_special_tokens",
+    "pardec_model_token_is_eog", "pardec_session_generate_auto_stop", "pardec_grammar_json_object",
 ]
 
 #: Every struct mirrored here, by C name (tests compare their fields with the header).
@@ -485,5 +548,6 @@ STRUCTS: Dict[str, Type[Structure]] = {
         pardec_model_params, pardec_chat_message, pardec_sampling_params, pardec_logit_bias,
         pardec_session_params,
         pardec_run_limits, pardec_block_info, pardec_branch_info, pardec_stats, pardec_event,
+        pardec_top_logprob, pardec_token_logprob, pardec_special_tokens,
     )
 }
