@@ -14,17 +14,24 @@
 //!   NULL. The reason never reaches the caller, so [`gbnf::check`] ports the parser and its
 //!   checks and refuses, with the reason, every grammar llama.cpp would refuse, before
 //!   llama.cpp sees it. It also refuses what llama.cpp would hang, overflow its stack or run
-//!   out of memory on: `{m,n}` with n < m (llama.cpp's `n_opt = max - min`, 519, wraps and
+//!   out of memory on: `{m,n}` with n < m (llama.cpp's `n_opt = max - min`, 513, wraps and
 //!   generates ~2^64 rules), groups nested deeper than [`gbnf::MAX_NESTING`] (the parser
 //!   recurses per level), chains of leftmost rule references deeper than
 //!   [`gbnf::MAX_REF_DEPTH`] and left-recursion checks longer than [`gbnf::MAX_CHECK_STEPS`]
-//!   (`llama_grammar_detect_left_recursion`, 960, recurses without memoising: a rule whose
+//!   (`llama_grammar_detect_left_recursion`, 963, recurses without memoising: a rule whose
 //!   alternates start with the same rule is re-walked once per alternate, exponentially), and
-//!   grammars whose repetitions expand to more than [`gbnf::MAX_ELEMENTS`] elements.
+//!   grammars whose repetitions expand to more than [`gbnf::MAX_ELEMENTS`] elements. Two
+//!   hazards llama.cpp's own checks miss are refused too: left recursion through a rule that
+//!   can match nothing without having an empty alternative (its `rules_may_be_empty`, 983, only
+//!   sees empty alternatives; `llama_grammar_advance_stack`, 860, then grows a stack until
+//!   memory runs out), and grammars where one step can leave more than [`gbnf::MAX_STACKS`]
+//!   parse stacks (alternatives starting with the same rule multiply them; llama.cpp
+//!   deduplicates them with a linear search: 2^14 stacks took 1.4 s to compile, 2^18 half an
+//!   hour).
 //! - An empty grammar string makes a sampler that constrains nothing (llama-sampler.cpp:2779):
 //!   refused here.
 //! - Accepting a token the grammar rejects throws (1527) after replacing the state by an empty
-//!   stack set (1524); the next apply then stops the process on `GGML_ASSERT(!stacks.empty())`
+//!   stack set (1523); the next apply then stops the process on `GGML_ASSERT(!stacks.empty())`
 //!   (948). Accepting an end-of-generation token while the grammar is not in an accepting
 //!   state is `GGML_ABORT` (1455). [`Grammar::accept`] therefore checks the token with a
 //!   one-candidate apply first and refuses it; a throw from llama.cpp anyway marks the grammar
@@ -393,6 +400,10 @@ pub(crate) mod gbnf {
     /// Most element visits of the left-recursion check (llama.cpp's walk is exponential on
     /// rules whose alternates start with the same rule).
     pub(crate) const MAX_CHECK_STEPS: u64 = 20_000_000;
+    /// Most parse stacks one step may leave (llama.cpp keeps one per way the grammar can go
+    /// on, deduplicates them with a linear search, and runs every candidate token through each:
+    /// 2^14 of them took 1.4 s to compile, 2^18 half an hour).
+    pub(crate) const MAX_STACKS: u64 = 4096;
     /// llama.cpp's MAX_REPETITION_THRESHOLD.
     const MAX_REPETITION: u64 = 2000;
 
@@ -445,7 +456,8 @@ pub(crate) mod gbnf {
         if !p.symbols.contains_key(root.as_bytes()) {
             return Err(Refusal { message: format!("the grammar has no rule named '{root}'"), limit: false });
         }
-        p.check_left_recursion()
+        p.check_left_recursion()?;
+        p.check_expansions(p.symbols[root.as_bytes()] as usize)
     }
 
     struct Parser<'a> {
@@ -1047,6 +1059,114 @@ pub(crate) mod gbnf {
             }
             Ok(())
         }
+
+        /// pardec's own checks of what llama.cpp's advance (`llama_grammar_advance_stack`) will
+        /// do, beyond its left-recursion check:
+        ///
+        /// - Left recursion through a rule that can match nothing without having an empty
+        ///   alternative (`r ::= x r "a" | "b"`, `x ::= y`, `y ::= "" | "c"`): llama.cpp's check
+        ///   only counts rules with an empty alternative as empty (its `rules_may_be_empty`), so
+        ///   it accepts these, and its advance then grows a stack until memory runs out.
+        /// - How many stacks one advance can produce: the ways a position can expand, summed over
+        ///   alternatives (an upper bound: llama.cpp drops duplicates). A rule whose `k`
+        ///   alternatives start with the same rule multiplies its count by `k`, so nested such
+        ///   rules grow exponentially.
+        fn check_expansions(&self, root: usize) -> Res<()> {
+            let n = self.rules.len();
+            let mut memo: Vec<Option<(u64, bool)>> = vec![None; n];
+            let mut busy = vec![false; n];
+            for r in 0..n {
+                self.expansion(r, &mut memo, &mut busy, 0)?;
+            }
+            let count = |r: usize| memo[r].map_or((0, false), |v| v);
+            let (t, empty) = count(root);
+            let mut most = t.saturating_add(u64::from(empty));
+            for rule in &self.rules {
+                // The expansions of every suffix of every alternative, from the back.
+                let mut next: (u64, bool) = (0, true);
+                for e in rule.iter().rev() {
+                    let here = match e.ty {
+                        Ty::End | Ty::Alt => (0, true),
+                        Ty::RuleRef => {
+                            let (tr, er) = count(e.value as usize);
+                            (tr.saturating_add(if er { next.0 } else { 0 }), er && next.1)
+                        }
+                        _ => (1, false),
+                    };
+                    most = most.max(here.0.saturating_add(u64::from(here.1)));
+                    next = here;
+                }
+            }
+            if most > MAX_STACKS {
+                return self.limit(format!(
+                    "the grammar is too ambiguous for llama.cpp: one step may leave up to {most} parse stacks (at most \
+                     {MAX_STACKS}); alternatives that begin with the same rule multiply them, so factor the common \
+                     beginning out"
+                ));
+            }
+            Ok(())
+        }
+
+        /// (terminal-topped expansions, whether it can match nothing) of rule `r`, memoised.
+        fn expansion(
+            &self,
+            r: usize,
+            memo: &mut Vec<Option<(u64, bool)>>,
+            busy: &mut Vec<bool>,
+            depth: usize,
+        ) -> Res<(u64, bool)> {
+            if let Some(v) = memo[r] {
+                return Ok(v);
+            }
+            if busy[r] {
+                let name = self.name_of(r as u32).unwrap_or_else(|| format!("#{r}"));
+                return self.limit(format!(
+                    "the grammar is left-recursive at rule '{name}' through rules that can match nothing \
+                     (llama.cpp would not notice, and loop)"
+                ));
+            }
+            if depth >= MAX_REF_DEPTH {
+                return self.limit(format!("rules begin with rules nested more than {MAX_REF_DEPTH} deep"));
+            }
+            busy[r] = true;
+            let rule = &self.rules[r];
+            let (mut total, mut empty) = (0u64, false);
+            let mut i = 0;
+            loop {
+                let mut ended = true;
+                while i < rule.len() && !is_end_of_sequence(rule[i]) {
+                    if rule[i].ty == Ty::RuleRef {
+                        let child = rule[i].value as usize;
+                        if child >= self.rules.len() {
+                            return Err(Refusal { message: format!("rule #{child} is used but never defined"), limit: false });
+                        }
+                        let (t, e) = self.expansion(child, memo, busy, depth + 1)?;
+                        total = total.saturating_add(t);
+                        if !e {
+                            ended = false;
+                            break;
+                        }
+                    } else {
+                        total = total.saturating_add(1);
+                        ended = false;
+                        break;
+                    }
+                    i += 1;
+                }
+                empty |= ended;
+                while i < rule.len() && !is_end_of_sequence(rule[i]) {
+                    i += 1;
+                }
+                if i < rule.len() && rule[i].ty == Ty::Alt {
+                    i += 1;
+                } else {
+                    break;
+                }
+            }
+            busy[r] = false;
+            memo[r] = Some((total, empty));
+            Ok((total, empty))
+        }
     }
 }
 
@@ -1110,6 +1230,21 @@ mod tests {
         let started = std::time::Instant::now();
         assert!(check(&doubling, "root").unwrap_err().limit);
         assert!(started.elapsed().as_secs() < 10);
+        // 14 levels pass llama.cpp's check but leave 2^14 stacks (1.4 s to compile there).
+        let mut doubling = String::from("root ::= a0\n");
+        for i in 0..14 {
+            doubling += &format!("a{i} ::= a{} \"x\" | a{} \"y\"\n", i + 1, i + 1);
+        }
+        doubling += "a14 ::= \"z\"\n";
+        let err = check(&doubling, "root").unwrap_err();
+        assert!(err.limit && err.message.contains("16384 parse stacks"), "{}", err.message);
+        // Left recursion through a rule that can match nothing but has no empty alternative
+        // (llama.cpp accepts it, then its advance grows a stack until memory runs out).
+        let err = check("r ::= x r \"a\" | \"b\"\nx ::= y\ny ::= \"\" | \"c\"", "r").unwrap_err();
+        assert!(err.limit && err.message.contains("left-recursive"), "{}", err.message);
+        // Enumerations are fine.
+        let names: Vec<String> = (0..500).map(|i| format!("\"v{i}\"")).collect();
+        check(&format!("root ::= {}", names.join(" | ")), "root").unwrap();
     }
 
     /// The test model, loaded through the shim (the crate's `LlamaModel` keeps its
@@ -1356,6 +1491,8 @@ mod tests {
         assert!(!model.llama_cpp_accepts("root ::= root \"a\"", "root"));
     }
 
+    /// llama.cpp prints each of the ~350 parse errors it meets here, with its grammar, to
+    /// stderr: that noise in the test log is expected.
     #[test]
     fn port_agrees_with_llama_cpp_on_random_grammars() {
         let Some(model) = TestModel::load() else { return };
