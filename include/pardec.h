@@ -78,7 +78,10 @@
  */
 #define PARDEC_MAX_BANNED_TOKENS (1 << 20)
 
-
+/**
+ * Most alternatives per token `pardec_session_params.logprobs` may ask for.
+ */
+#define PARDEC_MAX_TOP_LOGPROBS 100
 
 /**
  * Most entries in `pardec_session_params.logit_bias`.

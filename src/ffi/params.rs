@@ -140,7 +140,9 @@ pub struct pardec_session_params {
 }
 
 /// Most alternatives per token `pardec_session_params.logprobs` may ask for.
-pub const PARDEC_MAX_TOP_LOGPROBS: usize = crate::MAX_TOP_LOGPROBS;
+pub const PARDEC_MAX_TOP_LOGPROBS: usize = 100;
+// A literal above so cbindgen writes the #define; the library's own limit must be the same.
+const _: () = assert!(PARDEC_MAX_TOP_LOGPROBS == crate::MAX_TOP_LOGPROBS);
 
 /// One entry of `pardec_session_params.logit_bias`.
 #[repr(C)]

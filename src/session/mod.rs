@@ -224,15 +224,19 @@ impl RunLimits {
 
     /// Bytes of `text` (what a run generated) to return: all of it, or with `strip_stop`, the
     /// part before the stop string that ended the run. `lookback` is the forced text right
-    /// before the run, where the stop may have begun.
-    pub(crate) fn returned_len(&self, reason: Option<&StopReason>, lookback: &[u8], text: &[u8]) -> usize {
+    /// before the run, where the stop may have begun; `last_piece` bytes of `text` came from
+    /// the token that completed it, so the match that fired is the first one ending there (a
+    /// last token "\n\n" under the stop "\n" is cut at its first newline).
+    pub(crate) fn returned_len(&self, reason: Option<&StopReason>, lookback: &[u8], text: &[u8], last_piece: usize) -> usize {
         let (true, Some(StopReason::StopString(stop))) = (self.strip_stop, reason) else {
             return text.len();
         };
         let mut joined = lookback.to_vec();
         joined.extend_from_slice(text);
         let s = stop.as_bytes();
-        let start = (0..=joined.len().saturating_sub(s.len())).rev().find(|&i| joined[i..].starts_with(s));
+        let piece_from = joined.len().saturating_sub(last_piece);
+        let start = (0..=joined.len().saturating_sub(s.len()))
+            .find(|&i| i + s.len() > piece_from && joined[i..].starts_with(s));
         start.map_or(text.len(), |i| i.saturating_sub(lookback.len()))
     }
 }

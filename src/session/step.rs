@@ -19,7 +19,11 @@ impl Session {
         self.run(observer)?;
         let trunk = &self.nodes[0];
         let text = self.generated_bytes_from(0, first_item);
-        let keep = limits.returned_len(trunk.stop_reason.as_ref(), &trunk.stop_lookback, &text);
+        let mut last_piece = Vec::new();
+        if let Some(&last) = self.node_tokens(NodeId::TRUNK).last() {
+            self.model.token_bytes(last, &mut last_piece);
+        }
+        let keep = limits.returned_len(trunk.stop_reason.as_ref(), &trunk.stop_lookback, &text, last_piece.len());
         Ok(String::from_utf8_lossy(&text[..keep]).into_owned())
     }
 
