@@ -32,6 +32,7 @@ of its own).
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import ctypes
 import dataclasses
@@ -69,24 +70,30 @@ from ._chat import (
     ChatCompletionChunk,
     ChatCompletionChunkChoice,
     ChatCompletionDelta,
+    ChatCompletionLogprobs,
     ChatCompletionStream,
+    ChatCompletionTokenLogprob,
+    ChatCompletionTopLogprob,
     ChatMessage,
     ChatOutcome,
     ChatRequest,
     CompletionUsage,
     MessageLike,
     PardecInfo,
+    content_logprobs,
     cut_at_stop,
+    logprob_entry,
     normalize_messages,
 )
 from ._lib import LibraryNotFoundError, LibraryVersionWarning, candidate_paths
 
 __all__ = [
     "TRUNK", "Status", "PardecError", "Cancelled", "ClosedError", "LibraryNotFoundError",
-    "LibraryVersionWarning", "Event", "Stats", "Branch", "Block", "Result", "Model", "Adapter",
-    "Session", "Generation", "version", "library_path", "candidate_paths",
+    "LibraryVersionWarning", "Event", "Stats", "Branch", "Block", "Result", "TokenLogprob",
+    "Model", "Adapter", "Session", "Generation", "version", "library_path", "candidate_paths",
     "ChatCompletionStream", "ChatCompletion", "ChatCompletionChunk", "ChatCompletionChoice",
-    "ChatCompletionChunkChoice", "ChatCompletionDelta", "ChatMessage", "CompletionUsage",
+    "ChatCompletionChunkChoice", "ChatCompletionDelta", "ChatCompletionLogprobs",
+    "ChatCompletionTokenLogprob", "ChatCompletionTopLogprob", "ChatMessage", "CompletionUsage",
     "PardecInfo", "MessageLike", "DEFAULT_ADAPTER_PROTOCOL", "PLAIN",
 ]
 
@@ -253,11 +260,26 @@ class Event:
     stop_reason: Optional[str] = None  # end: "eog", "max_tokens", "stop_string", ...
     stop_string: Optional[str] = None  # end with stop_string: the matched string
     status: Union[Status, int] = Status.OK  # done: the call's status
+    #: token, in a session with ``logprobs`` (not for a flush): the token's natural-log
+    #: probability under the model (raw logits: before biases, penalties and sampling).
+    logprob: Optional[float] = None
+    #: Alongside ``logprob``: the step's ``logprobs`` most likely ``(token, logprob)`` pairs,
+    #: most likely first.
+    top_logprobs: Optional[List[Tuple[int, float]]] = None
 
     @property
     def is_trunk(self) -> bool:
         """Whether the event is the trunk's (label "")."""
         return self.label == ""
+
+
+#: ``struct_size`` of a ``pardec_event`` that has the log-probability fields (0.5 on).
+_EVENT_SIZE_WITH_LOGPROBS: int = getattr(_c.pardec_event, "n_top").offset + sizeof(c_size_t)
+
+
+def _top_list(top: Any, n: int) -> List[Tuple[int, float]]:
+    """``(token, logprob)`` pairs copied from a ``const pardec_top_logprob *`` of ``n`` entries."""
+    return [(top[i].token, top[i].logprob) for i in range(n)] if n and top else []
 
 
 def _event_from_c(ev: _c.pardec_event) -> Event:
@@ -267,6 +289,10 @@ def _event_from_c(ev: _c.pardec_event) -> Event:
 
     text = ctypes.string_at(ev.text, ev.text_len).decode("utf-8", "replace") if ev.text_len else ""
     status = _as_status(ev.status)
+    logprob: Optional[float] = None
+    top: Optional[List[Tuple[int, float]]] = None
+    if ev.struct_size >= _EVENT_SIZE_WITH_LOGPROBS and ev.has_logprob:
+        logprob, top = ev.logprob, _top_list(ev.top, ev.n_top)
     return Event(
         kind=_EVENT_KINDS.get(ev.kind, str(ev.kind)),
         node=ev.node,
@@ -276,6 +302,8 @@ def _event_from_c(ev: _c.pardec_event) -> Event:
         stop_reason=_STOP_REASONS.get(ev.stop_reason),
         stop_string=s(ev.stop_string),
         status=status,
+        logprob=logprob,
+        top_logprobs=top,
     )
 
 
@@ -321,6 +349,7 @@ class Branch:
     stop_reason: Optional[str]
     stop_string: Optional[str]
     kept: bool  # whether the parent attends to it
+    node: int  # the branch's node id (as in events; a key of Result.logprobs)
 
 
 @dataclass(frozen=True)
@@ -334,12 +363,66 @@ class Block:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability (``pardec_token_logprob``), in a session made with
+    ``logprobs``: the model's own distribution (log-softmax of the raw logits, before biases,
+    penalties, temperature or truncation), as llama-cpp-python reports it."""
+
+    pos: int  # the token's KV position in its node
+    token: int  # the token the node committed
+    logprob: float  # its natural-log probability (<= 0)
+    top: List[Tuple[int, float]]  # the step's most likely (token, logprob), most likely first
+
+
+@dataclass(frozen=True)
 class Result:
     """A snapshot of a session (``pardec_result``), copied into Python objects."""
 
     text: str
     blocks: List[Block]
     stats: Stats
+    #: The log-probabilities of the tokens each node generated, by node id: the trunk
+    #: (:data:`TRUNK`) and every branch (``Branch.node``); empty lists in a session without
+    #: ``logprobs`` and for nodes that generated nothing.
+    logprobs: Dict[int, List[TokenLogprob]] = field(default_factory=dict)
+
+
+def _result_logprobs(result: Any, node: int) -> List[TokenLogprob]:
+    """The log-probabilities ``pardec_result_logprobs`` gives for ``node`` of a result handle,
+    copied (the entries are owned by the result)."""
+    entries = ctypes.POINTER(_c.pardec_token_logprob)()
+    n = c_size_t()
+    _check(_c.lib().pardec_result_logprobs(result, node, byref(entries), byref(n)))
+    out = []
+    for i in range(n.value if entries else 0):
+        e = entries[i]
+        out.append(TokenLogprob(pos=e.pos, token=e.token, logprob=e.logprob, top=_top_list(e.top, e.n_top)))
+    return out
+
+
+def _completion_logprobs(model: "Model", entries: Sequence[TokenLogprob]) -> Dict[str, Any]:
+    """llama-cpp-python's completion ``logprobs`` dict of ``entries`` (see
+    :meth:`Session.completion_logprobs`)."""
+    def text(token: int) -> str:
+        return model.token_to_piece(token).decode("utf-8", "ignore")
+
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    offset = 0
+    tokens: List[str] = []
+    offsets: List[int] = []
+    token_logprobs: List[float] = []
+    top_logprobs: List[Dict[str, float]] = []
+    for e in entries:
+        offsets.append(offset)
+        offset += len(decoder.decode(model.token_to_piece(e.token)))
+        piece = text(e.token)
+        tokens.append(piece)
+        token_logprobs.append(e.logprob)
+        top = {text(t): lp for t, lp in e.top}
+        top[piece] = e.logprob
+        top_logprobs.append(top)
+    return {"tokens": tokens, "text_offset": offsets, "token_logprobs": token_logprobs,
+            "top_logprobs": top_logprobs}
 
 
 # ----- run limits ----------------------------------------------------------------------------
@@ -349,7 +432,7 @@ class _Limits:
     """A ``pardec_run_limits`` plus the arrays it points to, alive as long as this object."""
 
     def __init__(self, max_tokens: int, stop: Union[str, Sequence[str]], ban_eog: bool,
-                 banned_tokens: Iterable[int]):
+                 banned_tokens: Iterable[int], strip_stop: bool = False):
         L = _c.lib()
         self.c = _c.pardec_run_limits()
         _check(L.pardec_run_limits_default(byref(self.c), sizeof(self.c)))
@@ -366,6 +449,23 @@ class _Limits:
         self._banned = (c_int32 * len(banned))(*banned)
         self.c.banned_tokens = ctypes.cast(self._banned, ctypes.POINTER(c_int32))
         self.c.n_banned_tokens = len(banned)
+        self.c.strip_stop = bool(strip_stop)
+
+
+def _stop_strings(stop: Union[str, Sequence[str]]) -> Any:
+    """A ``const char *const *`` array of the stop strings (one str is one stop string)."""
+    items = [stop] if isinstance(stop, str) else list(stop)
+    return (c_char_p * len(items))(*[_encode(s, "stop string") for s in items])
+
+
+def _cut_matched_stop(text: str, stop: str, last_piece: str) -> Optional[str]:
+    """``text`` without the stop string that ended its run and what followed it: cut at the
+    first occurrence of ``stop`` that ends inside ``last_piece``, the text of the run's last
+    token (the one that completed it), which ``text`` ends with. None if there is none (the
+    stop began in text forced before the run)."""
+    start = max(0, len(text) - len(last_piece) - len(stop) + 1)
+    at = text.find(stop, start) if stop else -1
+    return text[:at] if at >= 0 else None
 
 
 # ----- callbacks -----------------------------------------------------------------------------
@@ -405,9 +505,39 @@ class _Callback:
 # ----- session parameters ------------------------------------------------------------------
 
 
+def _number(value: Any, what: str) -> float:
+    """``value`` as a float; TypeError naming ``what`` if it is not an int or float (a bool is not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{what} must be a number, not {type(value).__name__}")
+    return float(value)
+
+
+def _logit_bias_items(bias: Any) -> List[Tuple[int, float]]:
+    """A ``logit_bias`` mapping (token id to the bias added to its logit; ``float("-inf")``
+    bans the token) as checked ``(token, bias)`` pairs; the library checks the ranges."""
+    if not isinstance(bias, Mapping):
+        raise TypeError(f"logit_bias must be a mapping of token ids to biases, not {type(bias).__name__}")
+    return [(_c_int(token, c_int32, "logit_bias token"), _number(value, "logit_bias value"))
+            for token, value in bias.items()]
+
+
+class _SessionParams:
+    """A ``pardec_session_params`` plus the logit-bias array it points to, alive as long as
+    this object (the library copies it during ``pardec_session_new``)."""
+
+    def __init__(self, kw: Mapping[str, Any]):
+        """``pardec_session_params_default()`` with the values of ``kw`` that are not None
+        applied (the keywords of :class:`Session`), each checked against its C type."""
+        self.c = _session_params(kw)
+        items = _logit_bias_items(kw["logit_bias"]) if kw.get("logit_bias") is not None else []
+        self._bias = (_c.pardec_logit_bias * len(items))(*[_c.pardec_logit_bias(t, b) for t, b in items])
+        self.c.logit_bias = ctypes.cast(self._bias, ctypes.POINTER(_c.pardec_logit_bias))
+        self.c.n_logit_bias = len(items)
+
+
 def _session_params(kw: Mapping[str, Any]) -> _c.pardec_session_params:
-    """``pardec_session_params_default()`` with the values of ``kw`` that are not None applied
-    (the keywords of :class:`Session`), each checked against its C type."""
+    """``pardec_session_params_default()`` with the scalar values of ``kw`` that are not None
+    applied, each checked against its C type (``logit_bias`` is :class:`_SessionParams`')."""
     L = _c.lib()
     p = _c.pardec_session_params()
     _check(L.pardec_session_params_default(byref(p), sizeof(p)))
@@ -428,9 +558,17 @@ def _session_params(kw: Mapping[str, Any]) -> _c.pardec_session_params:
     for name in ("temperature", "top_p", "min_p"):
         value = kw.get(name)
         if value is not None:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"{name} must be a number, not {type(value).__name__}")
-            setattr(p.sampling, name, value)
+            setattr(p.sampling, name, _number(value, name))
+    for name in ("repeat_penalty", "frequency_penalty", "presence_penalty"):
+        value = kw.get(name)
+        if value is not None:
+            setattr(p, name, _number(value, name))
+    penalty_last_n = kw.get("penalty_last_n")
+    if penalty_last_n is not None:
+        p.penalty_last_n = _c_int(penalty_last_n, c_int32, "penalty_last_n")
+    logprobs = kw.get("logprobs")
+    if logprobs is not None:
+        p.logprobs = _c_int(logprobs, c_int32, "logprobs")
     top_k = kw.get("top_k")
     if top_k is not None:
         p.sampling.top_k = _c_int(top_k, c_uint32, "top_k")
@@ -477,10 +615,8 @@ PLAIN = "plain"
 _NEUTRAL_COMPLETION_KWARGS: Dict[str, Tuple[Any, ...]] = {
     "functions": (None,), "function_call": (None,), "tools": (None,), "tool_choice": (None,),
     "response_format": (None,), "grammar": (None,), "logits_processor": (None,),
-    "stopping_criteria": (None,), "logit_bias": (None,), "logprobs": (None, False),
-    "top_logprobs": (None, 0), "typical_p": (None, 1.0), "tfs_z": (None, 1.0),
-    "presence_penalty": (None, 0.0), "frequency_penalty": (None, 0.0),
-    "repeat_penalty": (None, 1.0), "mirostat_mode": (None, 0), "mirostat_tau": (None, 5.0),
+    "stopping_criteria": (None,), "typical_p": (None, 1.0), "tfs_z": (None, 1.0),
+    "mirostat_mode": (None, 0), "mirostat_tau": (None, 5.0),
     "mirostat_eta": (None, 0.1), "n": (None, 1), "user": (None,), "stream_options": (None,),
 }
 
@@ -495,7 +631,9 @@ class Model:
     ``n_ctx``, ``n_batch``, ``n_threads``, ``seed``, ``flash_attn``, ``lora_path`` and
     ``lora_scale`` (the LoRA adapter every session decodes with), plus pardec's own session
     keywords (``max_branches``, ``max_depth``, ``kv_type``, ``temperature``, ``top_k``,
-    ``top_p``, ``min_p``, ``device_candidates``; see :class:`Session`). ``verbose`` must be
+    ``top_p``, ``min_p``, ``device_candidates``, ``repeat_penalty``, ``frequency_penalty``,
+    ``presence_penalty``, ``penalty_last_n``, ``logit_bias``, ``logprobs``; see
+    :class:`Session`). ``verbose`` must be
     False: llama.cpp's log is shown with ``PARDEC_LLAMA_LOG=1`` instead. Any other keyword
     raises TypeError (saying so for llama_cpp keywords pardec has no counterpart for).
     """
@@ -522,6 +660,12 @@ class Model:
         top_p: Optional[float] = None,
         min_p: Optional[float] = None,
         device_candidates: Optional[int] = None,
+        repeat_penalty: Optional[float] = None,
+        frequency_penalty: Optional[float] = None,
+        presence_penalty: Optional[float] = None,
+        penalty_last_n: Optional[int] = None,
+        logit_bias: Optional[Mapping[int, float]] = None,
+        logprobs: Optional[int] = None,
         **kwargs: Any,
     ):
         """Loads the model at ``path`` (or ``model_path``); see the class for the keywords."""
@@ -545,10 +689,16 @@ class Model:
             "n_ctx": n_ctx, "n_batch": n_batch, "n_threads": n_threads, "seed": seed,
             "flash_attn": flash_attn, "max_branches": max_branches, "max_depth": max_depth,
             "kv_type": kv_type, "temperature": temperature, "top_k": top_k, "top_p": top_p,
-            "min_p": min_p, "device_candidates": device_candidates,
+            "min_p": min_p, "device_candidates": device_candidates, "repeat_penalty": repeat_penalty,
+            "frequency_penalty": frequency_penalty, "presence_penalty": presence_penalty,
+            "penalty_last_n": penalty_last_n, "logprobs": logprobs,
+            # A copy: changing the caller's dict later does not change the model's sessions.
+            "logit_bias": dict(logit_bias) if isinstance(logit_bias, Mapping) else logit_bias,
         }
         self._session_defaults: Dict[str, Any] = {k: v for k, v in defaults.items() if v is not None}
-        _session_params(self._session_defaults)  # a bad value fails now, not at the first session
+        _SessionParams(self._session_defaults)  # a bad value fails now, not at the first session
+        # Token pieces already asked for (the vocabulary never changes).
+        self._pieces: Dict[int, bytes] = {}
         L = _c.lib()
         params = _c.pardec_model_params()
         _check(L.pardec_model_params_default(byref(params), sizeof(params)))
@@ -619,6 +769,94 @@ class Model:
             _check(_c.lib().pardec_model_architecture(p, byref(out)))
         return _take_string(out)
 
+    # --- tokenizer (llama-cpp-python's names) ---
+
+    def tokenize(self, text: Union[str, bytes], add_bos: bool = True, special: bool = False) -> List[int]:
+        """The token ids of ``text`` (str, or UTF-8 bytes as llama-cpp-python takes).
+        ``add_bos`` adds the model's start token where its metadata asks for one; ``special``
+        reads special-token text (``"<|im_start|>"``) as those tokens: leave it False for text
+        from users. (:meth:`Session.prompt` parses special tokens.)"""
+        if isinstance(text, bytes):
+            if b"\0" in text:
+                raise ValueError("text contains a NUL byte, which a C string cannot hold")
+            data = text
+        else:
+            data = _encode(text, "text")
+        L = _c.lib()
+        capacity = len(data) // 2 + 8  # a guess; strlen + 2 always suffices
+        n = c_size_t()
+        with self._use() as p:
+            while True:
+                out = (c_int32 * capacity)()
+                status = L.pardec_model_tokenize(p, data, bool(add_bos), bool(special), out, capacity, byref(n))
+                if status != Status.OUT_OF_RANGE or n.value <= capacity:
+                    break
+                capacity = n.value  # too small: the library wrote the count needed
+        _check(status)
+        return list(out[: n.value])
+
+    def token_to_piece(self, token: int) -> bytes:
+        """The bytes ``token`` renders to (special tokens as their text). A piece need not be
+        valid UTF-8 on its own: a character may span tokens."""
+        token = _c_int(token, c_int32, "token")
+        piece = self._pieces.get(token)
+        if piece is not None:
+            return piece
+        L = _c.lib()
+        capacity = 32
+        n = c_size_t()
+        with self._use() as p:
+            while True:
+                out = ctypes.create_string_buffer(capacity)
+                status = L.pardec_model_token_piece(p, token, out, capacity, byref(n))
+                if status != Status.OUT_OF_RANGE or n.value <= capacity:
+                    break
+                capacity = n.value
+        _check(status)
+        piece = out.raw[: n.value]
+        self._pieces[token] = piece
+        return piece
+
+    def detokenize(self, tokens: Sequence[int]) -> bytes:
+        """The bytes of ``tokens``, exactly: their pieces (:meth:`token_to_piece`) joined, so
+        ``detokenize(tokenize(s, add_bos=False)) == s.encode()``. Special tokens render as
+        their text (llama-cpp-python's ``special=True``); decode with ``errors="replace"`` or
+        ``"ignore"`` if the ids may end inside a character."""
+        if isinstance(tokens, (str, bytes)):
+            raise TypeError(f"tokens must be a sequence of token ids, not {type(tokens).__name__}")
+        return b"".join(self.token_to_piece(t) for t in tokens)
+
+    def special_tokens(self) -> Dict[str, int]:
+        """The vocabulary's special tokens: ``{"bos", "eos", "eot", "sep", "nl", "pad"}`` to
+        their ids, -1 where the model has none."""
+        st = _c.pardec_special_tokens()
+        with self._use() as p:
+            _check(_c.lib().pardec_model_special_tokens(p, byref(st), sizeof(st)))
+        return {f[0]: getattr(st, f[0]) for f in _c.pardec_special_tokens._fields_}
+
+    def token_bos(self) -> int:
+        """The beginning-of-sequence token (-1: none)."""
+        return self.special_tokens()["bos"]
+
+    def token_eos(self) -> int:
+        """The end-of-sequence token (-1: none)."""
+        return self.special_tokens()["eos"]
+
+    def token_eot(self) -> int:
+        """The end-of-turn token of chat models (-1: none)."""
+        return self.special_tokens()["eot"]
+
+    def token_nl(self) -> int:
+        """The newline token (-1: none)."""
+        return self.special_tokens()["nl"]
+
+    def is_eog(self, token: int) -> bool:
+        """Whether ``token`` ends a generation (EOS, EOT, ...)."""
+        out = c_bool(False)
+        with self._use() as p:
+            _check(_c.lib().pardec_model_token_is_eog(p, _c_int(token, c_int32, "token"), byref(out)))
+        return out.value
+
     def chat(self, messages: Sequence[MessageLike]) -> str:
         """Formats messages with the model's chat template, the assistant's turn opened. Each
         message is an OpenAI-style dict ``{"role": ..., "content": ...}`` or a ``(role,
@@ -647,6 +885,9 @@ class Model:
         stop: Union[None, str, Sequence[str]] = ..., stream: Literal[False] = ...,
         model: Optional[str] = ..., protocol: Optional[str] = ...,
         max_branch_tokens: Optional[int] = ..., response_prefix: Optional[str] = ...,
+        repeat_penalty: Optional[float] = ..., frequency_penalty: Optional[float] = ...,
+        presence_penalty: Optional[float] = ..., logit_bias: Optional[Mapping[Union[int, str], float]] = ...,
+        logprobs: Optional[bool] = ..., top_logprobs: Optional[int] = ...,
         **kwargs: Any,
     ) -> ChatCompletion: ...
 
@@ -658,6 +899,9 @@ class Model:
         stop: Union[None, str, Sequence[str]] = ..., stream: Literal[True],
         model: Optional[str] = ..., protocol: Optional[str] = ...,
         max_branch_tokens: Optional[int] = ..., response_prefix: Optional[str] = ...,
+        repeat_penalty: Optional[float] = ..., frequency_penalty: Optional[float] = ...,
+        presence_penalty: Optional[float] = ..., logit_bias: Optional[Mapping[Union[int, str], float]] = ...,
+        logprobs: Optional[bool] = ..., top_logprobs: Optional[int] = ...,
         **kwargs: Any,
     ) -> ChatCompletionStream: ...
 
@@ -669,6 +913,9 @@ class Model:
         stop: Union[None, str, Sequence[str]] = ..., stream: bool = ...,
         model: Optional[str] = ..., protocol: Optional[str] = ...,
         max_branch_tokens: Optional[int] = ..., response_prefix: Optional[str] = ...,
+        repeat_penalty: Optional[float] = ..., frequency_penalty: Optional[float] = ...,
+        presence_penalty: Optional[float] = ..., logit_bias: Optional[Mapping[Union[int, str], float]] = ...,
+        logprobs: Optional[bool] = ..., top_logprobs: Optional[int] = ...,
         **kwargs: Any,
     ) -> Union[ChatCompletion, ChatCompletionStream]: ...
 
@@ -688,23 +935,39 @@ class Model:
         protocol: Optional[str] = None,
         max_branch_tokens: Optional[int] = None,
         response_prefix: Optional[str] = None,
+        repeat_penalty: Optional[float] = None,
+        frequency_penalty: Optional[float] = None,
+        presence_penalty: Optional[float] = None,
+        logit_bias: Optional[Mapping[Union[int, str], float]] = None,
+        logprobs: Optional[bool] = None,
+        top_logprobs: Optional[int] = None,
         **kwargs: Any,
     ) -> Union[ChatCompletion, ChatCompletionStream]:
         """Answers a chat, as ``llama_cpp.Llama.create_chat_completion`` and OpenAI's API do.
 
         ``messages``: OpenAI-style dicts ``{"role": ..., "content": ...}`` or ``(role,
         content)`` tuples (see :meth:`chat`). Returns the ``chat.completion`` dict (``id``,
-        ``object``, ``created``, ``model``, ``choices[0]`` with ``message`` and
+        ``object``, ``created``, ``model``, ``choices[0]`` with ``message``, ``logprobs`` and
         ``finish_reason`` "stop" or "length", ``usage``), plus ``"pardec"``: the protocol used,
         the session's statistics (:class:`Stats` as a dict: ``dp``, ``abn``, ``parallel``, ...)
         and auto mode's report. With ``stream=True`` it returns a lazy
         :class:`ChatCompletionStream` of ``chat.completion.chunk`` dicts instead.
 
         Each call decodes in a new session of this model (its keywords as defaults);
-        ``temperature``, ``top_p``, ``top_k``, ``min_p`` and ``seed`` override them (None: the
-        model's, else pardec's defaults: greedy). ``max_tokens`` None or <= 0: up to the
+        ``temperature``, ``top_p``, ``top_k``, ``min_p``, ``seed``, ``repeat_penalty``,
+        ``frequency_penalty``, ``presence_penalty`` and ``logit_bias`` override them (None:
+        the model's, else pardec's defaults: greedy, no penalties; see :class:`Session`).
+        ``logit_bias`` maps token ids (ints, or their decimal strings as JSON has them) to
+        biases; ``float("-inf")`` bans a token. ``max_tokens`` None or <= 0: up to the
         context's end. ``stop``: strings that end the answer (not included in the content;
-        plain generation only).
+        in auto mode they end it when the trunk writes one outside the branches).
+
+        ``logprobs=True`` fills ``choices[0]["logprobs"]`` in OpenAI's shape: ``{"content":
+        [{"token", "logprob", "bytes", "top_logprobs": [{"token", "logprob", "bytes"}]}],
+        "refusal": None}``, one entry per generated token of the content, with
+        ``top_logprobs`` (0 to 100, default 0) alternatives each; streamed chunks carry the
+        entries of their tokens. Plain generation only (in auto mode the content interleaves
+        branches and forced text).
 
         ``protocol`` picks the parallel part: None (the default) is
         :data:`DEFAULT_ADAPTER_PROTOCOL` when the model has a LoRA adapter (``lora_path``),
@@ -714,9 +977,9 @@ class Model:
         ``response_prefix`` starts the answer. ``completion_tokens`` counts every sampled
         token, the branches' too.
 
-        Keywords of llama_cpp/OpenAI that pardec does not implement (``tools``,
-        ``presence_penalty``, ``logprobs``, ...) are accepted at their "off" values and raise
-        TypeError otherwise; unknown keywords raise TypeError.
+        Keywords of llama_cpp/OpenAI that pardec does not implement (``tools``, ``grammar``,
+        ``response_format``, ``mirostat_mode``, ...) are accepted at their "off" values and
+        raise TypeError otherwise; unknown keywords raise TypeError.
         """
         for name, value in kwargs.items():
             neutral = _NEUTRAL_COMPLETION_KWARGS.get(name)
@@ -730,14 +993,21 @@ class Model:
             raise TypeError(f"stream must be a bool, not {type(stream).__name__}")
         if model is not None and not isinstance(model, str):
             raise TypeError(f"model must be str, not {type(model).__name__}")
+        if logprobs is not None and not isinstance(logprobs, bool):
+            raise TypeError(f"logprobs must be a bool, not {type(logprobs).__name__}")
+        if top_logprobs is not None:
+            if _c_int(top_logprobs, c_int32, "top_logprobs") < 0:
+                raise ValueError(f"top_logprobs must be >= 0, not {top_logprobs}")
+            if top_logprobs > 0 and not logprobs:
+                raise ValueError("top_logprobs needs logprobs=True")
         prompt = self.chat(messages)
         stops = [stop] if isinstance(stop, str) else list(stop or ())
         for s in stops:
             _encode(s, "stop string")
         chosen = self._choose_protocol(protocol)
-        if chosen is not None and stops:
-            raise ValueError("stop strings apply to plain generation only (protocol=pardec.PLAIN): "
-                             "in auto mode the protocol decides where the answer ends")
+        if chosen is not None and logprobs:
+            raise ValueError("logprobs apply to plain generation only (protocol=pardec.PLAIN): in auto "
+                             "mode the content interleaves branches and text the protocol forces")
         if response_prefix is not None:
             if chosen is None:
                 raise ValueError("response_prefix needs a protocol (auto mode)")
@@ -749,18 +1019,30 @@ class Model:
         branch_tokens = 96 if max_branch_tokens is None else max_branch_tokens
         if isinstance(branch_tokens, bool) or not isinstance(branch_tokens, int) or branch_tokens < 0:
             raise ValueError(f"max_branch_tokens must be an int >= 0, not {max_branch_tokens!r}")
-        sampling = {k: v for k, v in (("temperature", temperature), ("top_p", top_p), ("top_k", top_k),
-                                      ("min_p", min_p), ("seed", seed)) if v is not None}
-        _session_params({**self._session_defaults, **sampling})  # bad values fail now
+        session_kw = {k: v for k, v in (
+            ("temperature", temperature), ("top_p", top_p), ("top_k", top_k), ("min_p", min_p),
+            ("seed", seed), ("repeat_penalty", repeat_penalty), ("frequency_penalty", frequency_penalty),
+            ("presence_penalty", presence_penalty),
+            ("logit_bias", _chat_logit_bias(logit_bias) if logit_bias is not None else None),
+            ("logprobs", (top_logprobs or 0) if logprobs else None),
+        ) if v is not None}
+        _SessionParams({**self._session_defaults, **session_kw})  # bad values fail now
+
+        def entry(ev: Event) -> Optional[ChatCompletionTokenLogprob]:
+            if ev.logprob is None:
+                return None
+            return logprob_entry(self.token_to_piece, ev.token, ev.logprob, ev.top_logprobs or ())
+
+        entry_fn = entry if logprobs else None
 
         def run(on_event: Callable[[Event], bool]) -> ChatOutcome:
-            return self._run_chat(prompt, sampling, chosen, max_tokens, branch_tokens,
-                                  response_prefix, stops, on_event)
+            return self._run_chat(prompt, session_kw, chosen, max_tokens, branch_tokens,
+                                  response_prefix, stops, on_event, entry_fn)
 
         request = ChatRequest(
             id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()),
             model=model if model is not None else self.model_path, run=run, stop=stops,
-            response_prefix=response_prefix or "")
+            response_prefix=response_prefix or "", logprob_entry=entry_fn)
         if stream:
             return ChatCompletionStream(request)
         return request.completion(run(lambda ev: True))
@@ -776,24 +1058,35 @@ class Model:
         _encode(protocol, "protocol")
         return protocol
 
-    def _run_chat(self, prompt: str, sampling: Mapping[str, Any], protocol: Optional[str],
+    def _run_chat(self, prompt: str, session_kw: Mapping[str, Any], protocol: Optional[str],
                   max_tokens: Optional[int], max_branch_tokens: int, response_prefix: Optional[str],
-                  stops: Sequence[str], on_event: Callable[[Event], bool]) -> ChatOutcome:
-        """Decodes one chat completion in a new session; events go to ``on_event``."""
+                  stops: Sequence[str], on_event: Callable[[Event], bool],
+                  logprob_entry: Optional[Callable[[Event], Optional[ChatCompletionTokenLogprob]]],
+                  ) -> ChatOutcome:
+        """Decodes one chat completion in a new session; events go to ``on_event``;
+        ``logprob_entry`` (with ``logprobs=True``) makes the trunk tokens' entries."""
         last_end: List[Optional[str]] = [None]
+        last_stop: List[Optional[str]] = [None]
+        last_piece: List[str] = [""]
         trunk_text: List[str] = []
+        entries: List[ChatCompletionTokenLogprob] = []
 
         def watch(ev: Event) -> bool:
             if ev.is_trunk:
                 if ev.kind == "end":
-                    last_end[0] = ev.stop_reason
+                    last_end[0], last_stop[0] = ev.stop_reason, ev.stop_string
                 elif ev.kind == "token":
                     trunk_text.append(ev.text)
+                    if ev.text:
+                        last_piece[0] = ev.text
+                    made = logprob_entry(ev) if logprob_entry is not None else None
+                    if made is not None:
+                        entries.append(made)
             return on_event(ev)
 
         report: Optional[Dict[str, Any]] = None
         full = False
-        with Session(self, **sampling) as s:
+        with Session(self, **session_kw) as s:
             s.prompt(prompt)
             prompt_tokens = s.stats().tokens_prefill
             budget = max_tokens if max_tokens is not None else max(s.n_ctx - prompt_tokens, 1)
@@ -802,7 +1095,7 @@ class Model:
                     s.generate_text(max_tokens=min(budget, 2**32 - 1), stop=stops, on_event=watch)
                 else:
                     report = s.generate_auto(protocol, max_tokens=budget, max_branch_tokens=max_branch_tokens,
-                                             response_prefix=response_prefix, on_event=watch)
+                                             response_prefix=response_prefix, on_event=watch, stop=stops)
             except PardecError as e:
                 if e.status != Status.KV_CACHE_FULL:
                     raise
@@ -813,14 +1106,42 @@ class Model:
             content = text[len(prompt):]
         else:  # a template whose special tokens do not read back as written
             content = (response_prefix or "") + "".join(trunk_text)
-        content, hit = cut_at_stop(content, stops)
+        hit = False
+        if last_end[0] == "stop_string" and last_stop[0] in stops:
+            # The trunk's last token completed one of the stop strings (not a protocol
+            # marker): the content ends before it.
+            matched = last_stop[0]
+            cut = _cut_matched_stop(content, matched, last_piece[0]) if matched else None
+            content, hit = (cut if cut is not None else cut_at_stop(content, stops)[0]), True
         if full or (not hit and last_end[0] in ("max_tokens", "kv_cache_full")):
             finish_reason = "length"
         else:
             finish_reason = "stop"
         return ChatOutcome(content=content, finish_reason=finish_reason, prompt_tokens=prompt_tokens,
                            completion_tokens=stats.tokens_total, protocol=protocol,
-                           stats=stats.as_dict(), report=report)
+                           stats=stats.as_dict(), report=report,
+                           logprobs=content_logprobs(entries, len(content.encode("utf-8", "surrogatepass")))
+                           if logprob_entry is not None else None)
+
+
+def _chat_logit_bias(bias: Any) -> Dict[int, float]:
+    """A chat completion's ``logit_bias`` with its keys as token ids: ints, or decimal strings
+    (JSON object keys are strings; llama-cpp-python's server accepts them)."""
+    if not isinstance(bias, Mapping):
+        raise TypeError(f"logit_bias must be a mapping of token ids to biases, not {type(bias).__name__}")
+    out: Dict[int, float] = {}
+    for key, value in bias.items():
+        if isinstance(key, str):
+            try:
+                token = int(key.strip())
+            except ValueError:
+                raise ValueError(f"logit_bias key {key!r} is not a token id") from None
+        elif isinstance(key, int) and not isinstance(key, bool):
+            token = key
+        else:
+            raise TypeError(f"logit_bias keys must be token ids (int or str), not {type(key).__name__}")
+        out[token] = value
+    return out
 
 
 def _free_adapter(ptr: int) -> None:
@@ -885,6 +1206,18 @@ class Session:
     the model's keywords (``Model(..., n_ctx=2048)``), if any. ``temperature`` <= 0 is
     greedy; sampling is reproducible for a given ``seed``. ``adapters`` None (the default):
     the model's adapter (``Model(lora_path=...)``), if any; ``[]``: none.
+
+    Penalties and biases, as llama.cpp (and llama-cpp-python) apply them, before sampling:
+    ``repeat_penalty`` (1.0: off; > 0) divides a positive logit of each token in the node's
+    penalty window (multiplies a negative one), ``frequency_penalty`` is subtracted per
+    occurrence in it and ``presence_penalty`` once (0: off); the window is the last
+    ``penalty_last_n`` tokens the node sees (default 64; 0: no penalties; -1: the whole
+    context). ``logit_bias`` maps token ids to a bias added to their logits (``float("-inf")``
+    bans the token). ``logprobs`` n (0 to 100) records each generated token's
+    log-probability and its step's n most likely tokens (:attr:`Event.logprob`,
+    :attr:`Result.logprobs`, :meth:`completion_logprobs`); None: the model's, else off.
+    These need host selection (``device_candidates`` 0); values out of range raise
+    :class:`PardecError` with status INVALID_ARGUMENT.
     """
 
     def __init__(
@@ -904,6 +1237,12 @@ class Session:
         min_p: Optional[float] = None,
         seed: Optional[int] = None,
         device_candidates: Optional[int] = None,
+        repeat_penalty: Optional[float] = None,
+        frequency_penalty: Optional[float] = None,
+        presence_penalty: Optional[float] = None,
+        penalty_last_n: Optional[int] = None,
+        logit_bias: Optional[Mapping[int, float]] = None,
+        logprobs: Optional[int] = None,
         adapters: Optional[Sequence[Tuple[Adapter, float]]] = None,
     ):
         """A new session of ``model``; see the class for the keywords."""
@@ -911,15 +1250,18 @@ class Session:
             "n_ctx": n_ctx, "n_batch": n_batch, "max_branches": max_branches, "max_depth": max_depth,
             "n_threads": n_threads, "kv_type": kv_type, "flash_attn": flash_attn,
             "temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p,
-            "seed": seed, "device_candidates": device_candidates,
+            "seed": seed, "device_candidates": device_candidates, "repeat_penalty": repeat_penalty,
+            "frequency_penalty": frequency_penalty, "presence_penalty": presence_penalty,
+            "penalty_last_n": penalty_last_n, "logit_bias": logit_bias, "logprobs": logprobs,
         }
-        p = _session_params({**model._session_defaults, **{k: v for k, v in explicit.items() if v is not None}})
+        # The bias array lives in `params` until pardec_session_new has copied it.
+        params = _SessionParams({**model._session_defaults, **{k: v for k, v in explicit.items() if v is not None}})
         L = _c.lib()
         out = c_void_p()
         with model._use() as mp:
-            _check(L.pardec_session_new(mp, byref(p), byref(out)))
+            _check(L.pardec_session_new(mp, byref(params.c), byref(out)))
         self.model = model
-        self._n_ctx: int = p.n_ctx
+        self._n_ctx: int = params.c.n_ctx
         self._ptr: Optional[int] = out.value
         # Held for the duration of every call. Never waited on: a second caller (another
         # thread, or a callback re-entering) gets BUSY, as from the C API.
@@ -1022,23 +1364,28 @@ class Session:
     # --- generation ---
 
     def generate(self, max_tokens: int = 256, stop: Sequence[str] = (), ban_eog: bool = False,
-                 banned_tokens: Iterable[int] = ()) -> "Generation":
+                 banned_tokens: Iterable[int] = (), strip_stop: bool = False) -> "Generation":
         """Generates on the trunk, as an iterator of :class:`Event` (token and end events),
         one decode step per batch of events. The generated text is ``.text`` once the
-        iteration is over. To stop early, ``close()`` it (or use it as a context manager); an
-        abandoned iterator is closed when garbage-collected. Closing cancels: what was decoded
-        stays in the session, and the trunk needs appended text before it generates again."""
-        limits = _Limits(max_tokens, stop, ban_eog, banned_tokens)
+        iteration is over; with ``strip_stop`` it ends before the stop string that ended the
+        run (the events and the session keep every token). To stop early, ``close()`` it (or
+        use it as a context manager); an abandoned iterator is closed when garbage-collected.
+        Closing cancels: what was decoded stays in the session, and the trunk needs appended
+        text before it generates again."""
+        limits = _Limits(max_tokens, stop, ban_eog, banned_tokens, strip_stop)
         with self._use() as p:
             _check(_c.lib().pardec_session_resume(p, TRUNK, byref(limits.c)))
-        return Generation(self)
+        return Generation(self, strip_stop=bool(strip_stop))
 
     def generate_text(self, max_tokens: int = 256, stop: Sequence[str] = (), ban_eog: bool = False,
                       banned_tokens: Iterable[int] = (),
-                      on_event: Optional[Callable[[Event], Optional[bool]]] = None) -> str:
+                      on_event: Optional[Callable[[Event], Optional[bool]]] = None,
+                      strip_stop: bool = False) -> str:
         """Generates on the trunk in one call and returns the text. ``on_event`` (optional)
-        receives every event; returning False cancels (raises :class:`Cancelled`)."""
-        limits = _Limits(max_tokens, stop, ban_eog, banned_tokens)
+        receives every event; returning False cancels (raises :class:`Cancelled`).
+        ``strip_stop``: the text ends before the stop string that ended the run, as
+        llama-cpp-python returns it (the session keeps every token)."""
+        limits = _Limits(max_tokens, stop, ban_eog, banned_tokens, strip_stop)
         cb = _Callback(on_event)
         out = c_void_p()
         with self._use() as p:
@@ -1048,20 +1395,27 @@ class Session:
 
     def generate_auto(self, protocol: str, max_tokens: int = 256, max_branch_tokens: int = 96,
                       response_prefix: Optional[str] = None,
-                      on_event: Optional[Callable[[Event], Optional[bool]]] = None) -> Dict[str, Any]:
+                      on_event: Optional[Callable[[Event], Optional[bool]]] = None,
+                      stop: Union[str, Sequence[str]] = ()) -> Dict[str, Any]:
         """Auto mode: the model decides when to fork, under ``protocol`` (a built-in name such
         as "multiverse", "aspd" or "apr", or a protocol description as a JSON string). Returns
         the report ``{"blocks": [...], "warnings": [...]}``; the text is in :meth:`result`.
+        ``stop``: strings that end the answer when the trunk writes one itself, outside the
+        branches (the trunk's end event then has stop reason "stop_string"; a string that is
+        one of the protocol's own markers stays the protocol's). The session keeps the stop
+        string, as :meth:`generate` does.
         When the generation stops midway (a full KV cache, a cancel, a failed decode) the
         exception's ``report`` attribute holds the report of what was done before, and the
         text so far is in :meth:`result`."""
         cb = _Callback(on_event)
         out = c_void_p()
         prefix = _encode(response_prefix, "response_prefix") if response_prefix is not None else None
+        stops = _stop_strings(stop)
         with self._use() as p:
-            status = _c.lib().pardec_session_generate_auto(
+            status = _c.lib().pardec_session_generate_auto_stop(
                 p, _encode(protocol, "protocol"), _c_int(max_tokens, c_size_t, "max_tokens"),
-                _c_int(max_branch_tokens, c_size_t, "max_branch_tokens"), prefix, cb.c, None, byref(out))
+                _c_int(max_branch_tokens, c_size_t, "max_branch_tokens"), prefix,
+                ctypes.cast(stops, ctypes.POINTER(c_char_p)), len(stops), cb.c, None, byref(out))
         report: Optional[Dict[str, Any]] = json.loads(_take_string(out)) if out.value else None
         try:
             cb.check(status)
@@ -1180,16 +1534,44 @@ class Session:
                         label=br.label.decode(), text=br.text.decode("utf-8", "replace"),
                         n_tokens=br.n_tokens, stop_reason=_STOP_REASONS.get(br.stop_reason),
                         stop_string=br.stop_string.decode("utf-8", "replace") if br.stop_string else None,
-                        kept=bool(br.kept)))
+                        kept=bool(br.kept), node=br.node))
                 blocks.append(Block(parent_label=bi.parent_label.decode(), fork_pos=bi.fork_pos,
                                     join_state=_JOIN_STATES.get(bi.join_state, str(bi.join_state)),
                                     branches=branches))
             st = _c.pardec_stats()
             _check(L.pardec_result_stats(r, byref(st), sizeof(st)))
+            nodes = [TRUNK] + [br.node for bl in blocks for br in bl.branches]
             return Result(text=(text.value or b"").decode("utf-8", "replace"), blocks=blocks,
-                          stats=Stats._from_c(st))
+                          stats=Stats._from_c(st), logprobs={n: _result_logprobs(r, n) for n in nodes})
         finally:
             L.pardec_result_free(r)
+
+    def logprobs(self, node: int = TRUNK) -> List[TokenLogprob]:
+        """The log-probabilities of the tokens ``node`` generated so far, in order (empty in a
+        session without ``logprobs``, or for a node that generated nothing or is unknown)."""
+        node = _c_int(node, c_uint32, "node")
+        L = _c.lib()
+        r = c_void_p()
+        with self._use() as p:
+            _check(L.pardec_session_result(p, byref(r)))
+        try:
+            return _result_logprobs(r, node)
+        finally:
+            L.pardec_result_free(r)
+
+    def completion_logprobs(self, node: int = TRUNK) -> Dict[str, Any]:
+        """The log-probabilities of the tokens ``node`` generated, in the shape of the
+        ``logprobs`` of llama-cpp-python's ``create_completion``: ``{"tokens": [piece],
+        "text_offset": [int], "token_logprobs": [float], "top_logprobs": [{piece: logprob}]}``.
+
+        A piece is the token's text (:meth:`Model.token_to_piece` decoded as UTF-8, bytes of a
+        split character dropped, as llama-cpp-python does). ``text_offset`` counts characters,
+        but from the start of the node's generated text (its generated tokens' pieces joined),
+        not of the prompt as llama-cpp-python's does: for the trunk after one generation, an
+        index into what :meth:`generate_text` returned. Each ``top_logprobs`` dict holds the
+        step's most likely tokens and, as llama-cpp-python's, the chosen token itself. Needs a
+        session made with ``logprobs`` (else every list is empty) and its model open."""
+        return _completion_logprobs(self.model, self.logprobs(node))
 
     def stats(self) -> Stats:
         """The statistics since creation, :meth:`clear` or :meth:`reset_stats`."""
@@ -1215,11 +1597,14 @@ class Generation:
     generated text. ``close()`` before the end cancels the running nodes; until then a
     half-consumed iterator just pauses them (another ``run()`` would finish them)."""
 
-    def __init__(self, session: Session):
-        """Iterates the running nodes of ``session`` (use Session.generate or run_iter)."""
+    def __init__(self, session: Session, strip_stop: bool = False):
+        """Iterates the running nodes of ``session`` (use Session.generate or run_iter);
+        ``strip_stop``: ``text`` loses the stop string that ends the trunk's run."""
         self._session = session
         self._pending: List[Event] = []
         self._finished = False
+        self._strip_stop = strip_stop
+        self._last_piece = ""
         self.text = ""
 
     def __iter__(self) -> "Generation":
@@ -1242,6 +1627,11 @@ class Generation:
         ev = self._pending.pop(0)
         if ev.kind == "token" and ev.is_trunk:
             self.text += ev.text
+            if ev.text:
+                self._last_piece = ev.text
+        elif ev.kind == "end" and ev.is_trunk and self._strip_stop and ev.stop_string:
+            # None: the stop began before the run, so none of the run's text comes before it.
+            self.text = _cut_matched_stop(self.text, ev.stop_string, self._last_piece) or ""
         return ev
 
     def close(self) -> None:

@@ -118,12 +118,70 @@ class PardecInfo(TypedDict):
     report: Optional[Dict[str, Any]]
 
 
+class ChatCompletionTopLogprob(TypedDict):
+    """One of a step's most likely tokens (OpenAI's ``top_logprobs`` item): its text, its
+    natural-log probability and its exact UTF-8 bytes."""
+
+    token: str
+    logprob: float
+    bytes: Optional[List[int]]
+
+
+class ChatCompletionTokenLogprob(TypedDict):
+    """A generated token of the answer (OpenAI's ``logprobs.content`` item). ``token`` is its
+    text with the bytes of a character split over tokens dropped (llama-cpp-python's rule);
+    ``bytes`` are exact: they concatenate to the UTF-8 of the content."""
+
+    token: str
+    logprob: float
+    bytes: Optional[List[int]]
+    top_logprobs: List[ChatCompletionTopLogprob]
+
+
+class ChatCompletionLogprobs(TypedDict):
+    """A choice's ``logprobs`` (with ``logprobs=True``): one entry per generated token of the
+    content; ``refusal`` is always None."""
+
+    content: Optional[List[ChatCompletionTokenLogprob]]
+    refusal: Optional[List[ChatCompletionTokenLogprob]]
+
+
+def logprob_entry(piece: Callable[[int], bytes], token: int, logprob: float,
+                  top: Sequence[Tuple[int, float]]) -> ChatCompletionTokenLogprob:
+    """The OpenAI entry of a generated token; ``piece`` gives a token's bytes."""
+    def one(t: int, lp: float) -> ChatCompletionTopLogprob:
+        b = piece(t)
+        return {"token": b.decode("utf-8", "ignore"), "logprob": lp, "bytes": list(b)}
+
+    own = one(token, logprob)
+    return {"token": own["token"], "logprob": logprob, "bytes": own["bytes"],
+            "top_logprobs": [one(t, lp) for t, lp in top]}
+
+
+def _n_bytes(entry: ChatCompletionTokenLogprob) -> int:
+    return len(entry["bytes"] or ())
+
+
+def content_logprobs(entries: Sequence[ChatCompletionTokenLogprob], n_bytes: int) -> List[ChatCompletionTokenLogprob]:
+    """The entries of the tokens that start within the first ``n_bytes`` bytes of the
+    generated text: those of the content, when the generation went on past it (a stop
+    string; the end-of-generation token has no entry)."""
+    out = []
+    start = 0
+    for e in entries:
+        if start >= n_bytes:
+            break
+        out.append(e)
+        start += _n_bytes(e)
+    return out
+
+
 class ChatCompletionChoice(TypedDict):
     """The one choice of a chat completion."""
 
     index: int
     message: ChatMessage
-    logprobs: None
+    logprobs: Optional[ChatCompletionLogprobs]
     finish_reason: str
 
 
@@ -152,11 +210,13 @@ class ChatCompletionDelta(TypedDict, total=False):
 
 
 class ChatCompletionChunkChoice(TypedDict):
-    """The one choice of a chunk; ``finish_reason`` is set in the last chunk only."""
+    """The one choice of a chunk; ``finish_reason`` is set in the last chunk only. With
+    ``logprobs=True`` the content chunks' ``logprobs`` hold the entries of the tokens whose
+    text starts in their delta."""
 
     index: int
     delta: ChatCompletionDelta
-    logprobs: None
+    logprobs: Optional[ChatCompletionLogprobs]
     finish_reason: Optional[str]
 
 
@@ -190,6 +250,8 @@ class ChatOutcome:
     protocol: Optional[str]
     stats: Dict[str, Union[int, float]]
     report: Optional[Dict[str, Any]]
+    #: The content's token log-probabilities (None: not asked for).
+    logprobs: Optional[List[ChatCompletionTokenLogprob]] = None
 
     def usage(self) -> CompletionUsage:
         """The OpenAI usage dict."""
@@ -215,6 +277,9 @@ class ChatRequest:
     #: Whether trunk tokens are the response's text as they come (plain generation and auto
     #: mode); after a fork the text comes with the outcome.
     live: bool = True
+    #: With ``logprobs=True``: the OpenAI entry of a trunk token event (None for one without
+    #: a log-probability).
+    logprob_entry: Optional[Callable[["Event"], Optional[ChatCompletionTokenLogprob]]] = None
 
     def completion(self, outcome: ChatOutcome) -> ChatCompletion:
         """The ``chat.completion`` dict of an outcome."""
@@ -226,28 +291,45 @@ class ChatRequest:
             "choices": [{
                 "index": 0,
                 "message": {"role": "assistant", "content": outcome.content},
-                "logprobs": None,
+                "logprobs": _logprobs(outcome.logprobs),
                 "finish_reason": outcome.finish_reason,
             }],
             "usage": outcome.usage(),
             "pardec": outcome.pardec(),
         }
 
-    def chunk(self, delta: ChatCompletionDelta, finish_reason: Optional[str] = None) -> ChatCompletionChunk:
-        """A ``chat.completion.chunk`` dict."""
+    def chunk(self, delta: ChatCompletionDelta, finish_reason: Optional[str] = None,
+              logprobs: Optional[List[ChatCompletionTokenLogprob]] = None) -> ChatCompletionChunk:
+        """A ``chat.completion.chunk`` dict (``logprobs``: the entries of its tokens)."""
         return {
             "id": self.id,
             "object": "chat.completion.chunk",
             "created": self.created,
             "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+            "choices": [{"index": 0, "delta": delta, "logprobs": _logprobs(logprobs),
+                         "finish_reason": finish_reason}],
         }
+
+
+def _logprobs(content: Optional[List[ChatCompletionTokenLogprob]]) -> Optional[ChatCompletionLogprobs]:
+    """A choice's ``logprobs`` value: None when not asked for."""
+    return None if content is None else {"content": content, "refusal": None}
+
+
+def _find_stop(text: str, stop: str) -> int:
+    """Where ``stop`` first matches in a run's ``text`` (-1: nowhere), by the library's rule:
+    a stop of whitespace only matches only after the run has written something else."""
+    if not stop:
+        return -1
+    start = len(text) - len(text.lstrip()) if stop.isspace() else 0
+    return text.find(stop, start) if start < len(text) else -1
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> Tuple[str, bool]:
     """``text`` up to the first occurrence of any stop string (OpenAI's rule: the stop string
-    is not part of the content), and whether one occurred."""
-    hits = [i for i in (text.find(s) for s in stop if s) if i >= 0]
+    is not part of the content), and whether one occurred. A stop of whitespace only counts
+    after the first other character, as the library matches it."""
+    hits = [i for i in (_find_stop(text, s) for s in stop) if i >= 0]
     return (text[: min(hits)], True) if hits else (text, False)
 
 
@@ -328,6 +410,12 @@ class _StreamJob:
         self.cancel = threading.Event()
         self.tokens_decoded = 0
         self.thread: Optional[threading.Thread] = None
+        # Log-probability entries of trunk tokens not yet sent, with the byte offset in the
+        # generated text where each token starts; bytes generated and bytes of content sent.
+        self.logprobs: List[Tuple[int, ChatCompletionTokenLogprob]] = []
+        self.generated_bytes = 0
+        self.sent_bytes = 0
+        self.sent_logprobs = 0
 
     def put(self, item: Tuple[str, Any]) -> bool:
         """Queues an item, waiting while the queue is full; False (nothing queued) once the
@@ -348,12 +436,30 @@ class _StreamJob:
             if ev.token >= 0:
                 self.tokens_decoded += 1
             if ev.is_trunk:
+                entry = self.request.logprob_entry(ev) if self.request.logprob_entry is not None else None
+                if entry is not None:
+                    self.logprobs.append((self.generated_bytes, entry))
+                    self.generated_bytes += _n_bytes(entry)
                 delta = tracker.feed(ev.text)
-                if delta and not self.put(("content", delta)):
+                if delta and not self.put(("content", (delta, self.take_logprobs(delta)))):
                     return False
         elif ev.kind == "fork":
             tracker.live = False
         return not self.cancel.is_set()
+
+    def take_logprobs(self, delta: str) -> Optional[List[ChatCompletionTokenLogprob]]:
+        """The entries of the tokens that start in ``delta``, the content sent next (None
+        without ``logprobs``)."""
+        self.sent_bytes += len(delta.encode("utf-8", "surrogatepass"))
+        if self.request.logprob_entry is None:
+            return None
+        n = 0
+        while n < len(self.logprobs) and self.logprobs[n][0] < self.sent_bytes:
+            n += 1
+        ready = [e for _, e in self.logprobs[:n]]
+        del self.logprobs[:n]
+        self.sent_logprobs += n
+        return ready
 
     def work(self) -> None:
         """The decoding thread's body: runs the request, queues the deltas, then the outcome
@@ -362,7 +468,8 @@ class _StreamJob:
         try:
             if self.request.response_prefix:
                 first = tracker.feed(self.request.response_prefix)
-                if first and not self.put(("content", first)):
+                # Forced text: no token of it was generated (logprobs start after it).
+                if first and not self.put(("content", (first, [] if self.request.logprob_entry else None))):
                     return
             outcome = self.request.run(lambda ev: self.on_event(tracker, ev))
             self.put(("done", (outcome, tracker.finish(outcome.content))))
@@ -454,13 +561,15 @@ class ChatCompletionStream(Iterator[ChatCompletionChunk]):
             return job.request.chunk({"role": "assistant"})
         kind, value = self._get()
         if kind == "content":
-            return job.request.chunk({"content": value})
+            delta, logprobs = value
+            return job.request.chunk({"content": delta}, logprobs=logprobs)
         self._end()
         if kind == "error":
             raise value
         outcome, rest = value
-        if rest:
-            self._pending.append(job.request.chunk({"content": rest}))
+        rest_logprobs = None if outcome.logprobs is None else outcome.logprobs[job.sent_logprobs:]
+        if rest or rest_logprobs:
+            self._pending.append(job.request.chunk({"content": rest}, logprobs=rest_logprobs))
         last = job.request.chunk({}, outcome.finish_reason)
         last["usage"] = outcome.usage()
         last["pardec"] = outcome.pardec()

@@ -164,6 +164,10 @@ def test_stop_strings_are_held_back_until_they_can_no_longer_start():
     assert quiet.feed("abc") == "" and quiet.finish("abcdef") == "abcdef"
     assert _chat.cut_at_stop("a STOP b </end>", ["</end>", "STOP"]) == ("a ", True)
     assert _chat.cut_at_stop("abc", ["x"]) == ("abc", False)
+    # A stop of whitespace only counts once something else was written (the library's rule).
+    assert _chat.cut_at_stop("\n\nHi\nthere", ["\n"]) == ("\n\nHi", True)
+    assert _chat.cut_at_stop("  \n ", ["\n", " "]) == ("  \n ", False)
+    assert _chat.ContentTracker(["\n"]).feed("\nHi\nthere") == "\nHi"
 
 
 # ----- create_chat_completion --------------------------------------------------------------
@@ -223,10 +227,16 @@ def test_sampling_keywords_and_unsupported_ones(llm):
     assert len({greedy["choices"][0]["message"]["content"], *texts}) >= 2  # sampling changed something
     # Keywords pardec does not implement are fine at their "off" values ...
     llm.create_chat_completion(QUESTION, max_tokens=1, tools=None, presence_penalty=0.0,
-                               repeat_penalty=1.0, logprobs=False, typical_p=1)
+                               repeat_penalty=1.0, logprobs=False, typical_p=1, grammar=None,
+                               response_format=None, mirostat_mode=0)
     # ... and refused otherwise; unknown ones and bad values too.
     for kw, words in (({"tools": [{"type": "function"}]}, "does not support tools="),
-                      ({"repeat_penalty": 1.1}, "repeat_penalty=1.1"),
+                      ({"mirostat_mode": 2}, "mirostat_mode=2"),
+                      ({"grammar": "root ::= \"a\""}, "does not support grammar="),
+                      ({"response_format": {"type": "json_object"}}, "does not support response_format="),
+                      ({"repeat_penalty": "strong"}, "repeat_penalty must be a number"),
+                      ({"logprobs": 1}, "logprobs must be a bool"),
+                      ({"logit_bias": [(1, 2.0)]}, "logit_bias must be a mapping"),
                       ({"max_tokenz": 3}, "unexpected keyword argument 'max_tokenz'"),
                       ({"temperature": "hot"}, "temperature must be a number"),
                       ({"stream": "yes"}, "stream must be a bool"),
@@ -235,7 +245,11 @@ def test_sampling_keywords_and_unsupported_ones(llm):
             llm.create_chat_completion(QUESTION, max_tokens=1, **kw)
         assert words in str(info.value), (kw, str(info.value))
     with pytest.raises(ValueError, match="plain generation only"):
-        llm.create_chat_completion(QUESTION, max_tokens=1, stop=["x"], protocol="multiverse")
+        llm.create_chat_completion(QUESTION, max_tokens=1, logprobs=True, protocol="multiverse")
+    with pytest.raises(ValueError, match="needs logprobs=True"):
+        llm.create_chat_completion(QUESTION, max_tokens=1, top_logprobs=2)
+    with pytest.raises(ValueError, match="not a token id"):
+        llm.create_chat_completion(QUESTION, max_tokens=1, logit_bias={"seven": 1.0})
     with pytest.raises(ValueError, match="needs a protocol"):
         llm.create_chat_completion(QUESTION, max_tokens=1, response_prefix="<Parallel>")
     with pytest.raises(pardec.PardecError) as e:
@@ -363,3 +377,96 @@ print("ok")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
     assert "Traceback" not in out.stderr and "Exception ignored" not in out.stderr, out.stderr
+
+
+# ----- penalties, biases, log-probabilities, stop strings in auto mode -----------------------
+
+
+def chunk_logprobs(chunks):
+    return [e for c in chunks if c["choices"][0]["logprobs"] for e in c["choices"][0]["logprobs"]["content"]]
+
+
+def test_chat_logprobs_have_the_openai_shape(llm):
+    out = llm.create_chat_completion(QUESTION, max_tokens=8, logprobs=True, top_logprobs=3)
+    [choice] = out["choices"]
+    content = choice["message"]["content"]
+    assert content == llm.create_chat_completion(QUESTION, max_tokens=8)["choices"][0]["message"]["content"]
+    lp = choice["logprobs"]
+    assert set(lp) == {"content", "refusal"} and lp["refusal"] is None
+    entries = lp["content"]
+    assert len(entries) == 8
+    assert "".join(e["token"] for e in entries) == content
+    assert bytes(b for e in entries for b in e["bytes"]) == content.encode()
+    for e in entries:
+        assert set(e) == {"token", "logprob", "bytes", "top_logprobs"}
+        assert e["logprob"] <= 0 and len(e["top_logprobs"]) == 3
+        assert all(set(t) == {"token", "logprob", "bytes"} for t in e["top_logprobs"])
+        assert e["top_logprobs"][0]["bytes"] == e["bytes"]  # greedy: the most likely token
+        lps = [t["logprob"] for t in e["top_logprobs"]]
+        assert lps == sorted(lps, reverse=True)
+    # Without top_logprobs: the tokens alone; without logprobs: None, as before.
+    bare = llm.create_chat_completion(QUESTION, max_tokens=8, logprobs=True)["choices"][0]["logprobs"]["content"]
+    assert [(e["token"], e["logprob"]) for e in bare] == [(e["token"], e["logprob"]) for e in entries]
+    assert all(e["top_logprobs"] == [] for e in bare)
+    assert llm.create_chat_completion(QUESTION, max_tokens=2, logprobs=False)["choices"][0]["logprobs"] is None
+    # Streamed: each content chunk carries the entries of its tokens.
+    chunks = list(llm.create_chat_completion(QUESTION, max_tokens=8, logprobs=True, top_logprobs=3, stream=True))
+    assert content_of(chunks) == content
+    assert chunk_logprobs(chunks) == entries
+    for c in chunks[1:-1]:
+        assert "".join(e["token"] for e in c["choices"][0]["logprobs"]["content"]) == c["choices"][0]["delta"]["content"]
+    assert chunks[0]["choices"][0]["logprobs"] is None and chunks[-1]["choices"][0]["logprobs"] is None
+
+
+def test_chat_logprobs_cover_the_content_before_a_stop_string(llm):
+    full = llm.create_chat_completion(QUESTION, max_tokens=12, logprobs=True)
+    words = full["choices"][0]["message"]["content"].split()
+    stop = words[2][1:]  # the middle of a word: the token holding the stop starts before it
+    out = llm.create_chat_completion(QUESTION, max_tokens=12, stop=[stop], logprobs=True)
+    content = out["choices"][0]["message"]["content"]
+    assert stop not in content and out["choices"][0]["finish_reason"] == "stop"
+    entries = out["choices"][0]["logprobs"]["content"]
+    joined = bytes(b for e in entries for b in e["bytes"])
+    # Every token that starts in the content, and only those (the last one may run past it).
+    assert joined.startswith(content.encode()) and len(joined) - len(entries[-1]["bytes"]) < len(content.encode())
+    assert entries == full["choices"][0]["logprobs"]["content"][: len(entries)]
+    chunks = list(llm.create_chat_completion(QUESTION, max_tokens=12, stop=[stop], logprobs=True, stream=True))
+    assert content_of(chunks) == content and chunk_logprobs(chunks) == entries
+
+
+def test_chat_penalties_and_logit_bias(llm):
+    desk = [{"role": "user", "content": "Four tips for desk workers"}]
+    greedy = llm.create_chat_completion(desk, max_tokens=24, logprobs=True)
+    text = greedy["choices"][0]["message"]["content"]
+    penalised = llm.create_chat_completion(desk, max_tokens=24, repeat_penalty=1.3)["choices"][0]["message"]["content"]
+    assert penalised != text
+    assert llm.create_chat_completion(desk, max_tokens=24, frequency_penalty=1.0,
+                                      presence_penalty=1.0)["choices"][0]["message"]["content"] != text
+    # Ban the greedy first token: by id, or by its decimal string as JSON has it.
+    first = bytes(greedy["choices"][0]["logprobs"]["content"][0]["bytes"])
+    [token] = llm.tokenize(first, add_bos=False)
+    for key in (token, str(token)):
+        out = llm.create_chat_completion(desk, max_tokens=4, logit_bias={key: float("-inf")})
+        assert not out["choices"][0]["message"]["content"].encode().startswith(first)
+    # Out of range: the library refuses it (when the session is made).
+    with pytest.raises(pardec.PardecError) as e:
+        llm.create_chat_completion(desk, max_tokens=1, repeat_penalty=0.0)
+    assert e.value.status == pardec.Status.INVALID_ARGUMENT
+    with pytest.raises(pardec.PardecError) as e:
+        llm.create_chat_completion(desk, max_tokens=1, logprobs=True, top_logprobs=101)
+    assert e.value.status == pardec.Status.INVALID_ARGUMENT
+    assert not stream_threads()
+
+
+def test_stop_strings_in_auto_mode(llm):
+    kw = dict(max_tokens=60, protocol="multiverse", max_branch_tokens=10, response_prefix=FORCED_BLOCK)
+    # Greedily the trunk writes "<Outline>3: Banana" after the first block.
+    out = llm.create_chat_completion(QUESTION, stop=["Banana"], **kw)
+    content = out["choices"][0]["message"]["content"]
+    assert content.startswith(FORCED_BLOCK) and "<Path>\n1:" in content
+    assert "Banana" not in content and content.endswith("3: ")
+    assert out["choices"][0]["finish_reason"] == "stop"
+    assert out["pardec"]["stats"]["blocks"] == 1
+    chunks = list(llm.create_chat_completion(QUESTION, stop="Banana", stream=True, **kw))
+    assert content_of(chunks) == content
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
