@@ -91,6 +91,7 @@ __all__ = [
     "TRUNK", "Status", "PardecError", "Cancelled", "ClosedError", "LibraryNotFoundError",
     "LibraryVersionWarning", "Event", "Stats", "Branch", "Block", "Result", "TokenLogprob",
     "Model", "Adapter", "Session", "Generation", "version", "library_path", "candidate_paths",
+    "json_object_grammar",
     "ChatCompletionStream", "ChatCompletion", "ChatCompletionChunk", "ChatCompletionChoice",
     "ChatCompletionChunkChoice", "ChatCompletionDelta", "ChatCompletionLogprobs",
     "ChatCompletionTokenLogprob", "ChatCompletionTopLogprob", "ChatMessage", "CompletionUsage",
@@ -194,6 +195,13 @@ def _check(status: int) -> None:
 def version() -> str:
     """The loaded library's version (``pardec_version()``); the package's is ``__version__``."""
     raw: bytes = _c.lib().pardec_version()
+    return raw.decode()
+
+
+def json_object_grammar() -> str:
+    """A GBNF grammar for exactly one JSON object (``pardec_grammar_json_object()``), for the
+    ``grammar`` keyword of :meth:`Session.generate` and :meth:`Session.fork`."""
+    raw: bytes = _c.lib().pardec_grammar_json_object()
     return raw.decode()
 
 
@@ -432,7 +440,8 @@ class _Limits:
     """A ``pardec_run_limits`` plus the arrays it points to, alive as long as this object."""
 
     def __init__(self, max_tokens: int, stop: Union[str, Sequence[str]], ban_eog: bool,
-                 banned_tokens: Iterable[int], strip_stop: bool = False):
+                 banned_tokens: Iterable[int], strip_stop: bool = False, grammar: Optional[str] = None,
+                 grammar_root: Optional[str] = None):
         L = _c.lib()
         self.c = _c.pardec_run_limits()
         _check(L.pardec_run_limits_default(byref(self.c), sizeof(self.c)))
@@ -450,6 +459,11 @@ class _Limits:
         self.c.banned_tokens = ctypes.cast(self._banned, ctypes.POINTER(c_int32))
         self.c.n_banned_tokens = len(banned)
         self.c.strip_stop = bool(strip_stop)
+        # Kept referenced: the C struct only points to them.
+        self._grammar = _encode(grammar, "grammar") if grammar is not None else None
+        self._grammar_root = _encode(grammar_root, "grammar_root") if grammar_root is not None else None
+        self.c.grammar = self._grammar
+        self.c.grammar_root = self._grammar_root
 
 
 def _stop_strings(stop: Union[str, Sequence[str]]) -> Any:
@@ -1364,15 +1378,17 @@ class Session:
     # --- generation ---
 
     def generate(self, max_tokens: int = 256, stop: Sequence[str] = (), ban_eog: bool = False,
-                 banned_tokens: Iterable[int] = (), strip_stop: bool = False) -> "Generation":
+                 banned_tokens: Iterable[int] = (), strip_stop: bool = False,
+                 grammar: Optional[str] = None) -> "Generation":
         """Generates on the trunk, as an iterator of :class:`Event` (token and end events),
         one decode step per batch of events. The generated text is ``.text`` once the
         iteration is over; with ``strip_stop`` it ends before the stop string that ended the
         run (the events and the session keep every token). To stop early, ``close()`` it (or
         use it as a context manager); an abandoned iterator is closed when garbage-collected.
         Closing cancels: what was decoded stays in the session, and the trunk needs appended
-        text before it generates again."""
-        limits = _Limits(max_tokens, stop, ban_eog, banned_tokens, strip_stop)
+        text before it generates again. ``grammar``: GBNF text (root rule "root") the sampled
+        tokens must follow, e.g. :func:`json_object_grammar`."""
+        limits = _Limits(max_tokens, stop, ban_eog, banned_tokens, strip_stop, grammar)
         with self._use() as p:
             _check(_c.lib().pardec_session_resume(p, TRUNK, byref(limits.c)))
         return Generation(self, strip_stop=bool(strip_stop))
@@ -1380,12 +1396,13 @@ class Session:
     def generate_text(self, max_tokens: int = 256, stop: Sequence[str] = (), ban_eog: bool = False,
                       banned_tokens: Iterable[int] = (),
                       on_event: Optional[Callable[[Event], Optional[bool]]] = None,
-                      strip_stop: bool = False) -> str:
+                      strip_stop: bool = False, grammar: Optional[str] = None) -> str:
         """Generates on the trunk in one call and returns the text. ``on_event`` (optional)
         receives every event; returning False cancels (raises :class:`Cancelled`).
         ``strip_stop``: the text ends before the stop string that ended the run, as
-        llama-cpp-python returns it (the session keeps every token)."""
-        limits = _Limits(max_tokens, stop, ban_eog, banned_tokens, strip_stop)
+        llama-cpp-python returns it (the session keeps every token). ``grammar``: as in
+        :meth:`generate`."""
+        limits = _Limits(max_tokens, stop, ban_eog, banned_tokens, strip_stop, grammar)
         cb = _Callback(on_event)
         out = c_void_p()
         with self._use() as p:
@@ -1443,14 +1460,18 @@ class Session:
         return answer
 
     def fork(self, prefixes: Sequence[str], max_tokens: int = 256, stop: Sequence[str] = (),
-             ban_eog: bool = False, banned_tokens: Iterable[int] = (), parent: int = TRUNK) -> List[int]:
-        """Forks ``parent`` into one branch per prefix; returns the branches' node ids."""
+             ban_eog: bool = False, banned_tokens: Iterable[int] = (), parent: int = TRUNK,
+             grammar: Optional[str] = None) -> List[int]:
+        """Forks ``parent`` into one branch per prefix; returns the branches' node ids.
+        ``grammar``: GBNF text every branch's sampled tokens must follow (each branch with its
+        own state; prefixes are not read by it). Without one, a branch continues a copy of the
+        parent's grammar state if the parent's last run had a grammar."""
         if isinstance(prefixes, str):
             raise TypeError("prefixes must be a sequence of str, not a str")
         encoded = [_encode(s, "prefix") for s in prefixes]
         arr = (c_char_p * len(encoded))(*encoded)
         nodes = (_c.pardec_node * len(encoded))()
-        limits = _Limits(max_tokens, stop, ban_eog, banned_tokens)
+        limits = _Limits(max_tokens, stop, ban_eog, banned_tokens, grammar=grammar)
         with self._use() as p:
             _check(_c.lib().pardec_session_fork(p, _c_int(parent, c_uint32, "parent"), arr, len(encoded), byref(limits.c), nodes))
         return list(nodes)

@@ -311,3 +311,25 @@ def test_generate_auto_ends_at_a_trunk_stop_string(model):
         s.prompt(prompt)
         with pytest.raises(ValueError, match="stop string contains a NUL"):
             s.generate_auto("multiverse", max_tokens=4, stop=["a\0"])
+
+
+def test_json_grammar_branches_write_json_and_bad_grammars_raise(model):
+    import json
+    with pardec.Session(model, n_ctx=1024, n_threads=1, temperature=0.8, seed=2) as s:
+        s.prompt(model.chat([("user", "Describe a cat as a JSON object.")]))
+        with pytest.raises(pardec.PardecError) as err:
+            s.generate_text(max_tokens=4, grammar='root ::= "a')
+        assert err.value.status == pardec.Status.INVALID_ARGUMENT
+        prefixes = ["Cat:", "Dog:"]
+        nodes = s.fork(prefixes, max_tokens=160, grammar=pardec.json_object_grammar())
+        s.run()
+        result = s.result()
+        for branch, prefix in zip(result.blocks[0].branches, prefixes):
+            # The grammar constrains the sampled text, after the branch's prefix.
+            assert branch.text.startswith(prefix), branch.text
+            body = branch.text[len(prefix):]
+            if branch.stop_reason == "eog":
+                assert isinstance(json.loads(body), dict), body
+            else:
+                assert body.startswith("{"), body
+        assert len(nodes) == 2
