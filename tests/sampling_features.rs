@@ -8,7 +8,20 @@ use common::models;
 use pardec::{BranchSpec, Error, Model, NodeId, RunLimits, SamplingParams, Selection, Session, SessionParams};
 
 fn session(model: &Model, sampling: SamplingParams) -> Session {
-    let p = SessionParams { n_ctx: 1024, max_branches: 4, n_threads: 2, sampling, ..Default::default() };
+    session_sharing(model, sampling, false)
+}
+
+/// With `share_windows`, the test-only leak puts each branch's tokens in its siblings'
+/// penalty windows too.
+fn session_sharing(model: &Model, sampling: SamplingParams, share_windows: bool) -> Session {
+    let p = SessionParams {
+        n_ctx: 1024,
+        max_branches: 4,
+        n_threads: 2,
+        sampling,
+        share_penalty_windows: share_windows,
+        ..Default::default()
+    };
     Session::new(model, p).expect("session")
 }
 
@@ -18,7 +31,18 @@ fn branch(prefix: &str, max_tokens: usize) -> BranchSpec {
 
 /// Each branch's tokens after forking `prefixes` from the chat-templated desk-worker prompt.
 fn branches(model: &Model, sampling: &SamplingParams, prefixes: &[&str], max_tokens: usize) -> Vec<Vec<i32>> {
-    let mut s = session(model, sampling.clone());
+    branches_sharing(model, sampling, prefixes, max_tokens, false)
+}
+
+/// `branches`, with the siblings' penalty windows shared (the negative control) or not.
+fn branches_sharing(
+    model: &Model,
+    sampling: &SamplingParams,
+    prefixes: &[&str],
+    max_tokens: usize,
+    share_windows: bool,
+) -> Vec<Vec<i32>> {
+    let mut s = session_sharing(model, sampling.clone(), share_windows);
     let prompt = model.apply_chat_template(&[("user", "Four tips for desk workers")]).unwrap();
     s.prompt(&prompt).unwrap();
     let specs: Vec<BranchSpec> = prefixes.iter().map(|p| branch(p, max_tokens)).collect();
@@ -78,6 +102,13 @@ fn a_sibling_never_enters_a_branch_penalty_window() {
     // Control: the penalties do act inside that branch, so the comparison above means something.
     let unpenalised = branches(&model, &SamplingParams::greedy(), &["1. Posture: Stand up straight.", b], 40);
     assert_ne!(with_posture[1], unpenalised[1], "the penalties changed nothing in the branch");
+    // Negative control: with the windows deliberately shared, the same comparison fails.
+    let shared = |first: &str| branches_sharing(&model, &penalised(), &[first, b], 40, true).remove(1);
+    assert_ne!(
+        shared("1. Posture: Stand up straight."),
+        shared("1. Breaks: look away from the screen, eyes"),
+        "the comparison cannot see a sibling's tokens in a shared penalty window"
+    );
 }
 
 #[test]

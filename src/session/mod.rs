@@ -144,6 +144,11 @@ pub struct SessionParams {
     /// so siblings see each other. Never set this outside a test.
     #[doc(hidden)]
     pub leak_between_siblings: bool,
+    /// Negative control for tests: every token a branch generates also enters its running
+    /// siblings' penalty windows, so their penalties see each other. Never set this outside a
+    /// test.
+    #[doc(hidden)]
+    pub share_penalty_windows: bool,
 }
 
 impl Default for SessionParams {
@@ -162,6 +167,7 @@ impl Default for SessionParams {
             logprobs: None,
             record_logits: false,
             leak_between_siblings: false,
+            share_penalty_windows: false,
         }
     }
 }

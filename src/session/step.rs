@@ -278,6 +278,9 @@ impl Session {
             node.utf8.push(&bytes, &mut self.text_scratch);
             node.pending_bytes = bytes;
         }
+        if self.params.share_penalty_windows && is_branch {
+            self.share_with_running_siblings(idx, entry.token);
+        }
         if is_branch {
             self.counters.branch_tokens += 1;
         } else {
@@ -369,6 +372,16 @@ impl Session {
             }
         }
         decode_status(&mut self.ctx, &self.batch, &self.model)
+    }
+
+    /// Test-only leak: put a branch's token in every running sibling's penalty window too.
+    fn share_with_running_siblings(&mut self, idx: usize, token: Token) {
+        let parent = self.nodes[idx].parent;
+        for (j, n) in self.nodes.iter_mut().enumerate() {
+            if j != idx && n.alive && n.parent == parent && n.is_decoding() {
+                n.window.push(token);
+            }
+        }
     }
 
     /// Test-only leak: tag the token with every running sibling's sequence id too.
