@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # ARM64 (aarch64 Linux): cross-builds the command line and the C libraries on an x86-64 Debian
-# machine, then runs the CLI and the static C example under qemu-user and checks that both give
-# the same greedy output as the x86-64 build (text of every branch and of the trunk).
+# machine, then runs the CLI and the static C example under qemu-user and checks them against
+# the x86-64 build. NEON and AVX kernels round differently, so where a greedy step's two best
+# tokens nearly tie the argmax may flip: the CLI check (scripts/lib/compare-greedy.py) requires
+# the same tokens with log-probabilities that agree within 0.1 nats up to the first difference,
+# and there a near-tie (each build ranks the other's token within 0.1 nats of its own); the C
+# example must pass the same output checks as on x86-64 (test-ffi.sh) on its own.
 #
 #   scripts/cross-aarch64.sh
 #
@@ -61,23 +65,22 @@ aarch64-linux-gnu-gcc -std=c11 -O2 -Iinclude ffi-examples/example.c "$release/li
 model="$(bash scripts/fetch-models.sh default)/SmolLM2-135M-Instruct.Q4_1.gguf"
 args=(run --model "$model" --threads 2 --temp 0 --prompt "Give three tips for sleeping well."
       --branch "1." --branch "2." --branch "3." --max-branch-tokens 16 --branch-stop $'\n'
-      --then $'\nIn short,' --max-tokens 12 --json)
+      --then $'\nIn short,' --max-tokens 12 --stream --json --logprobs 5)
 cargo build --release --quiet -p pardec-cli --target-dir target
 step "the CLI on x86-64 and under qemu-aarch64"
-target/release/pardec "${args[@]}" > "$out/x86_64.json"
-"$qemu" -L $sysroot "$release/pardec" "${args[@]}" > "$out/aarch64.json" || fail "the aarch64 CLI failed under qemu"
-python3 - "$out/x86_64.json" "$out/aarch64.json" <<'PY' || fail "the aarch64 CLI's greedy output differs from x86-64"
-import json, sys
-a, b = (json.load(open(p)) for p in sys.argv[1:])
-if a["text"] != b["text"]:
-    sys.exit(f"text differs:\nx86_64:  {a['text']!r}\naarch64: {b['text']!r}")
-print(f"same greedy text on both ({len(a['text'])} chars)")
-PY
+target/release/pardec "${args[@]}" > "$out/x86_64.jsonl"
+"$qemu" -L $sysroot "$release/pardec" "${args[@]}" > "$out/aarch64.jsonl" || fail "the aarch64 CLI failed under qemu"
+python3 scripts/lib/compare-greedy.py "$out/x86_64.jsonl" "$out/aarch64.jsonl" \
+    || fail "the aarch64 CLI's greedy tokens disagree with x86-64 beyond a near-tie"
 step "the static C example under qemu-aarch64"
 PARDEC_THREADS=2 "$qemu" -L $sysroot "$out/example_static" "$model" > "$out/example-aarch64.out" \
     || fail "the aarch64 C example failed under qemu"
 make -s -C ffi-examples OUT="$PWD/target/ffi-examples" LIB_DIR="$PWD/target/release" "$PWD/target/ffi-examples/example_static"
 PARDEC_THREADS=2 target/ffi-examples/example_static "$model" > "$out/example-x86_64.out"
-python3 ffi-examples/check_output.py "$out/example-x86_64.out" "$out/example-aarch64.out" \
-    || fail "the aarch64 C example's output differs from x86-64"
-step "ARM64 passed: the CLI and the C example give the x86-64 greedy output under qemu-aarch64"
+python3 ffi-examples/check_output.py "$out/example-aarch64.out" || fail "the aarch64 C example's output fails its checks"
+if python3 ffi-examples/check_output.py "$out/example-x86_64.out" "$out/example-aarch64.out" > /dev/null 2>&1; then
+    echo "the C example's greedy text is the same on both"
+else
+    echo "the C example's greedy text differs from x86-64 (it prints no log-probabilities: the CLI check above is the numeric one)"
+fi
+step "ARM64 passed: the CLI agrees with x86-64 up to near-ties, the C example passes its checks under qemu-aarch64"

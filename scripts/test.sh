@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/test-setup.sh
+# The ARM64 check's comparison rule (scripts/cross-aarch64.sh itself takes 11 minutes: not here).
+python3 scripts/lib/compare-greedy.py --self-test
 # Release profile only: llama.cpp is compiled once, and tests run at real speed. The whole
 # workspace (the library and the command line), with the C ABI and the CLI's tools compiled in.
 features=(--features pardec/capi,pardec/tools)
