@@ -239,6 +239,211 @@ pub fn run(model: &Model, p: &BenchParams) -> Result<Vec<BenchRow>> {
     Ok(rows)
 }
 
+/// One line of `pardec bench --sampling-costs`: what one sampling feature costs the host per
+/// parallel step of B branches (llama_decode excluded).
+#[derive(Debug, Clone, Serialize)]
+pub struct FeatureCostRow {
+    /// The feature, with the settings measured.
+    pub feature: String,
+    /// Branches decoded together.
+    pub branches: usize,
+    /// Tokens the branches sampled (fewer than B × tokens where a grammar ended a branch).
+    pub tokens: u64,
+    /// Engine host time per parallel step outside llama_decode, µs.
+    pub host_us_per_step: f64,
+    /// Of which choosing the next tokens, µs.
+    pub selection_us_per_step: f64,
+    /// Host time per sampled token, µs.
+    pub host_us_per_token: f64,
+    /// host_us_per_token minus the first row's (no feature), µs.
+    pub extra_us_per_token: f64,
+    /// Wall time per parallel step, llama_decode included, ms.
+    pub step_ms: f64,
+}
+
+/// The features `sampling_costs` measures, each on top of the session's own sampling: a
+/// label, the session's sampling and log-probability settings, and the branches' limits.
+fn costed_features(model: &Model, base: &SessionParams, tokens: usize) -> Vec<(String, SessionParams, RunLimits)> {
+    let limits = RunLimits { max_tokens: tokens, ban_eog: true, ..Default::default() };
+    let with_sampling = |sampling: SamplingParams| SessionParams { sampling, ..base.clone() };
+    let n_vocab = model.n_vocab().max(1) as i32;
+    // Tokens spread over the vocabulary, so the bias touches a row in many places.
+    let bias: Vec<(crate::Token, f32)> = (0..16).map(|i| ((i * 7919) % n_vocab, -1.5)).collect();
+    vec![
+        ("none".into(), base.clone(), limits.clone()),
+        (
+            "penalties (repeat 1.1, frequency 0.1, presence 0.1, last 64)".into(),
+            with_sampling(SamplingParams {
+                repeat_penalty: 1.1,
+                frequency_penalty: 0.1,
+                presence_penalty: 0.1,
+                penalty_last_n: 64,
+                ..base.sampling.clone()
+            }),
+            limits.clone(),
+        ),
+        (
+            "logit bias (16 tokens)".into(),
+            with_sampling(SamplingParams { logit_bias: bias, ..base.sampling.clone() }),
+            limits.clone(),
+        ),
+        ("log-probs (top 5)".into(), SessionParams { logprobs: Some(5), ..base.clone() }, limits.clone()),
+        (
+            "stop strings (4, never matched)".into(),
+            base.clone(),
+            RunLimits { stop: ["\u{1}a", "\u{1}b", "\u{1}c", "\u{1}d"].map(String::from).to_vec(), ..limits.clone() },
+        ),
+        (
+            "grammar (one JSON object)".into(),
+            base.clone(),
+            RunLimits { grammar: Some(crate::Grammar::json_object()), ..limits },
+        ),
+    ]
+}
+
+/// The host cost of each sampling feature at B = the largest of `p.branches`: the same B
+/// branches of `p.tokens` tokens, once per feature on a fresh session, best of `p.reps` by
+/// host time per token.
+pub fn sampling_costs(model: &Model, p: &BenchParams) -> Result<Vec<FeatureCostRow>> {
+    let b = p.branches.iter().copied().max().unwrap_or(16);
+    let mut base = p.session.clone();
+    base.max_branches = base.max_branches.max(b as u32);
+    let mut rows: Vec<FeatureCostRow> = Vec::new();
+    for (feature, params, limits) in costed_features(model, &base, p.tokens) {
+        let mut s = Session::new(model, params)?;
+        prompt(&mut s, model, &p.prompt)?;
+        let all: Vec<BranchSpec> =
+            specs(model, b, p.tokens).into_iter().map(|sp| BranchSpec { limits: limits.clone(), ..sp }).collect();
+        engine_block(&mut s, &all[..2.min(b)])?; // warm-up
+        let mut best_row: Option<FeatureCostRow> = None;
+        for _ in 0..p.reps.max(1) {
+            s.reset_stats();
+            s.fork(NodeId::TRUNK, &all)?;
+            s.run(&mut Silent)?;
+            let st = s.stats();
+            s.join(NodeId::TRUNK, JoinMode::Discard, None)?;
+            let host_us = st.host_us_per_step * st.steps as f64;
+            let row = FeatureCostRow {
+                feature: feature.clone(),
+                branches: b,
+                tokens: st.tokens_branch,
+                host_us_per_step: st.host_us_per_step,
+                selection_us_per_step: st.selection_us_per_step,
+                host_us_per_token: host_us / st.tokens_branch.max(1) as f64,
+                extra_us_per_token: 0.0,
+                step_ms: st.parallel_seconds * 1e3 / st.steps.max(1) as f64,
+            };
+            if best_row.as_ref().is_none_or(|r| row.host_us_per_token < r.host_us_per_token) {
+                best_row = Some(row);
+            }
+        }
+        let mut row = best_row.expect("at least one rep");
+        row.extra_us_per_token = rows.first().map_or(0.0, |none| row.host_us_per_token - none.host_us_per_token);
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// A plain English passage the `--formats` benchmark scores each format on (perplexity):
+/// written for this benchmark, so no model has seen it verbatim.
+const SCORED_PASSAGE: &str = "The small harbour town wakes before the sun. Fishing boats leave in a line, \
+their lamps swinging, while the baker pulls the first loaves from an oven that has not gone cold in \
+forty years. By seven the market square fills with crates of mackerel, bunches of wet parsley and the \
+noise of people who have known each other all their lives. Children run to the school on the hill, \
+and the ferry to the island sounds its horn twice, as it always does, whether anyone is waiting or \
+not. In the afternoon the wind turns, the tide goes out, and the gulls settle on the mud to argue \
+over what the fishermen threw away.";
+
+/// One line of `pardec bench --formats`: one weight format's raw batched-decode ceiling and
+/// quality.
+#[derive(Debug, Clone, Serialize)]
+pub struct FormatRow {
+    /// The weight format.
+    pub format: crate::WeightFormat,
+    /// Whether this is the model file as given (the others are converted from it).
+    pub original: bool,
+    /// The file's size, MiB.
+    pub file_mib: f64,
+    /// Perplexity on a fixed English passage (lower is better; compare with the original's).
+    pub perplexity: f64,
+    /// B for each entry of `step_ms` and `ceiling`.
+    pub branches: Vec<usize>,
+    /// Wall time of one raw llama_decode step of B lanes, ms.
+    pub step_ms: Vec<f64>,
+    /// The raw ceiling: B × (one-lane step time) / (B-lane step time), the most a batch of B
+    /// branches can gain over decoding them one after another.
+    pub ceiling: Vec<f64>,
+}
+
+/// The raw ceiling and perplexity of `model_path` in each of `formats` (converted once, beside
+/// the model, by [`crate::convert`]; an existing converted file is reused), the model as
+/// given first. Each B of `p.branches` decodes `p.tokens` raw steps, best of `p.reps`.
+pub fn format_ceilings(
+    model_path: &std::path::Path,
+    formats: &[crate::WeightFormat],
+    p: &BenchParams,
+    mut progress: impl FnMut(&str),
+) -> Result<Vec<FormatRow>> {
+    let original = crate::file_format(model_path);
+    let mut files = vec![(model_path.to_path_buf(), original, true)];
+    for &f in formats {
+        if Some(f) == original {
+            continue;
+        }
+        let out = crate::converted_path(model_path, f);
+        if !out.is_file() {
+            progress(&format!("writing {}", out.display()));
+            crate::convert(model_path, &out, f, p.session.n_threads)?;
+        }
+        files.push((out, Some(f), false));
+    }
+    let mut rows = Vec::new();
+    for (path, format, is_original) in files {
+        let Some(format) = format else {
+            return Err(crate::Error::UnsupportedModel(format!(
+                "{}: its weight format (general.file_type) is none of {}",
+                path.display(),
+                crate::WeightFormat::ALL.map(|f| f.name()).join(", ")
+            )));
+        };
+        progress(&format!("measuring {format}"));
+        let model = Model::load(&path, &crate::ModelParams::default())?;
+        let max_b = p.branches.iter().copied().max().unwrap_or(1);
+        let params = SessionParams { max_branches: p.session.max_branches.max(max_b as u32), ..p.session.clone() };
+        let mut s = Session::new(&model, params.clone())?;
+        prompt(&mut s, &model, &p.prompt)?;
+        let lanes = specs(&model, max_b, 0);
+        raw_block(&mut s, &lanes, 4)?; // warm-up: the first decodes of a shape pay set-up costs
+        let steps = p.tokens.max(1);
+        let step = |s: &mut Session, b: usize| -> Result<f64> {
+            Ok(best(p.reps, || raw_block(s, &lanes[..b], steps))?.as_secs_f64() / steps as f64)
+        };
+        let one = step(&mut s, 1)?;
+        let mut step_ms = Vec::new();
+        let mut ceiling = Vec::new();
+        for &b in &p.branches {
+            let t = if b == 1 { one } else { step(&mut s, b)? };
+            step_ms.push(t * 1e3);
+            ceiling.push(b as f64 * one / t.max(1e-12));
+        }
+        let mut scorer = Session::new(&model, SessionParams { max_branches: 1, ..params })?;
+        scorer.prompt("A morning in a harbour town.\n")?;
+        let ids = model.tokenize(SCORED_PASSAGE, false)?;
+        let logprobs = scorer.score_tokens(NodeId::TRUNK, &ids)?;
+        let mean = logprobs.iter().map(|&l| l as f64).sum::<f64>() / logprobs.len().max(1) as f64;
+        rows.push(FormatRow {
+            format,
+            original: is_original,
+            file_mib: std::fs::metadata(&path).map_or(0.0, |m| m.len() as f64 / (1024.0 * 1024.0)),
+            perplexity: (-mean).exp(),
+            branches: p.branches.clone(),
+            step_ms,
+            ceiling,
+        });
+    }
+    Ok(rows)
+}
+
 /// One line of `pardec bench --auto`.
 #[derive(Debug, Clone, Serialize)]
 pub struct AutoBenchRow {

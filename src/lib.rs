@@ -21,6 +21,7 @@
 mod adapter;
 pub mod auto;
 mod backend;
+mod convert;
 // The command line's benchmark and equivalence check (feature `tools`) and the C ABI (feature
 // `capi`): compiled only on request, and not part of the documented Rust API.
 #[cfg(feature = "tools")]
@@ -43,6 +44,7 @@ mod stats;
 
 pub use adapter::Adapter;
 pub use backend::backend;
+pub use convert::{convert, converted_path, file_format, WeightFormat};
 pub use error::{Error, Result};
 pub use model::{Model, ModelParams, SpecialTokens, Token};
 pub use session::sampling::SamplingParams;

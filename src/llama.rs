@@ -68,6 +68,12 @@ mod shim {
             length: i32,
             out: *mut i32,
         ) -> i32;
+        pub(super) fn pardec_shim_model_quantize(
+            input: *const c_char,
+            output: *const c_char,
+            params: *const sys::llama_model_quantize_params,
+            out: *mut u32,
+        ) -> i32;
     }
 
     /// The message of the exception the last failed wrapper on this thread caught.
@@ -80,6 +86,27 @@ mod shim {
 /// A llama.cpp call that threw (through the shim): its message.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Threw(pub String);
+
+/// Writes the model file `input` again at `output` with its weights in `ftype` (llama.cpp's
+/// `llama_model_quantize`, re-quantizing already quantized tensors). Err: llama.cpp's failure,
+/// in words (it returns a bare status and logs the reason).
+pub(crate) fn quantize_file(input: &CStr, output: &CStr, ftype: sys::llama_ftype, n_threads: u32) -> Result<(), String> {
+    // SAFETY: a plain value constructor; both paths are NUL-terminated and outlive the call.
+    unsafe {
+        let mut params = sys::llama_model_quantize_default_params();
+        params.ftype = ftype;
+        params.nthread = n_threads.min(i32::MAX as u32) as i32;
+        params.allow_requantize = true;
+        let mut rc = 0u32;
+        if shim::pardec_shim_model_quantize(input.as_ptr(), output.as_ptr(), &params, &mut rc) != 0 {
+            return Err(shim::last_message());
+        }
+        if rc != 0 {
+            return Err(format!("llama_model_quantize returned {rc}"));
+        }
+    }
+    Ok(())
+}
 
 /// A token id of the model's vocabulary (llama.cpp's `llama_token`).
 pub type Token = i32;

@@ -61,7 +61,7 @@ impl std::fmt::Debug for Model {
 /// missing file, a file that is not GGUF and a malformed or truncated header are refused here,
 /// with their own errors, so llama.cpp only ever sees well-formed headers. The tensor shapes
 /// are kept for checking adapters.
-fn check_gguf_file(path: &Path) -> Result<HashMap<String, Vec<u64>>> {
+pub(crate) fn check_gguf_file(path: &Path) -> Result<HashMap<String, Vec<u64>>> {
     let header = crate::gguf::read_header(path).map_err(|e| match e {
         HeaderError::Io(e) => Error::ModelNotFound(format!("{}: {e}", path.display())),
         HeaderError::Magic => {

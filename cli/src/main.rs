@@ -17,8 +17,8 @@ use pardec::auto::{generate_auto_into, AutoParams, AutoReport};
 use pardec::bench::{self, BenchParams};
 use pardec::protocol::{check, layout_with, ProtocolSpec, Rule, SkeletonFormat, SubSearchFormat};
 use pardec::{
-    Adapter, BranchSpec, Error, Event, JoinMode, Model, ModelParams, NodeId, Observer, RunLimits, SamplingParams,
-    Selection, Session, SessionParams, Stats, StopReason,
+    Adapter, BranchSpec, Error, Event, Grammar, JoinMode, Model, ModelParams, NodeId, Observer, RunLimits, SamplingParams,
+    Selection, Session, SessionParams, Stats, StopReason, WeightFormat,
 };
 use serde::Serialize;
 
@@ -222,6 +222,7 @@ enum Command {
     Check(CheckArgs),
     Score(ScoreArgs),
     Equiv(EquivArgs),
+    Convert(ConvertArgs),
 }
 
 #[derive(Args, Clone)]
@@ -350,6 +351,12 @@ struct RunArgs {
     /// End a branch where it writes STR (repeatable; e.g. a newline: one line per branch)
     #[arg(long = "branch-stop", value_name = "STR", allow_hyphen_values = true, conflicts_with = "protocol")]
     branch_stops: Vec<String>,
+    /// Every branch's sampled text follows a grammar: json (one JSON object each) or a GBNF file whose start rule is root
+    #[arg(long, value_name = "json|FILE", value_parser = parse_grammar, conflicts_with = "protocol")]
+    branch_grammar: Option<Grammar>,
+    /// The trunk's text after the join follows a grammar (as --branch-grammar)
+    #[arg(long, value_name = "json|FILE", value_parser = parse_grammar, conflicts_with = "protocol")]
+    grammar: Option<Grammar>,
     /// End the trunk's generation where it writes STR (repeatable; not with --protocol sot)
     #[arg(long = "stop", value_name = "STR", allow_hyphen_values = true)]
     stops: Vec<String>,
@@ -417,10 +424,56 @@ struct BenchArgs {
     /// Auto mode with scripted Multiverse blocks versus the same tokens serially
     #[arg(long)]
     auto: bool,
+    /// The host cost per step of each sampling feature (penalties, bias, log-probs, stops,
+    /// grammar), at B = the largest of --branches [default: 16]
+    #[arg(long, conflicts_with = "auto")]
+    sampling_costs: bool,
+    /// The raw batched-decode ceiling and the perplexity of the model converted to each
+    /// format (comma-separated: q4_0, q4_1, q8_0, f16, bf16; converted once, beside the model)
+    #[arg(long, value_name = "LIST", value_parser = parse_weight_formats, conflicts_with_all = ["auto", "sampling_costs", "lora"])]
+    formats: Option<WeightFormats>,
     /// Print the results as one JSON object
     #[arg(long)]
     json: bool,
 }
+
+/// Write the model again in another weight format (llama.cpp's quantizer)
+///
+/// On a CPU the weight format decides how well a batch of branches shares each read of the
+/// weights (`pardec bench --formats` measures it). The file is written beside the model, the
+/// format appended to its name (a Q8_0 made from a Q4_1 keeps the Q4_1's rounding), unless
+/// --out names it; an existing file is replaced. Prints the path written.
+#[derive(Args)]
+#[command(help_template = HELP_TEMPLATE, args_override_self = true)]
+struct ConvertArgs {
+    /// The GGUF model file [default: $PARDEC_MODEL, else the default model]
+    #[arg(long, value_name = "PATH")]
+    model: Option<PathBuf>,
+    /// The weight format: q4_0, q4_1, q8_0, f16 or bf16
+    #[arg(long, value_name = "FORMAT", value_parser = parse_weight_format)]
+    to: WeightFormat,
+    /// Where to write it [default: beside the model, MODEL-STEM.FORMAT.gguf]
+    #[arg(long, value_name = "PATH")]
+    out: Option<PathBuf>,
+    /// CPU threads (0: all cores)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    threads: u32,
+}
+
+fn parse_weight_format(s: &str) -> Result<WeightFormat, String> {
+    WeightFormat::parse(s).ok_or_else(|| {
+        let names: Vec<String> = WeightFormat::ALL.iter().map(|f| f.name().to_lowercase()).collect();
+        format!("unknown weight format {s:?}: use one of {}", names.join(", "))
+    })
+}
+
+fn parse_weight_formats(s: &str) -> Result<WeightFormats, String> {
+    s.split(',').map(|f| parse_weight_format(f.trim())).collect::<Result<Vec<_>, _>>().map(WeightFormats)
+}
+
+/// `--formats`' list (a newtype: clap would read a bare Vec as a repeated flag).
+#[derive(Clone)]
+struct WeightFormats(Vec<WeightFormat>);
 
 /// Position ids, branch and visible tokens of every token of a tagged text (on stdin)
 ///
@@ -513,6 +566,15 @@ struct EquivArgs {
     selection: Option<Selection>,
     #[arg(long, value_name = "PATH[:SCALE]", value_parser = parse_lora, help = LORA_HELP)]
     lora: Vec<LoraArg>,
+}
+
+/// `json` or the path of a GBNF file (read here, so a missing file is a usage error; the
+/// grammar itself is checked by the library when the run starts).
+fn parse_grammar(s: &str) -> Result<Grammar, String> {
+    if s == "json" {
+        return Ok(Grammar::json_object());
+    }
+    std::fs::read_to_string(s).map(Grammar::gbnf).map_err(|e| format!("grammar file {s}: {e}"))
 }
 
 fn finite_f32(s: &str) -> Result<f32, String> {
@@ -1178,7 +1240,12 @@ fn cmd_run(a: &RunArgs) -> CliResult<()> {
         .iter()
         .map(|b| BranchSpec {
             prefix: b.clone(),
-            limits: RunLimits { max_tokens: branch_tokens, stop: a.branch_stops.clone(), ..Default::default() },
+            limits: RunLimits {
+                max_tokens: branch_tokens,
+                stop: a.branch_stops.clone(),
+                grammar: a.branch_grammar.clone(),
+                ..Default::default()
+            },
             ..Default::default()
         })
         .collect();
@@ -1191,7 +1258,7 @@ fn cmd_run(a: &RunArgs) -> CliResult<()> {
     session.run(&mut watch)?;
     session.join(NodeId::TRUNK, JoinMode::All, Some(&then))?;
     watch.join(NodeId::TRUNK, "", ids.len(), Some(&then));
-    let limits = RunLimits { max_tokens, stop: a.stops.clone(), ..Default::default() };
+    let limits = RunLimits { max_tokens, stop: a.stops.clone(), grammar: a.grammar.clone(), ..Default::default() };
     let continuation = session.generate(&limits, &mut watch)?;
     watch.finish();
 
@@ -1678,6 +1745,12 @@ fn cmd_bench(a: &BenchArgs) -> CliResult<()> {
     } else {
         p.session.n_threads as usize
     };
+    if a.sampling_costs {
+        return bench_sampling_costs(&model, &p, threads, a.json);
+    }
+    if let Some(formats) = &a.formats {
+        return bench_formats(model.path(), &formats.0, &p, threads, a.json);
+    }
     if a.auto {
         let mut rows = Vec::new();
         for (i, &b) in p.branches.iter().enumerate() {
@@ -1765,6 +1838,99 @@ fn cmd_bench(a: &BenchArgs) -> CliResult<()> {
     outln!("t/s: tokens per second · speedup: the engine's over the same branches one after another · ceiling: that");
     outln!("speedup for raw llama_decode · vs ceil: speedup / ceiling · host µs: per step outside llama_decode, select µs:");
     outln!("of it choosing tokens · KV: cells used with the prefix shared / with a prefix copy per branch");
+    Ok(())
+}
+
+/// `pardec bench --sampling-costs`.
+fn bench_sampling_costs(model: &Model, p: &BenchParams, threads: usize, json: bool) -> CliResult<()> {
+    let b = p.branches.iter().copied().max().unwrap_or(16);
+    progress::phase(&format!(
+        "bench --sampling-costs: B = {b}, {} tokens per branch, 6 features, best of {}",
+        p.tokens, p.reps
+    ));
+    let started = Instant::now();
+    let rows = bench::sampling_costs(model, p)?;
+    progress::phase(&format!("bench --sampling-costs: done in {:.1} s", started.elapsed().as_secs_f64()));
+    progress::clear();
+    if json {
+        let out = serde_json::json!({ "model": model.path().display().to_string(), "threads": threads, "results": rows });
+        outln!("{}", to_json(&out, true)?);
+        return Ok(());
+    }
+    outln!(
+        "model {} · B = {b} · {} tokens per branch · best of {} · sampling {} · {threads} threads",
+        model.path().display(),
+        p.tokens,
+        p.reps,
+        sampling_text(&p.session.sampling)
+    );
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.feature.clone(),
+                r.tokens.to_string(),
+                format!("{:.0}", r.host_us_per_step),
+                format!("{:.0}", r.selection_us_per_step),
+                format!("{:.1}", r.host_us_per_token),
+                format!("{:+.1}", r.extra_us_per_token),
+                format!("{:.1}", r.step_ms),
+            ]
+        })
+        .collect();
+    print_table(&["feature", "tokens", "host µs/step", "select µs", "host µs/token", "extra µs/token", "step ms"], &table);
+    outln!("host: per parallel step outside llama_decode, select: of it choosing tokens · extra: host µs per token");
+    outln!("over the first row's · step ms: wall time per step, llama_decode included");
+    Ok(())
+}
+
+/// `pardec bench --formats`.
+fn bench_formats(path: &std::path::Path, formats: &[WeightFormat], p: &BenchParams, threads: usize, json: bool) -> CliResult<()> {
+    let started = Instant::now();
+    let rows = bench::format_ceilings(path, formats, p, |msg| progress::phase(&format!("bench --formats: {msg}")))?;
+    progress::phase(&format!("bench --formats: done in {:.1} s", started.elapsed().as_secs_f64()));
+    progress::clear();
+    if json {
+        let out = serde_json::json!({ "model": path.display().to_string(), "threads": threads, "results": rows });
+        outln!("{}", to_json(&out, true)?);
+        return Ok(());
+    }
+    outln!(
+        "model {} · raw llama_decode steps of B lanes · {} steps · best of {} · {threads} threads",
+        path.display(),
+        p.tokens,
+        p.reps
+    );
+    let mut head = vec!["format".to_string(), "MiB".into(), "perplexity".into()];
+    head.extend(p.branches.iter().map(|b| format!("B={b}")));
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let mut line = vec![
+                format!("{}{}", r.format, if r.original { " (given)" } else { "" }),
+                format!("{:.0}", r.file_mib),
+                format!("{:.3}", r.perplexity),
+            ];
+            line.extend(r.ceiling.iter().zip(&r.step_ms).map(|(c, ms)| format!("{c:.2}× {ms:.1}ms")));
+            line
+        })
+        .collect();
+    let head: Vec<&str> = head.iter().map(String::as_str).collect();
+    print_table(&head, &table);
+    outln!("B=N: the raw ceiling (N × one-lane step time / N-lane step time) and the N-lane step time · perplexity:");
+    outln!("on a fixed English passage (lower is better)");
+    Ok(())
+}
+
+// ───────────────────────────── convert ─────────────────────────────
+
+fn cmd_convert(a: &ConvertArgs) -> CliResult<()> {
+    let input = a.model.clone().unwrap_or_else(default_model_path);
+    let out = a.out.clone().unwrap_or_else(|| pardec::converted_path(&input, a.to));
+    progress::phase(&format!("writing {} as {}", out.display(), a.to));
+    pardec::convert(&input, &out, a.to, a.threads)?;
+    progress::clear();
+    outln!("{}", out.display());
     Ok(())
 }
 
@@ -1898,6 +2064,7 @@ fn main() -> ExitCode {
         Command::Check(_) => "check",
         Command::Score(_) => "score",
         Command::Equiv(_) => "equiv",
+        Command::Convert(_) => "convert",
     };
     let result = match &cli.command {
         Command::Run(a) => cmd_run(a),
@@ -1906,6 +2073,7 @@ fn main() -> ExitCode {
         Command::Check(a) => cmd_check(a),
         Command::Score(a) => cmd_score(a),
         Command::Equiv(a) => cmd_equiv(a),
+        Command::Convert(a) => cmd_convert(a),
     };
     out::flush();
     progress::clear();

@@ -74,6 +74,22 @@ fn bench_json_has_the_documented_fields() {
 }
 
 #[test]
+fn bench_sampling_costs_measures_every_feature_at_the_largest_b() {
+    let v = json(&pardec(&["bench", "--sampling-costs", "--branches", "1,3", "--tokens", "4", "--reps", "1", "--json"]));
+    let rows = v["results"].as_array().unwrap();
+    let features: Vec<&str> = rows.iter().map(|r| r["feature"].as_str().unwrap()).collect();
+    assert_eq!(features.len(), 6, "{features:?}");
+    for (prefix, row) in ["none", "penalties", "logit bias", "log-probs", "stop strings", "grammar"].iter().zip(rows) {
+        assert!(row["feature"].as_str().unwrap().starts_with(prefix), "{row}");
+        assert_eq!(row["branches"], 3, "{row}");
+        // Every branch sampled tokens (a grammar may end one early, never before its first).
+        assert!(row["tokens"].as_u64().is_some_and(|t| (3..=12).contains(&t)), "{row}");
+        assert!(row["host_us_per_token"].as_f64().is_some_and(|x| x > 0.0), "{row}");
+    }
+    assert_eq!(rows[0]["extra_us_per_token"], 0.0);
+}
+
+#[test]
 fn errors_are_one_line_on_stderr_with_a_nonzero_exit() {
     let cases: &[(&[&str], i32)] = &[
         (&["run", "--prompt", "x"], 2),
@@ -85,6 +101,8 @@ fn errors_are_one_line_on_stderr_with_a_nonzero_exit() {
         (&["run", "--prompt", "x", "--branch", "a", "--selection", "device:999999999"], 1),
         (&["run", "--model", "/nonexistent.gguf", "--prompt", "x", "--branch", "a"], 1),
         (&["run", "--model", "Cargo.toml", "--prompt", "x", "--branch", "a"], 1),
+        // A grammar file that is not GBNF: the library's error, before anything is decoded.
+        (&["run", "--prompt", "x", "--branch", "a", "--branch-grammar", "Cargo.toml"], 1),
     ];
     for (args, code) in cases {
         let out = pardec(args);
@@ -193,6 +211,25 @@ fn branch_stop_strings_end_each_branch_at_its_line() {
         assert_eq!(b["stop_reason"], serde_json::json!({"stop_string": "\n"}), "{b}");
         // The line break is the branch's last token: nothing follows it.
         assert!(text.ends_with('\n') && text.trim_end().lines().count() == 1, "{text:?}");
+    }
+}
+
+#[test]
+fn branch_grammar_json_makes_every_finished_branch_one_json_object() {
+    let v = json(&pardec(&[
+        "run", "--prompt", "Describe a cat as a JSON object.", "--branch", "Cat:", "--branch", "Dog:",
+        "--branch-grammar", "json", "--max-branch-tokens", "160", "--temp", "0.8", "--seed", "2",
+        "--max-tokens", "2", "--json",
+    ]));
+    for (b, prefix) in v["branches"].as_array().unwrap().iter().zip(["Cat:", "Dog:"]) {
+        // The grammar constrains the sampled text, after the branch's prefix.
+        let text = b["text"].as_str().unwrap().strip_prefix(prefix).expect("the text starts with the prefix");
+        if b["stop_reason"] == "eog" {
+            let parsed: serde_json::Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
+            assert!(parsed.is_object(), "{text:?}");
+        } else {
+            assert!(text.starts_with('{'), "{text:?}");
+        }
     }
 }
 
@@ -347,6 +384,8 @@ fn usage_errors_name_the_bad_value_on_one_line() {
         (&["bench", "--tokens", "0"], "--tokens"),
         (&["layout", "--protocol", "multiverse", "--rule", "both"], "engine, train"),
         (&["run", "--prompt", "x", "--branch", "a", "--n-gpu-layers", "-1"], "--n-gpu-layers"),
+        (&["run", "--prompt", "x", "--branch", "a", "--branch-grammar", "/nonexistent.gbnf"], "/nonexistent.gbnf"),
+        (&["run", "--prompt", "x", "--protocol", "aspd", "--grammar", "json"], "--protocol"),
     ];
     for (args, names) in cases {
         let out = pardec_no_model(args);

@@ -71,6 +71,11 @@ int32_t pardec_shim_chat_apply_template(const char *tmpl, const llama_chat_messa
     GUARD(*out = llama_chat_apply_template(tmpl, chat, n_msg, add_ass, buf, length))
 }
 
+int32_t pardec_shim_model_quantize(const char *input, const char *output, const llama_model_quantize_params *params,
+                                   uint32_t *out) {
+    GUARD(*out = llama_model_quantize(input, output, params))
+}
+
 }  // extern "C"
 
 // The grammar sampler (src/llama_grammar.rs). What llama.cpp does with a grammar, by path
