@@ -143,6 +143,18 @@ static void globals(void) {
     EXPECT(pardec_run_limits_default(&rl, sizeof rl), PARDEC_STATUS_OK);
     ASSERT(pardec_last_error()[0] == '\0'); /* a success clears it */
     ASSERT(rl.struct_size == sizeof rl && rl.max_tokens > 0 && rl.n_stop == 0);
+
+    /* JSON Schema -> grammar: bad arguments and bad schemas are statuses, outputs untouched. */
+    char *gbnf = NULL;
+    EXPECT(pardec_grammar_from_json_schema(NULL, &gbnf), PARDEC_STATUS_NULL_ARGUMENT);
+    EXPECT(pardec_grammar_from_json_schema("{}", NULL), PARDEC_STATUS_NULL_ARGUMENT);
+    EXPECT(pardec_grammar_from_json_schema("{\"type\": ", &gbnf), PARDEC_STATUS_INVALID_ARGUMENT);
+    EXPECT(pardec_grammar_from_json_schema("{\"type\": \"no-such-type\"}", &gbnf), PARDEC_STATUS_INVALID_ARGUMENT);
+    EXPECT(pardec_grammar_from_json_schema("\xff", &gbnf), PARDEC_STATUS_INVALID_UTF8);
+    ASSERT(gbnf == NULL);
+    EXPECT(pardec_grammar_from_json_schema("{\"type\": \"integer\"}", &gbnf), PARDEC_STATUS_OK);
+    ASSERT(gbnf != NULL && strstr(gbnf, "root") != NULL);
+    pardec_string_free(gbnf);
 }
 
 static void loading(const char *path) {

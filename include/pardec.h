@@ -1093,6 +1093,20 @@ enum pardec_status pardec_run_limits_default(struct pardec_run_limits *out, size
 const char *pardec_grammar_json_object(void);
 
 /**
+ * Converts a JSON Schema (its JSON text) into a GBNF grammar for `pardec_run_limits.grammar`,
+ * as llama.cpp converts one (its `json_schema_to_grammar`, which llama-server applies to a
+ * `json_schema`). `*out_gbnf` receives a new string to release with `pardec_string_free`.
+ *
+ * Errors: NULL_ARGUMENT, INVALID_UTF8, INVALID_ARGUMENT (not JSON, or a schema llama.cpp
+ * cannot convert; `pardec_last_error()` says which), INVALID_STATE (a libpardec built
+ * without the `json-schema` feature).
+ *
+ * # Safety
+ * `schema` is NULL or a NUL-terminated string; `out_gbnf` is NULL or writable.
+ */
+enum pardec_status pardec_grammar_from_json_schema(const char *schema, char **out_gbnf);
+
+/**
  * Releases a result (NULL is ignored). Every pointer read from it becomes invalid.
  */
 void pardec_result_free(struct pardec_result *result);

@@ -1,7 +1,7 @@
 //! Grammar-constrained generation on the default model: branches under the JSON-object
 //! grammar write parseable JSON on every seed (unconstrained, the same branches do not), a
 //! branch without a grammar continues its parent's state, and bad grammars are specific
-//! errors.
+//! errors; JSON schemas become grammars as llama.cpp converts them.
 
 mod common;
 
@@ -89,4 +89,49 @@ fn bad_grammars_are_specific_errors_and_change_nothing() {
     d.prompt("Hello").unwrap();
     let err = d.generate(&limits(Some(Grammar::json_object())), &mut pardec::Silent).unwrap_err();
     assert!(matches!(err, Error::InvalidArgument(m) if m.contains("Selection::Host")));
+}
+
+/// A schema of the kind an API caller sends: two required, typed properties.
+const PET_SCHEMA: &str = r#"{"type": "object",
+  "properties": {"name": {"type": "string"}, "age": {"type": "integer", "minimum": 0}},
+  "required": ["name", "age"], "additionalProperties": false}"#;
+
+#[test]
+fn json_schema_branches_write_objects_the_schema_accepts() {
+    let model = models::load(models::DEFAULT_MODEL_FILE);
+    let grammar = Grammar::json_schema(PET_SCHEMA).expect("llama.cpp converts the schema");
+    let mut ended = 0;
+    for seed in 0..5 {
+        for (text, reason) in two_branches(&model, seed, Some(grammar.clone())) {
+            if reason != Some(StopReason::Eog) {
+                assert!(text.starts_with('{'), "seed {seed}: {text:?}");
+                continue;
+            }
+            ended += 1;
+            let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("seed {seed}: {e}: {text:?}"));
+            let object = value.as_object().unwrap_or_else(|| panic!("seed {seed}: not an object: {text:?}"));
+            let keys: Vec<&str> = object.keys().map(String::as_str).collect();
+            assert_eq!(keys.len(), 2, "seed {seed}: keys {keys:?} ({text:?})");
+            assert!(object["name"].is_string(), "seed {seed}: {text:?}");
+            assert!(object["age"].as_u64().is_some(), "seed {seed}: age is not a natural number: {text:?}");
+        }
+    }
+    assert!(ended >= 5, "only {ended} of 10 branches closed their object within the budget");
+}
+
+#[test]
+fn bad_json_schemas_are_specific_errors() {
+    for (schema, why) in [
+        ("{\"type\": \"object\"", "not valid JSON"),
+        ("{\"$ref\": \"#/definitions/missing\"}", "could not convert"),
+        ("{\"type\": \"no-such-type\"}", "could not convert"),
+    ] {
+        match Grammar::json_schema(schema) {
+            Err(Error::InvalidArgument(m)) => assert!(m.contains(why), "{schema}: {m}"),
+            other => panic!("{schema}: {other:?}"),
+        }
+    }
+    // Nesting deeper than serde_json's limit (128) is refused before llama.cpp recurses on it.
+    let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
+    assert!(matches!(Grammar::json_schema(&deep), Err(Error::InvalidArgument(m)) if m.contains("not valid JSON")));
 }

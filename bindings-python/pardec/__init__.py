@@ -91,7 +91,7 @@ __all__ = [
     "TRUNK", "Status", "PardecError", "Cancelled", "ClosedError", "LibraryNotFoundError",
     "LibraryVersionWarning", "Event", "Stats", "Branch", "Block", "Result", "TokenLogprob",
     "Model", "Adapter", "Session", "Generation", "version", "library_path", "candidate_paths",
-    "json_object_grammar",
+    "json_object_grammar", "json_schema_grammar",
     "ChatCompletionStream", "ChatCompletion", "ChatCompletionChunk", "ChatCompletionChoice",
     "ChatCompletionChunkChoice", "ChatCompletionDelta", "ChatCompletionLogprobs",
     "ChatCompletionTokenLogprob", "ChatCompletionTopLogprob", "ChatMessage", "CompletionUsage",
@@ -203,6 +203,18 @@ def json_object_grammar() -> str:
     ``grammar`` keyword of :meth:`Session.generate` and :meth:`Session.fork`."""
     raw: bytes = _c.lib().pardec_grammar_json_object()
     return raw.decode()
+
+
+def json_schema_grammar(schema: Union[str, Mapping[str, Any]]) -> str:
+    """A GBNF grammar for the JSON values a JSON Schema describes, as llama.cpp converts a
+    schema (``pardec_grammar_from_json_schema``; llama-server's ``json_schema``), for the
+    ``grammar`` keyword. ``schema``: the schema as JSON text or as a dict. Raises
+    :class:`PardecError` (INVALID_ARGUMENT) for text that is not JSON or a schema llama.cpp
+    cannot convert."""
+    text = schema if isinstance(schema, str) else json.dumps(schema)
+    out = c_void_p()
+    _check(_c.lib().pardec_grammar_from_json_schema(_encode(text, "schema"), byref(out)))
+    return _take_string(out)
 
 
 def library_path() -> str:
@@ -628,11 +640,35 @@ PLAIN = "plain"
 #: with the values that mean "off" (accepted, so code that passes the defaults keeps working).
 _NEUTRAL_COMPLETION_KWARGS: Dict[str, Tuple[Any, ...]] = {
     "functions": (None,), "function_call": (None,), "tools": (None,), "tool_choice": (None,),
-    "response_format": (None,), "grammar": (None,), "logits_processor": (None,),
+    "logits_processor": (None,),
     "stopping_criteria": (None,), "typical_p": (None, 1.0), "tfs_z": (None, 1.0),
     "mirostat_mode": (None, 0), "mirostat_tau": (None, 5.0),
     "mirostat_eta": (None, 0.1), "n": (None, 1), "user": (None,), "stream_options": (None,),
 }
+
+
+def _chat_grammar(response_format: Optional[Mapping[str, Any]], grammar: Optional[str]) -> Optional[str]:
+    """The GBNF grammar a chat completion's ``response_format`` or ``grammar`` asks for."""
+    if grammar is not None and not isinstance(grammar, str):
+        raise TypeError(f"grammar must be GBNF text (str), not {type(grammar).__name__}")
+    if response_format is None:
+        return grammar
+    if grammar is not None:
+        raise ValueError("pass response_format or grammar, not both")
+    if not isinstance(response_format, Mapping):
+        raise TypeError(f"response_format must be a dict, not {type(response_format).__name__}")
+    kind = response_format.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        schema = response_format.get("schema")
+        return json_object_grammar() if schema is None else json_schema_grammar(schema)
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        if not isinstance(spec, Mapping) or "schema" not in spec:
+            raise ValueError('response_format {"type": "json_schema"} needs "json_schema": {"schema": {...}}')
+        return json_schema_grammar(spec["schema"])
+    raise ValueError(f"response_format type must be text, json_object or json_schema, not {kind!r}")
 
 
 class Model:
@@ -955,6 +991,8 @@ class Model:
         logit_bias: Optional[Mapping[Union[int, str], float]] = None,
         logprobs: Optional[bool] = None,
         top_logprobs: Optional[int] = None,
+        response_format: Optional[Mapping[str, Any]] = None,
+        grammar: Optional[str] = None,
         **kwargs: Any,
     ) -> Union[ChatCompletion, ChatCompletionStream]:
         """Answers a chat, as ``llama_cpp.Llama.create_chat_completion`` and OpenAI's API do.
@@ -991,9 +1029,15 @@ class Model:
         ``response_prefix`` starts the answer. ``completion_tokens`` counts every sampled
         token, the branches' too.
 
-        Keywords of llama_cpp/OpenAI that pardec does not implement (``tools``, ``grammar``,
-        ``response_format``, ``mirostat_mode``, ...) are accepted at their "off" values and
-        raise TypeError otherwise; unknown keywords raise TypeError.
+        ``response_format`` holds the answer to JSON, as llama-cpp-python and OpenAI take it:
+        ``{"type": "json_object"}`` (any one object), ``{"type": "json_object", "schema":
+        {...}}`` or OpenAI's ``{"type": "json_schema", "json_schema": {"schema": {...}}}``
+        (values the schema describes, converted by :func:`json_schema_grammar`), ``{"type":
+        "text"}`` (no constraint); ``grammar`` is GBNF text instead. Plain generation only.
+
+        Keywords of llama_cpp/OpenAI that pardec does not implement (``tools``,
+        ``mirostat_mode``, ...) are accepted at their "off" values and raise TypeError
+        otherwise; unknown keywords raise TypeError.
         """
         for name, value in kwargs.items():
             neutral = _NEUTRAL_COMPLETION_KWARGS.get(name)
@@ -1022,6 +1066,10 @@ class Model:
         if chosen is not None and logprobs:
             raise ValueError("logprobs apply to plain generation only (protocol=pardec.PLAIN): in auto "
                              "mode the content interleaves branches and text the protocol forces")
+        gbnf = _chat_grammar(response_format, grammar)
+        if chosen is not None and gbnf is not None:
+            raise ValueError("response_format and grammar apply to plain generation only (protocol=pardec.PLAIN): "
+                             "in auto mode the model writes the protocol's tags")
         if response_prefix is not None:
             if chosen is None:
                 raise ValueError("response_prefix needs a protocol (auto mode)")
@@ -1051,7 +1099,7 @@ class Model:
 
         def run(on_event: Callable[[Event], bool]) -> ChatOutcome:
             return self._run_chat(prompt, session_kw, chosen, max_tokens, branch_tokens,
-                                  response_prefix, stops, on_event, entry_fn)
+                                  response_prefix, stops, on_event, entry_fn, gbnf)
 
         request = ChatRequest(
             id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()),
@@ -1076,9 +1124,11 @@ class Model:
                   max_tokens: Optional[int], max_branch_tokens: int, response_prefix: Optional[str],
                   stops: Sequence[str], on_event: Callable[[Event], bool],
                   logprob_entry: Optional[Callable[[Event], Optional[ChatCompletionTokenLogprob]]],
+                  grammar: Optional[str] = None,
                   ) -> ChatOutcome:
         """Decodes one chat completion in a new session; events go to ``on_event``;
-        ``logprob_entry`` (with ``logprobs=True``) makes the trunk tokens' entries."""
+        ``logprob_entry`` (with ``logprobs=True``) makes the trunk tokens' entries; ``grammar``
+        (GBNF) constrains plain generation."""
         last_end: List[Optional[str]] = [None]
         last_stop: List[Optional[str]] = [None]
         last_piece: List[str] = [""]
@@ -1106,7 +1156,8 @@ class Model:
             budget = max_tokens if max_tokens is not None else max(s.n_ctx - prompt_tokens, 1)
             try:
                 if protocol is None:
-                    s.generate_text(max_tokens=min(budget, 2**32 - 1), stop=stops, on_event=watch)
+                    s.generate_text(max_tokens=min(budget, 2**32 - 1), stop=stops, on_event=watch,
+                                    grammar=grammar)
                 else:
                     report = s.generate_auto(protocol, max_tokens=budget, max_branch_tokens=max_branch_tokens,
                                              response_prefix=response_prefix, on_event=watch, stop=stops)

@@ -520,6 +520,8 @@ def _declare(L: ctypes.CDLL) -> None:
        POINTER(c_char_p), c_size_t, pardec_callback, c_void_p, char_pp)
     # const char *pardec_grammar_json_object(void);
     fn("pardec_grammar_json_object", c_char_p)
+    # enum pardec_status pardec_grammar_from_json_schema(const char *schema, char **out_gbnf);
+    fn("pardec_grammar_from_json_schema", pardec_status, c_char_p, char_pp)
 
 
 #: Every function the header declares (tests check the two lists agree).
@@ -539,6 +541,7 @@ FUNCTIONS: List[str] = [
     "pardec_result_branch", "pardec_result_stats", "pardec_result_logprobs",
     "pardec_model_tokenize", "pardec_model_token_piece", "pardec_model_detokenize", "pardec_model_special_tokens",
     "pardec_model_token_is_eog", "pardec_session_generate_auto_stop", "pardec_grammar_json_object",
+    "pardec_grammar_from_json_schema",
 ]
 
 #: Every struct mirrored here, by C name (tests compare their fields with the header).

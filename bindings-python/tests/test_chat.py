@@ -232,8 +232,8 @@ def test_sampling_keywords_and_unsupported_ones(llm):
     # ... and refused otherwise; unknown ones and bad values too.
     for kw, words in (({"tools": [{"type": "function"}]}, "does not support tools="),
                       ({"mirostat_mode": 2}, "mirostat_mode=2"),
-                      ({"grammar": "root ::= \"a\""}, "does not support grammar="),
-                      ({"response_format": {"type": "json_object"}}, "does not support response_format="),
+                      ({"grammar": 3}, "grammar must be GBNF text"),
+                      ({"response_format": "json"}, "response_format must be a dict"),
                       ({"repeat_penalty": "strong"}, "repeat_penalty must be a number"),
                       ({"logprobs": 1}, "logprobs must be a bool"),
                       ({"logit_bias": [(1, 2.0)]}, "logit_bias must be a mapping"),

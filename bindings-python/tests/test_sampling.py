@@ -4,6 +4,7 @@ generations stay short (a 2-core CI)."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -314,7 +315,6 @@ def test_generate_auto_ends_at_a_trunk_stop_string(model):
 
 
 def test_json_grammar_branches_write_json_and_bad_grammars_raise(model):
-    import json
     with pardec.Session(model, n_ctx=1024, n_threads=1, temperature=0.8, seed=2) as s:
         s.prompt(model.chat([("user", "Describe a cat as a JSON object.")]))
         with pytest.raises(pardec.PardecError) as err:
@@ -333,3 +333,40 @@ def test_json_grammar_branches_write_json_and_bad_grammars_raise(model):
             else:
                 assert body.startswith("{"), body
         assert len(nodes) == 2
+
+
+PET_SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+              "required": ["name", "age"], "additionalProperties": False}
+
+
+def test_json_schema_grammars_and_bad_schemas(model):
+    gbnf = pardec.json_schema_grammar(PET_SCHEMA)
+    assert "root" in gbnf and gbnf == pardec.json_schema_grammar(json.dumps(PET_SCHEMA))
+    for bad in ('{"type": "object"', {"type": "no-such-type"}):
+        with pytest.raises(pardec.PardecError) as err:
+            pardec.json_schema_grammar(bad)
+        assert err.value.status == pardec.Status.INVALID_ARGUMENT
+
+
+def test_chat_completion_response_format_holds_the_answer_to_the_schema(model):
+    messages = [{"role": "user", "content": "Describe a pet as JSON with its name and age."}]
+    for fmt in ({"type": "json_object", "schema": PET_SCHEMA},
+                {"type": "json_schema", "json_schema": {"name": "pet", "schema": PET_SCHEMA}}):
+        out = model.create_chat_completion(messages, max_tokens=96, temperature=0.8, seed=3, response_format=fmt)
+        content = out["choices"][0]["message"]["content"]
+        if out["choices"][0]["finish_reason"] == "stop":
+            value = json.loads(content)
+            assert sorted(value) == ["age", "name"] and isinstance(value["age"], int), content
+        else:
+            assert content.startswith("{"), content
+    anything = model.create_chat_completion(messages, max_tokens=96, temperature=0.8, seed=3,
+                                            response_format={"type": "json_object"})
+    assert anything["choices"][0]["message"]["content"].startswith("{")
+    plain = model.create_chat_completion(messages, max_tokens=8, response_format={"type": "text"})
+    assert plain["choices"][0]["message"]["content"]
+    with pytest.raises(ValueError, match="json_object or json_schema"):
+        model.create_chat_completion(messages, max_tokens=4, response_format={"type": "yaml"})
+    with pytest.raises(ValueError, match="plain generation only"):
+        model.create_chat_completion(messages, max_tokens=4, protocol="multiverse", grammar='root ::= "a"')
+    with pytest.raises(ValueError, match="not both"):
+        model.create_chat_completion(messages, max_tokens=4, grammar='root ::= "a"', response_format={"type": "text"})

@@ -163,6 +163,8 @@ fn warn(msg: &str) {
     eprintln!("pardec: warning: {msg}");
 }
 
+mod peer;
+
 // ───────────────────────────── arguments ─────────────────────────────
 
 /// The usage line in lower case, as pardec has always printed it.
@@ -351,7 +353,7 @@ struct RunArgs {
     /// End a branch where it writes STR (repeatable; e.g. a newline: one line per branch)
     #[arg(long = "branch-stop", value_name = "STR", allow_hyphen_values = true, conflicts_with = "protocol")]
     branch_stops: Vec<String>,
-    /// Every branch's sampled text follows a grammar: json (one JSON object each) or a GBNF file whose start rule is root
+    /// Every branch's sampled text follows a grammar: json (one JSON object each), a JSON Schema file (*.json) or a GBNF file whose start rule is root
     #[arg(long, value_name = "json|FILE", value_parser = parse_grammar, conflicts_with = "protocol")]
     branch_grammar: Option<Grammar>,
     /// The trunk's text after the join follows a grammar (as --branch-grammar)
@@ -432,6 +434,14 @@ struct BenchArgs {
     /// format (comma-separated: q4_0, q4_1, q8_0, f16, bf16; converted once, beside the model)
     #[arg(long, value_name = "LIST", value_parser = parse_weight_formats, conflicts_with_all = ["auto", "sampling_costs", "lora"])]
     formats: Option<WeightFormats>,
+    /// Compare with another engine on the same model: llama-server (started on 127.0.0.1;
+    /// Skeleton-of-Thought points as concurrent requests vs forked over one prefix, and a
+    /// serial answer; greedy; --branches default 2,4,8, --tokens per point)
+    #[arg(long, value_enum, value_name = "ENGINE", conflicts_with_all = ["auto", "sampling_costs", "formats", "lora"])]
+    peer: Option<peer::Peer>,
+    /// The llama-server binary for --peer [default: the one scripts/build-llama-server.sh caches]
+    #[arg(long, value_name = "PATH", requires = "peer")]
+    server: Option<PathBuf>,
     /// Print the results as one JSON object
     #[arg(long)]
     json: bool,
@@ -568,13 +578,18 @@ struct EquivArgs {
     lora: Vec<LoraArg>,
 }
 
-/// `json` or the path of a GBNF file (read here, so a missing file is a usage error; the
-/// grammar itself is checked by the library when the run starts).
+/// `json`, the path of a JSON Schema (`*.json`, converted as llama.cpp converts one) or of a
+/// GBNF file (read here, so a missing file is a usage error; GBNF is checked by the library
+/// when the run starts).
 fn parse_grammar(s: &str) -> Result<Grammar, String> {
     if s == "json" {
         return Ok(Grammar::json_object());
     }
-    std::fs::read_to_string(s).map(Grammar::gbnf).map_err(|e| format!("grammar file {s}: {e}"))
+    let text = std::fs::read_to_string(s).map_err(|e| format!("grammar file {s}: {e}"))?;
+    if s.ends_with(".json") {
+        return Grammar::json_schema(&text).map_err(|e| format!("{s}: {e}"));
+    }
+    Ok(Grammar::gbnf(text))
 }
 
 fn finite_f32(s: &str) -> Result<f32, String> {
@@ -1711,6 +1726,9 @@ fn print_table(headers: &[&str], rows: &[Vec<String>]) {
 }
 
 fn cmd_bench(a: &BenchArgs) -> CliResult<()> {
+    if let Some(engine) = a.peer {
+        return peer::bench(a, engine);
+    }
     let mut p = BenchParams::default();
     if let Some(list) = &a.branches {
         p.branches = list.0.clone();

@@ -234,6 +234,34 @@ fn branch_grammar_json_makes_every_finished_branch_one_json_object() {
 }
 
 #[test]
+fn a_json_schema_file_is_a_grammar_and_a_bad_one_a_usage_error() {
+    let dir = std::env::temp_dir().join(format!("pardec-cli-schema-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (good, bad) = (dir.join("pet.json"), dir.join("bad.json"));
+    std::fs::write(&good, r#"{"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+        "required": ["name", "age"], "additionalProperties": false}"#)
+        .unwrap();
+    std::fs::write(&bad, "{\"type\": ").unwrap();
+    let v = json(&pardec(&[
+        "run", "--prompt", "Describe a pet as JSON.", "--branch", "Pet:", "--branch-grammar", good.to_str().unwrap(),
+        "--max-branch-tokens", "96", "--temp", "0.8", "--seed", "4", "--max-tokens", "2", "--json",
+    ]));
+    let b = &v["branches"][0];
+    let text = b["text"].as_str().unwrap().strip_prefix("Pet:").expect("the prefix");
+    if b["stop_reason"] == "eog" {
+        let pet: serde_json::Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
+        assert!(pet["name"].is_string() && pet["age"].is_i64() && pet.as_object().unwrap().len() == 2, "{text:?}");
+    } else {
+        assert!(text.starts_with('{'), "{text:?}");
+    }
+    let out = pardec_no_model(&["run", "--prompt", "x", "--branch", "a", "--branch-grammar", bad.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("not valid JSON") && err.trim_end().lines().count() == 1, "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn bench_with_device_selection_reports_it_and_equiv_checks_it() {
     let v = json(&pardec(&["bench", "--branches", "2", "--tokens", "4", "--reps", "1", "--selection", "device:16", "--json"]));
     let row = &v["results"][0];
@@ -386,6 +414,7 @@ fn usage_errors_name_the_bad_value_on_one_line() {
         (&["run", "--prompt", "x", "--branch", "a", "--n-gpu-layers", "-1"], "--n-gpu-layers"),
         (&["run", "--prompt", "x", "--branch", "a", "--branch-grammar", "/nonexistent.gbnf"], "/nonexistent.gbnf"),
         (&["run", "--prompt", "x", "--protocol", "aspd", "--grammar", "json"], "--protocol"),
+
     ];
     for (args, names) in cases {
         let out = pardec_no_model(args);

@@ -9,7 +9,8 @@ use std::ffi::c_char;
 use std::mem::size_of;
 
 use super::boundary::{
-    array_arg, guard, opt_str_arg, read_versioned, str_arg, write_versioned, FfiError, FfiResult, Versioned,
+    array_arg, c_string, guard, opt_str_arg, out_arg, read_versioned, str_arg, write_versioned, FfiError, FfiResult,
+    Versioned,
 };
 use super::status::pardec_status;
 use crate::{Grammar, KvType, ModelParams, RunLimits, SamplingParams, Selection, SessionParams};
@@ -435,4 +436,38 @@ pub extern "C" fn pardec_grammar_json_object() -> *const c_char {
     static JSON: once_cell::sync::Lazy<std::ffi::CString> =
         once_cell::sync::Lazy::new(|| std::ffi::CString::new(crate::Grammar::json_object().gbnf).unwrap_or_default());
     JSON.as_ptr()
+}
+
+/// Converts a JSON Schema (its JSON text) into a GBNF grammar for `pardec_run_limits.grammar`,
+/// as llama.cpp converts one (its `json_schema_to_grammar`, which llama-server applies to a
+/// `json_schema`). `*out_gbnf` receives a new string to release with `pardec_string_free`.
+///
+/// Errors: NULL_ARGUMENT, INVALID_UTF8, INVALID_ARGUMENT (not JSON, or a schema llama.cpp
+/// cannot convert; `pardec_last_error()` says which), INVALID_STATE (a libpardec built
+/// without the `json-schema` feature).
+///
+/// # Safety
+/// `schema` is NULL or a NUL-terminated string; `out_gbnf` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn pardec_grammar_from_json_schema(schema: *const c_char, out_gbnf: *mut *mut c_char) -> pardec_status {
+    guard(|| {
+        let schema = str_arg(schema, "schema")?;
+        let out = out_arg(out_gbnf, "out_gbnf")?;
+        let gbnf = json_schema_gbnf(schema)?;
+        *out = c_string(&gbnf).into_raw();
+        Ok(())
+    })
+}
+
+#[cfg(feature = "json-schema")]
+fn json_schema_gbnf(schema: &str) -> FfiResult<String> {
+    Ok(Grammar::json_schema(schema)?.gbnf)
+}
+
+#[cfg(not(feature = "json-schema"))]
+fn json_schema_gbnf(_schema: &str) -> FfiResult<String> {
+    Err(FfiError::new(
+        pardec_status::InvalidState,
+        "this libpardec was built without the json-schema feature".into(),
+    ))
 }

@@ -36,6 +36,29 @@ impl Grammar {
     pub fn json_object() -> Self {
         Grammar::gbnf(JSON_OBJECT_GBNF)
     }
+
+    /// The JSON values a JSON Schema describes, as llama.cpp converts a schema
+    /// (`json_schema_to_grammar` of its `common` library, the rule llama-server applies to a
+    /// `json_schema` or `response_format`). `schema` is the schema's JSON text. Errors: text
+    /// that is not JSON (with serde_json's reason and place), or a schema llama.cpp cannot
+    /// convert (an unsupported keyword or a `$ref` it cannot resolve), as InvalidArgument.
+    /// Needs the `json-schema` feature (on by default).
+    #[cfg(feature = "json-schema")]
+    pub fn json_schema(schema: &str) -> Result<Self> {
+        // serde_json names the place of a syntax error, which llama.cpp's status does not, and
+        // refuses nesting deeper than 128 levels, which keeps llama.cpp's recursive parser and
+        // converter far from the end of a thread's stack.
+        serde_json::from_str::<serde_json::Value>(schema)
+            .map_err(|e| Error::InvalidArgument(format!("JSON schema: not valid JSON: {e}")))?;
+        crate::backend::backend()?;
+        let gbnf = llama_cpp_2::json_schema_to_grammar(schema).map_err(|e| {
+            Error::InvalidArgument(format!(
+                "JSON schema: llama.cpp's json_schema_to_grammar could not convert it \
+                 (an unsupported keyword or an unresolvable $ref?): {e}"
+            ))
+        })?;
+        Ok(Grammar::gbnf(gbnf))
+    }
 }
 
 /// One node's grammar state. Holds the model so the vocabulary llama.cpp's sampler reads
