@@ -3,9 +3,11 @@
 # machine, then runs the CLI and the static C example under qemu-user and checks them against
 # the x86-64 build. NEON and AVX kernels round differently, so where a greedy step's two best
 # tokens nearly tie the argmax may flip: the CLI check (scripts/lib/compare-greedy.py) requires
-# the same tokens with log-probabilities that agree within 0.1 nats up to the first difference,
-# and there a near-tie (each build ranks the other's token within 0.1 nats of its own); the C
-# example must pass the same output checks as on x86-64 (test-ffi.sh) on its own.
+# the same tokens with log-probabilities that agree within 0.25 nats up to the first difference,
+# and there a near-tie (each build ranks the other's token within 0.2 nats of its own); the C
+# example must pass the same output checks as on x86-64 (test-ffi.sh) on its own. Measured on
+# 2026-12-04: equal tokens differed by up to 0.135 nats and the two flips were near-ties of
+# 0.03-0.10 nats; the tolerances are about twice that.
 #
 #   scripts/cross-aarch64.sh
 #
@@ -70,7 +72,7 @@ cargo build --release --quiet -p pardec-cli --target-dir target
 step "the CLI on x86-64 and under qemu-aarch64"
 target/release/pardec "${args[@]}" > "$out/x86_64.jsonl"
 "$qemu" -L $sysroot "$release/pardec" "${args[@]}" > "$out/aarch64.jsonl" || fail "the aarch64 CLI failed under qemu"
-python3 scripts/lib/compare-greedy.py "$out/x86_64.jsonl" "$out/aarch64.jsonl" \
+python3 scripts/lib/compare-greedy.py --agree 0.25 --tie 0.2 "$out/x86_64.jsonl" "$out/aarch64.jsonl" \
     || fail "the aarch64 CLI's greedy tokens disagree with x86-64 beyond a near-tie"
 step "the static C example under qemu-aarch64"
 PARDEC_THREADS=2 "$qemu" -L $sysroot "$out/example_static" "$model" > "$out/example-aarch64.out" \
