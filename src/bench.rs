@@ -370,6 +370,8 @@ pub struct FormatRow {
     pub branches: Vec<usize>,
     /// Wall time of one raw llama_decode step of B lanes, ms.
     pub step_ms: Vec<f64>,
+    /// Raw tokens per second at B lanes: B / step time (comparable across formats).
+    pub tps: Vec<f64>,
     /// The raw ceiling: B × (one-lane step time) / (B-lane step time), the most a batch of B
     /// branches can gain over decoding them one after another.
     pub ceiling: Vec<f64>,
@@ -419,11 +421,11 @@ pub fn format_ceilings(
             Ok(best(p.reps, || raw_block(s, &lanes[..b], steps))?.as_secs_f64() / steps as f64)
         };
         let one = step(&mut s, 1)?;
-        let mut step_ms = Vec::new();
-        let mut ceiling = Vec::new();
+        let (mut step_ms, mut tps, mut ceiling) = (Vec::new(), Vec::new(), Vec::new());
         for &b in &p.branches {
             let t = if b == 1 { one } else { step(&mut s, b)? };
             step_ms.push(t * 1e3);
+            tps.push(b as f64 / t.max(1e-12));
             ceiling.push(b as f64 * one / t.max(1e-12));
         }
         let mut scorer = Session::new(&model, SessionParams { max_branches: 1, ..params })?;
@@ -438,6 +440,7 @@ pub fn format_ceilings(
             perplexity: (-mean).exp(),
             branches: p.branches.clone(),
             step_ms,
+            tps,
             ceiling,
         });
     }

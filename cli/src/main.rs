@@ -1929,14 +1929,14 @@ fn bench_formats(path: &std::path::Path, formats: &[WeightFormat], p: &BenchPara
                 format!("{:.0}", r.file_mib),
                 format!("{:.3}", r.perplexity),
             ];
-            line.extend(r.ceiling.iter().zip(&r.step_ms).map(|(c, ms)| format!("{c:.2}× {ms:.1}ms")));
+            line.extend(r.tps.iter().zip(&r.ceiling).map(|(tps, c)| format!("{tps:.0} t/s {c:.2}×")));
             line
         })
         .collect();
     let head: Vec<&str> = head.iter().map(String::as_str).collect();
     print_table(&head, &table);
-    outln!("B=N: the raw ceiling (N × one-lane step time / N-lane step time) and the N-lane step time · perplexity:");
-    outln!("on a fixed English passage (lower is better)");
+    outln!("B=N: raw tokens per second with N lanes per step, and the ceiling (N × one-lane step time / N-lane");
+    outln!("step time) · perplexity: on a fixed English passage (lower is better)");
     Ok(())
 }
 
