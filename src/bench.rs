@@ -9,9 +9,12 @@
 //!
 //! Prefills are excluded from every timing. Each measurement keeps the fastest of `reps`.
 //!
-//! The raw ceiling is always plain decoding with full logit rows delivered to the host, as in
-//! `../shared/tools/gpu-anchor`: with device selection the engine runs on a session with the
-//! backend chains attached, and the raw columns on a second, host-selection session.
+//! The raw ceiling is always plain decoding with full logit rows delivered to the host (as a
+//! plain llama.cpp program gets them): with device selection the engine runs on a session with
+//! the backend chains attached, and the raw columns on a second, host-selection session.
+//!
+//! Beside it: `sampling_costs` (the host cost of each sampling feature at one B) and
+//! `format_ceilings` (the raw ceiling of the model in each weight format).
 
 use std::time::Duration;
 
