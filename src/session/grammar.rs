@@ -113,6 +113,11 @@ impl NodeGrammar {
         let Scores::Full(row) = scores else {
             return None; // the session refuses grammars with device selection
         };
+        if sampler.is_greedy() && !adjustments.any() {
+            if let Some(token) = self.best_allowed_of_shortlist(row, banned) {
+                return Some(token);
+            }
+        }
         let mut masked = sampler.take_masked_row();
         masked.clear();
         masked.extend_from_slice(row);
@@ -123,5 +128,24 @@ impl NodeGrammar {
         sampler.give_masked_row(masked);
         // Every token rejected (a banned EOG excepted): the sampler's pick is then no better.
         token.filter(|&t| self.state.allows(t).unwrap_or(false))
+    }
+
+    /// The greedy pick under the grammar without masking the whole row: the best of the row's
+    /// `SHORTLIST` highest logits (ties: lower id first, banned tokens left out) that the
+    /// grammar allows. Any token outside the list has a lower logit, or an equal one and a
+    /// higher id, so this is the argmax of the masked row. `None`: the grammar rejects the
+    /// whole list, and the row must be masked. llama.cpp's check costs about the same per
+    /// candidate, so 64 candidates instead of a 49k–262k row save 6–200 ms (`pardec bench
+    /// --sampling-costs`).
+    fn best_allowed_of_shortlist(&mut self, row: &[f32], banned: &[Token]) -> Option<Token> {
+        const SHORTLIST: usize = 64;
+        let ids: Vec<Token> = super::logprobs::most_likely(row, SHORTLIST + banned.len())
+            .into_iter()
+            .filter(|t| banned.binary_search(t).is_err() && row[*t as usize] != f32::NEG_INFINITY)
+            .take(SHORTLIST)
+            .collect();
+        let mut logits: Vec<f32> = ids.iter().map(|&t| row[t as usize]).collect();
+        self.state.mask_candidates(&ids, &mut logits).ok()?;
+        ids.iter().zip(&logits).find(|(_, l)| **l != f32::NEG_INFINITY).map(|(&t, _)| t)
     }
 }

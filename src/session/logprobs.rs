@@ -131,7 +131,7 @@ impl Ord for Kept {
 
 /// The ids of the `n` largest finite-or-infinite (not NaN) logits, largest first, lower id
 /// first on ties: one pass with a heap of `n`, no copy of the row.
-fn most_likely(row: &[f32], n: usize) -> Vec<Token> {
+pub(super) fn most_likely(row: &[f32], n: usize) -> Vec<Token> {
     if n == 0 {
         return Vec::new();
     }

@@ -409,6 +409,11 @@ impl BranchSampler {
         }
     }
 
+    /// Whether this sampler takes the argmax (see [`SamplingParams::is_greedy`]).
+    pub(crate) fn is_greedy(&self) -> bool {
+        self.params.is_greedy()
+    }
+
     /// Picks the next token. `banned` tokens, a sorted list (the session sorts each run's once),
     /// are never chosen while another is possible.
     ///
