@@ -136,9 +136,9 @@ fn bad_json_schemas_are_specific_errors() {
     assert!(matches!(Grammar::json_schema(&deep), Err(Error::InvalidArgument(m)) if m.contains("not valid JSON")));
 }
 
-/// Greedy branches' tokens under `grammar` (None: free), with `sampling`'s bias.
-fn greedy_branches(model: &Model, logit_bias: Vec<(i32, f32)>, grammar: Option<Grammar>) -> Vec<Vec<i32>> {
-    let sampling = SamplingParams { logit_bias, ..SamplingParams::greedy() };
+/// Two branches' tokens under `grammar` (None: free), sampled with `sampling` plus `logit_bias`.
+fn branch_tokens(model: &Model, sampling: &SamplingParams, logit_bias: Vec<(i32, f32)>, grammar: Option<Grammar>) -> Vec<Vec<i32>> {
+    let sampling = SamplingParams { logit_bias, ..sampling.clone() };
     let mut s = Session::new(model, SessionParams { n_ctx: 2048, max_branches: 4, n_threads: 2, sampling, ..Default::default() })
         .unwrap();
     s.prompt(&model.apply_chat_template(&[("user", "Describe a cat as a JSON object.")]).unwrap()).unwrap();
@@ -149,16 +149,25 @@ fn greedy_branches(model: &Model, logit_bias: Vec<(i32, f32)>, grammar: Option<G
 }
 
 #[test]
-fn greedy_picks_under_a_grammar_equal_the_argmax_of_the_fully_masked_row() {
+fn shortlisted_picks_under_a_grammar_equal_those_of_the_fully_masked_row() {
     let model = models::load(models::DEFAULT_MODEL_FILE);
-    // A greedy pick the grammar rejects is replaced by the best allowed token of the row's
-    // 64 highest; a zero bias (which changes no logit) sends the same runs through the mask of
-    // the whole row instead: both must choose the same tokens.
-    let shortlisted = greedy_branches(&model, Vec::new(), Some(Grammar::json_object()));
-    let fully_masked = greedy_branches(&model, vec![(0, 0.0)], Some(Grammar::json_object()));
-    assert_eq!(shortlisted, fully_masked);
+    // A pick the grammar rejects is redrawn from the allowed tokens among the row's 64
+    // highest when the sampler can only reach the top k of them (greedy; top-k); a zero
+    // bias (which changes no logit) sends the same runs through the mask of the whole row
+    // instead: both must choose the same tokens, greedy and sampled.
+    let greedy = SamplingParams::greedy();
+    let top_k = |top_k, seed| SamplingParams { temperature: 0.8, top_k, seed, ..Default::default() };
+    let zero_bias = vec![(0, 0.0)];
+    // Top-3 reaches few enough tokens that the shortlist usually holds them; with top-40 the
+    // JSON grammar's rejections mostly come where fewer than 40 tokens are allowed.
+    for (what, sampling) in [("greedy", greedy.clone()), ("top-3", top_k(3, 1)), ("top-40", top_k(40, 2))] {
+        for grammar in [Grammar::json_object(), Grammar::json_schema(PET_SCHEMA).unwrap()] {
+            let shortlisted = branch_tokens(&model, &sampling, Vec::new(), Some(grammar.clone()));
+            let fully_masked = branch_tokens(&model, &sampling, zero_bias.clone(), Some(grammar));
+            assert_eq!(shortlisted, fully_masked, "{what}");
+        }
+    }
     // Control: the grammar did reject greedy picks here (unconstrained, the text differs).
-    assert_ne!(shortlisted, greedy_branches(&model, Vec::new(), None), "the grammar never overrode a greedy pick");
-    let schema = Grammar::json_schema(PET_SCHEMA).unwrap();
-    assert_eq!(greedy_branches(&model, Vec::new(), Some(schema.clone())), greedy_branches(&model, vec![(0, 0.0)], Some(schema)));
+    let free = branch_tokens(&model, &greedy, Vec::new(), None);
+    assert_ne!(free, branch_tokens(&model, &greedy, Vec::new(), Some(Grammar::json_object())), "the grammar never overrode a pick");
 }

@@ -113,8 +113,8 @@ impl NodeGrammar {
         let Scores::Full(row) = scores else {
             return None; // the session refuses grammars with device selection
         };
-        if sampler.is_greedy() && !adjustments.any() {
-            if let Some(token) = self.best_allowed_of_shortlist(row, banned) {
+        if !adjustments.any() {
+            if let Some(token) = self.sample_from_shortlist(sampler, row, banned) {
                 return Some(token);
             }
         }
@@ -130,15 +130,17 @@ impl NodeGrammar {
         token.filter(|&t| self.state.allows(t).unwrap_or(false))
     }
 
-    /// The greedy pick under the grammar without masking the whole row: the best of the row's
-    /// `SHORTLIST` highest logits (ties: lower id first, banned tokens left out) that the
-    /// grammar allows. Any token outside the list has a lower logit, or an equal one and a
-    /// higher id, so this is the argmax of the masked row. `None`: the grammar rejects the
-    /// whole list, and the row must be masked. llama.cpp's check costs about the same per
-    /// candidate, so 64 candidates instead of a 49k–262k row save 6–200 ms (`pardec bench
-    /// --sampling-costs`).
-    fn best_allowed_of_shortlist(&mut self, row: &[f32], banned: &[Token]) -> Option<Token> {
+    /// The pick under the grammar without masking the whole row, for a sampler that only ever
+    /// chooses among a row's `k` best tokens (greedy: 1; top-k: k): the grammar checks the
+    /// row's `SHORTLIST` highest logits (ties: lower id first, banned tokens left out), and if
+    /// at least `k` of them are allowed, those are the masked row's `k` best — any token
+    /// outside the list has a lower logit, or an equal one and a higher id — so drawing from
+    /// them gives the token the masked row gives. `None`: fewer allowed (or no truncation),
+    /// and the row must be masked. llama.cpp's check costs about the same per candidate, so 64
+    /// candidates instead of a 49k–262k row save 6–200 ms (`pardec bench --sampling-costs`).
+    fn sample_from_shortlist(&mut self, sampler: &mut BranchSampler, row: &[f32], banned: &[Token]) -> Option<Token> {
         const SHORTLIST: usize = 64;
+        let k = sampler.reach().filter(|&k| k <= SHORTLIST)?;
         let ids: Vec<Token> = super::logprobs::most_likely(row, SHORTLIST + banned.len())
             .into_iter()
             .filter(|t| banned.binary_search(t).is_err() && row[*t as usize] != f32::NEG_INFINITY)
@@ -146,6 +148,11 @@ impl NodeGrammar {
             .collect();
         let mut logits: Vec<f32> = ids.iter().map(|&t| row[t as usize]).collect();
         self.state.mask_candidates(&ids, &mut logits).ok()?;
-        ids.iter().zip(&logits).find(|(_, l)| **l != f32::NEG_INFINITY).map(|(&t, _)| t)
+        let (allowed, allowed_logits): (Vec<Token>, Vec<f32>) =
+            ids.iter().zip(&logits).filter(|(_, l)| **l != f32::NEG_INFINITY).map(|(&t, &l)| (t, l)).unzip();
+        if allowed.len() < k {
+            return None;
+        }
+        Some(sampler.sample_sorted(Scores::Candidates { ids: &allowed, logits: &allowed_logits }, banned))
     }
 }

@@ -409,9 +409,14 @@ impl BranchSampler {
         }
     }
 
-    /// Whether this sampler takes the argmax (see [`SamplingParams::is_greedy`]).
-    pub(crate) fn is_greedy(&self) -> bool {
-        self.params.is_greedy()
+    /// How many of a row's best tokens this sampler can ever pick: 1 when greedy, `top_k`
+    /// when sampling is truncated to it, `None` when any finite logit may be drawn.
+    pub(crate) fn reach(&self) -> Option<usize> {
+        match (self.params.is_greedy(), self.params.top_k) {
+            (true, _) => Some(1),
+            (false, 0) => None,
+            (false, k) => Some(k),
+        }
     }
 
     /// Picks the next token. `banned` tokens, a sorted list (the session sorts each run's once),
