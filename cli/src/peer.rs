@@ -584,15 +584,23 @@ fn server_requests(server: &mut Server, prompts: &[Vec<Token>], tokens: usize) -
     Ok(Run { side, tokens: generated })
 }
 
-fn best(runs: impl IntoIterator<Item = CliResult<Run>>) -> CliResult<Run> {
-    let mut best: Option<Run> = None;
-    for run in runs {
-        let run = run?;
-        if best.as_ref().map_or(true, |b| run.side.wall_s < b.side.wall_s) {
-            best = Some(run);
-        }
+/// The fastest of `reps` runs of each side, the two sides taking turns (so that a change in
+/// the machine's speed during the run touches both alike).
+fn best_pair(
+    reps: usize,
+    mut pardec: impl FnMut() -> CliResult<Run>,
+    mut server: impl FnMut() -> CliResult<Run>,
+) -> CliResult<(Run, Run)> {
+    let faster = |best: Option<Run>, run: Run| match best {
+        Some(b) if b.side.wall_s <= run.side.wall_s => Some(b),
+        _ => Some(run),
+    };
+    let (mut p, mut s) = (None, None);
+    for _ in 0..reps.max(1) {
+        p = faster(p, pardec()?);
+        s = faster(s, server()?);
     }
-    best.ok_or_else(|| crate::internal("no measurement"))
+    p.zip(s).ok_or_else(|| crate::internal("no measurement"))
 }
 
 /// pardec / server, each as "> 1: pardec ahead".
@@ -738,10 +746,12 @@ pub(crate) fn bench(a: &BenchArgs, peer: Peer) -> CliResult<()> {
         let mut pairs = Vec::new();
         for (i, q) in questions.iter().enumerate() {
             progress::phase(&format!("bench --peer: SoT B = {b}: question {}/{}", i + 1, questions.len()));
-            let p = best((0..a.reps).map(|_| pardec_sot(&mut s, q, b, tokens)))?;
             let prompts = sot_prompts(q, b);
-            let r = best((0..a.reps).map(|_| server_requests(&mut server, &prompts, tokens)))?;
-            pairs.push((p, r));
+            pairs.push(best_pair(
+                a.reps,
+                || pardec_sot(&mut s, q, b, tokens),
+                || server_requests(&mut server, &prompts, tokens),
+            )?);
         }
         rows.push(row("sot", b, tokens, &pairs));
     }
@@ -751,10 +761,12 @@ pub(crate) fn bench(a: &BenchArgs, peer: Peer) -> CliResult<()> {
     let mut pairs = Vec::new();
     for (i, q) in questions.iter().enumerate() {
         progress::phase(&format!("bench --peer: serial answers: question {}/{}", i + 1, questions.len()));
-        let p = best((0..a.reps).map(|_| pardec_serial(&mut s, &q.serial_prompt, serial_tokens)))?;
         let prompts = std::slice::from_ref(&q.serial_prompt);
-        let r = best((0..a.reps).map(|_| server_requests(&mut server, prompts, serial_tokens)))?;
-        pairs.push((p, r));
+        pairs.push(best_pair(
+            a.reps,
+            || pardec_serial(&mut s, &q.serial_prompt, serial_tokens),
+            || server_requests(&mut server, prompts, serial_tokens),
+        )?);
     }
     rows.push(row("serial", 1, serial_tokens, &pairs));
     drop(server);
