@@ -7,6 +7,13 @@ cd "$(dirname "$0")/.."
 cargo build --release --bin pardec
 source scripts/lib/target-dir.sh
 export PARDEC_BIN="$(cargo_target_dir)/release/pardec"
-python3 -m pytest -q training/test_multiverse_text.py
+# The list rewrite's tests need only pytest: the pinned test tools, in the venv
+# scripts/test-python.sh makes (a fresh machine's python3 has no pytest).
+venv="$PWD/target/python-venv"
+if [[ ! -x "$venv/bin/python" ]]; then
+    python3 -m venv "$venv" || { echo "test-training: python3 -m venv failed: install python3-venv" >&2; exit 1; }
+fi
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r bindings-python/requirements-test.txt
+"$venv/bin/python" -m pytest -q -p no:cacheprovider training/test_multiverse_text.py
 PY="$(bash training/setup-venv.sh)"
 "$PY" -W ignore training/smoke_test.py
