@@ -24,6 +24,7 @@ use crate::error::Result;
 use crate::model::Model;
 use crate::session::sampling::SamplingParams;
 use crate::session::{BranchSpec, JoinMode, NodeId, RunLimits, Selection, Session, SessionParams, Silent};
+use crate::stats::Stats;
 
 /// What `pardec bench` measures, and on what session.
 #[derive(Debug, Clone)]
@@ -120,29 +121,15 @@ fn tps(tokens: usize, d: Duration) -> f64 {
     tokens as f64 / d.as_secs_f64().max(1e-9)
 }
 
-/// What one engine block measured.
-struct EngineRun {
-    time: Duration,
-    cells_used: u64,
-    cells_unshared: u64,
-    host_us_per_step: f64,
-    selection_us_per_step: f64,
-}
-
-/// Runs the engine on `specs` in one block (prefill excluded from the time).
-fn engine_block(s: &mut Session, specs: &[BranchSpec]) -> Result<EngineRun> {
+/// Runs the engine on `specs` in one block and returns the block's statistics (prefill is
+/// excluded from their decode times).
+fn engine_block(s: &mut Session, specs: &[BranchSpec]) -> Result<Stats> {
     s.reset_stats();
     s.fork(NodeId::TRUNK, specs)?;
     s.run(&mut Silent)?;
     let st = s.stats();
     s.join(NodeId::TRUNK, JoinMode::Discard, None)?;
-    Ok(EngineRun {
-        time: Duration::from_secs_f64(st.parallel_seconds),
-        cells_used: st.kv_cells_used,
-        cells_unshared: st.kv_cells_unshared,
-        host_us_per_step: st.host_us_per_step,
-        selection_us_per_step: st.selection_us_per_step,
-    })
+    Ok(st)
 }
 
 /// Forks `specs` with no generation and times raw decoding of their lanes.
@@ -192,7 +179,7 @@ pub fn run(model: &Model, p: &BenchParams) -> Result<Vec<BenchRow>> {
         let serial = best(p.reps, || {
             let mut sum = Duration::ZERO;
             for spec in &all {
-                sum += engine_block(&mut s, std::slice::from_ref(spec))?.time;
+                sum += Duration::from_secs_f64(engine_block(&mut s, std::slice::from_ref(spec))?.parallel_seconds);
             }
             Ok(sum)
         })?;
@@ -201,11 +188,11 @@ pub fn run(model: &Model, p: &BenchParams) -> Result<Vec<BenchRow>> {
         let mut host_us = (f64::MAX, 0.0);
         let parallel = best(p.reps, || {
             let run = engine_block(&mut s, &all)?;
-            cells = (run.cells_used, run.cells_unshared);
+            cells = (run.kv_cells_used, run.kv_cells_unshared);
             if run.host_us_per_step < host_us.0 {
                 host_us = (run.host_us_per_step, run.selection_us_per_step);
             }
-            Ok(run.time)
+            Ok(Duration::from_secs_f64(run.parallel_seconds))
         })?;
         let r = raw_session.as_mut().unwrap_or(&mut s);
         let raw = best(p.reps, || raw_block(r, &all, p.tokens))?;
@@ -320,11 +307,7 @@ pub fn sampling_costs(model: &Model, p: &BenchParams) -> Result<Vec<FeatureCostR
         engine_block(&mut s, &all[..2.min(b)])?; // warm-up
         let mut best_row: Option<FeatureCostRow> = None;
         for _ in 0..p.reps.max(1) {
-            s.reset_stats();
-            s.fork(NodeId::TRUNK, &all)?;
-            s.run(&mut Silent)?;
-            let st = s.stats();
-            s.join(NodeId::TRUNK, JoinMode::Discard, None)?;
+            let st = engine_block(&mut s, &all)?;
             let host_us = st.host_us_per_step * st.steps as f64;
             let row = FeatureCostRow {
                 feature: feature.clone(),

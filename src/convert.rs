@@ -103,8 +103,7 @@ pub fn convert(input: &Path, output: &Path, format: WeightFormat, n_threads: u32
         std::process::id()
     ));
     let c_path = |p: &Path| {
-        p.to_str()
-            .and_then(|s| std::ffi::CString::new(s).ok())
+        crate::llama::path_cstring(p)
             .ok_or_else(|| Error::InvalidArgument(format!("convert: the path {} is not NUL-free UTF-8", p.display())))
     };
     let (c_input, c_partial) = (c_path(input)?, c_path(&partial)?);

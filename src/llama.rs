@@ -87,6 +87,11 @@ mod shim {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Threw(pub String);
 
+/// A path as llama.cpp takes it: None when it is not UTF-8 or holds a NUL byte.
+pub(crate) fn path_cstring(path: &Path) -> Option<CString> {
+    path.to_str().and_then(|s| CString::new(s).ok())
+}
+
 /// Writes the model file `input` again at `output` with its weights in `ftype` (llama.cpp's
 /// `llama_model_quantize`, re-quantizing already quantized tensors). Err: the message of an
 /// exception it threw, or its bare status (it logs the reason, and pardec silences its log).
@@ -147,7 +152,7 @@ unsafe impl Sync for LlamaAdapter {}
 impl LlamaAdapter {
     /// None when llama.cpp refuses the file (it catches its own exceptions and logs why).
     pub(crate) fn load(model: &LlamaModel, path: &Path) -> Option<LlamaAdapter> {
-        let c_path = path.to_str().and_then(|s| CString::new(s).ok())?;
+        let c_path = path_cstring(path)?;
         // SAFETY: a live model and a NUL-terminated path that lives across the call.
         let mut ptr = std::ptr::null_mut();
         if unsafe { shim::pardec_shim_adapter_init(model.ptr.as_ptr(), c_path.as_ptr(), &mut ptr) } != 0 {
@@ -185,10 +190,7 @@ pub(crate) const DECODE_THREW: i32 = -1000;
 
 impl LlamaModel {
     pub(crate) fn load(path: &Path, n_gpu_layers: Option<u32>) -> Result<LlamaModel, LoadFailure> {
-        let c_path = path
-            .to_str()
-            .and_then(|s| CString::new(s).ok())
-            .ok_or(LoadFailure::BadPath)?;
+        let c_path = path_cstring(path).ok_or(LoadFailure::BadPath)?;
         // SAFETY: plain value constructors and a NUL-terminated path that lives across the call.
         let ptr = unsafe {
             let mut params = sys::llama_model_default_params();

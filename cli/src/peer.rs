@@ -430,6 +430,18 @@ struct Side {
 }
 
 impl Side {
+    /// pardec's side of an answer: a session's statistics after `wall_s` seconds, of which
+    /// `generated_tokens` count (branch tokens for SoT, every token for a serial answer).
+    fn from_stats(st: &pardec::Stats, wall_s: f64, generated_tokens: u64) -> Side {
+        Side {
+            wall_s,
+            prefill_tokens: st.tokens_prefill,
+            kv_cells: st.kv_cells_used,
+            generated_tokens,
+            tps: generated_tokens as f64 / wall_s.max(1e-9),
+        }
+    }
+
     fn add(&mut self, other: &Side) {
         self.wall_s += other.wall_s;
         self.prefill_tokens += other.prefill_tokens;
@@ -522,13 +534,7 @@ fn pardec_sot(s: &mut Session, q: &Question, b: usize, tokens: usize) -> CliResu
         .zip(&specs)
         .map(|(&id, spec)| s.node_tokens(id).get(spec.prefix_tokens.len()..).unwrap_or(&[]).to_vec())
         .collect();
-    let side = Side {
-        wall_s: wall,
-        prefill_tokens: st.tokens_prefill,
-        kv_cells: st.kv_cells_used,
-        generated_tokens: st.tokens_branch,
-        tps: st.tokens_branch as f64 / wall.max(1e-9),
-    };
+    let side = Side::from_stats(&st, wall, st.tokens_branch);
     s.clear();
     Ok(Run { side, tokens: generated })
 }
@@ -542,13 +548,7 @@ fn pardec_serial(s: &mut Session, prompt: &[Token], tokens: usize) -> CliResult<
     let wall = started.elapsed().as_secs_f64();
     let st = s.stats();
     let generated = s.node_tokens(NodeId::TRUNK).get(prompt.len()..).unwrap_or(&[]).to_vec();
-    let side = Side {
-        wall_s: wall,
-        prefill_tokens: st.tokens_prefill,
-        kv_cells: st.kv_cells_used,
-        generated_tokens: st.tokens_total,
-        tps: st.tokens_total as f64 / wall.max(1e-9),
-    };
+    let side = Side::from_stats(&st, wall, st.tokens_total);
     s.clear();
     Ok(Run { side, tokens: vec![generated] })
 }

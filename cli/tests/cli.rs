@@ -3,18 +3,12 @@
 // The workspace's shared test helpers (model paths) live with the library's tests.
 #[path = "../../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::process::Command;
 
 use common::models;
-
-fn pardec(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_pardec"))
-        .args(args)
-        .env("PARDEC_MODEL", models::model_path(models::DEFAULT_MODEL_FILE))
-        .output()
-        .expect("run pardec")
-}
+use support::pardec;
 
 fn json(out: &std::process::Output) -> serde_json::Value {
     assert!(out.status.success(), "pardec failed: {}", String::from_utf8_lossy(&out.stderr));

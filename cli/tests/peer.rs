@@ -5,19 +5,13 @@
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::models;
-
-fn pardec(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_pardec"))
-        .args(args)
-        .env("PARDEC_MODEL", models::model_path(models::DEFAULT_MODEL_FILE))
-        .output()
-        .expect("run pardec")
-}
+use support::pardec;
 
 fn one_line_error(out: &std::process::Output, code: i32, args: &[&str]) -> String {
     let err = String::from_utf8_lossy(&out.stderr).to_string();

@@ -50,7 +50,6 @@ impl Grammar {
         // converter far from the end of a thread's stack.
         serde_json::from_str::<serde_json::Value>(schema)
             .map_err(|e| Error::InvalidArgument(format!("JSON schema: not valid JSON: {e}")))?;
-        crate::backend::backend()?;
         let gbnf = llama_cpp_2::json_schema_to_grammar(schema).map_err(|e| {
             Error::InvalidArgument(format!(
                 "JSON schema: llama.cpp's json_schema_to_grammar could not convert it \

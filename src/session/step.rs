@@ -378,7 +378,7 @@ impl Session {
     fn share_with_running_siblings(&mut self, idx: usize, token: Token) {
         let parent = self.nodes[idx].parent;
         for (j, n) in self.nodes.iter_mut().enumerate() {
-            if j != idx && n.alive && n.parent == parent && n.is_decoding() {
+            if is_running_sibling(j, n, idx, parent) {
                 n.window.push(token);
             }
         }
@@ -388,11 +388,17 @@ impl Session {
     pub(super) fn add_running_siblings(&mut self, idx: usize) {
         let parent = self.nodes[idx].parent;
         for (j, n) in self.nodes.iter().enumerate() {
-            if j != idx && n.alive && n.parent == parent && n.is_decoding() {
+            if is_running_sibling(j, n, idx, parent) {
                 self.seq_scratch.push(n.seq);
             }
         }
     }
+}
+
+/// Whether node `j` (`n`) is a live, decoding sibling of node `idx`, whose parent is `parent`
+/// (the test-only leaks reach exactly these).
+fn is_running_sibling(j: usize, n: &Node, idx: usize, parent: Option<usize>) -> bool {
+    j != idx && n.alive && n.parent == parent && n.is_decoding()
 }
 
 /// Samples a node's next token from `logits` and sets its state: EOG stops it (the EOG is
