@@ -66,6 +66,7 @@ const char *reason_name(pardec_stop_reason r) {
     case PARDEC_STOP_REASON_STOP_STRING: return "stop_string";
     case PARDEC_STOP_REASON_KV_CACHE_FULL: return "kv_cache_full";
     case PARDEC_STOP_REASON_CANCELLED: return "cancelled";
+    case PARDEC_STOP_REASON_SERVER_LOST: return "server_lost";
     }
     return "?";
 }

@@ -192,6 +192,20 @@ static void loading(const char *path) {
     mp.struct_size = sizeof mp;
     mp.n_gpu_layers = -7;
     EXPECT(pardec_model_load(path, &mp, &m), PARDEC_STATUS_INVALID_ARGUMENT);
+    mp.n_gpu_layers = -1;
+    mp.rpc_servers = "127.0.0.1"; /* no port */
+    EXPECT(pardec_model_load(path, &mp, &m), PARDEC_STATUS_INVALID_ARGUMENT);
+    mp.rpc_servers = "127.0.0.1:1,\xff:2";
+    EXPECT(pardec_model_load(path, &mp, &m), PARDEC_STATUS_INVALID_UTF8);
+    /* A well-formed list: this library has no RPC backend (tests build it without), or, with
+     * one, nothing listens on port 1. Either way a specific status, not an abort. */
+    mp.rpc_servers = "127.0.0.1:1";
+    EXPECT(pardec_model_load(path, &mp, &m), PARDEC_STATUS_RPC);
+    mp.rpc_servers = NULL;
+    /* The struct of 0.1 to 0.5, without rpc_servers, is still taken. */
+    mp.struct_size = offsetof(pardec_model_params, rpc_servers);
+    mp.n_gpu_layers = -7;
+    EXPECT(pardec_model_load(path, &mp, &m), PARDEC_STATUS_INVALID_ARGUMENT);
     ASSERT(m == SENTINEL); /* never written by a failed call */
 }
 

@@ -46,9 +46,9 @@
 #include <stdint.h>
 
 #define PARDEC_VERSION_MAJOR 0
-#define PARDEC_VERSION_MINOR 5
+#define PARDEC_VERSION_MINOR 6
 #define PARDEC_VERSION_PATCH 0
-#define PARDEC_VERSION "0.5.0"
+#define PARDEC_VERSION "0.6.0"
 /* The C ABI's major version: the shared library's SONAME is libpardec.so.<it>. */
 #define PARDEC_ABI_MAJOR 0
 
@@ -210,6 +210,11 @@ typedef enum pardec_status {
      * The LoRA adapter was made for another model (architecture, tensor names or shapes).
      */
     PARDEC_STATUS_ADAPTER_MISMATCH = 25,
+    /**
+     * An RPC server cannot be reached or was lost mid-generation (the text so far is kept),
+     * or this build has no RPC backend.
+     */
+    PARDEC_STATUS_RPC = 26,
 } pardec_status;
 
 /**
@@ -262,6 +267,10 @@ typedef enum pardec_stop_reason {
      * The callback cancelled.
      */
     PARDEC_STOP_REASON_CANCELLED = 5,
+    /**
+     * An RPC server holding some of the model's layers was lost.
+     */
+    PARDEC_STOP_REASON_SERVER_LOST = 6,
 } pardec_stop_reason;
 
 /**
@@ -396,9 +405,14 @@ typedef struct pardec_model_params {
     size_t struct_size;
     /**
      * Layers to offload to the GPU; -1: llama.cpp's default (all layers when a GPU backend
-     * is compiled in). Ignored by CPU builds.
+     * is compiled in, or RPC servers are named). Ignored by CPU builds without servers.
      */
     int32_t n_gpu_layers;
+    /**
+     * RPC servers to put the layers on, `"host:port,host:port"` (NULL or empty: none). Needs
+     * a build with the RPC backend; an unreachable server fails the load with RPC.
+     */
+    const char *rpc_servers;
 } pardec_model_params;
 
 /**
@@ -959,7 +973,8 @@ enum pardec_status pardec_session_set_adapters(struct pardec_session *session,
  * new handle, to be released with `pardec_model_free`.
  *
  * Errors: NULL_ARGUMENT (path, out_model), STRUCT_SIZE, INVALID_ARGUMENT, MODEL_NOT_FOUND,
- * NOT_GGUF, MODEL_LOAD, UNSUPPORTED_MODEL (recurrent/hybrid architectures), BACKEND.
+ * NOT_GGUF, MODEL_LOAD, UNSUPPORTED_MODEL (recurrent/hybrid architectures), BACKEND, RPC (a
+ * server in `rpc_servers` cannot be reached, or this build has no RPC backend).
  */
 enum pardec_status pardec_model_load(const char *path,
                                      const struct pardec_model_params *params,

@@ -17,5 +17,7 @@ if [[ -f scripts/test-ffi.sh ]]; then
     bash scripts/test-ffi.sh
 fi
 bash scripts/test-training.sh
+# The RPC backend needs llama.cpp built with GGML_RPC=ON: a second build, in target/rpc.
+bash scripts/test-rpc.sh
 bash scripts/check-package.sh
 echo "test.sh: all tests passed"

@@ -396,24 +396,10 @@ pub fn format_ceilings(
         };
         progress(&format!("measuring {format}"));
         let model = Model::load(&path, &crate::ModelParams::default())?;
-        let max_b = p.branches.iter().copied().max().unwrap_or(1);
-        let params = SessionParams { max_branches: p.session.max_branches.max(max_b as u32), ..p.session.clone() };
-        let mut s = Session::new(&model, params.clone())?;
-        prompt(&mut s, &model, &p.prompt)?;
-        let lanes = specs(&model, max_b, 0);
-        raw_block(&mut s, &lanes, 4)?; // warm-up: the first decodes of a shape pay set-up costs
-        let steps = p.tokens.max(1);
-        let step = |s: &mut Session, b: usize| -> Result<f64> {
-            Ok(best(p.reps, || raw_block(s, &lanes[..b], steps))?.as_secs_f64() / steps as f64)
-        };
-        let one = step(&mut s, 1)?;
-        let (mut step_ms, mut tps, mut ceiling) = (Vec::new(), Vec::new(), Vec::new());
-        for &b in &p.branches {
-            let t = if b == 1 { one } else { step(&mut s, b)? };
-            step_ms.push(t * 1e3);
-            tps.push(b as f64 / t.max(1e-12));
-            ceiling.push(b as f64 * one / t.max(1e-12));
-        }
+        let (params, times) = raw_step_ms(&model, p)?;
+        let (one, step_ms) = (times[0], times[1..].to_vec());
+        let tps = p.branches.iter().zip(&step_ms).map(|(&b, &ms)| b as f64 * 1e3 / ms.max(1e-9)).collect();
+        let ceiling = p.branches.iter().zip(&step_ms).map(|(&b, &ms)| b as f64 * one / ms.max(1e-9)).collect();
         let mut scorer = Session::new(&model, SessionParams { max_branches: 1, ..params })?;
         scorer.prompt("A morning in a harbour town.\n")?;
         let ids = model.tokenize(SCORED_PASSAGE, false)?;
@@ -431,6 +417,64 @@ pub fn format_ceilings(
         });
     }
     Ok(rows)
+}
+
+/// The wall time of one raw llama_decode step of B lanes, ms, for B = 1 and then each B of
+/// `p.branches` (`p.tokens` steps, best of `p.reps`), and the session parameters used.
+fn raw_step_ms(model: &Model, p: &BenchParams) -> Result<(SessionParams, Vec<f64>)> {
+    let max_b = p.branches.iter().copied().max().unwrap_or(1);
+    let params = SessionParams { max_branches: p.session.max_branches.max(max_b as u32), ..p.session.clone() };
+    let mut s = Session::new(model, params.clone())?;
+    prompt(&mut s, model, &p.prompt)?;
+    let lanes = specs(model, max_b, 0);
+    raw_block(&mut s, &lanes, 4)?; // warm-up: the first decodes of a shape pay set-up costs
+    let steps = p.tokens.max(1);
+    let mut step = |b: usize| -> Result<f64> {
+        Ok(best(p.reps, || raw_block(&mut s, &lanes[..b], steps))?.as_secs_f64() * 1e3 / steps as f64)
+    };
+    let one = step(1)?;
+    let mut times = vec![one];
+    for &b in &p.branches {
+        times.push(if b == 1 { one } else { step(b)? });
+    }
+    Ok((params, times))
+}
+
+/// One line of `pardec bench --rpc-cost`: a raw batched step on this machine and over the
+/// RPC servers.
+#[derive(Debug, Clone, Serialize)]
+pub struct RpcCostRow {
+    /// Lanes decoded in the step (B).
+    pub branches: usize,
+    /// Wall time of the step with the model on this machine, ms.
+    pub local_ms: f64,
+    /// The same with its layers on the servers, ms.
+    pub rpc_ms: f64,
+    /// What the servers add to a step, ms.
+    pub added_ms: f64,
+    /// rpc_ms / local_ms.
+    pub ratio: f64,
+}
+
+/// The cost of the RPC servers per decode step: raw steps of each B of `p.branches` with the
+/// model at `model_path` loaded here and over `servers`, one after the other in this run.
+pub fn rpc_step_costs(model_path: &std::path::Path, servers: &[String], p: &BenchParams) -> Result<Vec<RpcCostRow>> {
+    let local = Model::load(model_path, &crate::ModelParams::default())?;
+    let (_, here) = raw_step_ms(&local, p)?;
+    drop(local);
+    let remote = Model::load(model_path, &crate::ModelParams { rpc_servers: servers.to_vec(), ..Default::default() })?;
+    let (_, there) = raw_step_ms(&remote, p)?;
+    Ok(p.branches
+        .iter()
+        .zip(here[1..].iter().zip(&there[1..]))
+        .map(|(&branches, (&local_ms, &rpc_ms))| RpcCostRow {
+            branches,
+            local_ms,
+            rpc_ms,
+            added_ms: rpc_ms - local_ms,
+            ratio: rpc_ms / local_ms.max(1e-9),
+        })
+        .collect())
 }
 
 /// One line of `pardec bench --auto`.

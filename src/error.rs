@@ -63,6 +63,9 @@ pub enum Error {
     /// A LoRA adapter made for another model: another architecture, a tensor the model lacks,
     /// or a shape that does not fit.
     AdapterMismatch(String),
+    /// An RPC server (`ModelParams::rpc_servers`) cannot be reached or was lost, or this build
+    /// has no RPC backend. Lost mid-generation, the text so far is kept.
+    Rpc(String),
 }
 
 /// The result of every fallible pardec call: `Ok`, or an [`Error`] saying what went wrong.
@@ -106,6 +109,7 @@ impl fmt::Display for Error {
             Error::Internal(m) => write!(f, "internal error: {m}"),
             Error::NotAdapter(m) => write!(f, "not a LoRA adapter: {m}"),
             Error::AdapterMismatch(m) => write!(f, "adapter does not fit the model: {m}"),
+            Error::Rpc(m) => write!(f, "RPC: {m}"),
         }
     }
 }

@@ -39,6 +39,7 @@ mod llama;
 mod llama_grammar;
 mod model;
 pub mod protocol;
+pub mod rpc;
 pub mod session;
 mod stats;
 

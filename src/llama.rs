@@ -189,13 +189,25 @@ pub(crate) enum LoadFailure {
 pub(crate) const DECODE_THREW: i32 = -1000;
 
 impl LlamaModel {
-    pub(crate) fn load(path: &Path, n_gpu_layers: Option<u32>) -> Result<LlamaModel, LoadFailure> {
+    /// Loads the model at `path`; `devices`, if not empty, is the NULL-terminated list of
+    /// devices to place its layers on (`llama_model_params.devices`), else llama.cpp chooses.
+    pub(crate) fn load(
+        path: &Path,
+        n_gpu_layers: Option<u32>,
+        devices: &[sys::ggml_backend_dev_t],
+    ) -> Result<LlamaModel, LoadFailure> {
         let c_path = path_cstring(path).ok_or(LoadFailure::BadPath)?;
-        // SAFETY: plain value constructors and a NUL-terminated path that lives across the call.
+        debug_assert!(devices.last().map_or(true, |d| d.is_null()), "the device list is NULL-terminated");
+        let mut devices = devices.to_vec();
+        // SAFETY: plain value constructors, a NUL-terminated path and a NULL-terminated device
+        // list that live across the call (llama.cpp copies the list).
         let ptr = unsafe {
             let mut params = sys::llama_model_default_params();
             if let Some(n) = n_gpu_layers {
                 params.n_gpu_layers = n.min(i32::MAX as u32) as i32;
+            }
+            if !devices.is_empty() {
+                params.devices = devices.as_mut_ptr();
             }
             let mut ptr = std::ptr::null_mut();
             if shim::pardec_shim_model_load(c_path.as_ptr(), &params, &mut ptr) != 0 {

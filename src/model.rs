@@ -18,9 +18,15 @@ use crate::llama::{LlamaModel, LoadFailure};
 /// How to load a model.
 #[derive(Debug, Clone, Default)]
 pub struct ModelParams {
-    /// Layers to offload to the GPU (`None`: llama.cpp's default, all layers when a GPU
-    /// backend is compiled in). Ignored on CPU builds.
+    /// Layers to offload to the GPU or the RPC servers (`None`: llama.cpp's default, all
+    /// layers when a GPU backend is compiled in or servers are named). Ignored on CPU builds
+    /// without servers.
     pub n_gpu_layers: Option<u32>,
+    /// RPC servers (`host:port`, each running `pardec rpc-server` or llama.cpp's
+    /// `rpc-server`) to put the model's layers on, split as llama.cpp splits them: in
+    /// proportion to each device's free memory, servers first, then local GPUs. Empty: this
+    /// machine only. Needs a build with the RPC backend ([`crate::rpc`]).
+    pub rpc_servers: Vec<String>,
 }
 
 pub(crate) struct ModelInner {
@@ -40,6 +46,9 @@ pub(crate) struct ModelInner {
     tensor_shapes: HashMap<String, Vec<u64>>,
     /// The longest text any one token stands for, in bytes (computed on first use).
     max_token_bytes: once_cell::sync::OnceCell<usize>,
+    /// The RPC servers holding some of the layers, if any: their devices, and the relays whose
+    /// losses every decode checks.
+    remote: Option<crate::rpc::RemoteLink>,
 }
 
 /// A loaded GGUF model, shareable between sessions and threads (`Send + Sync`).
@@ -120,7 +129,18 @@ impl Model {
         let path = path.as_ref();
         let shapes = check_gguf_file(path)?;
         backend()?;
-        let llama = LlamaModel::load(path, params.n_gpu_layers).map_err(|e| match e {
+        let remote = if params.rpc_servers.is_empty() {
+            None
+        } else {
+            Some(crate::rpc::RemoteLink::connect(&params.rpc_servers)?)
+        };
+        let devices = remote.as_ref().map_or(&[][..], |r| r.devices());
+        let loaded = LlamaModel::load(path, params.n_gpu_layers, devices);
+        if let Some(remote) = &remote {
+            // A server lost during the load: whatever llama.cpp made of it is not the model.
+            remote.check()?;
+        }
+        let llama = loaded.map_err(|e| match e {
             LoadFailure::BadPath => Error::InvalidArgument(format!(
                 "model path {} is not UTF-8 or holds a NUL byte",
                 path.display()
@@ -161,8 +181,24 @@ impl Model {
                 adapter_lock: parking_lot::RwLock::new(()),
                 tensor_shapes: shapes,
                 max_token_bytes: once_cell::sync::OnceCell::new(),
+                remote,
             }),
         })
+    }
+
+    /// `Err(Error::Rpc)` once an RPC server holding some of the model's layers is lost.
+    pub(crate) fn check_remote(&self) -> Result<()> {
+        self.inner.remote.as_ref().map_or(Ok(()), |r| r.check())
+    }
+
+    /// Whether some of the model's layers are on RPC servers.
+    pub(crate) fn is_remote(&self) -> bool {
+        self.inner.remote.is_some()
+    }
+
+    /// The RPC servers holding some of the model's layers, as named at load.
+    pub fn rpc_servers(&self) -> Vec<String> {
+        self.inner.remote.as_ref().map_or_else(Vec::new, |r| r.servers().map(str::to_string).collect())
     }
 
     /// The shape (`ne`) of each tensor in the model's file, by name, as read at load.

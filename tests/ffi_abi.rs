@@ -18,7 +18,7 @@ macro_rules! layout {
 
 #[test]
 fn struct_layouts_are_frozen() {
-    layout!(pardec_model_params, size 16, { struct_size @ 0, n_gpu_layers @ 8 });
+    layout!(pardec_model_params, size 24, { struct_size @ 0, n_gpu_layers @ 8, rpc_servers @ 16 });
     layout!(pardec_chat_message, size 16, { role @ 0, content @ 8 });
     layout!(pardec_sampling_params, size 24, { temperature @ 0, top_k @ 4, top_p @ 8, min_p @ 12, seed @ 16 });
     // 0.2 appended device_candidates (0.1's struct was 64 bytes and is still accepted), 0.5

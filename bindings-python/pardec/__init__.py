@@ -138,9 +138,12 @@ class Status(enum.IntEnum):
     PANIC = 23
     NOT_ADAPTER = 24
     ADAPTER_MISMATCH = 25
+    RPC = 26
 
 
-_STOP_REASONS = {0: None, 1: "eog", 2: "max_tokens", 3: "stop_string", 4: "kv_cache_full", 5: "cancelled"}
+_STOP_REASONS = {
+    0: None, 1: "eog", 2: "max_tokens", 3: "stop_string", 4: "kv_cache_full", 5: "cancelled", 6: "server_lost",
+}
 _EVENT_KINDS = {0: "token", 1: "end", 2: "done", 3: "fork", 4: "join", 5: "warning"}
 _JOIN_STATES = {0: "open", 1: "all", 2: "keep", 3: "discard"}
 _JOIN_ALL, _JOIN_KEEP, _JOIN_DISCARD = 0, 1, 2
@@ -607,6 +610,19 @@ def _session_params(kw: Mapping[str, Any]) -> _c.pardec_session_params:
 # ----- model -------------------------------------------------------------------------------
 
 
+def _rpc_server_list(servers: Union[None, str, Sequence[str]]) -> Optional[bytes]:
+    """``rpc_servers`` as the C list ``b"host:port,host:port"`` (the library checks each)."""
+    if servers is None:
+        return None
+    if isinstance(servers, str):
+        return servers.encode()
+    if isinstance(servers, (bytes, bytearray)) or not all(isinstance(s, str) for s in servers):
+        raise TypeError("rpc_servers must be a str 'host:port,...' or a sequence of str")
+    if any("," in s for s in servers):
+        raise ValueError("an entry of rpc_servers holds a comma: give one host:port each")
+    return ",".join(servers).encode()
+
+
 def _free_model(ptr: int) -> None:
     _c.lib().pardec_model_free(ptr)
 
@@ -614,7 +630,7 @@ def _free_model(ptr: int) -> None:
 #: ``llama_cpp.Llama`` keywords pardec has no counterpart for, and what to do instead.
 _LLAMA_CPP_MODEL_KWARGS: Dict[str, str] = {
     **{k: "" for k in (
-        "split_mode", "main_gpu", "tensor_split", "rpc_servers", "vocab_only", "use_mmap",
+        "split_mode", "main_gpu", "tensor_split", "vocab_only", "use_mmap",
         "use_mlock", "kv_overrides", "n_ubatch", "rope_scaling_type", "pooling_type",
         "rope_freq_base", "rope_freq_scale", "yarn_ext_factor", "yarn_attn_factor",
         "yarn_beta_fast", "yarn_beta_slow", "yarn_orig_ctx", "logits_all", "embedding",
@@ -676,7 +692,10 @@ class Model:
     working after their model is closed: they hold their own reference).
 
     Takes the keywords of ``llama_cpp.Llama`` that pardec has: ``model_path`` (or the path as
-    the first argument), ``n_gpu_layers``, and for the sessions made from it — by
+    the first argument), ``n_gpu_layers``, ``rpc_servers`` (``"host:port,host:port"`` or a
+    list: servers running ``pardec rpc-server`` to put the layers on; needs a library built
+    with the RPC backend, else :class:`PardecError` with ``Status.RPC``), and for the sessions
+    made from it — by
     :meth:`create_chat_completion`, or ``Session(model)`` for what a Session is not given —
     ``n_ctx``, ``n_batch``, ``n_threads``, ``seed``, ``flash_attn``, ``lora_path`` and
     ``lora_scale`` (the LoRA adapter every session decodes with), plus pardec's own session
@@ -694,6 +713,7 @@ class Model:
         n_gpu_layers: Optional[int] = None,
         *,
         model_path: Optional[StrPath] = None,
+        rpc_servers: Optional[Union[str, Sequence[str]]] = None,
         n_ctx: Optional[int] = None,
         n_batch: Optional[int] = None,
         n_threads: Optional[int] = None,
@@ -754,6 +774,10 @@ class Model:
         _check(L.pardec_model_params_default(byref(params), sizeof(params)))
         if n_gpu_layers is not None:
             params.n_gpu_layers = _c_int(n_gpu_layers, c_int32, "n_gpu_layers")
+        # Kept referenced until the load returns: the struct only points at it.
+        servers = _rpc_server_list(rpc_servers)
+        if servers is not None:
+            params.rpc_servers = servers
         out = c_void_p()
         _check(L.pardec_model_load(os.fsencode(path), byref(params), byref(out)))
         #: The file the model was loaded from (also the ``model`` of chat completions).

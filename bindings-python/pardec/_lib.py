@@ -42,7 +42,7 @@ else:
     LIB_NAME = "libpardec.so"
 
 #: The package's version: the library's must have the same major.minor (see :func:`lib`).
-PACKAGE_VERSION = "0.5.0"
+PACKAGE_VERSION = "0.6.0"
 
 
 class LibraryNotFoundError(OSError):
@@ -186,6 +186,7 @@ class pardec_model_params(Structure):
     _fields_ = [
         ("struct_size", c_size_t),
         ("n_gpu_layers", c_int32),
+        ("rpc_servers", c_char_p),
     ]
 
 

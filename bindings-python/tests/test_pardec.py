@@ -463,3 +463,17 @@ def test_adapters_change_the_scores_and_scale_zero_is_the_base(model, model_file
     with pytest.raises(pardec.PardecError) as e:
         pardec.Adapter(model, wrong)
     assert e.value.status == pardec.Status.ADAPTER_MISMATCH and "attn_output" in e.value.message
+
+
+def test_rpc_servers_are_checked_and_a_missing_backend_or_server_is_status_rpc(model_file):
+    with pytest.raises(TypeError):
+        pardec.Model(model_file, rpc_servers=[1])
+    with pytest.raises(ValueError):
+        pardec.Model(model_file, rpc_servers=["a:1,b:2"])
+    with pytest.raises(PardecError) as e:
+        pardec.Model(model_file, rpc_servers="localhost")
+    assert e.value.status == Status.INVALID_ARGUMENT and "no port" in e.value.message
+    # The tests' library has no RPC backend; one with it finds nothing on port 1. Both: RPC.
+    with pytest.raises(PardecError) as e:
+        pardec.Model(model_file, rpc_servers=["127.0.0.1:1"])
+    assert e.value.status == Status.RPC

@@ -193,10 +193,11 @@ fn backend() -> &'static str {
 const GPU_BUILD: bool = cfg!(any(feature = "cuda", feature = "metal", feature = "vulkan", feature = "dynamic-link"));
 
 const N_GPU_LAYERS_HELP: &str = if GPU_BUILD {
-    "Layers to offload to the GPU (default: llama.cpp's choice, all layers with a GPU backend)"
+    "Layers to offload to the GPU and the --rpc servers (default: llama.cpp's choice, all \
+     layers with a GPU backend or servers)"
 } else {
-    "Layers to offload to the GPU. Accepted, but has no effect in this CPU build (build with \
-     --features cuda, metal or vulkan)"
+    "Layers to put on the --rpc servers (default: all). Without --rpc it has no effect in this \
+     CPU build (build with --features cuda, metal or vulkan)"
 };
 
 #[derive(Parser)]
@@ -225,6 +226,7 @@ enum Command {
     Score(ScoreArgs),
     Equiv(EquivArgs),
     Convert(ConvertArgs),
+    RpcServer(RpcServerArgs),
 }
 
 #[derive(Args, Clone)]
@@ -236,6 +238,25 @@ struct ModelOpts {
     // an unknown flag.
     #[arg(long, value_name = "N", help = N_GPU_LAYERS_HELP, allow_negative_numbers = true)]
     n_gpu_layers: Option<u32>,
+    /// RPC servers to put the model's layers on, each running `pardec rpc-server`; layers are
+    /// split as llama.cpp splits them (needs a build with GGML_RPC=ON)
+    #[arg(long, value_name = "HOST:PORT,...", value_parser = parse_rpc_servers)]
+    rpc: Option<RpcServers>,
+}
+
+/// The servers of `--rpc`.
+#[derive(Clone)]
+struct RpcServers(Vec<String>);
+
+impl ModelOpts {
+    /// The servers of `--rpc`, none without it.
+    fn rpc_servers(&self) -> Vec<String> {
+        self.rpc.as_ref().map_or_else(Vec::new, |s| s.0.clone())
+    }
+}
+
+fn parse_rpc_servers(s: &str) -> Result<RpcServers, String> {
+    pardec::rpc::parse_servers(s).map(RpcServers).map_err(|e| e.to_string())
 }
 
 #[derive(Args, Clone)]
@@ -434,6 +455,10 @@ struct BenchArgs {
     /// format (comma-separated: q4_0, q4_1, q8_0, f16, bf16; converted once, beside the model)
     #[arg(long, value_name = "LIST", value_parser = parse_weight_formats, conflicts_with_all = ["auto", "sampling_costs", "lora"])]
     formats: Option<WeightFormats>,
+    /// What the --rpc servers cost per decode step: raw steps of each B with the model here
+    /// and on the servers, in one run [--branches default 1,4,16]
+    #[arg(long, requires = "rpc", conflicts_with_all = ["auto", "sampling_costs", "formats", "lora", "peer"])]
+    rpc_cost: bool,
     /// Compare with another engine on the same model: llama-server (started on 127.0.0.1;
     /// Skeleton-of-Thought points as concurrent requests vs forked over one prefix, and a
     /// serial answer; greedy; --branches default 2,4,8, --tokens per point)
@@ -468,6 +493,31 @@ struct ConvertArgs {
     /// CPU threads (0: all cores)
     #[arg(long, value_name = "N", default_value_t = 0)]
     threads: u32,
+}
+
+/// Serve this machine to pardec clients over llama.cpp's RPC protocol (`--rpc` on their side)
+#[derive(Args)]
+#[command(
+    help_template = HELP_TEMPLATE,
+    args_override_self = true,
+    after_help = "\
+The protocol has no authentication or encryption: bind to 127.0.0.1 (the default) or to a
+trusted network only. The server serves one client at a time and runs until stopped. Needs a
+build with GGML_RPC=ON (scripts/test-rpc.sh builds one in target/rpc)."
+)]
+struct RpcServerArgs {
+    /// Address to listen on
+    #[arg(long, value_name = "HOST", default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on (llama.cpp's rpc-server uses 50052 too)
+    #[arg(long, value_name = "PORT", default_value_t = 50052)]
+    port: u16,
+    /// CPU threads for the layers computed on the CPU (0: all cores)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    threads: usize,
+    /// Keep the tensors clients send in this folder, so a model's second load is not sent again
+    #[arg(long, value_name = "DIR")]
+    cache: Option<PathBuf>,
 }
 
 fn parse_weight_format(s: &str) -> Result<WeightFormat, String> {
@@ -739,7 +789,11 @@ fn load_model(opts: &ModelOpts, announce: bool) -> CliResult<Model> {
     } else {
         progress::tick(|| msg);
     }
-    let model = Model::load(&path, &ModelParams { n_gpu_layers: opts.n_gpu_layers });
+    let params = ModelParams {
+        n_gpu_layers: opts.n_gpu_layers,
+        rpc_servers: opts.rpc_servers(),
+    };
+    let model = Model::load(&path, &params);
     progress::clear();
     Ok(model?)
 }
@@ -789,6 +843,7 @@ fn reason_text(reason: &StopReason) -> String {
         StopReason::StopString(s) => format!("stop string {}", quoted(s)),
         StopReason::KvCacheFull => "KV cache full".into(),
         StopReason::Cancelled => "cancelled".into(),
+        StopReason::ServerLost => "RPC server lost".into(),
     }
 }
 
@@ -1461,7 +1516,7 @@ fn cmd_run_auto(a: &RunArgs, protocol: &str) -> CliResult<()> {
     watch.finish();
     // A generation that stopped midway prints what it wrote before the error is reported.
     if let Err(e) = &outcome {
-        if !matches!(e, Error::KvCacheFull | Error::Cancelled | Error::Decode(_)) {
+        if !matches!(e, Error::KvCacheFull | Error::Cancelled | Error::Decode(_) | Error::Rpc(_)) {
             return outcome.map_err(Into::into);
         }
     }
@@ -1740,6 +1795,12 @@ fn cmd_bench(a: &BenchArgs) -> CliResult<()> {
     p.session.n_threads = a.threads;
     p.session.selection = a.selection.unwrap_or(Selection::Host);
     p.session.sampling = a.sampling.params();
+    if a.rpc_cost {
+        if a.branches.is_none() {
+            p.branches = vec![1, 4, 16];
+        }
+        return bench_rpc_cost(&a.model, &p, a.json);
+    }
     let model = load_model(&a.model, true)?;
     p.session.adapters = adapters(&a.lora, &model)?;
     // One row at a time, for the progress line; every row's session is the size the whole
@@ -1940,6 +2001,40 @@ fn bench_formats(path: &std::path::Path, formats: &[WeightFormat], p: &BenchPara
     Ok(())
 }
 
+fn bench_rpc_cost(opts: &ModelOpts, p: &BenchParams, json: bool) -> CliResult<()> {
+    let path = opts.model.clone().unwrap_or_else(default_model_path);
+    let servers = opts.rpc_servers();
+    progress::phase(&format!("bench --rpc-cost: {} here, then on {}", path.display(), servers.join(",")));
+    let rows = bench::rpc_step_costs(&path, &servers, p)?;
+    progress::clear();
+    if json {
+        let out = serde_json::json!({ "model": path.display().to_string(), "servers": servers, "results": rows });
+        outln!("{}", to_json(&out, true)?);
+        return Ok(());
+    }
+    outln!(
+        "model {} · raw llama_decode steps of B lanes, here and with the layers on {} · {} steps · best of {}",
+        path.display(),
+        servers.join(","),
+        p.tokens,
+        p.reps
+    );
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.branches.to_string(),
+                format!("{:.2}", r.local_ms),
+                format!("{:.2}", r.rpc_ms),
+                format!("{:+.2}", r.added_ms),
+                format!("{:.2}×", r.ratio),
+            ]
+        })
+        .collect();
+    print_table(&["B", "here ms", "RPC ms", "added ms", "ratio"], &table);
+    Ok(())
+}
+
 // ───────────────────────────── convert ─────────────────────────────
 
 fn cmd_convert(a: &ConvertArgs) -> CliResult<()> {
@@ -1950,6 +2045,23 @@ fn cmd_convert(a: &ConvertArgs) -> CliResult<()> {
     progress::clear();
     outln!("{}", out.display());
     Ok(())
+}
+
+fn cmd_rpc_server(a: &RpcServerArgs) -> CliResult<()> {
+    // A client that goes away mid-answer must not end the server: writes then fail with
+    // EPIPE, and ggml-rpc drops that client and accepts the next.
+    #[cfg(unix)]
+    // SAFETY: setting the disposition of a signal, before the server's threads start.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+    let threads = match a.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let endpoint = format!("{}:{}", a.host, a.port);
+    out::flush();
+    match pardec::rpc::serve(&endpoint, threads, a.cache.as_deref())? {}
 }
 
 // ───────────────────────────── equiv, score ─────────────────────────────
@@ -2083,6 +2195,7 @@ fn main() -> ExitCode {
         Command::Score(_) => "score",
         Command::Equiv(_) => "equiv",
         Command::Convert(_) => "convert",
+        Command::RpcServer(_) => "rpc-server",
     };
     let result = match &cli.command {
         Command::Run(a) => cmd_run(a),
@@ -2092,6 +2205,7 @@ fn main() -> ExitCode {
         Command::Score(a) => cmd_score(a),
         Command::Equiv(a) => cmd_equiv(a),
         Command::Convert(a) => cmd_convert(a),
+        Command::RpcServer(a) => cmd_rpc_server(a),
     };
     out::flush();
     progress::clear();

@@ -326,7 +326,7 @@ impl Driver<'_, '_, '_> {
             Some(StopReason::Eog) => Some(StreamEnd::Eos),
             Some(StopReason::MaxTokens) => Some(StreamEnd::Limit),
             Some(StopReason::Cancelled) => Some(StreamEnd::Cancelled),
-            Some(StopReason::KvCacheFull) | None => Some(StreamEnd::Truncated),
+            Some(StopReason::KvCacheFull | StopReason::ServerLost) | None => Some(StreamEnd::Truncated),
         };
         let decided = actions.iter().any(|a| matches!(a, Action::Fork(_) | Action::BranchEnd { .. }));
         if let (false, Some(end)) = (decided, end) {

@@ -64,7 +64,8 @@ pub(crate) unsafe fn path_arg(p: *const c_char) -> FfiResult<PathBuf> {
 /// new handle, to be released with `pardec_model_free`.
 ///
 /// Errors: NULL_ARGUMENT (path, out_model), STRUCT_SIZE, INVALID_ARGUMENT, MODEL_NOT_FOUND,
-/// NOT_GGUF, MODEL_LOAD, UNSUPPORTED_MODEL (recurrent/hybrid architectures), BACKEND.
+/// NOT_GGUF, MODEL_LOAD, UNSUPPORTED_MODEL (recurrent/hybrid architectures), BACKEND, RPC (a
+/// server in `rpc_servers` cannot be reached, or this build has no RPC backend).
 #[no_mangle]
 pub unsafe extern "C" fn pardec_model_load(
     path: *const c_char,

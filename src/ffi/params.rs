@@ -27,13 +27,19 @@ pub struct pardec_model_params {
     /// `sizeof(pardec_model_params)` of the header the caller was built with.
     pub struct_size: usize,
     /// Layers to offload to the GPU; -1: llama.cpp's default (all layers when a GPU backend
-    /// is compiled in). Ignored by CPU builds.
+    /// is compiled in, or RPC servers are named). Ignored by CPU builds without servers.
     pub n_gpu_layers: i32,
+    /// RPC servers to put the layers on, `"host:port,host:port"` (NULL or empty: none). Needs
+    /// a build with the RPC backend; an unreachable server fails the load with RPC.
+    pub rpc_servers: *const c_char,
 }
+
+/// `sizeof(pardec_model_params)` before `rpc_servers` was appended (0.1 to 0.5).
+const MODEL_PARAMS_V1_SIZE: usize = std::mem::offset_of!(pardec_model_params, rpc_servers);
 
 impl Versioned for pardec_model_params {
     const NAME: &'static str = "pardec_model_params";
-    const SIZES: &'static [usize] = &[size_of::<pardec_model_params>()];
+    const SIZES: &'static [usize] = &[MODEL_PARAMS_V1_SIZE, size_of::<pardec_model_params>()];
 }
 
 impl Default for pardec_model_params {
@@ -42,12 +48,15 @@ impl Default for pardec_model_params {
         pardec_model_params {
             struct_size: size_of::<Self>(),
             n_gpu_layers: rust.n_gpu_layers.map_or(-1, |n| n.min(i32::MAX as u32) as i32),
+            rpc_servers: std::ptr::null(),
         }
     }
 }
 
 impl pardec_model_params {
-    pub(crate) fn to_rust(self) -> FfiResult<ModelParams> {
+    /// # Safety
+    /// `rpc_servers` is NULL or a NUL-terminated string.
+    pub(crate) unsafe fn to_rust(self) -> FfiResult<ModelParams> {
         let n_gpu_layers = match self.n_gpu_layers {
             -1 => None,
             n if n >= 0 => Some(n as u32),
@@ -57,7 +66,11 @@ impl pardec_model_params {
                 )))
             }
         };
-        Ok(ModelParams { n_gpu_layers })
+        let rpc_servers = match opt_str_arg(self.rpc_servers, "rpc_servers")? {
+            None | Some("") => Vec::new(),
+            Some(list) => crate::rpc::parse_servers(list)?,
+        };
+        Ok(ModelParams { n_gpu_layers, rpc_servers })
     }
 }
 

@@ -26,6 +26,8 @@ pub enum pardec_stop_reason {
     KvCacheFull = 4,
     /// The callback cancelled.
     Cancelled = 5,
+    /// An RPC server holding some of the model's layers was lost.
+    ServerLost = 6,
 }
 
 /// The C code of a stop reason, and the matched stop string if any.
@@ -37,6 +39,7 @@ pub(crate) fn stop_reason_code(reason: Option<&StopReason>) -> (pardec_stop_reas
         Some(StopReason::StopString(s)) => (pardec_stop_reason::StopString, Some(s.as_str())),
         Some(StopReason::KvCacheFull) => (pardec_stop_reason::KvCacheFull, None),
         Some(StopReason::Cancelled) => (pardec_stop_reason::Cancelled, None),
+        Some(StopReason::ServerLost) => (pardec_stop_reason::ServerLost, None),
     }
 }
 

@@ -768,7 +768,7 @@ pub unsafe extern "C" fn pardec_session_generate_auto_stop(
 /// Statuses with which a generation stops after it has begun, its text so far kept in the
 /// session: the report of what it did is still written.
 fn stopped_midway(status: pardec_status) -> bool {
-    matches!(status, pardec_status::KvCacheFull | pardec_status::Cancelled | pardec_status::Decode)
+    matches!(status, pardec_status::KvCacheFull | pardec_status::Cancelled | pardec_status::Decode | pardec_status::Rpc)
 }
 
 /// Skeleton-of-Thought for plain instruct models: the model first writes a numbered skeleton

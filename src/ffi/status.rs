@@ -67,6 +67,9 @@ pub enum pardec_status {
     NotAdapter = 24,
     /// The LoRA adapter was made for another model (architecture, tensor names or shapes).
     AdapterMismatch = 25,
+    /// An RPC server cannot be reached or was lost mid-generation (the text so far is kept),
+    /// or this build has no RPC backend.
+    Rpc = 26,
 }
 
 impl From<&Error> for pardec_status {
@@ -93,6 +96,7 @@ impl From<&Error> for pardec_status {
             Error::Internal(_) => pardec_status::Internal,
             Error::NotAdapter(_) => pardec_status::NotAdapter,
             Error::AdapterMismatch(_) => pardec_status::AdapterMismatch,
+            Error::Rpc(_) => pardec_status::Rpc,
         }
     }
 }
@@ -136,6 +140,11 @@ pub(crate) const STATUS_TABLE: &[(pardec_status, &str, &std::ffi::CStr)] = &[
         pardec_status::AdapterMismatch,
         "ADAPTER_MISMATCH",
         c"the LoRA adapter was made for another model",
+    ),
+    (
+        pardec_status::Rpc,
+        "RPC",
+        c"an RPC server cannot be reached or was lost, or this build has no RPC backend",
     ),
 ];
 

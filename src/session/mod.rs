@@ -515,10 +515,14 @@ impl Session {
         backend()?;
         // The context uses the model's llama.cpp handle: `Session` owns a clone of the `Arc`
         // holding that model and declares `ctx` before `model`, so the context goes first.
+        // A context of a model on RPC servers allocates its KV cache there: not once one is lost.
+        model.check_remote()?;
         let ctx = {
             let _guard = CONTEXT_CREATION.lock();
             let _adapters_stay = model.inner.adapter_lock.read();
-            LlamaContext::new(&model.inner.llama, &config).ok_or_else(|| {
+            let ctx = LlamaContext::new(&model.inner.llama, &config);
+            model.check_remote()?;
+            ctx.ok_or_else(|| {
                 Error::Context(format!(
                     "llama.cpp refused n_ctx={} n_batch={} n_seq_max={n_seq_max}{} (out of \
                      memory, or sizes it rejects; PARDEC_LLAMA_LOG=1 shows why)",

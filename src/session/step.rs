@@ -183,7 +183,11 @@ impl Session {
             self.counters.serial_time += elapsed;
         }
         if let Some(e) = failure {
-            let reason = if e == Error::KvCacheFull { StopReason::KvCacheFull } else { StopReason::Cancelled };
+            let reason = match e {
+                Error::KvCacheFull => StopReason::KvCacheFull,
+                Error::Rpc(_) => StopReason::ServerLost,
+                _ => StopReason::Cancelled,
+            };
             self.stop_all(reason, observer);
             return Err(e);
         }
@@ -351,6 +355,7 @@ impl Session {
                 node.pending_logprob = None;
                 node.no_scores_because = match reason {
                     StopReason::KvCacheFull => "the KV cache filled: the token it had sampled was never decoded",
+                    StopReason::ServerLost => "an RPC server was lost: the token it had sampled was never decoded",
                     _ => "its run was stopped (cancelled, or a failed decode): the token it had sampled was never decoded",
                 };
                 let _ = self.emit_end(idx, observer);
@@ -476,7 +481,17 @@ pub(super) fn decode_status(ctx: &mut LlamaContext, batch: &Batch, model: &Model
     }
     // llama.cpp may re-size its graph here, reading the model's adapter set (adapter.rs).
     let _adapters_stay = model.inner.adapter_lock.read();
-    match ctx.decode(batch) {
+    // A lost RPC server makes llama.cpp compute on made-up data (rpc::relay): nothing is
+    // decoded once one is gone, and a step during which one went is thrown away.
+    model.check_remote()?;
+    let status = ctx.decode(batch);
+    if model.is_remote() {
+        // The outputs reach the host when the backend is synchronised: only then is it known
+        // whether they came from the server.
+        ctx.synchronize();
+        model.check_remote()?;
+    }
+    match status {
         0 => Ok(()),
         1 => Err(Error::KvCacheFull),
         code => Err(Error::Decode(code)),

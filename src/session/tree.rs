@@ -26,6 +26,8 @@ pub enum StopReason {
     KvCacheFull,
     /// The caller cancelled.
     Cancelled,
+    /// An RPC server holding some of the model's layers was lost (`Error::Rpc`).
+    ServerLost,
 }
 
 /// Where a piece of text came from.
