@@ -44,6 +44,12 @@ give 7.</Summary> Final Answer: 7";
 const ASPD: &str = "Compare them.<|title|>Cost<|/title|><|title|>Speed<|/title|><|para|><|branch|>Cost: trains are \
 cheaper.<|/branch|><|branch|>Speed: planes win.<|/branch|><|/para|>\nPick by budget.";
 
+/// pardec's own `titles` format (no released engine: its rule is ASPD's titles-once over
+/// single-token tags, joined same-max); only the engine-vs-layout check below applies to it.
+const TITLES: &str = "Two tips.<issue_start>Sleep<issue_comment><issue_start>Water<issue_comment><issue_closed>\
+<jupyter_start>1. **Sleep**: eight hours.<jupyter_text><jupyter_start>2. **Water**: two litres.<jupyter_text>\
+<jupyter_code>\n\nBoth are free.";
+
 fn spec(name: &str) -> ProtocolSpec {
     ProtocolSpec::builtin(name).unwrap()
 }
@@ -362,6 +368,14 @@ fn scripts(model: &Model, name: &str) -> Script {
             ("1", vec![seg(When::Start, "trains are cheaper.<|/branch|>")]),
             ("2", vec![seg(When::Start, "planes win.<|/branch|>")]),
         ],
+        "titles" => vec![
+            ("", vec![
+                seg(When::Start, "Two tips.<issue_start>Sleep<issue_comment><issue_start>Water<issue_comment><issue_closed>"),
+                seg_eos(at("<jupyter_code>"), "\n\nBoth are free."),
+            ]),
+            ("1", vec![seg(When::Start, " eight hours.<jupyter_text>")]),
+            ("2", vec![seg(When::Start, " two litres.<jupyter_text>")]),
+        ],
         _ => unreachable!(),
     };
     Script::new(model, segments)
@@ -371,8 +385,14 @@ fn scripts(model: &Model, name: &str) -> Script {
 fn the_engine_writes_each_sample_exactly_at_its_layout_positions() {
     let (model, path) = byte_model();
     assert_eq!(model.tokenize("<Path>\n1:", false).unwrap().len(), 4, "a tag is one token, a byte one token");
-    let samples =
-        [("multiverse", MULTIVERSE), ("npr", NPR), ("threadweaver", THREADWEAVER), ("parallel-r1", PARALLEL_R1), ("aspd", ASPD)];
+    let samples = [
+        ("multiverse", MULTIVERSE),
+        ("npr", NPR),
+        ("threadweaver", THREADWEAVER),
+        ("parallel-r1", PARALLEL_R1),
+        ("aspd", ASPD),
+        ("titles", TITLES),
+    ];
     for (name, sample) in samples {
         let spec = spec(name);
         let (text, pieces, pos) = run_engine(&model, &spec, scripts(&model, name));

@@ -1,5 +1,6 @@
-//! The published formats, as data. This is the only file that knows the papers: everything
-//! else reads a [`ProtocolSpec`] (or a [`SubSearchFormat`] / [`SkeletonFormat`]).
+//! The published formats, as data, and pardec's own. This is the only file that knows the
+//! papers: everything else reads a [`ProtocolSpec`] (or a [`SubSearchFormat`] /
+//! [`SkeletonFormat`]).
 
 use super::skeleton::SkeletonFormat;
 use super::layout::TrainRule;
@@ -18,7 +19,7 @@ fn numbered(open: &str, close: &str) -> Announce {
 impl ProtocolSpec {
     /// Names accepted by [`ProtocolSpec::builtin`].
     pub fn builtin_names() -> &'static [&'static str] {
-        &["multiverse", "npr", "threadweaver", "parallel-r1", "aspd"]
+        &["multiverse", "npr", "threadweaver", "parallel-r1", "aspd", "titles"]
     }
 
     /// A published format by name (case-insensitive), as its system's released inference
@@ -41,6 +42,16 @@ impl ProtocolSpec {
     ///   the block closes at `</Summary>`; the response ends after its fourth block.
     /// - `aspd` (arXiv 2508.08895): serial text with `<|title|>T<|/title|>…` then `<|para|>`;
     ///   branches `<|branch|>T: …<|/branch|>`; join `<|/para|>\n` (which also closes the block).
+    ///
+    /// - `titles` (pardec's own, not a paper's): ASPD's rule with nothing decoded that a plain
+    ///   answer does not have. Serial text, then `<issue_start>T<issue_comment>` per item and
+    ///   `<issue_closed>`; each branch starts `<jupyter_start>{index}. **{title}**:`, prefilled
+    ///   in one batch (the title is decoded once, in the outline), writes only the item's body
+    ///   and ends at `<jupyter_text>`; the join appends `<jupyter_code>` (same-max) and serial
+    ///   text goes on. The tags are control tokens SmolLM2's (StarCoder's) vocabulary carries
+    ///   and its chat model never writes, so each costs one decode step; in other vocabularies
+    ///   they are plain text. Its tags are single tokens, so the derived bans hold them where
+    ///   they mean nothing.
     ///
     /// Multiverse, NPR, ThreadWeaver and Parallel-R1 ban no tag: their engines sample freely,
     /// and a tag where it means nothing is text (with a warning). ASPD's engine constrains its
@@ -182,6 +193,38 @@ impl ProtocolSpec {
                 train_rule: Some(TrainRule::SameSeq),
                 // Its serial decoding bans the block's tags where they mean nothing (a logits
                 // processor); pardec's derived bans are that list.
+                bans: None,
+            },
+            "titles" => ProtocolSpec {
+                name: s("titles"),
+                block_open: None,
+                plan_open: None,
+                announce: Announce::Tagged {
+                    open: s("<issue_start>"),
+                    close: s("<issue_comment>"),
+                    label: LabelRule::Title { verbatim: false },
+                },
+                trigger: s("<issue_closed>"),
+                branch_open: s("<jupyter_start>"),
+                branch_prefix: s("<jupyter_start>{index}. **{title}**:"),
+                branch_end: s("<jupyter_text>"),
+                join_text: s("<jupyter_code>"),
+                summary_open: None,
+                summary_close: None,
+                block_close: Some(s("<jupyter_code>")),
+                max_depth: 1,
+                max_branches: 10,
+                branch_prefix_parts: Vec::new(),
+                trigger_in_cache: true,
+                join_repeats_last: false,
+                fork_text: String::new(),
+                keep_after_end: 0,
+                close_unfinished: true,
+                join_rule: JoinRule::SameMax,
+                check_labels: true,
+                max_blocks: None,
+                on_bad_plan: BadPlan::Fallback,
+                train_rule: None,
                 bans: None,
             },
             _ => return None,
