@@ -120,7 +120,7 @@ impl Adapter {
     }
 }
 
-enum Refusal {
+pub(crate) enum Refusal {
     NotAdapter(String),
     Mismatch(String),
 }
@@ -176,7 +176,7 @@ fn check_header(header: &gguf::Header, model: &Model) -> std::result::Result<Sha
 
 /// Groups `X.lora_a` with `X.lora_b` by base name `X`. Norm vectors are skipped (llama.cpp
 /// ignores them); any other name is refused, as llama.cpp refuses it.
-fn pair_tensors(tensors: &[TensorInfo]) -> std::result::Result<HashMap<String, (TensorInfo, TensorInfo)>, Refusal> {
+pub(crate) fn pair_tensors(tensors: &[TensorInfo]) -> std::result::Result<HashMap<String, (TensorInfo, TensorInfo)>, Refusal> {
     let mut halves: HashMap<String, (Option<TensorInfo>, Option<TensorInfo>)> = HashMap::new();
     for t in tensors {
         if let Some(base) = t.name.strip_suffix(".lora_a") {
@@ -201,7 +201,7 @@ fn pair_tensors(tensors: &[TensorInfo]) -> std::result::Result<HashMap<String, (
 
 /// The shape rules of llama.cpp: `W` has `ne = [n_in, n_out]`, `A` `[n_in, r]` and `B`
 /// `[r, n_out]`; for the token embedding (a lookup, not a product) A and B swap roles.
-fn check_pair(base: &str, w: &[u64], a: &TensorInfo, b: &TensorInfo) -> std::result::Result<(), Refusal> {
+pub(crate) fn check_pair(base: &str, w: &[u64], a: &TensorInfo, b: &TensorInfo) -> std::result::Result<(), Refusal> {
     let dim = |ne: &[u64], i: usize| ne.get(i).copied().unwrap_or(1);
     let shape = |ne: &[u64]| format!("{ne:?}");
     let fits = if base.ends_with("token_embd.weight") {

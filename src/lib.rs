@@ -37,6 +37,7 @@ pub mod ffi;
 mod gguf;
 mod llama;
 mod llama_grammar;
+mod merge;
 mod model;
 pub mod protocol;
 pub mod rpc;
@@ -47,6 +48,7 @@ pub use adapter::Adapter;
 pub use backend::backend;
 pub use convert::{convert, converted_path, file_format, WeightFormat};
 pub use error::{Error, Result};
+pub use merge::{merge, MergeSummary};
 pub use model::{Model, ModelParams, SpecialTokens, Token};
 pub use session::sampling::SamplingParams;
 pub use session::{

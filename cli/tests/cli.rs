@@ -359,6 +359,7 @@ fn every_subcommand_has_its_own_help() {
         ("score", &["--context", "--continuation", "--lora"]),
         ("equiv", &["--branches", "--tokens", "--bound", "--selection"]),
         ("rpc-server", &["--host", "--port", "--threads", "--cache"]),
+        ("merge", &["--model", "--lora", "--out", "--to", "--threads"]),
     ];
     for (cmd, flags) in commands {
         for how in [vec![*cmd, "--help"], vec![*cmd, "-h"], vec!["help", *cmd]] {
