@@ -1,15 +1,19 @@
 """Builds the self-distilled parallel training set from the default model itself (ASPD's
 "non-invasive parallel data transformation", done on device with pardec).
 
-    python training/build_data.py --out training/data/multiverse-smollm2.jsonl [--seed 1]
+    python training/build_data.py --out training/data/titles-smollm2.jsonl [--protocol titles] [--seed 1]
 
 Deterministic for a seed (sampling is seeded; the engine is deterministic on one machine):
 1. prompts from training/prompts.json (train split): list-like requests and serial ones;
 2. own answers: each prompt is answered --samples times by the model, sampled, all samples of
    several prompts in one batch of pardec forks (one decode step for all of them);
-3. parallel rewrite: an answer whose body is a list of items becomes a Multiverse block, titles
-   from the items' heads, one path per item, the model's own closing text as the conclusion;
-4. structural check with `pardec check`, then selection among the samples by DP, then ABN;
+3. parallel rewrite: an answer whose body is a list of items becomes a block of --protocol
+   (`titles`: the outline of titles, one branch per item writing only its body, the model's own
+   closing text after the join; `multiverse`, the first adapter's: outline, paths, the closing
+   text as the conclusion), titles from the items' heads;
+4. structural check with `pardec check`, then selection among the samples by the speed the block
+   allows (response tokens / critical path: balanced items win, as PASTA and ThreadWeaver
+   reward), then DP;
 5. independence check with the engine: each item's body is scored as a branch sees it (prefix,
    outline and its own path opening only) and as a serial reader does (the items before it
    too); a block whose item loses more than --max-isolation-loss nats per token when isolated
@@ -37,9 +41,27 @@ import pardec  # noqa: E402
 import pardec_cli  # noqa: E402
 from pardec_cli import default_model  # noqa: E402
 from multiverse_text import ListAnswer, parse_list_answer, multiverse_response  # noqa: E402
+import titles_text  # noqa: E402
 
-PROTOCOL = "multiverse"
 END = "<|im_end|>"
+
+
+@dataclass
+class Rewrite:
+    """How a list answer becomes a block of one protocol, and where that block forks."""
+    protocol: str
+    response: object  # ListAnswer -> str
+    fork_after: str  # the trigger and whatever the engine writes after it before the branches
+    opening: object  # (1-based index, Item) -> the branch's opening the isolation check scores after
+    between: str  # what a serial reader reads between one item's content and the next opening
+
+
+REWRITES = {
+    "multiverse": Rewrite("multiverse", multiverse_response, "</Goal>\n",
+                          lambda i, item: f"<Path>\n{i}: {item.body[:item.head]}", "</Path>\n"),
+    "titles": Rewrite("titles", titles_text.titles_response, titles_text.TRIGGER,
+                      lambda i, item: titles_text.branch_head(i, item.title), titles_text.BRANCH_END),
+}
 
 
 @dataclass
@@ -103,7 +125,8 @@ def degenerate(text: str) -> Optional[str]:
     return None
 
 
-def isolation_losses(session: pardec.Session, chat: str, answer: ListAnswer, parallel_text: str) -> List[float]:
+def isolation_losses(session: pardec.Session, chat: str, answer: ListAnswer, parallel_text: str,
+                     rw: Rewrite) -> List[float]:
     """Per item: mean log-likelihood per token of its content as a serial reader sees it (after
     the items before it) minus as its branch sees it (prefix, outline, its own path opening).
     The item's head (it restates the outline) and the closing tag are context, not scored:
@@ -113,8 +136,8 @@ def isolation_losses(session: pardec.Session, chat: str, answer: ListAnswer, par
     One prefill of the shared prefix serves both readings: the serial one continues the trunk
     item by item; each isolated one is a branch forked from the prefix (it sees the prefix and
     itself, exactly as the engine decodes a path)."""
-    fork_at = parallel_text.index("</Goal>\n") + len("</Goal>\n")
-    openings = [f"<Path>\n{i}: {item.body[:item.head]}" for i, item in enumerate(answer.items, start=1)]
+    fork_at = parallel_text.index(rw.fork_after) + len(rw.fork_after)
+    openings = [rw.opening(i, item) for i, item in enumerate(answer.items, start=1)]
     session.clear()
     session.prompt(chat + parallel_text[:fork_at])
     branches = session.fork(openings, max_tokens=0)  # prefilled, nothing sampled
@@ -126,7 +149,7 @@ def isolation_losses(session: pardec.Session, chat: str, answer: ListAnswer, par
     session.join(keep="discard")
     losses = []
     for i, (opening, item, iso) in enumerate(zip(openings, answer.items, isolated)):
-        session.append(opening if i == 0 else "</Path>\n" + opening)
+        session.append(opening if i == 0 else rw.between + opening)
         if iso is None:  # nothing beyond the title to depend on anything: no loss
             if item.content().strip():
                 session.append(item.content())
@@ -137,12 +160,34 @@ def isolation_losses(session: pardec.Session, chat: str, answer: ListAnswer, par
     return losses
 
 
-def token_counts(text: str, response_start: int, model_path: str) -> Tuple[int, int, int]:
-    """(response tokens, of them in branches, branches) from the engine's layout."""
-    lay = pardec_cli.layout(text, PROTOCOL, model_path)
+@dataclass
+class BlockShape:
+    """A rewritten answer's tokens as the engine lays them out."""
+    tokens: int  # response tokens
+    in_branches: int  # of them inside branches
+    branches: int
+    longest: int  # the longest branch
+    mean: float  # a branch's mean length
+
+    def dp(self) -> float:
+        return self.in_branches / max(self.tokens, 1)
+
+    def ideal_speedup(self) -> float:
+        """Response tokens / decode steps with every branch in one step each: the most a block
+        of this shape can gain if a step costs the same whatever its width."""
+        return self.tokens / max(self.tokens - self.in_branches + self.longest, 1)
+
+
+def block_shape(text: str, response_start: int, model_path: str, protocol: str) -> BlockShape:
+    lay = pardec_cli.layout(text, protocol, model_path)
     response = [t for t in lay["tokens"] if t["start"] >= response_start]
-    in_branch = [t for t in response if t["branch"] is not None]
-    return len(response), len(in_branch), len({t["branch"] for t in in_branch})
+    per_branch: Dict[object, int] = {}
+    for t in response:
+        if t["branch"] is not None:
+            per_branch[t["branch"]] = per_branch.get(t["branch"], 0) + 1
+    lengths = list(per_branch.values()) or [0]
+    return BlockShape(len(response), sum(lengths), len(per_branch), max(lengths),
+                      sum(lengths) / max(len(per_branch), 1))
 
 
 def main() -> None:
@@ -150,6 +195,9 @@ def main() -> None:
     ap.add_argument("--model", default=default_model())
     ap.add_argument("--prompts", default=str(HERE / "prompts.json"))
     ap.add_argument("--out", required=True)
+    ap.add_argument("--protocol", default="titles", choices=sorted(REWRITES),
+                    help="the block format to rewrite lists into (the first adapter used multiverse)")
+    ap.add_argument("--answers", help="the sampled answers to reuse (default: <out>.answers.json)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--serial-per-prompt", type=int, default=2,
@@ -167,7 +215,8 @@ def main() -> None:
         prompts = prompts[: args.limit // 2] + [p for p in prompts if p.kind == "serial"][: args.limit - args.limit // 2]
     model = pardec.Model(args.model)
     # The sampled answers are kept beside the output: the later stages can be rerun on them.
-    cache = Path(str(args.out) + ".answers.json")
+    rw = REWRITES[args.protocol]
+    cache = Path(args.answers or str(args.out) + ".answers.json")
     if cache.exists():
         answers = {k: [tuple(a) for a in v] for k, v in json.loads(cache.read_text()).items()}
         print(f"answers read from {cache}", file=sys.stderr)
@@ -202,28 +251,33 @@ def main() -> None:
                 if answer is None:
                     count("sample is not a list")
                     continue
-                response = multiverse_response(answer)
+                response = rw.response(answer)
                 full = chat + response + END
-                ok, said = pardec_cli.check(full, PROTOCOL)
+                ok, said = pardec_cli.check(full, rw.protocol)
                 if not ok:
                     count("rewrite fails pardec check")
                     continue
-                n_resp, n_branch, n_br = token_counts(full, len(chat.encode()), args.model)
-                candidates.append((n_branch / max(n_resp, 1), n_br, k, text, answer, response))
-            # Selection by DP, then ABN; the first one whose items are independent wins.
-            for dp, abn, k, text, answer, response in sorted(candidates, key=lambda c: (-c[0], -c[1], c[2])):
-                losses = isolation_losses(scorer, chat, answer, response)
+                shape = block_shape(full, len(chat.encode()), args.model, rw.protocol)
+                candidates.append((shape, k, text, answer, response))
+            # Selection by the speed the block allows (balanced items), then DP; the first one
+            # whose items are independent wins.
+            ranked = sorted(candidates, key=lambda c: (-round(c[0].ideal_speedup(), 2), -c[0].dp(), c[1]))
+            for shape, k, text, answer, response in ranked:
+                losses = isolation_losses(scorer, chat, answer, response, rw)
                 iso_all.extend(losses)
                 if max(losses) > args.max_isolation_loss:
                     count("block degraded: items not independent")
                     continue
-                chosen.append(dict(response=response, parallel=True, dp=dp, abn=float(abn), sample=k,
+                chosen.append(dict(response=response, parallel=True, dp=shape.dp(), abn=float(shape.branches),
+                                   sample=k, closing=bool(answer.closing),
+                                   ideal_speedup=round(shape.ideal_speedup(), 3),
+                                   longest_over_mean=round(shape.longest / max(shape.mean, 1e-9), 3),
                                    isolation_loss=[round(x, 4) for x in losses], flat=answer.flat()))
                 break
             if not chosen:
                 if candidates:
                     # The model's own list, kept serial: it teaches when not to fork.
-                    _, _, k, text, _, _ = sorted(candidates, key=lambda c: c[2])[0]
+                    _, k, text, _, _ = sorted(candidates, key=lambda c: c[1])[0]
                     chosen.append(dict(response=text, parallel=False, dp=0.0, abn=0.0, sample=k, flat=text))
                 else:
                     count("parallel prompt dropped: no list answer")
@@ -233,7 +287,7 @@ def main() -> None:
                 chosen.append(dict(response=text, parallel=False, dp=0.0, abn=0.0, sample=k, flat=text))
         for c in chosen:
             text = chat + c.pop("response") + END
-            examples.append(dict(id=f"{p.id}-s{c['sample']}", prompt=p.text, kind=p.kind, protocol=PROTOCOL,
+            examples.append(dict(id=f"{p.id}-s{c['sample']}", prompt=p.text, kind=p.kind, protocol=rw.protocol,
                                  text=text, response_start=len(chat.encode()), **c,
                                  provenance=dict(seed=args.seed, sample=c["sample"], template=p.template,
                                                  temperature=args.temperature, model=Path(args.model).name)))
@@ -249,6 +303,12 @@ def main() -> None:
         parallel_share=round(len(par) / max(len(examples), 1), 3),
         mean_dp=round(sum(e["dp"] for e in par) / max(len(par), 1), 3),
         mean_abn=round(sum(e["abn"] for e in par) / max(len(par), 1), 3),
+        protocol=rw.protocol,
+        # Critical path over mean path per block (1.0: perfectly balanced items) and the speed
+        # each block allows at a width-free step cost.
+        mean_longest_over_mean=round(sum(e["longest_over_mean"] for e in par) / max(len(par), 1), 3),
+        mean_ideal_speedup=round(sum(e["ideal_speedup"] for e in par) / max(len(par), 1), 3),
+        with_closing=sum(1 for e in par if e["closing"]),
         prompts=len(prompts), samples_per_prompt=args.samples, seed=args.seed,
         max_isolation_loss=args.max_isolation_loss,
         isolation_loss_quantiles=_quantiles(iso_all), reasons=reasons,

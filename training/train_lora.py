@@ -32,7 +32,7 @@ from pardec_cli import default_model  # noqa: E402
 from gguf_llama import GgufLlama, target_log_probs  # noqa: E402
 from layout_tensors import example  # noqa: E402
 
-RECIPE_VERSION = "1"
+RECIPE_VERSION = "2"  # 2: the adapter names its protocol (pardec.protocol)
 
 
 def load_examples(paths, model: str, limit: int):
@@ -134,7 +134,11 @@ def main() -> None:
         seconds=round(time.time() - started, 1), threads=torch.get_num_threads(),
         torch=torch.__version__, date=datetime.date.today().isoformat())
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    # The protocol the adapter writes, so a runtime can pick it by itself.
+    protocols = sorted({row.get("protocol", "multiverse") for row, _ in examples})
+    manifest["protocol"] = ",".join(protocols)
     model.export_lora(args.out, {"general.name": Path(args.out).stem,
+                                 "pardec.protocol": manifest["protocol"],
                                  "pardec.recipe": f"train_lora.py v{RECIPE_VERSION}",
                                  "pardec.data_sha256": manifest["data_sha256"]})
     manifest["adapter_sha256"] = hashlib.sha256(Path(args.out).read_bytes()).hexdigest()
