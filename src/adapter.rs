@@ -57,7 +57,8 @@ impl Adapter {
     /// Loads a GGUF LoRA adapter (`general.type = adapter`, `adapter.type = lora`) for `model`.
     ///
     /// Errors: [`Error::ModelNotFound`] (no such file), [`Error::NotGguf`],
-    /// [`Error::NotAdapter`] (a GGUF that is not a LoRA adapter, or a malformed one),
+    /// [`Error::NotAdapter`] (a GGUF that is not a LoRA adapter, or a malformed one, or one
+    /// that carries new rows for a model tensor: only [`crate::merge()`] applies those),
     /// [`Error::AdapterMismatch`] (another architecture, a tensor the model lacks or of another
     /// shape), [`Error::ModelLoad`] (llama.cpp refused it anyway; `PARDEC_LLAMA_LOG=1` shows why).
     pub fn load(model: &Model, path: impl AsRef<Path>) -> Result<Adapter> {
@@ -158,7 +159,7 @@ fn check_header(header: &gguf::Header, model: &Model) -> std::result::Result<Sha
             .ok_or_else(|| Refusal::NotAdapter("adapter.lora.alpha is not a finite number".into()))?
             as f32,
     };
-    let pairs = pair_tensors(&header.tensors)?;
+    let pairs = pair_tensors(&header.tensors, false)?;
     if pairs.is_empty() {
         return Err(Refusal::NotAdapter("it holds no lora_a/lora_b tensor pairs".into()));
     }
@@ -174,16 +175,46 @@ fn check_header(header: &gguf::Header, model: &Model) -> std::result::Result<Sha
     Ok(Shape { alpha, rank: rank.unwrap_or(0), matrices: pairs.len() })
 }
 
+/// The suffixes of an adapter's new rows for a model tensor `T` (`T.row_delta`, `T.row_ids`),
+/// which only `pardec merge` applies (see [`crate::merge()`]).
+pub(crate) const ROW_DELTA: &str = ".row_delta";
+pub(crate) const ROW_IDS: &str = ".row_ids";
+
+/// `T` of a `T.row_delta` or `T.row_ids` tensor.
+pub(crate) fn row_tensor_base(name: &str) -> Option<&str> {
+    name.strip_suffix(ROW_DELTA).or_else(|| name.strip_suffix(ROW_IDS))
+}
+
 /// Groups `X.lora_a` with `X.lora_b` by base name `X`. Norm vectors are skipped (llama.cpp
-/// ignores them); any other name is refused, as llama.cpp refuses it.
-pub(crate) fn pair_tensors(tensors: &[TensorInfo]) -> std::result::Result<HashMap<String, (TensorInfo, TensorInfo)>, Refusal> {
+/// ignores them); any other name is refused, as llama.cpp refuses it. Row deltas
+/// (`T.row_delta`, `T.row_ids`) are skipped when `row_deltas` (a merge, which applies them) and
+/// otherwise refused before any other tensor: llama.cpp would refuse them with "unexpected
+/// suffix", and on a model whose output shares the embedding no runtime adapter can change
+/// those rows.
+pub(crate) fn pair_tensors(
+    tensors: &[TensorInfo],
+    row_deltas: bool,
+) -> std::result::Result<HashMap<String, (TensorInfo, TensorInfo)>, Refusal> {
+    if !row_deltas {
+        let mut rows: Vec<&str> = tensors.iter().filter_map(|t| row_tensor_base(&t.name)).collect();
+        if !rows.is_empty() {
+            rows.sort_unstable();
+            rows.dedup();
+            return Err(Refusal::NotAdapter(format!(
+                "it carries new token rows for {} that llama.cpp cannot apply at run time: write it \
+                 into the model with `pardec merge --model MODEL --lora ADAPTER --out MERGED` \
+                 (pardec::merge) and use MERGED without the adapter",
+                rows.join(" and ")
+            )));
+        }
+    }
     let mut halves: HashMap<String, (Option<TensorInfo>, Option<TensorInfo>)> = HashMap::new();
     for t in tensors {
         if let Some(base) = t.name.strip_suffix(".lora_a") {
             halves.entry(base.to_string()).or_default().0 = Some(t.clone());
         } else if let Some(base) = t.name.strip_suffix(".lora_b") {
             halves.entry(base.to_string()).or_default().1 = Some(t.clone());
-        } else if !t.name.ends_with("_norm.weight") {
+        } else if !t.name.ends_with("_norm.weight") && !(row_deltas && row_tensor_base(&t.name).is_some()) {
             return Err(Refusal::NotAdapter(format!(
                 "tensor {:?} is neither .lora_a nor .lora_b",
                 t.name

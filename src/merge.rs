@@ -36,8 +36,33 @@
 //! and the greedy answer is the base's; merged into Q8_0, by 1.4 (the kernels' own difference
 //! between Q8_0 and F16 weights is 1.3) with the same 32 greedy tokens; into F16, by 0.05
 //! against the adapter on the same F16 weights.
+//!
+//! # New rows (`T.row_delta`, `T.row_ids`)
+//!
+//! An adapter may also carry new values for some rows of a model matrix `T`, which only a merge
+//! applies: in practice `token_embd.weight` (and, on a model with a separate output
+//! projection, `output.weight`), for tokens that the base model never trained. SmolLM2's unused
+//! control tokens, for one, all share the same embedding row, and the model's output shares
+//! `token_embd.weight`, so without their own rows a model can neither tell them apart nor
+//! choose one over another. llama.cpp cannot apply that at run time: a LoRA of
+//! `token_embd.weight` is a lookup, and on such a model the output projection would look up
+//! the same pair by name with the embedding's swapped shapes. So an adapter with row deltas is
+//! refused at run time ([`crate::Adapter::load`]: write it into the model with `pardec merge`).
+//! For a tensor `T` of the model the pair is:
+//!
+//! - `T.row_delta`: F32 (or F16), ggml `ne = [n_embd, k]`: k rows of `n_embd` (numpy shape
+//!   `(k, n_embd)`), where `T` is a matrix (2-D) with `ne[0] = n_embd`;
+//! - `T.row_ids`: I32, `ne = [k]`: distinct ids in `0..n_rows(T)` (`T`'s `ne[1]`);
+//!
+//! meaning `T[row_ids[i], :] += scale · row_delta[i, :]`, with the adapter's merge scale
+//! (`--lora A:SCALE`) alone, not `alpha / r`. On a model whose output shares the embedding the
+//! rows change both the tokens' input embeddings and their logits. Each half without the
+//! other, another type or shape, an id out of range or listed twice, or a `T` the model lacks
+//! is refused before anything is written ([`MergeSummary::rows`] counts the rows changed). `T`
+//! is merged as any adapted matrix is: read as f32, changed, written in its own type or, under
+//! 8 bits a weight, staged as F32 for the quantizer. An adapter may hold row deltas alone.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::CStr;
 use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
@@ -46,7 +71,7 @@ use std::ptr::NonNull;
 
 use llama_cpp_sys_2 as sys;
 
-use crate::adapter::{check_pair, pair_tensors, Refusal};
+use crate::adapter::{check_pair, pair_tensors, row_tensor_base, Refusal, ROW_DELTA, ROW_IDS};
 use crate::convert::WeightFormat;
 use crate::error::{Error, Result};
 use crate::gguf::{self, HeaderError};
@@ -57,8 +82,13 @@ const ALORA_KEY: &str = "adapter.alora.invocation_tokens";
 /// What [`merge`] did.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct MergeSummary {
-    /// Matrices of the model that changed (a matrix adapted by two adapters counts once).
+    /// Matrices of the model that a LoRA pair changed (a matrix adapted by two adapters counts
+    /// once).
     pub matrices: usize,
+    /// Rows of model matrices that the adapters' row deltas (`T.row_delta`, see the module
+    /// documentation) changed, over all such matrices (a row changed by two adapters counts
+    /// once).
+    pub rows: usize,
     /// Norm-vector tensors of the adapters (`*_norm.weight`) left out, as llama.cpp leaves
     /// them out when it applies an adapter: "adapter: tensor" for each.
     pub ignored: Vec<String>,
@@ -70,6 +100,14 @@ pub struct MergeSummary {
 /// it would be applied at, as in `SessionParams::adapters`) merged into its weights, at
 /// `output`: the same model as `base` with those adapters applied at run time, at no cost
 /// per decode step.
+///
+/// An adapter may also carry new rows for a matrix `T` of the model (in practice
+/// `token_embd.weight`, and `output.weight` where the model has its own), which llama.cpp
+/// cannot apply at run time ([`crate::Adapter::load`] refuses such an adapter): `T.row_delta`
+/// (F32 or F16, ggml `ne = [n_embd, k]`, numpy shape `(k, n_embd)`) and `T.row_ids` (I32,
+/// `ne = [k]`, distinct ids below `T`'s row count) mean `T[row_ids[i], :] += scale ·
+/// row_delta[i, :]`, with the adapter's scale alone (not `alpha / r`); [`MergeSummary::rows`]
+/// counts the rows changed.
 ///
 /// `format`: `None` keeps every tensor's own type where the merged matrices are in a type of 8
 /// bits or more a weight (F32, F16, BF16, Q8_0: they are re-quantized to it, everything else is
@@ -85,8 +123,9 @@ pub struct MergeSummary {
 /// Errors, all before anything is written: for `base` those of [`crate::Model::load`]'s
 /// header checks; for an adapter [`Error::ModelNotFound`], [`Error::NotGguf`],
 /// [`Error::NotAdapter`] (not a LoRA adapter, a pair missing a half, a stray tensor, an alpha
-/// that is not a finite float32), [`Error::AdapterMismatch`] (another architecture, a tensor
-/// the model lacks or of another shape); [`Error::InvalidArgument`] for a non-finite scale, an
+/// that is not a finite float32, row deltas of another type, a row id listed twice),
+/// [`Error::AdapterMismatch`] (another architecture, a tensor the model lacks or of another
+/// shape, a row id beyond the model's rows); [`Error::InvalidArgument`] for a non-finite scale, an
 /// output that is the base or an adapter or has no folder, and the cases a merge cannot
 /// reproduce (see the module documentation); [`Error::ModelLoad`] for tensor data that ends
 /// beyond its file.
@@ -136,17 +175,24 @@ pub fn merge(
 
     let mut summary = MergeSummary::default();
     let mut files = Vec::with_capacity(adapters.len());
-    let mut plan: HashMap<String, Vec<Pair>> = HashMap::new();
+    let mut plan: HashMap<String, Change> = HashMap::new();
+    let mut rows_changed: HashSet<(String, usize)> = HashSet::new();
     for (i, (path, scale)) in adapters.iter().enumerate() {
         let checked = check_adapter(path, *scale, &arch, &base_shapes, &base_index)?;
         summary.ignored.extend(checked.ignored.iter().map(|t| format!("{}: {t}", path.display())));
         for (name, mut pair) in checked.pairs {
             pair.adapter = i;
-            plan.entry(name).or_default().push(pair);
+            plan.entry(name).or_default().pairs.push(pair);
+        }
+        for (name, mut rows) in checked.rows {
+            rows.adapter = i;
+            rows_changed.extend(rows.ids.iter().map(|&id| (name.clone(), id)));
+            plan.entry(name).or_default().rows.push(rows);
         }
         files.push(checked.file);
     }
-    summary.matrices = plan.len();
+    summary.matrices = plan.values().filter(|c| !c.pairs.is_empty()).count();
+    summary.rows = rows_changed.len();
     let format = match format {
         None if plan.keys().any(|name| !holds_change(base_index[name.as_str()].ty)) => Some(WeightFormat::Q8_0),
         format => format,
@@ -205,9 +251,26 @@ struct Pair {
     scale: f32,
 }
 
+/// One adapter's new rows for one matrix: `T[ids[i], :] += scale · delta[i, :]`.
+struct Rows {
+    adapter: usize,
+    /// `T.row_delta`, ne = [n_embd, ids.len()].
+    delta: Tensor,
+    ids: Vec<usize>,
+    scale: f32,
+}
+
+/// What the adapters change in one matrix of the model.
+#[derive(Default)]
+struct Change {
+    pairs: Vec<Pair>,
+    rows: Vec<Rows>,
+}
+
 struct CheckedAdapter {
     file: File,
     pairs: Vec<(String, Pair)>,
+    rows: Vec<(String, Rows)>,
     ignored: Vec<String>,
 }
 
@@ -252,14 +315,16 @@ fn check_adapter(
         Refusal::NotAdapter(m) => not_adapter(m),
         Refusal::Mismatch(m) => mismatch(m),
     };
-    let pairs = pair_tensors(&header.tensors).map_err(refused)?;
-    if pairs.is_empty() {
+    let pairs = pair_tensors(&header.tensors, true).map_err(refused)?;
+    let row_names = check_row_headers(&header.tensors, base_shapes).map_err(refused)?;
+    if pairs.is_empty() && row_names.is_empty() {
         return Err(not_adapter("it holds no lora_a/lora_b tensor pairs".into()));
     }
     let ignored: Vec<String> = header
         .tensors
         .iter()
         .filter(|t| !t.name.ends_with(".lora_a") && !t.name.ends_with(".lora_b"))
+        .filter(|t| row_tensor_base(&t.name).is_none())
         .map(|t| t.name.clone())
         .collect();
     let mut names: Vec<&String> = pairs.keys().collect();
@@ -312,7 +377,7 @@ fn check_adapter(
     if !alpha.is_finite() {
         return Err(not_adapter(format!("adapter.lora.alpha is {alpha}")));
     }
-    let file = open_file(path)?;
+    let mut file = open_file(path)?;
     let tensors = c.tensors(file_len(&file, path)?).map_err(|m| Error::ModelLoad(format!("{shown}: {m}")))?;
     let by_name: HashMap<&str, &Tensor> = tensors.iter().map(|t| (t.name.as_str(), t)).collect();
     let mut out = Vec::with_capacity(names.len());
@@ -351,7 +416,102 @@ fn check_adapter(
         }
         out.push((name.clone(), Pair { adapter: 0, a: a.clone(), b: b.clone(), rank, scale: s }));
     }
-    Ok(CheckedAdapter { file, pairs: out, ignored })
+    let mut rows = Vec::with_capacity(row_names.len());
+    for name in row_names {
+        let listed = |suffix: &str| {
+            by_name
+                .get(format!("{name}{suffix}").as_str())
+                .copied()
+                .ok_or_else(|| Error::Internal(format!("{shown}: ggml's reader does not list {name}{suffix}")))
+        };
+        let (delta, ids) = (listed(ROW_DELTA)?, listed(ROW_IDS)?);
+        if !matches!(delta.ty, sys::GGML_TYPE_F32 | sys::GGML_TYPE_F16) {
+            return Err(not_adapter(format!("{} has type {}, not F32 or F16", delta.name, type_name(delta.ty))));
+        }
+        if ids.ty != sys::GGML_TYPE_I32 {
+            return Err(not_adapter(format!("{} has type {}, not I32", ids.name, type_name(ids.ty))));
+        }
+        let w = base[name.as_str()];
+        if !readable(w.ty) {
+            return Err(Error::InvalidArgument(format!(
+                "merge: the model's {name} has type {}, which ggml cannot read as f32",
+                type_name(w.ty)
+            )));
+        }
+        let n_rows = w.ne[1] as usize;
+        let mut seen = HashSet::new();
+        let mut list = Vec::with_capacity(ids.elements());
+        for raw in read(&mut file, ids)?.chunks_exact(4) {
+            let id = i32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
+            let Some(id) = usize::try_from(id).ok().filter(|&id| id < n_rows) else {
+                return Err(mismatch(format!(
+                    "{} holds the row id {id}, outside the model's {name} (rows 0..{n_rows})",
+                    ids.name
+                )));
+            };
+            if !seen.insert(id) {
+                return Err(not_adapter(format!("{} holds the row id {id} twice", ids.name)));
+            }
+            list.push(id);
+        }
+        rows.push((name, Rows { adapter: 0, delta: delta.clone(), ids: list, scale }));
+    }
+    Ok(CheckedAdapter { file, pairs: out, rows, ignored })
+}
+
+/// The names `T` of an adapter's row deltas (`T.row_delta` with `T.row_ids`, see the module
+/// documentation), sorted, once their shapes are checked against each other and the model's.
+fn check_row_headers(
+    tensors: &[gguf::TensorInfo],
+    base_shapes: &HashMap<String, Vec<u64>>,
+) -> std::result::Result<Vec<String>, Refusal> {
+    let mut halves: HashMap<&str, (Option<&gguf::TensorInfo>, Option<&gguf::TensorInfo>)> = HashMap::new();
+    for t in tensors {
+        if let Some(name) = t.name.strip_suffix(ROW_DELTA) {
+            halves.entry(name).or_default().0 = Some(t);
+        } else if let Some(name) = t.name.strip_suffix(ROW_IDS) {
+            halves.entry(name).or_default().1 = Some(t);
+        }
+    }
+    let mut names: Vec<&str> = halves.keys().copied().collect();
+    names.sort_unstable();
+    let dim = |ne: &[u64], i: usize| ne.get(i).copied().unwrap_or(1);
+    let beyond = |ne: &[u64], n: usize| ne.iter().skip(n).any(|&d| d != 1);
+    for name in &names {
+        let (delta, ids) = match halves[name] {
+            (Some(delta), Some(ids)) => (delta, ids),
+            (Some(_), None) => {
+                return Err(Refusal::NotAdapter(format!("{name}{ROW_DELTA} has no {name}{ROW_IDS} beside it")))
+            }
+            (None, _) => return Err(Refusal::NotAdapter(format!("{name}{ROW_IDS} has no {name}{ROW_DELTA} beside it"))),
+        };
+        let Some(w) = base_shapes.get(*name) else {
+            return Err(Refusal::Mismatch(format!("the model has no tensor {name:?} for {name}{ROW_DELTA}")));
+        };
+        if w.len() != 2 {
+            return Err(Refusal::Mismatch(format!(
+                "the model's {name} {w:?} is not a matrix: only rows of a matrix (2-D) are changed"
+            )));
+        }
+        let k = dim(&delta.ne, 1);
+        if dim(&delta.ne, 0) != w[0] || beyond(&delta.ne, 2) {
+            return Err(Refusal::Mismatch(format!(
+                "{name}{ROW_DELTA} {:?} does not fit the model's {name} {w:?}: rows of {} expected (ne \
+                 [{}, k])",
+                delta.ne, w[0], w[0]
+            )));
+        }
+        if k == 0 {
+            return Err(Refusal::NotAdapter(format!("{name}{ROW_DELTA} {:?} holds no rows", delta.ne)));
+        }
+        if dim(&ids.ne, 0) != k || beyond(&ids.ne, 1) {
+            return Err(Refusal::NotAdapter(format!(
+                "{name}{ROW_IDS} {:?} does not hold one id for each of the {k} rows of {name}{ROW_DELTA} {:?}",
+                ids.ne, delta.ne
+            )));
+        }
+    }
+    Ok(names.into_iter().map(String::from).collect())
 }
 
 /// A tensor as ggml's GGUF reader places it.
@@ -376,7 +536,7 @@ impl Tensor {
 struct Job<'a> {
     base_file: File,
     adapters: Vec<File>,
-    plan: &'a HashMap<String, Vec<Pair>>,
+    plan: &'a HashMap<String, Change>,
     threads: usize,
 }
 
@@ -413,8 +573,8 @@ impl Job<'_> {
                 return Err(Error::Internal(format!("merge: {} would start at {pos}, not {expected}", t.name)));
             }
             match self.plan.get(&t.name) {
-                Some(pairs) => {
-                    let bytes = self.merged(t, pairs, as_f32)?;
+                Some(change) => {
+                    let bytes = self.merged(t, change, as_f32)?;
                     out.write_all(&bytes).map_err(cannot_write)?;
                     pos += bytes.len() as u64;
                 }
@@ -437,15 +597,25 @@ impl Job<'_> {
         out.flush().map_err(cannot_write)
     }
 
-    /// `W + Σ s·B·A` in f32, then in W's own type or as f32.
-    fn merged(&mut self, w: &Tensor, pairs: &[Pair], as_f32: bool) -> Result<Vec<u8>> {
+    /// `W + Σ s·B·A`, then the new rows `W[id] += s·delta`, in f32, then in W's own type or as
+    /// f32.
+    fn merged(&mut self, w: &Tensor, change: &Change, as_f32: bool) -> Result<Vec<u8>> {
         let (n_in, n_out) = (w.ne[0] as usize, w.ne[1] as usize);
         let mut weights = to_f32(w, &read(&mut self.base_file, w)?);
-        for p in pairs {
+        for p in &change.pairs {
             let file = &mut self.adapters[p.adapter];
             let a = to_f32(&p.a, &read(file, &p.a)?);
             let b = to_f32(&p.b, &read(file, &p.b)?);
             add_product(&mut weights, n_in, &a, &b, p.rank, p.scale, self.threads);
+        }
+        for r in &change.rows {
+            let delta = to_f32(&r.delta, &read(&mut self.adapters[r.adapter], &r.delta)?);
+            // check_row_headers made delta's rows n_in long and one per id, each id below n_out.
+            for (&id, d) in r.ids.iter().zip(delta.chunks_exact(n_in)) {
+                for (x, &d) in weights[id * n_in..(id + 1) * n_in].iter_mut().zip(d) {
+                    *x += r.scale * d;
+                }
+            }
         }
         if as_f32 {
             return Ok(weights.iter().flat_map(|x| x.to_le_bytes()).collect());

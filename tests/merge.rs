@@ -3,14 +3,18 @@
 //! the runtime adapter's (and the oracle's merged model) to 1e-4 while the base model's are far
 //! off; on the default model, merged to F16, the greedy tokens and logits equal the runtime
 //! adapter's on the Q4_1 base within the kernels' rounding. Every wrong input is a specific
-//! error that leaves no file behind.
+//! error that leaves no file behind. An adapter's new rows (`T.row_delta`, `T.row_ids`) land
+//! in the merged matrices, give the logits of a model written with those rows, and are refused
+//! at run time.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 
 use common::models;
-use common::tiny_model::{max_rel_err, write_gguf_file, GgufValue, TinyConfig, TinyLora, TinyModel};
+use common::tiny_model::{
+    max_rel_err, write_gguf_file, write_gguf_typed, GgufValue, TensorData, TinyConfig, TinyLora, TinyModel,
+};
 use pardec::{
     file_format, merge, Adapter, Error, KvType, Model, ModelParams, NodeId, RunLimits, Session, SessionParams, Silent,
     WeightFormat,
@@ -342,4 +346,314 @@ fn wrong_inputs_are_specific_errors_and_leave_nothing() {
     expected.extend(["norm.gguf", "out.gguf"]);
     expected.sort();
     assert_eq!(dir.names(), expected);
+}
+
+// ───────────────────────────── new rows (T.row_delta, T.row_ids) ─────────────────────────────
+
+/// The tensor `name` of a GGUF file as f32 (ggml's reader and ggml's `to_float` for its type),
+/// with its ggml type's name.
+fn read_tensor(path: &Path, name: &str) -> (Vec<f32>, String) {
+    use llama_cpp_sys_2 as sys;
+    use std::ffi::{CStr, CString};
+    let c_path = CString::new(path.to_str().unwrap()).unwrap();
+    let c_name = CString::new(name).unwrap();
+    let bytes = std::fs::read(path).unwrap();
+    // SAFETY: NUL-terminated strings; ids and sizes from ggml's own reader of the same file.
+    unsafe {
+        let params = sys::gguf_init_params { no_alloc: true, ctx: std::ptr::null_mut() };
+        let ctx = sys::gguf_init_from_file(c_path.as_ptr(), params);
+        assert!(!ctx.is_null(), "ggml cannot read {}", path.display());
+        let id = sys::gguf_find_tensor(ctx, c_name.as_ptr());
+        assert!(id >= 0, "{} has no {name}", path.display());
+        let start = sys::gguf_get_data_offset(ctx) + sys::gguf_get_tensor_offset(ctx, id);
+        let data = &bytes[start..start + sys::gguf_get_tensor_size(ctx, id)];
+        let ty = sys::gguf_get_tensor_type(ctx, id);
+        let n = std::slice::from_raw_parts(sys::gguf_get_tensor_ne(ctx, id), 4).iter().product::<i64>() as usize;
+        sys::gguf_free(ctx);
+        let mut out = vec![0f32; n];
+        if ty == sys::GGML_TYPE_F32 {
+            for (x, c) in out.iter_mut().zip(data.chunks_exact(4)) {
+                *x = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        } else {
+            let to_float = (*sys::ggml_get_type_traits(ty)).to_float.expect("a type ggml reads as f32");
+            to_float(data.as_ptr().cast(), out.as_mut_ptr(), n as i64);
+        }
+        (out, CStr::from_ptr(sys::ggml_type_name(ty)).to_string_lossy().into_owned())
+    }
+}
+
+/// The bits of `x` in IEEE half precision; `x` must be exact in it (a normal number or 0).
+fn f16_bits(x: f32) -> u16 {
+    let b = x.to_bits();
+    let sign = ((b >> 16) & 0x8000) as u16;
+    if x == 0.0 {
+        return sign;
+    }
+    let exp = ((b >> 23) & 0xff) as i32 - 127 + 15;
+    assert!((1..31).contains(&exp) && b & 0x1fff == 0, "{x} is not exact in f16");
+    sign | (exp as u16) << 10 | ((b >> 13) & 0x3ff) as u16
+}
+
+/// k rows of n deterministic deltas, multiples of 1/8 in [-1, 1) (exact in f16).
+fn deltas(k: usize, n: usize, seed: usize) -> Vec<f32> {
+    (0..k * n).map(|i| ((i * 37 + seed * 11 + 5) % 16) as f32 / 8.0 - 1.0).collect()
+}
+
+/// `matrix` (rows of n) with the rows `ids` changed as a merge changes them: `+= scale · delta`.
+fn with_rows(matrix: &[f32], n: usize, ids: &[i32], delta: &[f32], scale: f32) -> Vec<f32> {
+    let mut out = matrix.to_vec();
+    for (&id, d) in ids.iter().zip(delta.chunks_exact(n)) {
+        for (x, &d) in out[id as usize * n..(id as usize + 1) * n].iter_mut().zip(d) {
+            *x += scale * d;
+        }
+    }
+    out
+}
+
+/// An adapter of `lora`'s pairs (none when `None`) and the tensors `rows`.
+fn write_rows_adapter(
+    path: &Path,
+    model: &TinyModel,
+    lora: Option<&TinyLora>,
+    rows: &[(String, Vec<u64>, TensorData)],
+) {
+    let kvs = [
+        ("general.type", GgufValue::Str("adapter".into())),
+        ("general.architecture", GgufValue::Str("llama".into())),
+        ("general.alignment", GgufValue::U32(32)),
+        ("adapter.type", GgufValue::Str("lora".into())),
+        ("adapter.lora.alpha", GgufValue::F32(lora.map_or(0.0, |l| l.alpha))),
+    ];
+    let pairs = lora.map(|l| l.tensors(model)).unwrap_or_default();
+    let mut tensors: Vec<(String, Vec<u64>, TensorData)> =
+        pairs.iter().map(|(name, ne, data)| (name.clone(), ne.clone(), TensorData::F32(data))).collect();
+    tensors.extend(rows.iter().cloned());
+    write_gguf_typed(path, &kvs, &tensors).unwrap();
+}
+
+/// `T.row_delta` (k rows of n) and `T.row_ids`.
+fn row_tensors<'a>(t: &str, n: usize, delta: &'a [f32], ids: &'a [i32]) -> [(String, Vec<u64>, TensorData<'a>); 2] {
+    [
+        (format!("{t}.row_delta"), vec![n as u64, ids.len() as u64], TensorData::F32(delta)),
+        (format!("{t}.row_ids"), vec![ids.len() as u64], TensorData::I32(ids)),
+    ]
+}
+
+/// Token 12 is in the prompt; 300 is not.
+const EMBD_IDS: [i32; 2] = [12, 300];
+const OUTPUT_IDS: [i32; 2] = [300, 5];
+
+#[test]
+fn new_rows_are_merged_into_the_embedding_and_the_output() {
+    let dir = TempDir::new("rows");
+    let t = tiny(&dir);
+    let n = t.model.cfg.n_embd;
+    let (embd_delta, out_delta) = (deltas(2, n, 1), deltas(2, n, 2));
+    let rows_path = dir.0.join("rows.gguf");
+    let mut rows = row_tensors("token_embd.weight", n, &embd_delta, &EMBD_IDS).to_vec();
+    rows.extend(row_tensors("output.weight", n, &out_delta, &OUTPUT_IDS));
+    write_rows_adapter(&rows_path, &t.model, Some(&t.lora), &rows);
+
+    let merged_path = dir.0.join("merged.gguf");
+    let summary = merge(&t.model_path, &[(rows_path.clone(), SCALE)], &merged_path, None, 2).unwrap();
+    assert_eq!((summary.matrices, summary.rows, summary.ignored.len(), summary.format), (2 * 7, 4, 0, None));
+    // The rows read back are the base's plus 0.7·delta, every other row the base's (f32: exact).
+    let expected_embd = with_rows(&t.model.tok_embd, n, &EMBD_IDS, &embd_delta, SCALE);
+    let expected_output = with_rows(&t.model.output, n, &OUTPUT_IDS, &out_delta, SCALE);
+    let (embd, ty) = read_tensor(&merged_path, "token_embd.weight");
+    assert_eq!(ty, "f32");
+    assert!(embd == expected_embd, "the merged token_embd.weight is not the base's with the new rows");
+    assert!(embd != t.model.tok_embd);
+    assert!(read_tensor(&merged_path, "output.weight").0 == expected_output, "output.weight's rows");
+
+    // The expected model: the base written with the changed rows, the LoRA applied at run time.
+    let mut reference = t.model.clone();
+    reference.tok_embd = expected_embd;
+    reference.output = expected_output;
+    let reference_path = dir.0.join("reference.gguf");
+    reference.write_gguf(&reference_path).unwrap();
+    let reference_model = Model::load(&reference_path, &ModelParams::default()).unwrap();
+    let lora = Adapter::load(&reference_model, &t.adapter_path).unwrap();
+    let (expected, expected_tokens) = tiny_rows(&reference_model, vec![(lora, SCALE)]);
+    let (merged, merged_tokens) = tiny_rows(&Model::load(&merged_path, &ModelParams::default()).unwrap(), Vec::new());
+    assert_eq!(merged_tokens, expected_tokens);
+    let err = max_rel_err(&merged, &expected);
+    eprintln!("merge with new rows vs the model written with them + runtime LoRA: max relative error {err:.2e}");
+    assert!(err <= TOL, "merged with rows vs reference: {err:.2e} > {TOL:.0e}");
+    let mut all: Vec<u32> = PROMPT.iter().map(|&x| x as u32).collect();
+    all.extend(merged_tokens.iter().map(|&x| x as u32));
+    let oracle = t.lora.merged(&reference, SCALE).causal_forward(&all)[PROMPT.len() - 1..all.len() - 1].to_vec();
+    let err = max_rel_err(&merged, &oracle);
+    assert!(err <= TOL, "merged with rows vs oracle: {err:.2e}");
+    // Control: the LoRA alone, merged, is far from it at the prompt (which holds token 12).
+    let lora_only = dir.0.join("lora-only.gguf");
+    merge(&t.model_path, &[(t.adapter_path.clone(), SCALE)], &lora_only, None, 2).unwrap();
+    let (control, _) = tiny_rows(&Model::load(&lora_only, &ModelParams::default()).unwrap(), Vec::new());
+    let moved = max_rel_err(&control[..1], &merged[..1]);
+    eprintln!("LoRA-only merge vs merge with rows at the prompt: {moved:.2e}");
+    assert!(moved > 100.0 * TOL, "the new rows barely move the logits ({moved:.2e}): the test proves nothing");
+
+    // F16 deltas give the same rows (these deltas are exact in f16).
+    let half: Vec<u16> = embd_delta.iter().map(|&x| f16_bits(x)).collect();
+    let f16_path = dir.0.join("rows-f16.gguf");
+    let [(delta_name, delta_ne, _), ids] = row_tensors("token_embd.weight", n, &embd_delta, &EMBD_IDS);
+    write_rows_adapter(&f16_path, &t.model, None, &[(delta_name, delta_ne, TensorData::F16(&half)), ids]);
+    let f16_merged = dir.0.join("merged-f16.gguf");
+    let summary = merge(&t.model_path, &[(f16_path.clone(), SCALE)], &f16_merged, None, 2).unwrap();
+    assert_eq!((summary.matrices, summary.rows), (0, 2));
+    assert!(read_tensor(&f16_merged, "token_embd.weight").0 == reference.tok_embd, "F16 deltas");
+
+    // At run time such an adapter is refused before llama.cpp sees it, saying why and what to
+    // do; the LoRA-only adapter loads (control).
+    let base = Model::load(&t.model_path, &ModelParams::default()).unwrap();
+    for path in [&rows_path, &f16_path] {
+        let e = Adapter::load(&base, path);
+        assert!(
+            matches!(&e, Err(Error::NotAdapter(m)) if m.contains("new token rows for")
+                && m.contains("token_embd.weight")
+                && m.contains("cannot apply at run time")
+                && m.contains("pardec merge")),
+            "{e:?}"
+        );
+        eprintln!("{}", e.unwrap_err());
+    }
+    Adapter::load(&base, &t.adapter_path).unwrap();
+    let mut names = dir.names();
+    names.retain(|n| n.starts_with('.'));
+    assert!(names.is_empty(), "left behind: {names:?}");
+}
+
+#[test]
+fn on_a_tied_model_new_rows_change_the_tokens_input_and_logits() {
+    let dir = TempDir::new("tied");
+    let mut model = TinyModel::random(TinyConfig::default());
+    model.output = model.tok_embd.clone();
+    let model_path = dir.0.join("tied.gguf");
+    model.write_gguf_tied(&model_path).unwrap();
+    let n = model.cfg.n_embd;
+    let delta = deltas(2, n, 3);
+    let rows_path = dir.0.join("rows.gguf");
+    write_rows_adapter(&rows_path, &model, None, &row_tensors("token_embd.weight", n, &delta, &EMBD_IDS));
+    let merged_path = dir.0.join("merged.gguf");
+    let summary = merge(&model_path, &[(rows_path, SCALE)], &merged_path, None, 2).unwrap();
+    assert_eq!((summary.matrices, summary.rows, summary.format), (0, 2, None));
+
+    let mut reference = model.clone();
+    reference.tok_embd = with_rows(&model.tok_embd, n, &EMBD_IDS, &delta, SCALE);
+    reference.output = reference.tok_embd.clone();
+    let reference_path = dir.0.join("reference.gguf");
+    reference.write_gguf_tied(&reference_path).unwrap();
+    let (expected, tokens) = tiny_rows(&Model::load(&reference_path, &ModelParams::default()).unwrap(), Vec::new());
+    let (merged, merged_tokens) = tiny_rows(&Model::load(&merged_path, &ModelParams::default()).unwrap(), Vec::new());
+    assert_eq!(merged_tokens, tokens);
+    let err = max_rel_err(&merged, &expected);
+    assert!(err <= TOL, "tied: merged vs reference {err:.2e}");
+    let mut all: Vec<u32> = PROMPT.iter().map(|&x| x as u32).collect();
+    all.extend(tokens.iter().map(|&x| x as u32));
+    let oracle = reference.causal_forward(&all)[PROMPT.len() - 1..all.len() - 1].to_vec();
+    assert!(max_rel_err(&merged, &oracle) <= TOL, "tied: merged vs oracle");
+    // The output shares the rows: token 300 (not in the prompt) gets another logit.
+    let (plain, _) = tiny_rows(&Model::load(&model_path, &ModelParams::default()).unwrap(), Vec::new());
+    let shift = (merged[0][300] - plain[0][300]).abs();
+    let size = plain[0].iter().fold(0f32, |m, x| m.max(x.abs()));
+    eprintln!("tied: the logit of token 300 moved by {shift:.3} (logits up to {size:.2})");
+    assert!(shift > 0.01 * size, "the new row of token 300 did not change its logit");
+}
+
+#[test]
+fn new_rows_survive_a_4_bit_base_through_the_quantizer() {
+    let dir = TempDir::new("rows-q4");
+    let t = tiny(&dir);
+    let n = t.model.cfg.n_embd;
+    let q4 = dir.0.join("model.Q4_1.gguf");
+    pardec::convert(&t.model_path, &q4, WeightFormat::Q4_1, 2).unwrap();
+    let (base, base_ty) = read_tensor(&q4, "token_embd.weight");
+    assert_eq!(base_ty, "q4_1", "the test needs a 4-bit token_embd.weight");
+    let delta = deltas(2, n, 4);
+    let rows_path = dir.0.join("rows.gguf");
+    write_rows_adapter(&rows_path, &t.model, None, &row_tensors("token_embd.weight", n, &delta, &EMBD_IDS));
+    let out = dir.0.join("merged.gguf");
+    let summary = merge(&q4, &[(rows_path, SCALE)], &out, None, 2).unwrap();
+    assert_eq!((summary.matrices, summary.rows, summary.format), (0, 2, Some(WeightFormat::Q8_0)));
+    // The whole matrix dequantized, the rows added, re-quantized: Q8_0 of base + 0.7·delta, to
+    // within a Q8_0 step of each row (its largest value / 127).
+    let (merged, ty) = read_tensor(&out, "token_embd.weight");
+    assert_eq!(ty, "q8_0");
+    let expected = with_rows(&base, n, &EMBD_IDS, &delta, SCALE);
+    for (row, (m, e)) in merged.chunks_exact(n).zip(expected.chunks_exact(n)).enumerate() {
+        let step = e.iter().fold(0f32, |a, x| a.max(x.abs())) / 127.0;
+        let err = m.iter().zip(e).fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+        assert!(err <= step, "row {row}: {err} from base + {SCALE}·delta (a Q8_0 step is {step})");
+    }
+    for id in EMBD_IDS.map(|id| id as usize) {
+        let (m, b) = (&merged[id * n..(id + 1) * n], &base[id * n..(id + 1) * n]);
+        let moved = m.iter().zip(b).fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+        assert!(moved > 0.3, "row {id} barely changed ({moved})");
+    }
+    Model::load(&out, &ModelParams::default()).unwrap();
+}
+
+#[test]
+fn wrong_row_deltas_are_specific_errors_and_leave_nothing() {
+    let dir = TempDir::new("bad-rows");
+    let t = tiny(&dir);
+    let n = t.model.cfg.n_embd;
+    let out = dir.0.join("out.gguf");
+    let delta = deltas(4, n, 5);
+    let embd = "token_embd.weight";
+    let rows = |ids: &'static [i32]| row_tensors(embd, n, &delta[..ids.len() * n], ids).to_vec();
+    let shaped = |t: &str, delta_ne: Vec<u64>, ids: TensorData<'static>| {
+        let len = delta_ne.iter().product::<u64>() as usize;
+        vec![
+            (format!("{t}.row_delta"), delta_ne, TensorData::F32(&delta[..len])),
+            (format!("{t}.row_ids"), vec![match ids {
+                TensorData::I32(d) => d.len() as u64,
+                TensorData::F32(d) => d.len() as u64,
+                TensorData::F16(d) => d.len() as u64,
+            }], ids),
+        ]
+    };
+    let n64 = n as u64;
+    type Check = fn(&Error) -> bool;
+    let cases: Vec<(&str, Vec<(String, Vec<u64>, TensorData)>, Check)> = vec![
+        ("no-ids", rows(&[12, 300])[..1].to_vec(), |e| {
+            matches!(e, Error::NotAdapter(m) if m.contains("has no token_embd.weight.row_ids"))
+        }),
+        ("no-delta", rows(&[12, 300])[1..].to_vec(), |e| {
+            matches!(e, Error::NotAdapter(m) if m.contains("has no token_embd.weight.row_delta"))
+        }),
+        ("beyond", rows(&[12, 512]), |e| {
+            matches!(e, Error::AdapterMismatch(m) if m.contains("512") && m.contains("0..512"))
+        }),
+        ("negative", rows(&[-1, 12]), |e| matches!(e, Error::AdapterMismatch(m) if m.contains("row id -1"))),
+        ("twice", rows(&[300, 12, 300]), |e| matches!(e, Error::NotAdapter(m) if m.contains("300 twice"))),
+        ("narrow", shaped(embd, vec![n64 / 2, 4], TensorData::I32(&[1, 2, 3, 4])), |e| {
+            matches!(e, Error::AdapterMismatch(m) if m.contains("row_delta") && m.contains("does not fit"))
+        }),
+        ("count", shaped(embd, vec![n64, 2], TensorData::I32(&[1, 2, 3])), |e| {
+            matches!(e, Error::NotAdapter(m) if m.contains("one id for each of the 2 rows"))
+        }),
+        ("float-ids", shaped(embd, vec![n64, 2], TensorData::F32(&[12.0, 300.0])), |e| {
+            matches!(e, Error::NotAdapter(m) if m.contains("not I32"))
+        }),
+        ("absent", shaped("blk.9.attn_q.weight", vec![n64, 2], TensorData::I32(&[1, 2])), |e| {
+            matches!(e, Error::AdapterMismatch(m) if m.contains("no tensor \"blk.9.attn_q.weight\""))
+        }),
+        ("vector", shaped("output_norm.weight", vec![1, 2], TensorData::I32(&[1, 2])), |e| {
+            matches!(e, Error::AdapterMismatch(m) if m.contains("not a matrix"))
+        }),
+    ];
+    let mut written = vec!["adapter.gguf".to_string(), "model.gguf".to_string()];
+    for (name, tensors, expected) in &cases {
+        let path = dir.0.join(format!("{name}.gguf"));
+        write_rows_adapter(&path, &t.model, Some(&t.lora), tensors);
+        written.push(format!("{name}.gguf"));
+        // After a good adapter: nothing is written before every adapter is checked.
+        let e = merge(&t.model_path, &[(t.adapter_path.clone(), 1.0), (path, 1.0)], &out, None, 2);
+        assert!(e.as_ref().is_err_and(expected), "{name}: {e:?}");
+        eprintln!("{name}: {}", e.unwrap_err());
+    }
+    written.sort();
+    assert_eq!(dir.names(), written, "a refused merge left a file");
 }

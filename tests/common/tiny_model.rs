@@ -214,6 +214,24 @@ impl TinyModel {
         vocab: Option<&ByteVocab>,
         edit: impl FnOnce(&mut Vec<(&str, GgufValue)>),
     ) -> io::Result<()> {
+        self.write_gguf_full(path, vocab, edit, false)
+    }
+
+    /// Writes the model without `output.weight`: llama.cpp then ties the output projection to
+    /// `token_embd.weight`, as SmolLM2 does. `self.output` must equal `self.tok_embd` for the
+    /// oracle to compute the same model.
+    pub fn write_gguf_tied(&self, path: &Path) -> io::Result<()> {
+        assert_eq!(self.output, self.tok_embd, "a tied model's output is its embedding");
+        self.write_gguf_full(path, None, |_| {}, true)
+    }
+
+    fn write_gguf_full(
+        &self,
+        path: &Path,
+        vocab: Option<&ByteVocab>,
+        edit: impl FnOnce(&mut Vec<(&str, GgufValue)>),
+        tied: bool,
+    ) -> io::Result<()> {
         use GgufValue as V;
         let c = &self.cfg;
         let mut kvs: Vec<(&str, V)> = vec![
@@ -245,7 +263,11 @@ impl TinyModel {
             }
         }
         edit(&mut kvs);
-        write_gguf_file(path, &kvs, &self.tensors())
+        let mut tensors = self.tensors();
+        if tied {
+            tensors.retain(|(name, _, _)| name != "output.weight");
+        }
+        write_gguf_file(path, &kvs, &tensors)
     }
 
     /// Logits (`n_vocab` floats) for every token, computed in plain Rust.
@@ -469,6 +491,33 @@ pub enum GgufValue {
     I32s(Vec<i32>),
 }
 
+/// A tensor's data for [`write_gguf_typed`]: ggml's F32, F16 (raw half bits) or I32.
+#[derive(Clone, Copy, Debug)]
+pub enum TensorData<'a> {
+    F32(&'a [f32]),
+    F16(&'a [u16]),
+    I32(&'a [i32]),
+}
+
+impl TensorData<'_> {
+    fn len(&self) -> usize {
+        match self {
+            TensorData::F32(d) => d.len(),
+            TensorData::F16(d) => d.len(),
+            TensorData::I32(d) => d.len(),
+        }
+    }
+
+    /// (ggml type, little-endian bytes).
+    fn encoded(&self) -> (u32, Vec<u8>) {
+        match self {
+            TensorData::F32(d) => (0, d.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            TensorData::F16(d) => (1, d.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            TensorData::I32(d) => (26, d.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        }
+    }
+}
+
 /// Writes a GGUF v3 file of f32 tensors.
 ///
 /// Layout (all little-endian): magic "GGUF", version u32, tensor count u64, KV count u64,
@@ -478,12 +527,18 @@ pub enum GgufValue {
 /// tensor's offset is exactly the end of the previous one rounded up to the alignment.
 /// Integer keys must be UINT32 and float keys FLOAT32 where llama.cpp reads them: it checks.
 pub fn write_gguf_file(path: &Path, kvs: &[(&str, GgufValue)], tensors: &[(String, Vec<u64>, &[f32])]) -> io::Result<()> {
+    let typed: Vec<(String, Vec<u64>, TensorData)> =
+        tensors.iter().map(|(name, ne, data)| (name.clone(), ne.clone(), TensorData::F32(data))).collect();
+    write_gguf_typed(path, kvs, &typed)
+}
+
+/// [`write_gguf_file`] with tensors of other types than F32.
+pub fn write_gguf_typed(path: &Path, kvs: &[(&str, GgufValue)], tensors: &[(String, Vec<u64>, TensorData)]) -> io::Result<()> {
     const T_I32: u32 = 5;
     const T_U32: u32 = 4;
     const T_F32: u32 = 6;
     const T_STR: u32 = 8;
     const T_ARR: u32 = 9;
-    const GGML_TYPE_F32: u32 = 0;
     fn put_str(b: &mut Vec<u8>, s: &str) {
         b.extend_from_slice(&(s.len() as u64).to_le_bytes());
         b.extend_from_slice(s.as_bytes());
@@ -528,22 +583,21 @@ pub fn write_gguf_file(path: &Path, kvs: &[(&str, GgufValue)], tensors: &[(Strin
     }
     let pad = |n: u64| n.div_ceil(GGUF_ALIGN) * GGUF_ALIGN;
     let mut offset = 0u64;
-    for (name, ne, data) in tensors {
+    let encoded: Vec<(u32, Vec<u8>)> = tensors.iter().map(|(_, _, data)| data.encoded()).collect();
+    for ((name, ne, data), (ty, bytes)) in tensors.iter().zip(&encoded) {
         assert_eq!(ne.iter().product::<u64>(), data.len() as u64, "{name}: shape/data mismatch");
         put_str(&mut b, name);
         b.extend_from_slice(&(ne.len() as u32).to_le_bytes());
         for d in ne {
             b.extend_from_slice(&d.to_le_bytes());
         }
-        b.extend_from_slice(&GGML_TYPE_F32.to_le_bytes());
+        b.extend_from_slice(&ty.to_le_bytes());
         b.extend_from_slice(&offset.to_le_bytes());
-        offset = pad(offset + 4 * data.len() as u64);
+        offset = pad(offset + bytes.len() as u64);
     }
     b.resize(pad(b.len() as u64) as usize, 0); // the data section starts aligned
-    for (_, _, data) in tensors {
-        for x in data.iter() {
-            b.extend_from_slice(&x.to_le_bytes());
-        }
+    for (_, bytes) in &encoded {
+        b.extend_from_slice(bytes);
         b.resize(pad(b.len() as u64) as usize, 0);
     }
     let mut file = io::BufWriter::new(std::fs::File::create(path)?);
