@@ -139,6 +139,11 @@ impl Machine {
         StreamState { phase: self.phase, depth: self.depth }
     }
 
+    /// The part of the stream's `text` where the next fork's announcements are.
+    pub(crate) fn announcing_text<'t>(&self, text: &'t str) -> &'t str {
+        text.get(self.segment_start..).unwrap_or("")
+    }
+
     /// Scans `text` from the cursor. Returns after a fork or a branch end (the caller decides
     /// what the following text is), or when the text is used up. With `complete = false`, a
     /// possible control string at the end of `text` is left for the next call.

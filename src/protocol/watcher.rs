@@ -3,9 +3,10 @@
 
 use std::sync::Arc;
 
+use super::announce::parse_announcements;
 use super::fork::BranchPlan;
 use super::scan::TagSet;
-use super::spec::{ProtocolSpec, StreamState};
+use super::spec::{Announce, Phase, ProtocolSpec, StreamState};
 use super::stream::{Action, Machine, StreamEnd};
 use super::warning::{Warning, WarningKind};
 
@@ -141,7 +142,25 @@ impl Watcher {
     /// Control strings to ban in this stream's next run (see
     /// [`ProtocolSpec::banned_strings`]).
     pub fn banned_strings(&self) -> Vec<String> {
-        self.spec.banned_strings(&self.state())
+        let mut banned = self.spec.banned_strings(&self.state());
+        if self.announcements_fill_fork() {
+            if let Announce::Tagged { open, .. } = &self.spec.announce {
+                banned.push(open.clone());
+            }
+        }
+        banned
+    }
+
+    /// Whether the protocol stops announcing at the cap (`fork_at_cap`) and this stream's
+    /// announcements since its last block already fill the next fork.
+    fn announcements_fill_fork(&self) -> bool {
+        let state = self.state();
+        let cap = self.machine.cap.min(self.spec.max_branches);
+        self.spec.fork_at_cap
+            && cap > 0
+            && matches!(state.phase, Phase::Serial | Phase::Announcing)
+            && self.spec.can_open_block(state.depth)
+            && parse_announcements(&self.spec, self.machine.announcing_text(&self.text)).len() >= cap
     }
 
     /// The stream's text so far.
@@ -172,6 +191,32 @@ mod tests {
 
     fn warnings(actions: &[Action]) -> Vec<WarningKind> {
         actions.iter().filter_map(|a| if let Action::Warning(w) = a { Some(w.kind) } else { None }).collect()
+    }
+
+    #[test]
+    fn fork_at_cap_bans_the_announcement_tag_once_the_fork_is_full() {
+        let spec = ProtocolSpec::builtin("titles").unwrap();
+        let open = "<issue_start>".to_string();
+        let two_titles = ["Two tips:\n\n<issue_start>Sleep<issue_comment>", "<issue_start>Sleep<issue_comment>"];
+        let mut w = Watcher::trunk(&spec).with_branch_cap(2);
+        w.feed(two_titles[0]);
+        assert!(w.stop_strings().contains(&"<issue_comment>".to_string()), "a stop after each title");
+        assert!(!w.banned_strings().contains(&open));
+        w.feed(two_titles[1]); // a repeat counts: it is what a looping model writes
+        assert!(w.banned_strings().contains(&open), "two titles fill a fork of two");
+        // The next block may announce again.
+        let f = w.feed("<issue_closed>");
+        assert_eq!(forks(&f).len(), 1);
+        w.joined();
+        assert_eq!(w.state().phase, Phase::Serial);
+        assert!(!w.banned_strings().contains(&open));
+        // Negative control: without fork_at_cap neither the stop nor the ban.
+        let off = ProtocolSpec { fork_at_cap: false, ..spec };
+        let mut w = Watcher::trunk(&off).with_branch_cap(2);
+        w.feed(two_titles[0]);
+        w.feed(two_titles[1]);
+        assert!(!w.banned_strings().contains(&open));
+        assert!(!w.stop_strings().contains(&"<issue_comment>".to_string()));
     }
 
     #[test]
