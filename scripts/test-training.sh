@@ -14,6 +14,6 @@ if [[ ! -x "$venv/bin/python" ]]; then
     python3 -m venv "$venv" || { echo "test-training: python3 -m venv failed: install python3-venv" >&2; exit 1; }
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r bindings-python/requirements-test.txt
-"$venv/bin/python" -m pytest -q -p no:cacheprovider training/test_multiverse_text.py
+"$venv/bin/python" -m pytest -q -p no:cacheprovider training/test_multiverse_text.py training/test_titles_text.py
 PY="$(bash training/setup-venv.sh)"
 "$PY" -W ignore training/smoke_test.py

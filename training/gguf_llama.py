@@ -101,6 +101,12 @@ class GgufLlama(torch.nn.Module):
         self.lora_alpha = 1.0
         self.lora_rank = 0
         self.lora_scale = 1.0
+        # Trained embedding rows (see add_token_rows): ids, their deltas, and each vocabulary
+        # id's slot among them (-1: none).
+        self.row_ids: Optional[torch.Tensor] = None
+        self.row_delta: Optional[torch.nn.Parameter] = None
+        self.row_slot: Optional[torch.Tensor] = None
+        self.tied = out is None
 
     # --- LoRA ---
 
@@ -111,6 +117,45 @@ class GgufLlama(torch.nn.Module):
             for name in targets:
                 n_out, n_in = self.weights[f"{layer}.{name}"].shape
                 self.lora[f"{layer}_{name}"] = LoraPair(n_out, n_in, rank, gen).to(self.device)
+
+    # --- new token rows ---
+
+    def untrained_ids(self, ids) -> List[int]:
+        """Those of `ids` whose embedding row equals another token's: rows the pretraining never
+        moved from their shared start (SmolLM2's unused control tokens <issue_start>,
+        <jupyter_text>, ... share one row). Since the output projection is that matrix too, the
+        model can neither tell these tokens apart nor choose one of them over the others."""
+        embd = self.weights["token_embd"].float().cpu().numpy()
+        seen: Dict[bytes, int] = {}
+        for row in embd:
+            key = row.tobytes()
+            seen[key] = seen.get(key, 0) + 1
+        return sorted(i for i in set(int(i) for i in ids) if seen[embd[i].tobytes()] > 1)
+
+    def add_token_rows(self, ids: List[int]) -> None:
+        """Makes the embedding rows of `ids` trainable (as deltas from zero). With a tied output
+        they move those tokens' logits too. llama.cpp cannot apply them at run time: they are
+        exported beside the LoRA pairs and written into the model by `pardec merge`."""
+        self.row_ids = torch.tensor(sorted(ids), dtype=torch.long, device=self.device)
+        self.row_delta = torch.nn.Parameter(torch.zeros(len(ids), self.hp.n_embd, device=self.device))
+        self.row_slot = torch.full((self.hp.n_vocab,), -1, dtype=torch.long, device=self.device)
+        self.row_slot[self.row_ids] = torch.arange(len(ids), device=self.device)
+
+
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.weights["token_embd"][ids]
+        if self.row_delta is None:
+            return x
+        slot = self.row_slot[ids]
+        hit = (slot >= 0).to(x.dtype)[:, None]
+        return x + (self.row_delta[slot.clamp(min=0)] * hit).to(x.dtype)
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        logits = (x @ self.weights["output"].T).float()
+        if self.row_delta is not None and self.tied:
+            extra = x.float() @ self.row_delta.T  # (n, k)
+            logits = logits.index_add(1, self.row_ids, extra)
+        return logits
 
     def _linear(self, x: torch.Tensor, layer: int, name: str) -> torch.Tensor:
         y = x @ self.weights[f"{layer}.{name}"].T
@@ -135,6 +180,12 @@ class GgufLlama(torch.nn.Module):
             for part, t in (("lora_a", pair.a), ("lora_b", pair.b)):
                 arr = t.detach().float().cpu().numpy().astype(np.float16)
                 w.add_tensor(f"blk.{layer}.{name}.weight.{part}", arr, raw_dtype=GGMLQuantizationType.F16)
+        if self.row_delta is not None:
+            # pardec's extension (src/merge.rs): T[row_ids[i]] += scale * row_delta[i].
+            w.add_tensor("token_embd.weight.row_delta", self.row_delta.detach().float().cpu().numpy(),
+                         raw_dtype=GGMLQuantizationType.F32)
+            w.add_tensor("token_embd.weight.row_ids", self.row_ids.cpu().numpy().astype(np.int32),
+                         raw_dtype=GGMLQuantizationType.I32)
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
@@ -166,7 +217,7 @@ class GgufLlama(torch.nn.Module):
         hp = self.hp
         ids, pos, visible = ids.to(self.device), pos.to(self.device), visible.to(self.device)
         n, hd = ids.shape[0], hp.head_dim
-        x = self.weights["token_embd"][ids]
+        x = self._embed(ids)
         for layer in range(hp.n_layer):
             h = self._rms(x, self.weights[f"{layer}.attn_norm"])
             q = self._rope(self._linear(h, layer, "attn_q").view(n, hp.n_head, hd), pos)
@@ -185,7 +236,7 @@ class GgufLlama(torch.nn.Module):
         if rows is not None:
             x = x[rows.to(self.device)]
         x = self._rms(x, self.weights["output_norm"])
-        return (x @ self.weights["output"].T).float()
+        return self._logits(x)
 
 
 def causal_visible(n: int) -> torch.Tensor:

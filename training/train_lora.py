@@ -67,6 +67,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--device", default="cpu", help="torch device: cpu, or cuda where a GPU is lent")
     ap.add_argument("--limit", type=int, default=0, help="first N examples only")
+    ap.add_argument("--no-token-rows", dest="token_rows", action="store_false",
+                    help="do not train the rows of untrained tokens the data uses (the adapter then "
+                         "works at run time, but cannot teach such tokens)")
+    ap.add_argument("--rows-lr", type=float, default=3e-3, help="learning rate of trained embedding rows")
     ap.add_argument("--max-steps", type=int, default=0, help="stop after N optimizer steps")
     args = ap.parse_args()
 
@@ -79,7 +83,16 @@ def main() -> None:
     model = GgufLlama(args.model, dtype, args.device)
     model.add_lora(args.rank, args.alpha, args.seed)
     params = list(model.lora.parameters())
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    groups = [dict(params=params, lr=args.lr)]
+    # Tokens the data uses whose rows the model cannot tell apart (untrained, shared rows):
+    # a LoRA cannot separate them, so their rows are trained too (merge-only; see gguf_llama).
+    new_rows = model.untrained_ids(int(i) for _, ex in examples for i in ex.ids.tolist()) if args.token_rows else []
+    if new_rows:
+        model.add_token_rows(new_rows)
+        groups.append(dict(params=[model.row_delta], lr=args.rows_lr))
+        params = params + [model.row_delta]
+        print(f"training the embedding rows of {len(new_rows)} untrained tokens: {new_rows}", file=sys.stderr)
+    opt = torch.optim.AdamW(groups, weight_decay=0.0)
     total_steps = max(1, (len(examples) * args.epochs + args.accum - 1) // args.accum)
     if args.max_steps:
         total_steps = min(total_steps, args.max_steps)
@@ -128,7 +141,9 @@ def main() -> None:
         examples=len(examples), layout_rule="engine",
         config=dict(rank=args.rank, alpha=args.alpha, epochs=args.epochs, lr=args.lr, accum=args.accum,
                     dtype=args.dtype, device=args.device, targets="attn_q attn_k attn_v attn_output ffn_gate ffn_up ffn_down",
-                    steps=step),
+                    steps=step, token_rows=new_rows, rows_lr=args.rows_lr if new_rows else None),
+        # Trained rows cannot be applied by llama.cpp at run time: `pardec merge` writes them.
+        use="pardec merge" if new_rows else "run time or pardec merge",
         seed=args.seed, first_loss=round(losses[0], 4) if losses else None,
         final_loss=round(losses[-1], 4) if losses else None,
         seconds=round(time.time() - started, 1), threads=torch.get_num_threads(),
