@@ -153,11 +153,11 @@ fn check_header(header: &gguf::Header, model: &Model) -> std::result::Result<Sha
     }
     let alpha = match header.metadata.get("adapter.lora.alpha") {
         None => 0.0,
+        // llama.cpp reads it with gguf_get_val_f32, which stops the process on another type.
         Some(v) => v
-            .as_f64()
+            .as_f32()
             .filter(|a| a.is_finite())
-            .ok_or_else(|| Refusal::NotAdapter("adapter.lora.alpha is not a finite number".into()))?
-            as f32,
+            .ok_or_else(|| Refusal::NotAdapter("adapter.lora.alpha is not a finite float32".into()))?,
     };
     let pairs = pair_tensors(&header.tensors, false)?;
     if pairs.is_empty() {

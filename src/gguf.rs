@@ -27,7 +27,9 @@ const MAX_DIMS: u32 = 4;
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Value {
     Int(i64),
+    /// A float32, widened.
     Float(f64),
+    Float64(f64),
     Bool(bool),
     Str(String),
     /// An array, its elements read past. `repeated`: for the vocabulary's token strings
@@ -46,8 +48,17 @@ impl Value {
 
     pub(crate) fn as_f64(&self) -> Option<f64> {
         match *self {
-            Value::Float(x) => Some(x),
+            Value::Float(x) | Value::Float64(x) => Some(x),
             Value::Int(i) => Some(i as f64),
+            _ => None,
+        }
+    }
+
+    /// The value if it is stored as a float32: what llama.cpp's `gguf_get_val_f32` reads (it
+    /// stops the process on any other type).
+    pub(crate) fn as_f32(&self) -> Option<f32> {
+        match *self {
+            Value::Float(x) => Some(x as f32),
             _ => None,
         }
     }
@@ -221,7 +232,7 @@ impl<R: Read> Reader<R> {
             }
             10 => Value::Int(self.u64()? as i64),
             11 => Value::Int(i64::from_le_bytes(self.fixed()?)),
-            12 => Value::Float(f64::from_le_bytes(self.fixed()?)),
+            12 => Value::Float64(f64::from_le_bytes(self.fixed()?)),
             other => {
                 return Err(HeaderError::Malformed(format!("key {key:?} has unknown value type {other}")))
             }

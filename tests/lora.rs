@@ -170,6 +170,22 @@ fn wrong_files_get_specific_errors() {
     assert!(matches!(load_err(&f.model, &half), Error::NotAdapter(m) if m.contains("lora_b")));
     let stray = write("stray.gguf", vec![("blk.0.attn_q.weight".into(), vec![64, 4], &a)]);
     assert!(matches!(load_err(&f.model, &stray), Error::NotAdapter(_)));
+    // An alpha stored as an integer: llama.cpp reads it with gguf_get_val_f32, which would stop
+    // the process; refused before llama.cpp sees the file.
+    let int_alpha = temp("int-alpha.gguf");
+    let kvs = [
+        ("general.type", GgufValue::Str("adapter".into())),
+        ("general.architecture", GgufValue::Str("llama".into())),
+        ("adapter.type", GgufValue::Str("lora".into())),
+        ("adapter.lora.alpha", GgufValue::U32(8)),
+    ];
+    let pair: Vec<(String, Vec<u64>, &[f32])> = vec![
+        ("blk.0.attn_q.weight.lora_a".into(), vec![64, 4], &a),
+        ("blk.0.attn_q.weight.lora_b".into(), vec![4, 64], &b),
+    ];
+    common::tiny_model::write_gguf_file(&int_alpha, &kvs, &pair).unwrap();
+    assert!(matches!(load_err(&f.model, &int_alpha), Error::NotAdapter(m) if m.contains("float32")));
+    let _ = std::fs::remove_file(int_alpha);
 
     // Truncated: inside the header, then inside the tensor data (llama.cpp's own bounds check).
     let bytes = std::fs::read(&f.adapter_path).unwrap();
