@@ -10,6 +10,10 @@
    (`pardec score --lora`): the engine's log-probabilities move the way the trainer's do
    (correlation of the deltas), and the adapter's q/k rows permuted as transformers'
    un-permutation would leave them (the trap gguf_llama.py avoids) move them differently.
+4. Token rows: on `titles` examples the trainer trains the rows of the six tags (they share one
+   untrained row), `pardec merge` writes them into the model and the engine's log-probabilities
+   move as the trainer's; the same LoRA without the rows (control) raises the tags far less;
+   the adapter is refused at run time.
 """
 
 from __future__ import annotations
@@ -182,6 +186,87 @@ def check_round_trip(model: GgufLlama, model_path: str, tmp: Path) -> None:
         failed("negative control: permuted q/k rows should move log-probabilities differently")
 
 
+TITLES = ("Here are two tips:\n\n<issue_start>Keep a schedule<issue_comment><issue_start>Avoid screens"
+          "<issue_comment><issue_closed><jupyter_start>1. **Keep a schedule**: {p1}<jupyter_text>"
+          "<jupyter_start>2. **Avoid screens**: {p2}<jupyter_text><jupyter_code>\n\nBoth help you rest.")
+
+
+def read_adapter(path: Path) -> dict:
+    from gguf import GGUFReader
+    return {t.name: np.array(t.data).reshape([int(d) for d in reversed(t.shape.tolist())])
+            for t in GGUFReader(str(path)).tensors}
+
+
+def check_token_rows_round_trip(model_path: str, tmp: Path) -> None:
+    """The titles tags share one untrained embedding row: the trainer finds them, trains their
+    rows with the LoRA, and `pardec merge` writes both into the model, which then moves the
+    engine's log-probabilities the way the trainer's move; the LoRA alone (control) cannot
+    raise the tags; and the adapter is refused at run time."""
+    data = tmp / "titles.jsonl"
+    rows = [dict(id=f"rows-{k}", text=CHAT + TITLES.format(p1=p1, p2=PATH2) + "<|im_end|>",
+                 response_start=len(CHAT.encode()), protocol="titles") for k, p1 in enumerate((PATH1, PATH1_OTHER))]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    adapter = tmp / "rows.gguf"
+    subprocess.run([sys.executable, str(HERE / "train_lora.py"), "--data", str(data), "--model", model_path,
+                    "--out", str(adapter), "--rank", "8", "--epochs", "3", "--accum", "1", "--lr", "3e-3",
+                    "--rows-lr", "3e-2", "--dtype", "fp32"], check=True, stdout=subprocess.DEVNULL)
+    trained_rows = json.loads(Path(str(adapter) + ".json").read_text())["config"]["token_rows"]
+    tags = pardec_cli.layout("<issue_start><issue_comment><issue_closed><jupyter_start><jupyter_text><jupyter_code>",
+                             "titles", model_path)["tokens"]
+    if sorted(t["id"] for t in tags) != trained_rows:
+        failed(f"the trainer should train exactly the six tags' rows, trained {trained_rows}")
+
+    # The trainer's view: the exported LoRA and rows read back into a fresh model.
+    tensors = read_adapter(adapter)
+    model = GgufLlama(model_path, torch.float32)
+    model.add_lora(8, 16.0, 0)
+    for key, pair in model.lora.items():
+        layer, name = key.split("_", 1)
+        pair.a.data = torch.from_numpy(tensors[f"blk.{layer}.{name}.weight.lora_a"].astype(np.float32))
+        pair.b.data = torch.from_numpy(tensors[f"blk.{layer}.{name}.weight.lora_b"].astype(np.float32))
+    model.add_token_rows(trained_rows)
+    model.row_delta.data = torch.from_numpy(tensors["token_embd.weight.row_delta"].astype(np.float32))
+
+    context = CHAT + "Here are two tips:\n\n"
+    continuation = "<issue_start>Keep a schedule<issue_comment><issue_start>Avoid screens<issue_comment><issue_closed>"
+    base_lp, ids, pairs = scored_by_engine(context, continuation, model_path)
+    n = len(ids)
+    with torch.no_grad():
+        tuned = target_log_probs(model, ids, torch.arange(n), causal_visible(n), pairs).numpy()
+        model.lora_scale = 0.0
+        saved, model.row_delta = model.row_delta, None
+        plain = target_log_probs(model, ids, torch.arange(n), causal_visible(n), pairs).numpy()
+        model.lora_scale, model.row_delta = 1.0, saved
+    trainer = tuned - plain
+    is_tag = np.array([i in trained_rows for _, i in pairs])
+
+    def merged_delta(path: Path, name: str) -> np.ndarray:
+        out = tmp / name
+        subprocess.run([pardec_cli.binary(), "merge", "--model", model_path, "--lora", str(path), "--to", "f16",
+                        "--out", str(out)], check=True, capture_output=True)
+        return np.array([lp for _, lp in pardec_cli.score(context, continuation, str(out))]) - base_lp
+
+    engine = merged_delta(adapter, "merged.gguf")
+    corr = float(np.corrcoef(engine, trainer)[0, 1])
+    # Control: the same LoRA without the rows.
+    model.row_delta = None
+    lora_only = tmp / "lora-only.gguf"
+    model.export_lora(str(lora_only))
+    without = merged_delta(lora_only, "merged-lora-only.gguf")
+    runtime = subprocess.run([pardec_cli.binary(), "score", "--model", model_path, "--context", context,
+                              "--continuation", continuation, "--lora", str(adapter)], capture_output=True)
+    said = runtime.stderr.decode(errors="replace")
+    print(f"token rows: {trained_rows}; merged engine delta correlation {corr:.3f}; tag tokens gain "
+          f"{engine[is_tag].mean():.2f} nats with the rows, {without[is_tag].mean():.2f} without; "
+          f"at run time: {'refused' if runtime.returncode else 'loaded'}")
+    if corr < 0.9:
+        failed("the merged adapter does not move log-probabilities the way the trainer's does")
+    if engine[is_tag].mean() < without[is_tag].mean() + 1.0:
+        failed("negative control: without its rows the adapter should raise the tags far less")
+    if runtime.returncode == 0 or "pardec merge" not in said:
+        failed(f"an adapter with token rows should be refused at run time, naming pardec merge: {said}")
+
+
 def main() -> None:
     model_path = default_model()
     model = GgufLlama(model_path, torch.float32)
@@ -189,6 +274,7 @@ def main() -> None:
     check_mask_honoured(model, model_path)
     with tempfile.TemporaryDirectory() as tmp:
         check_round_trip(model, model_path, Path(tmp))
+        check_token_rows_round_trip(model_path, Path(tmp))
     print("training smoke test: all checks passed")
 
 
