@@ -2093,6 +2093,7 @@ fn cmd_merge(a: &MergeArgs) -> CliResult<()> {
         _ => {}
     }
     progress::clear();
+    eprintln!("pardec: merged {} matrices and {} token rows", summary.matrices, summary.rows);
     outln!("{}", a.out.display());
     Ok(())
 }
