@@ -29,6 +29,7 @@ pub(crate) enum Value {
     Int(i64),
     /// A float32, widened.
     Float(f64),
+    /// A float64 (kept apart: llama.cpp reads some keys as float32 only).
     Float64(f64),
     Bool(bool),
     Str(String),

@@ -114,6 +114,22 @@ def permute_rows(b: torch.Tensor, n_head: int) -> torch.Tensor:
     return b.reshape(n_head, rows // n_head // 2, 2, *b.shape[1:]).swapaxes(1, 2).reshape(b.shape)
 
 
+def read_adapter(path: Path) -> dict:
+    """An exported adapter's tensors by name, in numpy's (ne1, ne0) order and their own dtype."""
+    from gguf import GGUFReader
+    return {t.name: np.array(t.data).reshape([int(d) for d in reversed(t.shape.tolist())])
+            for t in GGUFReader(str(path)).tensors}
+
+
+def load_lora(model: GgufLlama, tensors: dict, alpha: float) -> None:
+    """The adapter's LoRA pairs (rank 8) as the model's, in float32."""
+    model.add_lora(8, alpha, 0)
+    for key, pair in model.lora.items():
+        layer, name = key.split("_", 1)
+        pair.a.data = torch.from_numpy(tensors[f"blk.{layer}.{name}.weight.lora_a"].astype(np.float32))
+        pair.b.data = torch.from_numpy(tensors[f"blk.{layer}.{name}.weight.lora_b"].astype(np.float32))
+
+
 def check_round_trip(model: GgufLlama, model_path: str, tmp: Path) -> None:
     data = tmp / "data.jsonl"
     rows = [dict(id=f"smoke-{k}", text=block(p1, PATH2), response_start=len(CHAT.encode()), protocol="multiverse")
@@ -128,15 +144,7 @@ def check_round_trip(model: GgufLlama, model_path: str, tmp: Path) -> None:
         failed(f"training did not lower the loss ({manifest['first_loss']} -> {manifest['final_loss']})")
 
     # The trainer's view of the adapter: re-read the exported tensors into the model.
-    from gguf import GGUFReader
-    reader = GGUFReader(str(adapter))
-    tensors = {t.name: np.array(t.data, dtype=np.float32).reshape([int(d) for d in reversed(t.shape.tolist())])
-               for t in reader.tensors}
-    model.add_lora(8, manifest["config"]["alpha"], 0)
-    for key, pair in model.lora.items():
-        layer, name = key.split("_", 1)
-        pair.a.data = torch.from_numpy(tensors[f"blk.{layer}.{name}.weight.lora_a"])
-        pair.b.data = torch.from_numpy(tensors[f"blk.{layer}.{name}.weight.lora_b"])
+    load_lora(model, read_adapter(adapter), manifest["config"]["alpha"])
 
     context = CHAT + "Here are two tips.\n<Parallel>\n<Goal>\n"
     continuation = "<Outline>1: Keep a schedule</Outline>\n<Outline>2: Avoid screens</Outline>\n</Goal>\n"
@@ -191,11 +199,6 @@ TITLES = ("Here are two tips:\n\n<issue_start>Keep a schedule<issue_comment><iss
           "<jupyter_start>2. **Avoid screens**: {p2}<jupyter_text><jupyter_code>\n\nBoth help you rest.")
 
 
-def read_adapter(path: Path) -> dict:
-    from gguf import GGUFReader
-    return {t.name: np.array(t.data).reshape([int(d) for d in reversed(t.shape.tolist())])
-            for t in GGUFReader(str(path)).tensors}
-
 
 def check_token_rows_round_trip(model_path: str, tmp: Path) -> None:
     """The titles tags share one untrained embedding row: the trainer finds them, trains their
@@ -219,11 +222,7 @@ def check_token_rows_round_trip(model_path: str, tmp: Path) -> None:
     # The trainer's view: the exported LoRA and rows read back into a fresh model.
     tensors = read_adapter(adapter)
     model = GgufLlama(model_path, torch.float32)
-    model.add_lora(8, 16.0, 0)
-    for key, pair in model.lora.items():
-        layer, name = key.split("_", 1)
-        pair.a.data = torch.from_numpy(tensors[f"blk.{layer}.{name}.weight.lora_a"].astype(np.float32))
-        pair.b.data = torch.from_numpy(tensors[f"blk.{layer}.{name}.weight.lora_b"].astype(np.float32))
+    load_lora(model, tensors, 16.0)
     model.add_token_rows(trained_rows)
     model.row_delta.data = torch.from_numpy(tensors["token_embd.weight.row_delta"].astype(np.float32))
 
