@@ -14,6 +14,8 @@ release="$(cargo_target_dir)/release"
 fail() { echo "test-install: FAIL: $*" >&2; exit 1; }
 model=${PARDEC_MODEL:-$(bash scripts/fetch-models.sh default)/SmolLM2-135M-Instruct.Q4_1.gguf}
 export PARDEC_THREADS=${PARDEC_THREADS:-1}
+# A user's machine: no search path of the build's may stand in for the installed library.
+unset LD_LIBRARY_PATH
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -37,7 +39,15 @@ cc -std=c11 -Wall -Wextra -Werror example.c $(pkg-config --cflags --libs pardec)
     -Wl,-rpath,"$(pkg-config --variable=libdir pardec)" -o example_pc
 ./example_pc "$model" > pc.out 2> pc.err || { cat pc.err >&2; fail "pkg-config-built example"; }
 outputs=(pc.out)
-ldd ./example_pc | grep -q "libpardec.so.0 => $prefix/lib/libpardec.so.0" || fail "example_pc does not load the installed libpardec.so.0"
+# Which file the loader picks, compared as real paths (the prefix may sit behind a symlink, or be
+# spelt with '//' or '..' by pkg-config's libdir); on failure, what the loader saw. sed reads all of
+# ldd's output: `ldd | grep -q` under pipefail failed in CI when grep left early and ldd got SIGPIPE.
+loaded=$(ldd ./example_pc | sed -n 's/^[[:space:]]*libpardec\.so\.0 => \(.*\) (0x[0-9a-f]*)$/\1/p')
+[[ -n $loaded && $(realpath "$loaded") == "$(realpath "$prefix/lib/libpardec.so.0")" ]] || {
+    ldd ./example_pc >&2
+    readelf -d ./example_pc | grep -E 'RPATH|RUNPATH' >&2 || true
+    fail "example_pc loads '${loaded:-nothing}', not the installed $prefix/lib/libpardec.so.0"
+}
 echo "ok: pkg-config (shared), loads libpardec.so.0 from the prefix"
 
 if command -v cmake > /dev/null; then
