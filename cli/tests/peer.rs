@@ -156,7 +156,7 @@ fn runs_against_a_fake_server_and_stops_it() {
     let dir = tempdir("fake");
     let server = fake_server(&dir);
     let server_arg = server.display().to_string();
-    let args = ["bench", "--peer", "llama-server", "--server", &server_arg, "--branches", "2,3", "--tokens", "4", "--reps", "1", "--threads", "2", "--json"];
+    let args = ["bench", "--peer", "llama-server", "--server", &server_arg, "--branches", "2,3", "--tokens", "4", "--reps", "1", "--threads", "1", "--json"];
     let out = pardec(&args);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
@@ -190,13 +190,13 @@ fn runs_against_a_fake_server_and_stops_it() {
     let sargs: Vec<String> = serde_json::from_str(&std::fs::read_to_string(dir.join("args")).unwrap()).unwrap();
     let after = |flag: &str| sargs.iter().position(|a| a == flag).map(|i| sargs[i + 1].clone());
     assert_eq!(after("--parallel").as_deref(), Some("3"));
-    assert_eq!(after("-t").as_deref(), Some("2"));
+    assert_eq!(after("-t").as_deref(), Some("1"));
     assert_eq!(after("-c"), Some(v["ctx"].to_string()));
     assert_eq!(after("--host").as_deref(), Some("127.0.0.1"));
     assert!(gone(fake_pid(&dir)), "pardec left the server running");
 
     // The text table names both sides and every row.
-    let args = ["bench", "--peer", "llama-server", "--server", &server_arg, "--branches", "2", "--tokens", "2", "--reps", "1"];
+    let args = ["bench", "--peer", "llama-server", "--server", &server_arg, "--branches", "2", "--tokens", "2", "--reps", "1", "--threads", "1"];
     let out = pardec(&args);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
@@ -212,7 +212,7 @@ fn a_server_that_dies_mid_run_is_a_clear_error() {
     let dir = tempdir("dies");
     let server = fake_server(&dir);
     let server_arg = server.display().to_string();
-    let args = ["bench", "--peer", "llama-server", "--server", &server_arg, "--branches", "2", "--tokens", "2", "--reps", "1"];
+    let args = ["bench", "--peer", "llama-server", "--server", &server_arg, "--branches", "2", "--tokens", "2", "--reps", "1", "--threads", "1"];
     let out = Command::new(env!("CARGO_BIN_EXE_pardec"))
         .args(args)
         .env("PARDEC_MODEL", models::model_path(models::DEFAULT_MODEL_FILE))
