@@ -31,7 +31,7 @@ from typing import (
 )
 
 if TYPE_CHECKING:
-    from . import Event
+    from ._types import Event
 
 # ----- messages ----------------------------------------------------------------------------
 
