@@ -51,8 +51,8 @@ impl ProtocolSpec {
     ///   text goes on. The tags are control tokens SmolLM2's (StarCoder's) vocabulary carries
     ///   and its chat model never writes, so each costs one decode step; in other vocabularies
     ///   they are plain text. Its tags are single tokens, so the derived bans hold them where
-    ///   they mean nothing, and once 10 titles stand the title tag is banned: the model must
-    ///   fork (`fork_at_cap`).
+    ///   they mean nothing, and once 10 titles stand, or one repeats an earlier one, the title
+    ///   tag is banned: the model must fork (`fork_at_cap_or_repeat`).
     ///
     /// Multiverse, NPR, ThreadWeaver and Parallel-R1 ban no tag: their engines sample freely,
     /// and a tag where it means nothing is text (with a warning). ASPD's engine constrains its
@@ -85,7 +85,7 @@ impl ProtocolSpec {
                 check_labels: false,
                 max_blocks: None,
                 on_bad_plan: BadPlan::Fallback,
-                fork_at_cap: false,
+                fork_at_cap_or_repeat: false,
                 train_rule: Some(TrainRule::SharedStart),
                 bans: free(),
             },
@@ -132,7 +132,7 @@ impl ProtocolSpec {
                 check_labels: true,
                 max_blocks: None,
                 on_bad_plan: BadPlan::Fallback,
-                fork_at_cap: false,
+                fork_at_cap_or_repeat: false,
                 train_rule: Some(TrainRule::SerialWithCopies),
                 bans: free(),
             },
@@ -161,7 +161,7 @@ impl ProtocolSpec {
                 check_labels: true,
                 max_blocks: Some(4),
                 on_bad_plan: BadPlan::Fallback,
-                fork_at_cap: false,
+                fork_at_cap_or_repeat: false,
                 train_rule: Some(TrainRule::SameMax),
                 bans: free(),
             },
@@ -194,7 +194,7 @@ impl ProtocolSpec {
                 check_labels: true,
                 max_blocks: None,
                 on_bad_plan: BadPlan::Fallback,
-                fork_at_cap: false,
+                fork_at_cap_or_repeat: false,
                 train_rule: Some(TrainRule::SameSeq),
                 // Its serial decoding bans the block's tags where they mean nothing (a logits
                 // processor); pardec's derived bans are that list.
@@ -229,7 +229,7 @@ impl ProtocolSpec {
                 check_labels: true,
                 max_blocks: None,
                 on_bad_plan: BadPlan::Fallback,
-                fork_at_cap: true,
+                fork_at_cap_or_repeat: true,
                 train_rule: None,
                 bans: None,
             },

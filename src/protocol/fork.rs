@@ -180,18 +180,37 @@ fn plan_branches(
     (Some(plan), warnings)
 }
 
-/// Drops announcements whose label (numbered) or title (otherwise; compared as written when
-/// `exact`, else case- and space-insensitively) was already announced,
-/// renumbering title-rule labels so they stay 1, 2, 3….
+/// What makes two announcements the same: the label (numbered), else the title, compared as
+/// written when `exact`, else case- and space-insensitively.
+fn announcement_key(a: &Announced, by_label: bool, exact: bool) -> String {
+    match (by_label, exact) {
+        (true, _) => a.label.clone(),
+        (false, true) => a.title.clone(),
+        (false, false) => normalize(&a.title),
+    }
+}
+
+/// Whether an announcement in `found` repeats an earlier one, as the fork would drop it (so
+/// never for a spec that takes labels as written).
+pub(crate) fn repeats_an_announcement(spec: &ProtocolSpec, found: &[Announced]) -> bool {
+    let Announce::Tagged { label: rule, .. } = &spec.announce else {
+        return false;
+    };
+    if !spec.check_labels {
+        return false;
+    }
+    let numbered = matches!(rule, LabelRule::Numbered { .. });
+    let exact = matches!(rule, LabelRule::Title { verbatim: true });
+    let mut seen = std::collections::HashSet::new();
+    !found.iter().all(|a| seen.insert(announcement_key(a, numbered, exact)))
+}
+
+/// Drops announcements that repeat an earlier one ([`announcement_key`]), renumbering
+/// title-rule labels so they stay 1, 2, 3….
 fn dedupe(found: &mut Vec<Announced>, by_label: bool, exact: bool, warnings: &mut Vec<Warning>) {
     let mut seen = std::collections::HashSet::new();
     found.retain(|a| {
-        let key = match (by_label, exact) {
-            (true, _) => a.label.clone(),
-            (false, true) => a.title.clone(),
-            (false, false) => normalize(&a.title),
-        };
-        let fresh = seen.insert(key);
+        let fresh = seen.insert(announcement_key(a, by_label, exact));
         if !fresh {
             warnings.push(Warning::new(
                 WarningKind::DuplicateLabel,

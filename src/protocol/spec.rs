@@ -110,12 +110,13 @@ pub struct ProtocolSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train_rule: Option<TrainRule>,
     /// Whether a stream stops announcing once its announcements fill the fork (`max_branches`,
-    /// or fewer free sequence slots): the announcement tag is then banned, so a model that keeps
-    /// announcing — greedy decoding can repeat one title until its budget runs out — must write
-    /// the trigger instead. The announcement tag must be a single token to be banned. Off in the
-    /// published formats (their engines do not do this).
+    /// or fewer free sequence slots) or one repeats an earlier one: the announcement tag is then
+    /// banned, so a model that keeps announcing — greedy decoding can repeat one title until its
+    /// budget runs out — must write the trigger instead, and the fork drops the repeat. The
+    /// announcement tag must be a single token to be banned. Off in the published formats (their
+    /// engines do not do this).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub fork_at_cap: bool,
+    pub fork_at_cap_or_repeat: bool,
     /// What a trigger whose plan cannot be forked as announced does (nothing announced, or
     /// more than `max_branches`).
     #[serde(default)]
@@ -554,9 +555,9 @@ impl ProtocolSpec {
             Role::Trigger => live && self.can_open_block(state.depth),
             Role::BlockOpen => matches!(state.phase, Serial | Fallback) && self.can_open_block(state.depth),
             Role::BlockClose => matches!(state.phase, AfterJoin | Fallback),
-            // A stop after each announcement lets the driver recount them (`fork_at_cap`).
+            // A stop after each announcement lets the driver recount them (`fork_at_cap_or_repeat`).
             Role::AnnounceClose => {
-                self.fork_at_cap && matches!(state.phase, Serial | Announcing) && self.can_open_block(state.depth)
+                self.fork_at_cap_or_repeat && matches!(state.phase, Serial | Announcing) && self.can_open_block(state.depth)
             }
             _ => false,
         }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::announce::parse_announcements;
-use super::fork::BranchPlan;
+use super::fork::{repeats_an_announcement, BranchPlan};
 use super::scan::TagSet;
 use super::spec::{Announce, Phase, ProtocolSpec, StreamState};
 use super::stream::{Action, Machine, StreamEnd};
@@ -143,7 +143,7 @@ impl Watcher {
     /// [`ProtocolSpec::banned_strings`]).
     pub fn banned_strings(&self) -> Vec<String> {
         let mut banned = self.spec.banned_strings(&self.state());
-        if self.announcements_fill_fork() {
+        if self.announcing_is_over() {
             if let Announce::Tagged { open, .. } = &self.spec.announce {
                 banned.push(open.clone());
             }
@@ -151,16 +151,21 @@ impl Watcher {
         banned
     }
 
-    /// Whether the protocol stops announcing at the cap (`fork_at_cap`) and this stream's
-    /// announcements since its last block already fill the next fork.
-    fn announcements_fill_fork(&self) -> bool {
+    /// Whether the protocol stops announcing (`fork_at_cap_or_repeat`) and this stream's
+    /// announcements since its last block already fill the next fork, or the last one repeats
+    /// an earlier one (a model in a loop: the fork drops the repeat).
+    fn announcing_is_over(&self) -> bool {
         let state = self.state();
         let cap = self.machine.cap.min(self.spec.max_branches);
-        self.spec.fork_at_cap
+        if !(self.spec.fork_at_cap_or_repeat
             && cap > 0
             && matches!(state.phase, Phase::Serial | Phase::Announcing)
-            && self.spec.can_open_block(state.depth)
-            && parse_announcements(&self.spec, self.machine.announcing_text(&self.text)).len() >= cap
+            && self.spec.can_open_block(state.depth))
+        {
+            return false;
+        }
+        let found = parse_announcements(&self.spec, self.machine.announcing_text(&self.text));
+        found.len() >= cap || repeats_an_announcement(&self.spec, &found)
     }
 
     /// The stream's text so far.
@@ -194,15 +199,15 @@ mod tests {
     }
 
     #[test]
-    fn fork_at_cap_bans_the_announcement_tag_once_the_fork_is_full() {
+    fn fork_at_cap_or_repeat_bans_the_announcement_tag_once_the_fork_is_full() {
         let spec = ProtocolSpec::builtin("titles").unwrap();
         let open = "<issue_start>".to_string();
-        let two_titles = ["Two tips:\n\n<issue_start>Sleep<issue_comment>", "<issue_start>Sleep<issue_comment>"];
+        let two_titles = ["Two tips:\n\n<issue_start>Sleep<issue_comment>", "<issue_start>Eat<issue_comment>"];
         let mut w = Watcher::trunk(&spec).with_branch_cap(2);
         w.feed(two_titles[0]);
         assert!(w.stop_strings().contains(&"<issue_comment>".to_string()), "a stop after each title");
         assert!(!w.banned_strings().contains(&open));
-        w.feed(two_titles[1]); // a repeat counts: it is what a looping model writes
+        w.feed(two_titles[1]);
         assert!(w.banned_strings().contains(&open), "two titles fill a fork of two");
         // The next block may announce again.
         let f = w.feed("<issue_closed>");
@@ -210,13 +215,33 @@ mod tests {
         w.joined();
         assert_eq!(w.state().phase, Phase::Serial);
         assert!(!w.banned_strings().contains(&open));
-        // Negative control: without fork_at_cap neither the stop nor the ban.
-        let off = ProtocolSpec { fork_at_cap: false, ..spec };
+        // Negative control: without fork_at_cap_or_repeat neither the stop nor the ban.
+        let off = ProtocolSpec { fork_at_cap_or_repeat: false, ..spec };
         let mut w = Watcher::trunk(&off).with_branch_cap(2);
         w.feed(two_titles[0]);
         w.feed(two_titles[1]);
         assert!(!w.banned_strings().contains(&open));
         assert!(!w.stop_strings().contains(&"<issue_comment>".to_string()));
+    }
+
+    #[test]
+    fn a_repeated_title_ends_the_announcing() {
+        let spec = ProtocolSpec::builtin("titles").unwrap();
+        let open = "<issue_start>".to_string();
+        let mut w = Watcher::trunk(&spec).with_branch_cap(8);
+        w.feed("Tips:\n\n<issue_start>Use a desk<issue_comment><issue_start>Use a lamp<issue_comment>");
+        assert!(!w.banned_strings().contains(&open), "two different titles, room for six more");
+        // The same title again, but for case and spacing: the fork would drop it as a repeat.
+        w.feed("<issue_start>use  a desk<issue_comment>");
+        assert!(w.banned_strings().contains(&open), "a repeat: the model is looping");
+        let f = w.feed("<issue_closed>");
+        assert_eq!(forks(&f)[0].branches.len(), 2, "the repeat is dropped");
+        assert_eq!(warnings(&f), [WarningKind::DuplicateLabel]);
+        // Negative control: without the rule the repeat bans nothing.
+        let off = ProtocolSpec { fork_at_cap_or_repeat: false, ..spec };
+        let mut w = Watcher::trunk(&off).with_branch_cap(8);
+        w.feed("Tips:\n\n<issue_start>Use a desk<issue_comment><issue_start>Use a desk<issue_comment>");
+        assert!(!w.banned_strings().contains(&open));
     }
 
     #[test]
