@@ -133,7 +133,7 @@ pub(crate) struct SamplingOpts {
     #[arg(long, value_name = "ID=BIAS", value_parser = logit_bias_entry)]
     pub(crate) logit_bias: Vec<(i32, f32)>,
     /// Record each generated token's log-probability and its step's N most likely tokens
-    /// (in --stream json token events and the --json transcript)
+    /// (in --stream --json token events, and in the --json result per branch and for the trunk)
     #[arg(long, value_name = "N")]
     pub(crate) logprobs: Option<usize>,
 }

@@ -550,6 +550,67 @@ fn stream_json_gives_one_object_per_event_then_the_result() {
     }
 }
 
+/// `--logprobs N`: the --json result carries each node's generated tokens with their
+/// log-probabilities (`logprobs` per branch, `trunk_logprobs`), the very objects the
+/// `--stream --json` token events carry one by one; without it neither field is there.
+#[test]
+fn run_json_carries_the_log_probabilities_of_the_stream_events() {
+    let run = [
+        "run", "--prompt", "Name two fruits.", "--branch", "1.", "--branch", "2.", "--max-branch-tokens", "5",
+        "--then", "\nBoth", "--max-tokens", "4",
+    ];
+    let with: Vec<&str> = run.iter().copied().chain(["--logprobs", "3", "--json"]).collect();
+    let result = json(&pardec(&with));
+    let streamed: Vec<&str> = run.iter().copied().chain(["--logprobs", "3", "--stream", "--json"]).collect();
+    let (events, streamed_result) = json_lines(&pardec(&streamed));
+    let logprobs_of = |label: &str| -> Vec<serde_json::Value> {
+        events
+            .iter()
+            .filter(|e| e["kind"] == "token" && e["branch"] == label && e.get("logprob").is_some())
+            .map(|e| e["logprob"].clone())
+            .collect()
+    };
+    let branches = result["branches"].as_array().unwrap();
+    assert_eq!(branches.len(), 2);
+    for b in branches {
+        let label = b["label"].as_str().unwrap();
+        let lps = b["logprobs"].as_array().unwrap_or_else(|| panic!("branch {label} has no logprobs: {b}"));
+        assert!((1..=5).contains(&lps.len()), "{b}");
+        for lp in lps {
+            assert!(lp["token"].is_i64() && lp["logprob"].as_f64().is_some_and(|l| l <= 0.0), "{lp}");
+            assert_eq!(lp["top"].as_array().map(Vec::len), Some(3), "{lp}");
+        }
+        assert_eq!(lps, &logprobs_of(label), "branch {label}: the result differs from the stream events");
+    }
+    let trunk = result["trunk_logprobs"].as_array().expect("trunk_logprobs");
+    assert!((1..=4).contains(&trunk.len()), "{trunk:?}");
+    assert_eq!(trunk, &logprobs_of(""), "the trunk: the result differs from the stream events");
+    assert_eq!(streamed_result["branches"], result["branches"]);
+    assert_eq!(streamed_result["trunk_logprobs"], result["trunk_logprobs"]);
+
+    // The negative control: without --logprobs the fields are absent, and the tokens the same.
+    let without: Vec<&str> = run.iter().copied().chain(["--json"]).collect();
+    let plain = json(&pardec(&without));
+    assert!(plain.get("trunk_logprobs").is_none(), "{plain}");
+    for b in plain["branches"].as_array().unwrap() {
+        assert!(b.get("logprobs").is_none(), "{b}");
+    }
+    assert_eq!(plain["text"], result["text"]);
+
+    // Auto mode's result carries them too.
+    let auto = json(&pardec(&[
+        "run", "--protocol", "multiverse", "--prompt", "Two fruits.", "--max-tokens", "24", "--max-branch-tokens", "8",
+        "--response-prefix", "<Parallel>\n<Goal>\n<Outline>1: Apple</Outline>\n<Outline>2: Pear</Outline>\n</Goal>",
+        "--logprobs", "1", "--json",
+    ]));
+    let auto_branches = auto["branches"].as_array().unwrap();
+    assert!(!auto_branches.is_empty(), "{auto}");
+    for b in auto_branches {
+        assert!(b["logprobs"].as_array().is_some_and(|l| !l.is_empty()), "{b}");
+    }
+    assert!(auto["trunk_logprobs"].as_array().is_some_and(|l| !l.is_empty()), "{auto}");
+}
+
 #[test]
 fn stream_into_a_pipe_logs_one_line_per_event() {
     let out = pardec(&[

@@ -6,7 +6,9 @@ use pardec::auto::apr::generate_apr_into;
 use pardec::auto::sot::generate_sot;
 use pardec::auto::{generate_auto_into, AutoReport};
 use pardec::protocol::{SkeletonFormat, SubSearchFormat};
-use pardec::{BranchSpec, Error, JoinMode, Model, NodeId, RunLimits, Session, SessionParams, Stats, StopReason};
+use pardec::{
+    BranchSpec, Error, JoinMode, Model, NodeId, RunLimits, Session, SessionParams, Stats, StopReason, TokenLogprob,
+};
 use serde::Serialize;
 
 use crate::args::RunArgs;
@@ -46,6 +48,10 @@ struct BranchOut {
     text: String,
     tokens: usize,
     stop_reason: Option<StopReason>,
+    /// `--logprobs`: each token the branch generated, with its log-probability and its step's
+    /// most likely tokens, in order (the `logprob` of its `--stream --json` token event).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    logprobs: Vec<TokenLogprob>,
 }
 
 #[derive(Serialize)]
@@ -56,6 +62,9 @@ struct RunOut {
     continuation: String,
     /// The `--stop` string that ended the trunk, if one did.
     trunk_stop: Option<String>,
+    /// `--logprobs`: the trunk's generated tokens, as `BranchOut::logprobs`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    trunk_logprobs: Vec<TokenLogprob>,
     stats: Stats,
 }
 
@@ -128,10 +137,12 @@ pub(crate) fn cmd_run(a: &RunArgs) -> CliResult<()> {
                 text: b.text.clone(),
                 tokens: b.tokens,
                 stop_reason: b.stop_reason.clone(),
+                logprobs: b.logprobs.clone(),
             })
             .collect(),
         continuation: format!("{then}{continuation}"),
         trunk_stop,
+        trunk_logprobs: transcript.trunk.logprobs.clone(),
         stats: session.stats(),
     };
     if a.json {
@@ -161,6 +172,9 @@ struct AutoOut {
     warnings: Vec<pardec::auto::AutoWarning>,
     /// The `--stop` string that ended the trunk, if one did.
     trunk_stop: Option<String>,
+    /// `--logprobs`: the trunk's generated tokens, as `BranchOut::logprobs`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    trunk_logprobs: Vec<TokenLogprob>,
     stats: Stats,
 }
 
@@ -254,7 +268,14 @@ fn cmd_run_auto(a: &RunArgs, protocol: &str) -> CliResult<()> {
             pardec::ItemReport::Block { branches, .. } => branches.clone(),
             _ => Vec::new(),
         })
-        .map(|b| BranchOut { label: b.label.clone(), prefix: String::new(), text: b.text, tokens: b.tokens, stop_reason: b.stop_reason })
+        .map(|b| BranchOut {
+            label: b.label.clone(),
+            prefix: String::new(),
+            text: b.text,
+            tokens: b.tokens,
+            stop_reason: b.stop_reason,
+            logprobs: b.logprobs,
+        })
         .collect();
     let out = AutoOut {
         text: t.text.clone(),
@@ -269,6 +290,7 @@ fn cmd_run_auto(a: &RunArgs, protocol: &str) -> CliResult<()> {
             Some(StopReason::StopString(s)) => Some(s.clone()),
             _ => None,
         },
+        trunk_logprobs: t.trunk.logprobs.clone(),
         stats: session.stats(),
     };
     if a.json {
