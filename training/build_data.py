@@ -6,7 +6,9 @@
 Deterministic for a seed (sampling is seeded; the engine is deterministic on one machine):
 1. prompts from training/prompts.json (train split): list-like requests and serial ones;
 2. own answers: each prompt is answered --samples times by the model, sampled, all samples of
-   several prompts in one batch of pardec forks (one decode step for all of them);
+   several prompts in one batch of pardec forks (one decode step for all of them); reused
+   answers that a smaller budget cut are continued to --max-tokens; a serial answer the budget
+   still cuts is kept without its end token (the model's own length), a list only when whole;
 3. parallel rewrite: an answer whose body is a list of items becomes a block of --protocol
    (`titles`: the outline of titles, one branch per item writing only its body, the model's own
    closing text after the join; `multiverse`, the first adapter's: outline, paths, the closing
@@ -112,6 +114,41 @@ def sample_answers(model: pardec.Model, prompts: List[Prompt], samples: int, max
     return answers
 
 
+# Words an item's body needs for its list to become a block.
+MIN_BODY_WORDS = 3
+
+# Tokens an answer may fall short of its budget and still count as having reached it: the text
+# tokenized again need not give the sampled tokens back one for one.
+RETOKENIZE_SLACK = 8
+
+
+def extend_cut_answers(model: pardec.Model, prompts: List[Prompt], answers: Dict[str, List[Tuple[str, str]]],
+                       max_tokens: int, seed: int, batch: int, temperature: float) -> int:
+    """Continues, in place, every answer an earlier and smaller budget cut (stop "max_tokens",
+    fewer than `max_tokens` tokens) up to `max_tokens`. A sampled continuation of a sampled
+    prefix is a sample under the larger budget, so the raw samples need not be drawn again;
+    dropping the cut ones instead would teach the adapter the shorter answers only. Returns how
+    many were continued."""
+    cut = [(p.id, k) for p in prompts for k, (text, stop) in enumerate(answers.get(p.id, []))
+           if stop == "max_tokens" and len(model.tokenize(text, add_bos=False)) < max_tokens - RETOKENIZE_SLACK]
+    session = pardec.Session(model, n_ctx=16384, max_branches=batch, temperature=temperature, top_p=0.95,
+                             seed=seed)
+    for start in range(0, len(cut), batch):
+        group = cut[start:start + batch]
+        chats = {pid: model.chat([("user", next(p.text for p in prompts if p.id == pid))]) for pid, _ in group}
+        prefixes = [chats[pid] + answers[pid][k][0] for pid, k in group]
+        # One budget per fork: the smallest that is left in the group, so none exceeds max_tokens.
+        left = min(max_tokens - len(model.tokenize(answers[pid][k][0], add_bos=False)) for pid, k in group)
+        session.clear()
+        session.fork(prefixes, max_tokens=left)
+        session.run()
+        for (pid, k), pre, b in zip(group, prefixes, session.result().blocks[-1].branches):
+            more = b.text[len(pre):] if b.text.startswith(pre) else b.text
+            answers[pid][k] = (answers[pid][k][0] + more, b.stop_reason or "")
+        print(f"  continued {min(start + batch, len(cut))}/{len(cut)} cut answers", file=sys.stderr, flush=True)
+    return len(cut)
+
+
 def degenerate(text: str) -> Optional[str]:
     """Why a sampled answer is not worth learning from, or None."""
     lines = [l.strip() for l in text.splitlines() if l.strip()]
@@ -202,7 +239,9 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--serial-per-prompt", type=int, default=2,
                     help="serial examples kept per serial prompt (balances the two kinds)")
-    ap.add_argument("--max-tokens", type=int, default=220)
+    ap.add_argument("--max-tokens", type=int, default=400,
+                    help="answer budget; reused answers cut by a smaller one are continued to it (the "
+                         "benchmark's plain answers get 320)")
     ap.add_argument("--batch", type=int, default=16, help="sequences decoded together")
     ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--max-isolation-loss", type=float, default=0.6,
@@ -217,9 +256,15 @@ def main() -> None:
     # The sampled answers are kept beside the output: the later stages can be rerun on them.
     rw = REWRITES[args.protocol]
     cache = Path(args.answers or str(args.out) + ".answers.json")
+    own_cache = Path(str(args.out) + ".answers.json")
     if cache.exists():
         answers = {k: [tuple(a) for a in v] for k, v in json.loads(cache.read_text()).items()}
         print(f"answers read from {cache}", file=sys.stderr)
+        fresh = extend_cut_answers(model, prompts, answers, args.max_tokens, args.seed, args.batch, args.temperature)
+        if fresh:  # kept beside the output; the file that was read stays as it was
+            own_cache.write_text(json.dumps(answers, ensure_ascii=False, indent=0) + "\n")
+            print(f"{fresh} cut answers continued to {args.max_tokens} tokens, written to {own_cache}",
+                  file=sys.stderr)
     else:
         print(f"sampling {len(prompts)} prompts x {args.samples}", file=sys.stderr)
         answers = sample_answers(model, prompts, args.samples, args.max_tokens, args.seed, args.batch, args.temperature)
@@ -233,12 +278,17 @@ def main() -> None:
         if n % 10 == 0:
             print(f"  checked {n}/{len(prompts)}", file=sys.stderr, flush=True)
         chat = model.chat([("user", p.text)])
-        usable = []
+        usable, unfinished = [], set()
         for k, (text, stop) in enumerate(answers[p.id]):
-            why = "unfinished" if stop != "eog" else degenerate(text)
+            # A serial answer the budget cut is kept, without its end token: dropping the long
+            # answers would teach the adapter to answer shorter than the model does. A block
+            # needs its whole list.
+            why = "unfinished" if stop != "eog" and p.kind == "parallel" else degenerate(text)
             if why:
                 count(f"sample dropped: {why}")
                 continue
+            if stop != "eog":
+                unfinished.add(k)
             usable.append((k, text.strip()))
         if not usable:
             count(f"{p.kind} prompt dropped: no usable sample")
@@ -250,6 +300,11 @@ def main() -> None:
                 answer = parse_list_answer(text)
                 if answer is None:
                     count("sample is not a list")
+                    continue
+                if any(len(it.content().split()) < MIN_BODY_WORDS for it in answer.items):
+                    # A branch with nothing to write: forking gains nothing, and a block that
+                    # teaches empty bodies teaches the adapter to end branches at once.
+                    count("sample dropped: list items without bodies")
                     continue
                 response = rw.response(answer)
                 full = chat + response + END
@@ -286,7 +341,8 @@ def main() -> None:
             for k, text in plain[: args.serial_per_prompt]:
                 chosen.append(dict(response=text, parallel=False, dp=0.0, abn=0.0, sample=k, flat=text))
         for c in chosen:
-            text = chat + c.pop("response") + END
+            c["finished"] = c["sample"] not in unfinished
+            text = chat + c.pop("response") + (END if c["finished"] else "")
             examples.append(dict(id=f"{p.id}-s{c['sample']}", prompt=p.text, kind=p.kind, protocol=rw.protocol,
                                  text=text, response_start=len(chat.encode()), **c,
                                  provenance=dict(seed=args.seed, sample=c["sample"], template=p.template,
@@ -309,6 +365,7 @@ def main() -> None:
         mean_longest_over_mean=round(sum(e["longest_over_mean"] for e in par) / max(len(par), 1), 3),
         mean_ideal_speedup=round(sum(e["ideal_speedup"] for e in par) / max(len(par), 1), 3),
         with_closing=sum(1 for e in par if e["closing"]),
+        serial_cut_by_budget=sum(1 for e in examples if not e["finished"]),
         prompts=len(prompts), samples_per_prompt=args.samples, seed=args.seed,
         max_isolation_loss=args.max_isolation_loss,
         isolation_loss_quantiles=_quantiles(iso_all), reasons=reasons,
