@@ -114,9 +114,6 @@ def sample_answers(model: pardec.Model, prompts: List[Prompt], samples: int, max
     return answers
 
 
-# Words an item's body needs for its list to become a block.
-MIN_BODY_WORDS = 3
-
 # Tokens an answer may fall short of its budget and still count as having reached it: the text
 # tokenized again need not give the sampled tokens back one for one.
 RETOKENIZE_SLACK = 8
@@ -246,6 +243,11 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--max-isolation-loss", type=float, default=0.6,
                     help="nats per token an item may lose when it cannot see the items before it")
+    ap.add_argument("--min-body-words", type=int, default=3,
+                    help="words each item's body needs for its list to become a block (v2's data: 0)")
+    ap.add_argument("--keep-cut-serial", action=argparse.BooleanOptionalAction, default=True,
+                    help="keep serial answers the budget cut, without their end token (v2's data: "
+                         "--no-keep-cut-serial, with --max-tokens 220 and v1's raw samples)")
     ap.add_argument("--limit", type=int, default=0, help="first N prompts only (smoke runs)")
     args = ap.parse_args()
 
@@ -283,7 +285,8 @@ def main() -> None:
             # A serial answer the budget cut is kept, without its end token: dropping the long
             # answers would teach the adapter to answer shorter than the model does. A block
             # needs its whole list.
-            why = "unfinished" if stop != "eog" and p.kind == "parallel" else degenerate(text)
+            keep_cut = p.kind == "serial" and args.keep_cut_serial
+            why = "unfinished" if stop != "eog" and not keep_cut else degenerate(text)
             if why:
                 count(f"sample dropped: {why}")
                 continue
@@ -301,7 +304,7 @@ def main() -> None:
                 if answer is None:
                     count("sample is not a list")
                     continue
-                if any(len(it.content().split()) < MIN_BODY_WORDS for it in answer.items):
+                if any(len(it.content().split()) < args.min_body_words for it in answer.items):
                     # A branch with nothing to write: forking gains nothing, and a block that
                     # teaches empty bodies teaches the adapter to end branches at once.
                     count("sample dropped: list items without bodies")
