@@ -36,7 +36,6 @@ mod error;
 pub mod ffi;
 mod gguf;
 mod llama;
-mod llama_grammar;
 mod merge;
 mod model;
 pub mod protocol;

@@ -5,7 +5,7 @@
 
 use super::penalties::{Adjustments, PenaltyWindow};
 use super::sampling::{BranchSampler, Scores};
-use crate::llama_grammar::{Grammar as GrammarState, JSON_OBJECT_GBNF};
+use crate::llama::{GrammarSampler, JSON_OBJECT_GBNF};
 use crate::model::{Model, Token};
 use crate::{Error, Result};
 
@@ -63,7 +63,7 @@ impl Grammar {
 /// One node's grammar state. Holds the model so the vocabulary llama.cpp's sampler reads
 /// outlives it (fields drop in order: the state first).
 pub(crate) struct NodeGrammar {
-    state: GrammarState,
+    state: GrammarSampler,
     _model: Model,
 }
 
@@ -77,7 +77,7 @@ impl NodeGrammar {
     /// Compiles `grammar` for `model`; a bad grammar is InvalidArgument with llama.cpp's rule.
     pub(crate) fn compile(model: &Model, grammar: &Grammar) -> Result<NodeGrammar> {
         // SAFETY: the vocabulary of a live model, which the returned value keeps alive.
-        let state = unsafe { GrammarState::compile(model.inner.llama.vocab(), &grammar.gbnf, &grammar.root) }
+        let state = unsafe { GrammarSampler::compile(model.inner.llama.vocab(), &grammar.gbnf, &grammar.root) }
             .map_err(|why| Error::InvalidArgument(format!("grammar: {why}")))?;
         Ok(NodeGrammar { state, _model: model.clone() })
     }
