@@ -35,6 +35,7 @@ mod error;
 #[doc(hidden)]
 pub mod ffi;
 mod gguf;
+mod layout_rules;
 mod llama;
 mod merge;
 mod model;

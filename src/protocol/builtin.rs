@@ -3,9 +3,8 @@
 //! [`SkeletonFormat`]).
 
 use super::skeleton::SkeletonFormat;
-use super::layout::TrainRule;
 use super::spec::{Announce, BadPlan, Bans, LabelRule, ProtocolSpec, MAX_SUPPORTED_BRANCHES};
-use crate::session::JoinRule;
+use crate::layout_rules::{JoinRule, TrainRule};
 use super::subsearch::{ChildPrompt, SubSearchFormat};
 
 fn s(x: &str) -> String {

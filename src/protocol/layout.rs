@@ -20,13 +20,13 @@
 //! A piece belongs to the stream holding its first byte, so a piece that straddles a
 //! boundary stays with the earlier stream.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::ops::Range;
 
 use super::spec::ProtocolSpec;
 use super::structure::{parse, BlockTree, StreamTree};
 use super::warning::Warning;
-use crate::session::JoinRule;
+use crate::layout_rules::{JoinRule, TrainRule};
 
 /// Which layout to build.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -36,25 +36,6 @@ pub enum Rule {
     Engine,
     /// What the protocol's own training code builds ([`ProtocolSpec::train_rule`]).
     Train,
-}
-
-/// A training code's layout of a parallel block, where it differs from the engine's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum TrainRule {
-    /// Every branch starts at the position of the fork text's first piece (they share it);
-    /// pieces after a branch's end marker and before the next branch are the parent's,
-    /// visible to later branches; the parent continues at max(end marker) + 1 and sees all
-    /// (Multiverse's and NPR's `train/utils.py`).
-    SharedStart,
-    /// Branches isolated from one shared start, the parent continues at max(branch end) + 1
-    /// (Parallel-R1's SFT dataset).
-    SameMax,
-    /// Branches isolated, the parent continues at fork position + Σ branch lengths.
-    SameSeq,
-    /// The whole text as one serial sequence, plus an isolated copy of every branch after
-    /// the first at the positions the engine gives it (ThreadWeaver's prefix tree).
-    SerialWithCopies,
 }
 
 /// Where one piece sits.

@@ -8,9 +8,8 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-use super::layout::TrainRule;
 use super::template;
-use crate::session::JoinRule;
+use crate::layout_rules::{JoinRule, TrainRule};
 
 /// Deepest nesting any protocol may ask for. It bounds recursion when complete texts are
 /// analysed, so adversarial input cannot exhaust the stack.

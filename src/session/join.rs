@@ -22,43 +22,14 @@
 //!   again in the parent, after the previous ones, at sequential positions. Those re-read
 //!   tokens are not new text: the transcript shows each branch once.
 
-use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
 use super::sampling::SavedScores;
 use super::tree::{flat_tokens, JoinMode};
 use super::{NodeId, Session};
 use crate::error::{Error, Result};
+use crate::layout_rules::JoinRule;
 use crate::model::Token;
-
-/// How the parent continues after a join that keeps branches (see the module docs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum JoinRule {
-    /// Kept branches' own cells; continue at max(branch end) + 1.
-    #[default]
-    SameMax,
-    /// Kept branches' own cells; continue at fork position + Σ branch lengths.
-    SameSeq,
-    /// Re-read the kept branches as one serial text; continue after it.
-    Reprefill,
-}
-
-impl JoinRule {
-    /// The rule's name as the CLI and protocol JSON spell it.
-    pub fn name(self) -> &'static str {
-        match self {
-            JoinRule::SameMax => "same-max",
-            JoinRule::SameSeq => "same-seq",
-            JoinRule::Reprefill => "reprefill",
-        }
-    }
-
-    /// Parses [`JoinRule::name`].
-    pub fn from_name(name: &str) -> Option<JoinRule> {
-        [JoinRule::SameMax, JoinRule::SameSeq, JoinRule::Reprefill].into_iter().find(|r| r.name() == name)
-    }
-}
 
 impl Session {
     /// Joins the open block of `parent` under [`JoinRule::SameMax`]. Its branches must all

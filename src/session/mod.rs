@@ -54,7 +54,7 @@ use step::selection_threads;
 use lora::check_adapters;
 use tree::{report, Block, Node, NodeState};
 pub use grammar::Grammar;
-pub use join::JoinRule;
+pub use crate::layout_rules::JoinRule;
 pub use logprobs::{TokenLogprob, MAX_TOP_LOGPROBS};
 pub use tree::{ItemReport, JoinMode, NodeReport, Origin, StopReason, Transcript};
 

@@ -8,7 +8,7 @@ use super::grammar::NodeGrammar;
 use super::logprobs::TokenLogprob;
 use super::penalties::PenaltyWindow;
 use super::sampling::{BranchSampler, SavedScores};
-use super::join::JoinRule;
+use crate::layout_rules::JoinRule;
 use super::text::Utf8Stream;
 use crate::model::Token;
 
