@@ -20,7 +20,9 @@
 
 mod adapter;
 mod boundary;
+mod events;
 mod model;
+mod node;
 mod params;
 mod result;
 mod session;
@@ -29,7 +31,9 @@ mod status;
 use std::ffi::c_char;
 
 pub use adapter::*;
+pub use events::*;
 pub use model::*;
+pub use node::*;
 pub use params::*;
 pub use result::*;
 pub use session::*;

@@ -7,7 +7,7 @@ use super::boundary::{
     c_string, guard, guard_void, out_arg, write_versioned, FfiError, FfiResult, Versioned,
 };
 use super::status::pardec_status;
-use super::session::pardec_node;
+use super::node::pardec_node;
 use crate::{ItemReport, JoinMode, NodeReport, Stats, StopReason, TokenLogprob, Transcript};
 
 /// Why a node stopped generating.
