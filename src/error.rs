@@ -114,4 +114,15 @@ impl fmt::Display for Error {
     }
 }
 
+impl Error {
+    /// Whether a generation that failed with this error had begun and kept what it wrote: the
+    /// KV cache filled, the caller cancelled, a decode failed or an RPC server was lost. The
+    /// session's transcript then holds the partial output, and a report of what the
+    /// generation did is still worth giving. Every other error is raised before anything is
+    /// generated.
+    pub fn keeps_partial_output(&self) -> bool {
+        matches!(self, Error::KvCacheFull | Error::Cancelled | Error::Decode(_) | Error::Rpc(_))
+    }
+}
+
 impl std::error::Error for Error {}

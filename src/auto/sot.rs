@@ -5,6 +5,7 @@
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::model::Model;
 use crate::protocol::SkeletonFormat;
 use crate::session::{BranchSpec, Event, JoinMode, NodeId, Observer, RunLimits, Session};
 
@@ -40,6 +41,21 @@ pub struct SotAnswer {
     pub report: AutoReport,
 }
 
+/// The prompt [`generate_sot`] decodes for `question`: the format's request in the model's
+/// chat template, or the bare request where the model has no text vocabulary. Where the
+/// template fails, the bare request too, with the template's error beside it for a caller
+/// that reports it (`generate_sot` goes on without).
+pub fn sot_prompt(model: &Model, question: &str, format: &SkeletonFormat) -> (String, Option<Error>) {
+    let request = format.request_prompt(question);
+    if !model.has_text_vocab() {
+        return (request, None);
+    }
+    match model.apply_chat_template(&[("user", &request)]) {
+        Ok(prompt) => (prompt, None),
+        Err(e) => (request, Some(e)),
+    }
+}
+
 /// Answers `question` with a skeleton and parallel point expansions. The session must be
 /// empty; the model's chat template wraps the request when it has one.
 pub fn generate_sot(
@@ -58,13 +74,7 @@ pub fn generate_sot(
         return Err(Error::EmptyPrompt);
     }
     let mut report = AutoReport::default();
-    let request = format.request_prompt(question);
-    let model = session.model().clone();
-    let prompt = if model.has_text_vocab() {
-        model.apply_chat_template(&[("user", &request)]).unwrap_or(request)
-    } else {
-        request
-    };
+    let (prompt, _template_error) = sot_prompt(session.model(), question, format);
     session.prompt(&prompt)?;
     if !format.primer.is_empty() {
         session.append_text(NodeId::TRUNK, &format.primer)?;

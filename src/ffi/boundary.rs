@@ -19,11 +19,14 @@ use crate::error::Error;
 pub(crate) struct FfiError {
     pub status: pardec_status,
     pub message: String,
+    /// The failed call had begun generating and its text so far is kept in the session
+    /// ([`Error::keeps_partial_output`]); false for errors raised by this layer.
+    pub kept_partial_output: bool,
 }
 
 impl FfiError {
     pub fn new(status: pardec_status, message: impl Into<String>) -> Self {
-        FfiError { status, message: message.into() }
+        FfiError { status, message: message.into(), kept_partial_output: false }
     }
 
     pub fn null(what: &str) -> Self {
@@ -37,7 +40,7 @@ impl FfiError {
 
 impl From<Error> for FfiError {
     fn from(e: Error) -> Self {
-        FfiError { status: pardec_status::from(&e), message: e.to_string() }
+        FfiError { status: pardec_status::from(&e), message: e.to_string(), kept_partial_output: e.keeps_partial_output() }
     }
 }
 

@@ -546,18 +546,13 @@ pub unsafe extern "C" fn pardec_session_generate_auto_stop(
         });
         // A generation that failed midway still says what it did before the failure.
         match &outcome {
-            Err(e) if !stopped_midway(e.status) => {}
+            Err(e) if !e.kept_partial_output => {}
             _ => write_json(out_report_json, &report)?,
         }
         outcome
     })
 }
 
-/// Statuses with which a generation stops after it has begun, its text so far kept in the
-/// session: the report of what it did is still written.
-fn stopped_midway(status: pardec_status) -> bool {
-    matches!(status, pardec_status::KvCacheFull | pardec_status::Cancelled | pardec_status::Decode | pardec_status::Rpc)
-}
 
 /// Skeleton-of-Thought for plain instruct models: the model first writes a numbered skeleton
 /// of short points for `question` (its chat template wraps the request), then every point is

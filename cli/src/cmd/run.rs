@@ -3,7 +3,7 @@
 //! one JSON object.
 
 use pardec::auto::apr::generate_apr_into;
-use pardec::auto::sot::generate_sot;
+use pardec::auto::sot::{generate_sot, sot_prompt};
 use pardec::auto::{generate_auto_into, AutoReport};
 use pardec::protocol::{SkeletonFormat, SubSearchFormat};
 use pardec::{
@@ -206,20 +206,13 @@ fn cmd_run_auto(a: &RunArgs, protocol: &str) -> CliResult<()> {
     let prompt_text;
     let outcome = match choice {
         ProtocolChoice::Sot => {
-            // generate_sot wraps its request in the chat template itself, raw where there is none.
+            // generate_sot writes its own prompt: shown here as it will decode it.
             let format = SkeletonFormat::sot();
-            let request = format.request_prompt(&a.prompt);
-            prompt_text = if model.has_text_vocab() {
-                match model.apply_chat_template(&[("user", &request)]) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        warn(&format!("{e}: the skeleton request is decoded as raw text"));
-                        request
-                    }
-                }
-            } else {
-                request
-            };
+            let template_error;
+            (prompt_text, template_error) = sot_prompt(&model, &a.prompt, &format);
+            if let Some(e) = template_error {
+                warn(&format!("{e}: the skeleton request is decoded as raw text"));
+            }
             watch.prompt(&prompt_text);
             // --max-tokens is the skeleton's budget (the trunk's part); points get --max-branch-tokens.
             let sot = a.sot_params(&auto);
@@ -256,7 +249,7 @@ fn cmd_run_auto(a: &RunArgs, protocol: &str) -> CliResult<()> {
     watch.finish();
     // A generation that stopped midway prints what it wrote before the error is reported.
     if let Err(e) = &outcome {
-        if !matches!(e, Error::KvCacheFull | Error::Cancelled | Error::Decode(_) | Error::Rpc(_)) {
+        if !e.keeps_partial_output() {
             return outcome.map_err(Into::into);
         }
     }

@@ -20,7 +20,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use pardec::auto::sot::SotParams;
+use pardec::auto::sot::{sot_prompt, SotParams};
 use pardec::protocol::SkeletonFormat;
 use pardec::{BranchSpec, Error, Model, NodeId, RunLimits, SamplingParams, Session, SessionParams, Silent, Token};
 use serde::Serialize;
@@ -112,8 +112,7 @@ struct Question {
 /// parser) and collects the token sequences both sides will be given.
 fn prepare(s: &mut Session, model: &Model, fmt: &SkeletonFormat, text: &'static str, max_b: usize) -> CliResult<Question> {
     s.clear();
-    let request = fmt.request_prompt(text);
-    let prompt = model.apply_chat_template(&[("user", &request)]).unwrap_or(request);
+    let (prompt, _template_error) = sot_prompt(model, text, fmt);
     s.prompt(&prompt)?;
     if !fmt.primer.is_empty() {
         s.append_text(NodeId::TRUNK, &fmt.primer)?;
