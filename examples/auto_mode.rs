@@ -64,7 +64,7 @@ fn main() -> pardec::Result<()> {
             Event::Fork { label, branches, .. } => eprintln!("[fork in {label:?} → paths {}]", branches.join(", ")),
             Event::Join { label, kept, .. } => eprintln!("[join of {kept} paths into {label:?}]"),
             Event::Warning { label, message } => eprintln!("[warning in {label:?}: {message}]"),
-            Event::Token { .. } | Event::End { .. } => {}
+            Event::Token { .. } | Event::End { .. } | Event::Forced { .. } => {}
         }
         true
     };

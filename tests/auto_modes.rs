@@ -10,7 +10,7 @@ use pardec::auto::apr::generate_apr;
 use pardec::auto::sot::{generate_sot, SotParams};
 use pardec::auto::{generate_auto, AutoParams, AutoReport};
 use pardec::protocol::{ProtocolSpec, SkeletonFormat, SubSearchFormat, WarningKind};
-use pardec::{Model, NodeId, Session, SessionParams, Silent};
+use pardec::{Event, Model, NodeId, Session, SessionParams, Silent};
 
 fn session(model: &Model, max_branches: u32, max_depth: u32) -> Session {
     Session::new(model, SessionParams { n_ctx: 4096, max_branches, max_depth, n_threads: 2, ..Default::default() })
@@ -135,6 +135,47 @@ fn a_response_prefix_can_open_the_block_itself() {
     // The model may imitate tags inside a branch; nothing else may be reported.
     assert!(r.warnings.iter().all(|w| w.kind == WarningKind::ForbiddenTag), "{:?}", r.warnings);
     assert!(s.transcript().text.contains("<Outline>2: B</Outline>\n</Goal>\n<Path>\n1:"));
+}
+
+/// Auto mode tells the observer about the response prefix once, as forced text, before the
+/// first sampled token (the CLI's stream shows it from this event); without a prefix there is
+/// no such event, and an observer that stops at it cancels before anything is sampled.
+#[test]
+fn the_response_prefix_is_a_forced_text_event() {
+    let model = models::load(models::DEFAULT_MODEL_FILE);
+    let spec = ProtocolSpec::builtin("multiverse").unwrap();
+    let events_for = |prefix: &str, stop_at_forced: bool| {
+        let mut s = session(&model, 8, 2);
+        s.prompt("Write about fruit.\n").unwrap();
+        s.set_script(Some(Box::new(Script::new(&model, vec![("", vec![seg_eos(When::Start, "Fruit is good.")])]))));
+        let params = AutoParams { max_tokens: 20, response_prefix: prefix.into(), ..Default::default() };
+        let mut seen = Vec::new();
+        let mut observer = |e: &Event<'_>| {
+            match e {
+                Event::Forced { node, label, text } => seen.push(format!("forced {}/{label}: {text}", node.index())),
+                Event::Token { .. } => seen.push("token".into()),
+                _ => {}
+            }
+            !(stop_at_forced && matches!(e, Event::Forced { .. }))
+        };
+        let outcome = generate_auto(&mut s, &spec, &params, &mut observer);
+        (seen, outcome.map(|_| ()), s.transcript().text)
+    };
+    let (seen, outcome, text) = events_for("Sure: ", false);
+    outcome.unwrap();
+    assert_eq!(seen[0], "forced 0/: Sure: ", "{seen:?}");
+    assert_eq!(seen.iter().filter(|e| e.starts_with("forced")).count(), 1, "{seen:?}");
+    assert!(seen[1..].iter().all(|e| e == "token") && seen.len() > 1, "{seen:?}");
+    assert!(text.ends_with("Sure: Fruit is good."), "{text:?}");
+
+    let (seen, outcome, _) = events_for("", false);
+    outcome.unwrap();
+    assert!(seen.iter().all(|e| e == "token"), "no prefix, no forced event: {seen:?}");
+
+    let (seen, outcome, text) = events_for("Sure: ", true);
+    assert!(matches!(outcome, Err(pardec::Error::Cancelled)), "{outcome:?}");
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(text.ends_with("Sure: "), "the prefix is kept, nothing sampled: {text:?}");
 }
 
 /// APR's Countdown layout (src/data/search.py): the parent expands nodes and calls sub

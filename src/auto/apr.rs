@@ -7,7 +7,7 @@ use crate::protocol::search_state::node_states;
 use crate::protocol::{ChildPrompt, SubSearchFormat, Warning, WarningKind};
 use crate::session::{BranchSpec, Event, JoinMode, NodeId, Observer, RunLimits, Session, StopReason};
 
-use super::{AutoBlock, AutoParams, AutoReport};
+use super::{append_forced, AutoBlock, AutoParams, AutoReport};
 
 /// Generates on the trunk; at every calls block (`format.trigger()`), runs the children and
 /// prefills the results block. The session must hold the prompt.
@@ -32,7 +32,7 @@ pub fn generate_apr_into(
 ) -> Result<()> {
     let mut budget = params.max_tokens;
     if !params.response_prefix.is_empty() {
-        session.append_text(NodeId::TRUNK, &params.response_prefix)?;
+        append_forced(session, NodeId::TRUNK, &params.response_prefix, observer)?;
     }
     let protocol_stops = vec![format.trigger().to_string()];
     let mut stop = protocol_stops.clone();

@@ -209,13 +209,24 @@ pub fn generate_auto_into(
     let watcher = Watcher::trunk(&spec);
     driver.add_stream(NodeId::TRUNK, watcher, params.max_tokens);
     if !params.response_prefix.is_empty() {
-        driver.session.append_text(NodeId::TRUNK, &params.response_prefix)?;
+        append_forced(driver.session, NodeId::TRUNK, &params.response_prefix, driver.observer)?;
         let actions = driver.feed(NodeId::TRUNK, &params.response_prefix);
         driver.act(NodeId::TRUNK, actions, false)?;
     } else {
         driver.start_run(NodeId::TRUNK)?;
     }
     driver.drive()
+}
+
+/// Decodes `text` into `node` as forced text and tells the observer ([`Event::Forced`]);
+/// Err(Cancelled) when the observer says stop.
+pub(crate) fn append_forced(session: &mut Session, node: NodeId, text: &str, observer: &mut dyn Observer) -> Result<()> {
+    session.append_text(node, text)?;
+    let label = session.label(node).unwrap_or("").to_string();
+    if !observer.on_event(&Event::Forced { node, label: &label, text }) {
+        return Err(Error::Cancelled);
+    }
+    Ok(())
 }
 
 impl Driver<'_, '_, '_> {

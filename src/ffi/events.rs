@@ -169,6 +169,9 @@ impl Observer for CObserver {
             Event::Warning { label, message } => {
                 self.auto_event(pardec_event_kind::Warning, NodeId::TRUNK, label, message)
             }
+            // No kind for it in the ABI (see the variant's docs): the caller reads the text in
+            // the result.
+            Event::Forced { .. } => return true,
             Event::End { node, label, reason } => {
                 let mut ev = self.blank(pardec_event_kind::End);
                 fill_c_buf(&mut self.label, label);

@@ -328,6 +328,17 @@ pub enum Event<'a> {
         /// What was wrong, where, and which fallback was taken.
         message: &'a str,
     },
+    /// Auto mode: text put into `node` for the model rather than sampled by it (the response
+    /// prefix of [`AutoParams`](crate::auto::AutoParams)), right after it was decoded. Not sent
+    /// through the C ABI, which has no event kind for it: there the text is in the result.
+    Forced {
+        /// The node the text went into.
+        node: NodeId,
+        /// The node's label ("" for the trunk).
+        label: &'a str,
+        /// The text.
+        text: &'a str,
+    },
 }
 
 /// Receives events; returning `false` cancels the run (the session stays usable).

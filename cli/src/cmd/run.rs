@@ -231,18 +231,12 @@ fn cmd_run_auto(a: &RunArgs, protocol: &str) -> CliResult<()> {
             prompt_text = chat_prompt(&model, &a.prompt, a.system.as_deref(), a.raw)?;
             watch.prompt(&prompt_text);
             session.prompt(&prompt_text)?;
-            if !auto.response_prefix.is_empty() {
-                watch.prefix(NodeId::TRUNK, "", &auto.response_prefix);
-            }
             generate_apr_into(&mut session, &SubSearchFormat::apr(), &auto, &mut watch, &mut report)
         }
         ProtocolChoice::Stream(spec) => {
             prompt_text = chat_prompt(&model, &a.prompt, a.system.as_deref(), a.raw)?;
             watch.prompt(&prompt_text);
             session.prompt(&prompt_text)?;
-            if !auto.response_prefix.is_empty() {
-                watch.prefix(NodeId::TRUNK, "", &auto.response_prefix);
-            }
             generate_auto_into(&mut session, &spec, &auto, &mut watch, &mut report)
         }
     };

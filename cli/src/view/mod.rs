@@ -220,6 +220,7 @@ impl Observer for Watch {
                 StreamMode::Log => outln!("end {} {}", who(label), reason_text(reason)),
                 StreamMode::Live => self.live.end(label),
             },
+            Event::Forced { node, label, text } => self.prefix(*node, label, text),
             Event::Fork { parent, label, branches } => self.fork(*parent, label, branches),
             Event::Join { parent, label, kept } => self.join(*parent, label, *kept, None),
             Event::Warning { label, message } => match self.mode {
