@@ -30,9 +30,10 @@ fn main() -> pardec::Result<()> {
     // one branch per point, started with "N. **point**:" and ended at a newline. Every field can be changed
     // (or a whole format read from JSON with serde).
     let format = SkeletonFormat::sot();
-    let mut budgets = SotParams::default();
-    budgets.skeleton_tokens = 80; // the numbered list of points
-    budgets.point_tokens = 40; // each point's expansion
+    let budgets = SotParams {
+        skeleton_tokens: 80, // the numbered list of points
+        point_tokens: 40,    // each point's expansion
+    };
 
     let started = std::time::Instant::now();
     let answer = generate_sot(&mut session, "How can I sleep better?", &format, &budgets, &mut Silent)?;

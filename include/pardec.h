@@ -875,9 +875,9 @@ typedef struct pardec_event {
      */
     enum pardec_status status;
     /**
-     * TOKEN, when the session records log-probabilities (`pardec_session_params.logprobs`
-     * >= 0) and this is not a flush: true, and the three fields below are set. Appended in
-     * 0.5: check `struct_size` before reading them.
+     * TOKEN, when the session records log-probabilities (`pardec_session_params.logprobs` is
+     * 0 or more) and this is not a flush: true, and the three fields below are set. Appended
+     * in 0.5: check `struct_size` before reading them.
      */
     bool has_logprob;
     /**

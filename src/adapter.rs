@@ -214,7 +214,7 @@ pub(crate) fn pair_tensors(
             halves.entry(base.to_string()).or_default().0 = Some(t.clone());
         } else if let Some(base) = t.name.strip_suffix(".lora_b") {
             halves.entry(base.to_string()).or_default().1 = Some(t.clone());
-        } else if !t.name.ends_with("_norm.weight") && !(row_deltas && row_tensor_base(&t.name).is_some()) {
+        } else if !(t.name.ends_with("_norm.weight") || (row_deltas && row_tensor_base(&t.name).is_some())) {
             return Err(Refusal::NotAdapter(format!(
                 "tensor {:?} is neither .lora_a nor .lora_b",
                 t.name

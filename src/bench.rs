@@ -319,7 +319,8 @@ pub fn sampling_costs(model: &Model, p: &BenchParams) -> Result<Vec<FeatureCostR
                 extra_us_per_token: 0.0,
                 step_ms: st.parallel_seconds * 1e3 / st.steps.max(1) as f64,
             };
-            if best_row.as_ref().is_none_or(|r| row.host_us_per_token < r.host_us_per_token) {
+            // map_or: Option::is_none_or is newer than the crate's rust-version (1.80).
+            if best_row.as_ref().map_or(true, |r| row.host_us_per_token < r.host_us_per_token) {
                 best_row = Some(row);
             }
         }

@@ -108,7 +108,7 @@ fn check_what_llama_cpp_asserts_on(header: &crate::gguf::Header) -> std::result:
     }
     // ggml's CPU buffers assert 32-byte alignment of the mapped tensor data.
     if let Some(align) = header.metadata.get("general.alignment").and_then(Value::as_f64) {
-        if !(align >= 32.0 && align <= 65536.0 && (align as u64).is_power_of_two()) {
+        if !((32.0..=65536.0).contains(&align) && (align as u64).is_power_of_two()) {
             return Err(format!("general.alignment is {align} (llama.cpp needs a power of two from 32)"));
         }
     }

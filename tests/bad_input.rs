@@ -308,7 +308,8 @@ fn hostile_model_files_get_error_values() {
     std::fs::create_dir_all(&dir).unwrap();
     let vocab = ByteVocab { specials: vec![] };
     let tiny = TinyModel::random(TinyConfig { n_vocab: vocab.n_vocab(), ..TinyConfig::default() });
-    let write = |name: &str, edit: &dyn Fn(&mut Vec<(&str, V)>)| {
+    type Edit<'a> = dyn Fn(&mut Vec<(&str, V)>) + 'a;
+    let write = |name: &str, edit: &Edit<'_>| {
         let path = dir.join(name);
         tiny.write_gguf_edited(&path, Some(&vocab), |kvs| edit(kvs)).unwrap();
         path
@@ -328,7 +329,7 @@ fn hostile_model_files_get_error_values() {
     // Rendering its tokens goes through the same shim (U+FFFD where llama.cpp throws).
     let _ = model.detokenize(&[0, 1, 2, 300]);
     // What llama.cpp asserts on: refused by pardec's header checks before it sees them.
-    let cases: Vec<(&str, Box<dyn Fn(&mut Vec<(&str, V)>)>)> = vec![
+    let cases: Vec<(&str, Box<Edit<'_>>)> = vec![
         ("no layers", Box::new(|kvs| set(kvs, "llama.block_count", V::U32(0)))),
         ("too many layers", Box::new(|kvs| set(kvs, "llama.block_count", V::U32(513)))),
         ("NaN epsilon", Box::new(|kvs| set(kvs, "llama.attention.layer_norm_rms_epsilon", V::F32(f32::NAN)))),

@@ -616,7 +616,8 @@ fn wrong_row_deltas_are_specific_errors_and_leave_nothing() {
     };
     let n64 = n as u64;
     type Check = fn(&Error) -> bool;
-    let cases: Vec<(&str, Vec<(String, Vec<u64>, TensorData)>, Check)> = vec![
+    type Tensors<'a> = Vec<(String, Vec<u64>, TensorData<'a>)>;
+    let cases: Vec<(&str, Tensors<'_>, Check)> = vec![
         ("no-ids", rows(&[12, 300])[..1].to_vec(), |e| {
             matches!(e, Error::NotAdapter(m) if m.contains("has no token_embd.weight.row_ids"))
         }),

@@ -57,6 +57,9 @@ pub(crate) struct Cli {
     pub(crate) command: Command,
 }
 
+// RunArgs is much larger than the other commands' arguments; the value is made once per
+// process, so its size costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub(crate) enum Command {
     Run(RunArgs),

@@ -136,7 +136,8 @@ fn mutated_gguf_files_never_crash_the_process() {
         }
     }
     // Tokenizer arrays: shorter than the vocabulary, out-of-range ids, duplicates.
-    let token_edits: Vec<(&str, Box<dyn Fn(&mut Vec<(&str, V)>)>)> = vec![
+    type Edit<'a> = dyn Fn(&mut Vec<(&str, V)>) + 'a;
+    let token_edits: Vec<(&str, Box<Edit<'_>>)> = vec![
         ("half the tokens", Box::new(|kvs| {
             for (k, v) in kvs.iter_mut() {
                 if let (&mut "tokenizer.ggml.tokens", V::Strs(t)) = (k, v) {

@@ -68,7 +68,7 @@ impl Drop for RpcServer {
 /// Whether this build has the backend; a build that should have it (PARDEC_EXPECT_RPC=1)
 /// and does not fails here, so the RPC run cannot pass by testing nothing.
 fn rpc_built() -> bool {
-    let expected = std::env::var("PARDEC_EXPECT_RPC").map_or(false, |v| v == "1");
+    let expected = std::env::var("PARDEC_EXPECT_RPC").is_ok_and(|v| v == "1");
     let built = pardec::rpc::available();
     assert!(built || !expected, "PARDEC_EXPECT_RPC=1 but this build has no RPC backend (was llama.cpp built with GGML_RPC=ON?)");
     if !built {

@@ -59,9 +59,9 @@ pub struct pardec_event {
     pub stop_string: *const c_char,
     /// DONE: the status the call returns; OK otherwise.
     pub status: pardec_status,
-    /// TOKEN, when the session records log-probabilities (`pardec_session_params.logprobs`
-    /// >= 0) and this is not a flush: true, and the three fields below are set. Appended in
-    /// 0.5: check `struct_size` before reading them.
+    /// TOKEN, when the session records log-probabilities (`pardec_session_params.logprobs` is
+    /// 0 or more) and this is not a flush: true, and the three fields below are set. Appended
+    /// in 0.5: check `struct_size` before reading them.
     pub has_logprob: bool,
     /// The token's natural-log probability under the model (<= 0).
     pub logprob: f32,

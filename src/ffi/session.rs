@@ -532,7 +532,7 @@ pub unsafe extern "C" fn pardec_session_generate_auto_stop(
         let mut report = crate::auto::AutoReport::default();
         let outcome = with_session(session, |s| {
             streaming(callback, user_data, |obs| {
-                Ok(match &spec {
+                match &spec {
                     None => crate::auto::apr::generate_apr_into(
                         s,
                         &crate::protocol::SubSearchFormat::apr(),
@@ -541,7 +541,8 @@ pub unsafe extern "C" fn pardec_session_generate_auto_stop(
                         &mut report,
                     )?,
                     Some(spec) => crate::auto::generate_auto_into(s, spec, &params, obs, &mut report)?,
-                })
+                }
+                Ok(())
             })
         });
         // A generation that failed midway still says what it did before the failure.

@@ -250,10 +250,10 @@ fn local_accelerators() -> Vec<sys::ggml_backend_dev_t> {
                         gpus.push(dev);
                     }
                 }
-                sys::GGML_BACKEND_DEVICE_TYPE_IGPU => {
-                    if igpus.last().map_or(true, |&last| sys::ggml_backend_dev_backend_reg(last) == reg) {
-                        igpus.push(dev);
-                    }
+                sys::GGML_BACKEND_DEVICE_TYPE_IGPU
+                    if igpus.last().map_or(true, |&last| sys::ggml_backend_dev_backend_reg(last) == reg) =>
+                {
+                    igpus.push(dev);
                 }
                 _ => {}
             }

@@ -93,6 +93,8 @@ pub(crate) fn hello_answer(version: [u8; 3]) -> [u8; HELLO_RESPONSE_SIZE] {
 }
 
 /// Whether llama.cpp's client accepts a server of this version (`negotiate_hello`).
+// The rule as llama.cpp states it, though with minor version 0 `<=` can only mean `==`.
+#[allow(clippy::absurd_extreme_comparisons)]
 pub(crate) fn client_accepts(version: [u8; 3]) -> bool {
     version[0] == PROTO_MAJOR && version[1] <= PROTO_MINOR
 }
