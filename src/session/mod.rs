@@ -30,7 +30,7 @@ mod penalties;
 mod prefill;
 mod results;
 mod score;
-pub mod sampling;
+mod sampling;
 mod step;
 mod stop;
 mod text;
@@ -49,13 +49,17 @@ use crate::model::{Model, Token};
 use crate::stats::{Counters, Stats};
 use kv::{SeqPool, TRUNK_SEQ};
 use penalties::PenaltyWindow;
-use sampling::{BranchSampler, SamplingParams, Scores};
+use sampling::{BranchSampler, Scores};
 use step::selection_threads;
 use lora::check_adapters;
 use tree::{report, Block, Node, NodeState};
 pub use grammar::Grammar;
 pub use crate::layout_rules::JoinRule;
 pub use logprobs::{TokenLogprob, MAX_TOP_LOGPROBS};
+pub use sampling::SamplingParams;
+/// Not part of the API: public only so that `benches/argmax.rs` can time the greedy pick.
+#[doc(hidden)]
+pub use sampling::argmax;
 pub use tree::{ItemReport, JoinMode, NodeReport, Origin, StopReason, Transcript};
 
 /// No token chosen ahead for this row (see `Session::preselect`).
