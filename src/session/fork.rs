@@ -4,8 +4,14 @@
 
 use std::time::Instant;
 
-use super::tree::{Item, Node, NodeState};
-use super::*;
+use crate::error::{Error, Result};
+use crate::layout_rules::JoinRule;
+use crate::model::Token;
+
+use super::penalties::PenaltyWindow;
+use super::sampling::BranchSampler;
+use super::tree::{Block, Item, Node, NodeState};
+use super::{BranchSpec, NodeId, Session};
 
 impl Session {
     /// Forks an idle node into branches that share its KV cells. Every branch starts at the
@@ -18,7 +24,7 @@ impl Session {
     /// Opens a block of *detached* branches: each runs from its own prefix alone (its own
     /// prompt, starting at position 0) and sees nothing of the parent — APR's sub-searches.
     /// They still decode in one batch per step with everything else. Such a block can only be
-    /// joined with [`JoinMode::Discard`]; the parent receives their results as text.
+    /// joined with [`JoinMode::Discard`](super::JoinMode::Discard); the parent receives their results as text.
     pub fn fork_detached(&mut self, parent: NodeId, specs: &[BranchSpec]) -> Result<Vec<NodeId>> {
         if specs.iter().any(|s| s.prefix.is_empty() && s.prefix_tokens.is_empty()) {
             return Err(Error::InvalidArgument("a detached branch needs its own prompt as prefix".into()));

@@ -6,10 +6,13 @@
 
 use std::time::Instant;
 
+use crate::error::{Error, Result};
+use crate::model::Token;
+
 use super::score::log_probability;
 use super::step::row_scores;
 use super::tree::Item;
-use super::*;
+use super::{BatchEntry, NodeId, Origin, Session};
 
 impl Session {
     /// Appends text to the trunk (the model's special tokens in it are parsed). The first

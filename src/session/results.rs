@@ -1,8 +1,12 @@
 //! What a session holds, read back: the transcript, the statistics, and each node's tokens,
 //! text, position and state.
 
-use super::tree::{Item, Node};
-use super::*;
+use crate::model::Token;
+use crate::stats::{Counters, Stats};
+
+use super::logprobs::TokenLogprob;
+use super::tree::{report, Item, Node, Origin, StopReason, Transcript};
+use super::{NodeId, Session};
 
 impl Session {
     /// The structure and text of the session so far.
@@ -100,7 +104,7 @@ impl Session {
     }
 
     /// Log-probabilities of the tokens the node generated, in order: empty unless the session
-    /// records them ([`SessionParams::logprobs`]). Forced text (prompt, prefixes, join text)
+    /// records them ([`SessionParams::logprobs`](super::SessionParams::logprobs)). Forced text (prompt, prefixes, join text)
     /// has none.
     pub fn node_logprobs(&self, node: NodeId) -> &[TokenLogprob] {
         self.nodes.get(node.0).map_or(&[], |n| n.logprobs.as_slice())

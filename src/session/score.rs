@@ -3,8 +3,11 @@
 //! compare one text under two contexts (a branch that sees only the prefix and its own title,
 //! against the serial text that sees every item before it) with the engine itself.
 
+use crate::error::{Error, Result};
+use crate::model::Token;
+
 use super::sampling::Scores;
-use super::*;
+use super::{NodeId, Session};
 
 impl Session {
     /// Appends `tokens` to an idle node, as [`Session::append_tokens`] does, and returns the

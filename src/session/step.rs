@@ -5,9 +5,15 @@
 
 use std::time::Instant;
 
+use crate::backend::backend;
+use crate::error::{Error, Result};
+use crate::llama::{Batch, LlamaContext, Sampled};
+use crate::model::{Model, Token};
+
+use super::sampling::Scores;
 use super::stop::stop_string_hit;
-use super::tree::{Item, Node, NodeState};
-use super::*;
+use super::tree::{Item, Node, NodeState, Origin, StopReason};
+use super::{BatchEntry, Event, NodeId, Observer, RunLimits, Session, SessionParams, TokenScript, NO_PICK};
 
 impl Session {
     /// Generates on the trunk until EOG, a stop string, or `limits.max_tokens`. Returns the
