@@ -17,8 +17,9 @@
 //! One mechanism per file, along the data's path: this file holds the types and the session
 //! itself (creation, configuration, argument checks); `prefill` the text a caller puts in;
 //! `fork` the branches; `step` generation, one batched decode per step; `stop` stop strings;
-//! `join` the join rules; `results` what a session holds, read back; `tree` the bookkeeping of
-//! nodes and blocks; `sampling` token choice; `kv` sequence ids; `text` whole-UTF-8 pieces.
+//! `join` the join rules; `results` what a session holds, read back, and `report` its
+//! transcript; `tree` the bookkeeping of nodes and blocks; `sampling` token choice; `kv`
+//! sequence ids; `text` whole-UTF-8 pieces.
 
 mod fork;
 mod grammar;
@@ -28,6 +29,7 @@ mod logprobs;
 mod lora;
 mod penalties;
 mod prefill;
+mod report;
 mod results;
 mod score;
 mod sampling;
@@ -60,7 +62,8 @@ pub use sampling::SamplingParams;
 /// Not part of the API: public only so that `benches/argmax.rs` can time the greedy pick.
 #[doc(hidden)]
 pub use sampling::argmax;
-pub use tree::{ItemReport, JoinMode, NodeReport, Origin, StopReason, Transcript};
+pub use report::{ItemReport, NodeReport, Transcript};
+pub use tree::{JoinMode, Origin, StopReason};
 
 /// No token chosen ahead for this row (see `Session::preselect`).
 const NO_PICK: Token = -1;
@@ -568,8 +571,11 @@ impl Session {
         self.nodes.clear();
         self.blocks.clear();
         self.pool = SeqPool::new(self.n_seq_max);
-        let mut trunk = Node::new(TRUNK_SEQ, BranchSampler::new(&self.params.sampling, &[]));
-        trunk.window = PenaltyWindow::new(self.params.sampling.window_capacity(self.n_ctx));
+        let trunk = Node::new(
+            TRUNK_SEQ,
+            BranchSampler::new(&self.params.sampling, &[]),
+            PenaltyWindow::new(self.params.sampling.window_capacity(self.n_ctx)),
+        );
         self.nodes.push(trunk);
     }
 
@@ -619,17 +625,16 @@ impl Session {
         let capacity = self.params.sampling.window_capacity(self.n_ctx);
         for idx in 0..self.nodes.len() {
             // Windows are kept only while a penalty is on: rebuild them from the text.
-            self.nodes[idx].window = PenaltyWindow::new(capacity);
+            self.nodes[idx].reset_window(capacity);
             self.refill_window(idx);
         }
-        let trunk = &mut self.nodes[0];
-        trunk.sampler = BranchSampler::new(&self.params.sampling, &trunk.path);
+        self.nodes[0].set_sampling(&self.params.sampling);
         Ok(())
     }
 
     fn live_node(&self, node: NodeId) -> Result<usize> {
         match self.nodes.get(node.0) {
-            Some(n) if n.alive => Ok(node.0),
+            Some(n) if n.is_alive() => Ok(node.0),
             Some(_) => Err(Error::InvalidArgument(format!("node {} was joined", node.0))),
             None => Err(Error::InvalidArgument(format!("no node {}", node.0))),
         }
@@ -637,15 +642,15 @@ impl Session {
 
     fn idle_node(&self, node: NodeId, what: &str) -> Result<usize> {
         let idx = self.live_node(node)?;
-        match self.nodes[idx].state {
+        match self.nodes[idx].state() {
             NodeState::Idle => Ok(idx),
             NodeState::Waiting => Err(Error::InvalidState(format!(
                 "cannot {what} node {:?}: it has an open block (join it first)",
-                self.nodes[idx].label
+                self.nodes[idx].label()
             ))),
             _ => Err(Error::InvalidState(format!(
                 "cannot {what} node {:?} while it is generating",
-                self.nodes[idx].label
+                self.nodes[idx].label()
             ))),
         }
     }

@@ -28,7 +28,7 @@ impl Session {
         let Some(&first) = tokens.first() else {
             return Err(Error::InvalidArgument("nothing to score: no tokens".into()));
         };
-        let saved = &self.nodes[idx].saved;
+        let saved = self.nodes[idx].saved();
         if saved.is_empty() {
             return Err(Error::InvalidState(
                 "the node has no next-token logits to score the first token with (prompt or \
