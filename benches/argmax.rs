@@ -22,7 +22,7 @@ fn main() {
         let t = Instant::now();
         let mut acc = 0;
         for _ in 0..reps {
-            acc += pardec::session::sampling::argmax(std::hint::black_box(&logits));
+            acc += pardec::session::argmax(std::hint::black_box(&logits));
         }
         let per = t.elapsed().as_secs_f64() * 1e6 / reps as f64;
         let t = Instant::now();

@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::model::Model;
-use crate::session::sampling::SamplingParams;
+use crate::session::SamplingParams;
 use crate::session::{BranchSpec, JoinMode, NodeId, RunLimits, Selection, Session, SessionParams, Silent};
 use crate::stats::Stats;
 

@@ -50,7 +50,7 @@ pub use convert::{convert, converted_path, file_format, WeightFormat};
 pub use error::{Error, Result};
 pub use merge::{merge, MergeSummary};
 pub use model::{Model, ModelParams, SpecialTokens, Token};
-pub use session::sampling::SamplingParams;
+pub use session::SamplingParams;
 pub use session::{
     Grammar,
     BranchSpec, Event, ItemReport, JoinMode, JoinRule, KvType, NodeId, NodeReport, Observer, Origin, RunLimits,

@@ -4,8 +4,12 @@
 
 use std::time::Instant;
 
-use super::tree::{Item, Node, NodeState};
-use super::*;
+use crate::error::{Error, Result};
+use crate::layout_rules::JoinRule;
+use crate::model::Token;
+
+use super::tree::{Block, Node};
+use super::{BranchSpec, NodeId, Session};
 
 impl Session {
     /// Forks an idle node into branches that share its KV cells. Every branch starts at the
@@ -18,7 +22,7 @@ impl Session {
     /// Opens a block of *detached* branches: each runs from its own prefix alone (its own
     /// prompt, starting at position 0) and sees nothing of the parent — APR's sub-searches.
     /// They still decode in one batch per step with everything else. Such a block can only be
-    /// joined with [`JoinMode::Discard`]; the parent receives their results as text.
+    /// joined with [`JoinMode::Discard`](super::JoinMode::Discard); the parent receives their results as text.
     pub fn fork_detached(&mut self, parent: NodeId, specs: &[BranchSpec]) -> Result<Vec<NodeId>> {
         if specs.iter().any(|s| s.prefix.is_empty() && s.prefix_tokens.is_empty()) {
             return Err(Error::InvalidArgument("a detached branch needs its own prompt as prefix".into()));
@@ -31,7 +35,7 @@ impl Session {
         if specs.is_empty() {
             return Err(Error::InvalidArgument("a fork needs at least one branch".into()));
         }
-        let depth = self.nodes[p].depth + 1;
+        let depth = self.nodes[p].depth() + 1;
         if depth > self.params.max_depth {
             return Err(Error::DepthLimit { limit: self.params.max_depth as usize });
         }
@@ -55,13 +59,13 @@ impl Session {
         for spec in specs {
             self.check_bans(&spec.limits)?;
             // A branch without a grammar of its own continues its parent's, when it sees it.
-            grammars.push(match (self.run_grammar(&spec.limits)?, &self.nodes[p].grammar) {
+            grammars.push(match (self.run_grammar(&spec.limits)?, self.nodes[p].grammar()) {
                 (Some(own), _) => Some(own),
                 (None, Some(parent)) if shared => Some(parent.fork()?),
                 (None, _) => None,
             });
         }
-        if prefixes.iter().any(Vec::is_empty) && self.nodes[p].saved.is_empty() {
+        if prefixes.iter().any(Vec::is_empty) && self.nodes[p].saved().is_empty() {
             return Err(Error::InvalidState(
                 "a branch without prefix needs the parent's next-token logits: append text to \
                  the parent first"
@@ -71,42 +75,18 @@ impl Session {
         let seqs = self.pool.take(specs.len())?;
 
         let block_idx = self.blocks.len();
-        let block_ordinal = self.nodes[p].blocks_opened;
         let first_child = self.nodes.len();
+        let window_capacity = self.params.sampling.window_capacity(self.n_ctx);
         for (i, &seq) in seqs.iter().enumerate() {
             if shared {
                 // Zero copy: the child's id is added to every cell the parent can see.
-                self.ctx.seq_cp(self.nodes[p].seq, seq, -1);
+                self.ctx.seq_cp(self.nodes[p].seq(), seq, -1);
             }
             let parent = &self.nodes[p];
-            let mut path = parent.path.clone();
-            path.extend([block_ordinal, i as u32]);
-            let label = if parent.label.is_empty() {
-                format!("{}", i + 1)
-            } else {
-                format!("{}.{}", parent.label, i + 1)
-            };
-            let mut child = Node::new(seq, BranchSampler::new(&self.params.sampling, &path));
-            child.parent = Some(p);
-            child.path = path;
-            child.label = label;
-            child.depth = depth;
-            // The branch looks back on what it sees: its parent's window (when it shares the
-            // parent's cells), then itself.
-            child.window = if shared {
-                parent.window.clone()
-            } else {
-                PenaltyWindow::new(self.params.sampling.window_capacity(self.n_ctx))
-            };
-            if shared {
-                child.next_pos = parent.next_pos;
-                child.cells = parent.cells;
-                child.cells_at_fork = parent.cells;
-            }
-            child.grammar = grammars[i].take();
+            let mut child = Node::branch(parent, p, seq, i, &self.params.sampling, shared, window_capacity);
+            child.set_grammar(grammars[i].take());
             if prefixes[i].is_empty() {
-                child.saved = parent.saved.clone();
-                child.no_scores_because = parent.no_scores_because;
+                child.inherit_scores(parent);
             }
             self.nodes.push(child);
         }
@@ -122,7 +102,7 @@ impl Session {
         if let Err(e) = self.prefill(&work) {
             // Undo the fork: the children's ids leave the prefix cells and return to the pool.
             for &c in &children {
-                let seq = self.nodes[c].seq;
+                let seq = self.nodes[c].seq();
                 self.ctx.seq_rm(seq, -1);
                 self.pool.give_back(seq);
             }
@@ -131,21 +111,17 @@ impl Session {
         }
         self.counters.prefill_time += start.elapsed();
 
-        let prefix_cells = if shared { self.nodes[p].cells } else { 0 };
+        let prefix_cells = if shared { self.nodes[p].cells() } else { 0 };
         self.blocks.push(Block {
             children: children.clone(),
-            fork_pos: if shared { self.nodes[p].next_pos } else { 0 },
+            fork_pos: if shared { self.nodes[p].next_pos() } else { 0 },
             prefix_cells,
             detached: !shared,
             join: None,
             rule: JoinRule::SameMax,
             reread: 0,
         });
-        let parent = &mut self.nodes[p];
-        parent.blocks_opened += 1;
-        parent.open_block = Some(block_idx);
-        parent.state = NodeState::Waiting;
-        parent.items.push(Item::Block(block_idx));
+        self.nodes[p].wait_on_block(block_idx);
         self.counters.blocks += 1;
         self.counters.branches += specs.len() as u64;
         self.counters.prefix_copies_avoided += (specs.len() as u64 - 1) * prefix_cells;

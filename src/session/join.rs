@@ -24,7 +24,6 @@
 
 use std::time::Instant;
 
-use super::sampling::SavedScores;
 use super::tree::{flat_tokens, JoinMode};
 use super::{NodeId, Session};
 use crate::error::{Error, Result};
@@ -72,8 +71,8 @@ impl Session {
     ) -> Result<()> {
         self.check_tokens(join_tokens)?;
         let p = self.live_node(parent)?;
-        let b = self.nodes[p].open_block.ok_or_else(|| {
-            Error::InvalidState(format!("node {:?} has no open block to join", self.nodes[p].label))
+        let b = self.nodes[p].open_block().ok_or_else(|| {
+            Error::InvalidState(format!("node {:?} has no open block to join", self.nodes[p].label()))
         })?;
         let children = self.blocks[b].children.clone();
         if self.blocks[b].detached && mode != JoinMode::Discard {
@@ -85,10 +84,10 @@ impl Session {
         }
         for &c in &children {
             let child = &self.nodes[c];
-            if child.is_decoding() || child.open_block.is_some() {
+            if child.is_decoding() || child.open_block().is_some() {
                 return Err(Error::InvalidState(format!(
                     "branch {} is still {}: run it to its end (or join its own block) first",
-                    child.label,
+                    child.label(),
                     if child.is_decoding() { "running" } else { "waiting on a nested block" }
                 )));
             }
@@ -111,7 +110,7 @@ impl Session {
         let fork_pos = self.blocks[b].fork_pos;
         let kept_nodes: Vec<usize> = kept.iter().map(|&i| children[i]).collect();
         // Sequential length of each kept branch (its prefix and nested blocks included).
-        let lengths: Vec<i32> = kept_nodes.iter().map(|&c| self.nodes[c].next_pos - fork_pos).collect();
+        let lengths: Vec<i32> = kept_nodes.iter().map(|&c| self.nodes[c].next_pos() - fork_pos).collect();
         // Branches a re-read decodes again: every kept one after the first, flattened.
         let mut reread: Vec<Token> = Vec::new();
         if rule == JoinRule::Reprefill {
@@ -141,32 +140,30 @@ impl Session {
         let released: u64 = children
             .iter()
             .filter(|c| !merged.contains(c))
-            .map(|&c| self.nodes[c].cells - self.nodes[c].cells_at_fork)
+            .map(|&c| self.nodes[c].own_cells())
             .sum();
         let in_use = self.kv_cells_used() - released;
         if in_use + decoded_after as u64 > u64::from(self.n_ctx) {
             return Err(Error::KvCacheFull);
         }
-        let parent_seq = self.nodes[p].seq;
-        let mut new_next = self.nodes[p].next_pos;
+        let parent_seq = self.nodes[p].seq();
+        let mut new_next = self.nodes[p].next_pos();
         let mut gained = 0;
         for &c in merged {
             let child = &self.nodes[c];
-            let (seq, next, own) = (child.seq, child.next_pos, child.cells - child.cells_at_fork);
+            let (seq, next, own) = (child.seq(), child.next_pos(), child.own_cells());
             // The parent's id joins the branch's own cells (positions ≥ fork_pos).
             self.ctx.seq_cp(seq, parent_seq, fork_pos);
             new_next = new_next.max(next);
             gained += own;
         }
         for &c in &children {
-            let seq = self.nodes[c].seq;
+            let seq = self.nodes[c].seq();
             if !self.ctx.seq_rm(seq, -1) {
                 return Err(Error::Internal(format!("llama.cpp refused to remove sequence {seq}")));
             }
             self.pool.give_back(seq);
-            let child = &mut self.nodes[c];
-            child.alive = false;
-            child.saved = SavedScores::default();
+            self.nodes[c].mark_joined();
         }
         let prefix_cells = self.blocks[b].prefix_cells;
         let unshared_drop = (children.len() - kept.len().max(1)) as u64 * prefix_cells;
@@ -179,16 +176,7 @@ impl Session {
         for &c in &kept_nodes {
             flat_tokens(&self.nodes, &self.blocks, c, &mut seen);
         }
-        let node = &mut self.nodes[p];
-        node.window.extend(&seen);
-        node.open_block = None;
-        node.state = super::NodeState::Idle;
-        node.next_pos = new_next;
-        node.cells += gained;
-        if !kept.is_empty() {
-            node.saved.clear(); // they predate the branches
-            node.no_scores_because = "a join kept branches, and no token has seen them yet";
-        }
+        self.nodes[p].close_block(&seen, new_next, gained, !kept.is_empty());
         let start = Instant::now();
         if !reread.is_empty() {
             self.prefill_unrecorded(p, &reread)?;
@@ -217,19 +205,19 @@ impl Session {
     pub(super) fn join_at_sequential(&mut self, p: usize, join_tokens: &[Token], repeated: Option<Token>, sequential: i32) -> Result<()> {
         let first = repeated.unwrap_or(join_tokens[0]);
         self.prefill_unrecorded(p, &[first])?;
-        let seq = self.nodes[p].seq;
-        let filler = self.nodes[p].next_pos - 1;
+        let seq = self.nodes[p].seq();
+        let filler = self.nodes[p].next_pos() - 1;
         let shift = sequential - 1 - filler;
         if shift > 0 {
             self.ctx.seq_add(seq, filler, filler + 1, shift);
-            self.nodes[p].next_pos += shift;
+            self.nodes[p].shift_next_pos(shift);
         }
         if let Some(t) = repeated {
             self.prefill_unrecorded(p, &[t])?;
         }
         self.prefill(&[(p, join_tokens)])?;
         self.ctx.seq_rm_range(seq, sequential - 1, sequential);
-        self.nodes[p].cells -= 1;
+        self.nodes[p].drop_cells(1);
         Ok(())
     }
 }

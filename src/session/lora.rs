@@ -1,6 +1,10 @@
 //! The LoRA adapters a session decodes with.
 
-use super::*;
+use crate::adapter::Adapter;
+use crate::error::{Error, Result};
+use crate::model::Model;
+
+use super::Session;
 
 impl Session {
     /// Replaces the session's LoRA adapters (an empty list: the base model). Each adapter must

@@ -17,8 +17,9 @@
 //! One mechanism per file, along the data's path: this file holds the types and the session
 //! itself (creation, configuration, argument checks); `prefill` the text a caller puts in;
 //! `fork` the branches; `step` generation, one batched decode per step; `stop` stop strings;
-//! `join` the join rules; `results` what a session holds, read back; `tree` the bookkeeping of
-//! nodes and blocks; `sampling` token choice; `kv` sequence ids; `text` whole-UTF-8 pieces.
+//! `join` the join rules; `results` what a session holds, read back, and `report` its
+//! transcript; `tree` the bookkeeping of nodes and blocks; `sampling` token choice; `kv`
+//! sequence ids; `text` whole-UTF-8 pieces.
 
 mod fork;
 mod grammar;
@@ -28,9 +29,10 @@ mod logprobs;
 mod lora;
 mod penalties;
 mod prefill;
+mod report;
 mod results;
 mod score;
-pub mod sampling;
+mod sampling;
 mod step;
 mod stop;
 mod text;
@@ -44,19 +46,24 @@ use serde::{Deserialize, Serialize};
 use crate::adapter::Adapter;
 use crate::backend::backend;
 use crate::error::{Error, Result};
-use crate::llama::{Batch, ContextConfig, LlamaContext, Sampled};
+use crate::llama::{Batch, ContextConfig, LlamaContext};
 use crate::model::{Model, Token};
-use crate::stats::{Counters, Stats};
+use crate::stats::Counters;
 use kv::{SeqPool, TRUNK_SEQ};
 use penalties::PenaltyWindow;
-use sampling::{BranchSampler, SamplingParams, Scores};
+use sampling::BranchSampler;
 use step::selection_threads;
 use lora::check_adapters;
-use tree::{report, Block, Node, NodeState};
+use tree::{Block, Node, NodeState};
 pub use grammar::Grammar;
 pub use crate::layout_rules::JoinRule;
 pub use logprobs::{TokenLogprob, MAX_TOP_LOGPROBS};
-pub use tree::{ItemReport, JoinMode, NodeReport, Origin, StopReason, Transcript};
+pub use sampling::SamplingParams;
+/// Not part of the API: public only so that `benches/argmax.rs` can time the greedy pick.
+#[doc(hidden)]
+pub use sampling::argmax;
+pub use report::{ItemReport, NodeReport, Transcript};
+pub use tree::{JoinMode, Origin, StopReason};
 
 /// No token chosen ahead for this row (see `Session::preselect`).
 const NO_PICK: Token = -1;
@@ -575,8 +582,11 @@ impl Session {
         self.nodes.clear();
         self.blocks.clear();
         self.pool = SeqPool::new(self.n_seq_max);
-        let mut trunk = Node::new(TRUNK_SEQ, BranchSampler::new(&self.params.sampling, &[]));
-        trunk.window = PenaltyWindow::new(self.params.sampling.window_capacity(self.n_ctx));
+        let trunk = Node::new(
+            TRUNK_SEQ,
+            BranchSampler::new(&self.params.sampling, &[]),
+            PenaltyWindow::new(self.params.sampling.window_capacity(self.n_ctx)),
+        );
         self.nodes.push(trunk);
     }
 
@@ -626,17 +636,16 @@ impl Session {
         let capacity = self.params.sampling.window_capacity(self.n_ctx);
         for idx in 0..self.nodes.len() {
             // Windows are kept only while a penalty is on: rebuild them from the text.
-            self.nodes[idx].window = PenaltyWindow::new(capacity);
+            self.nodes[idx].reset_window(capacity);
             self.refill_window(idx);
         }
-        let trunk = &mut self.nodes[0];
-        trunk.sampler = BranchSampler::new(&self.params.sampling, &trunk.path);
+        self.nodes[0].set_sampling(&self.params.sampling);
         Ok(())
     }
 
     fn live_node(&self, node: NodeId) -> Result<usize> {
         match self.nodes.get(node.0) {
-            Some(n) if n.alive => Ok(node.0),
+            Some(n) if n.is_alive() => Ok(node.0),
             Some(_) => Err(Error::InvalidArgument(format!("node {} was joined", node.0))),
             None => Err(Error::InvalidArgument(format!("no node {}", node.0))),
         }
@@ -644,15 +653,15 @@ impl Session {
 
     fn idle_node(&self, node: NodeId, what: &str) -> Result<usize> {
         let idx = self.live_node(node)?;
-        match self.nodes[idx].state {
+        match self.nodes[idx].state() {
             NodeState::Idle => Ok(idx),
             NodeState::Waiting => Err(Error::InvalidState(format!(
                 "cannot {what} node {:?}: it has an open block (join it first)",
-                self.nodes[idx].label
+                self.nodes[idx].label()
             ))),
             _ => Err(Error::InvalidState(format!(
                 "cannot {what} node {:?} while it is generating",
-                self.nodes[idx].label
+                self.nodes[idx].label()
             ))),
         }
     }

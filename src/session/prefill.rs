@@ -6,10 +6,13 @@
 
 use std::time::Instant;
 
+use crate::error::{Error, Result};
+use crate::model::Token;
+
 use super::score::log_probability;
 use super::step::row_scores;
 use super::tree::Item;
-use super::*;
+use super::{BatchEntry, NodeId, Origin, Session};
 
 impl Session {
     /// Appends text to the trunk (the model's special tokens in it are parsed). The first
@@ -25,7 +28,7 @@ impl Session {
         if have + at_least > self.n_ctx as usize {
             return Err(Error::PromptTooLong { tokens: have + at_least, n_ctx: self.n_ctx as usize });
         }
-        let add_bos = self.nodes[0].next_pos == 0;
+        let add_bos = self.nodes[0].next_pos() == 0;
         let tokens = self.model.tokenize(text, add_bos)?;
         self.prompt_tokens(&tokens)
     }
@@ -69,7 +72,7 @@ impl Session {
         let idx = self.idle_node(node, "rewind")?;
         let mut seen = 0usize;
         let mut cut: Option<(usize, usize)> = None; // (item, tokens kept in it)
-        for (i, item) in self.nodes[idx].items.iter().enumerate() {
+        for (i, item) in self.nodes[idx].items().iter().enumerate() {
             match item {
                 Item::Text { tokens, .. } => {
                     if cut.is_none() && seen + tokens.len() > keep {
@@ -92,32 +95,8 @@ impl Session {
         };
         let removed = (seen - keep) as u64;
         let node_ref = &mut self.nodes[idx];
-        let Item::Text { pos0, .. } = &node_ref.items[first_item] else { unreachable!("cut is a text item") };
-        let from = *pos0 + kept_in_item as i32;
-        let mut items = std::mem::take(&mut node_ref.items);
-        let tail = items.split_off(first_item);
-        for (k, item) in tail.into_iter().enumerate() {
-            match item {
-                Item::Text { origin, pos0, mut tokens, .. } if k == 0 && kept_in_item > 0 => {
-                    tokens.truncate(kept_in_item);
-                    let mut bytes = Vec::new();
-                    for &t in &tokens {
-                        self.model.token_bytes(t, &mut bytes);
-                    }
-                    items.push(Item::Text { origin, pos0, tokens, bytes });
-                }
-                Item::Text { .. } => {}
-                block @ Item::Block(_) => items.push(block),
-            }
-        }
-        let node_ref = &mut self.nodes[idx];
-        node_ref.items = items;
-        node_ref.next_pos = from;
-        node_ref.cells -= removed;
-        node_ref.logprobs.retain(|l| l.pos < from);
-        node_ref.saved.clear();
-        node_ref.no_scores_because = "it was rewound";
-        let seq = node_ref.seq;
+        let from = node_ref.rewind(first_item, kept_in_item, removed, &self.model);
+        let seq = node_ref.seq();
         self.ctx.seq_rm(seq, from);
         self.refill_window(idx);
         Ok(())
@@ -132,7 +111,7 @@ impl Session {
         // Only tokens of the node's latest text, after its last block, so no branch's cells
         // are touched.
         let mut last_item_tokens = 0;
-        for item in self.nodes[idx].items.iter().rev() {
+        for item in self.nodes[idx].items().iter().rev() {
             match item {
                 Item::Text { tokens, .. } if tokens.is_empty() => continue,
                 Item::Text { tokens, .. } => last_item_tokens = tokens.len(),
@@ -146,12 +125,8 @@ impl Session {
             )));
         }
         let node_ref = &mut self.nodes[idx];
-        let from = node_ref.next_pos - n as i32;
-        let seq = node_ref.seq;
-        node_ref.next_pos = from;
-        node_ref.cells -= n as u64;
-        node_ref.saved.clear();
-        node_ref.no_scores_because = "its last tokens were taken out of the cache";
+        let seq = node_ref.seq();
+        let from = node_ref.uncache_tail(n);
         self.ctx.seq_rm(seq, from);
         Ok(())
     }
@@ -189,7 +164,7 @@ impl Session {
     ) -> Result<()> {
         let mut entries = Vec::new();
         for &(idx, tokens) in work {
-            let pos0 = self.nodes[idx].next_pos;
+            let pos0 = self.nodes[idx].next_pos();
             for (i, &t) in tokens.iter().enumerate() {
                 entries.push(BatchEntry {
                     node: idx,
@@ -199,12 +174,12 @@ impl Session {
                 });
             }
         }
-        let starts: Vec<(usize, i32)> = work.iter().map(|&(i, _)| (i, self.nodes[i].next_pos)).collect();
+        let starts: Vec<(usize, i32)> = work.iter().map(|&(i, _)| (i, self.nodes[i].next_pos())).collect();
         let mut bytes = Vec::new();
         for (chunk_index, chunk) in entries.chunks(self.n_batch).enumerate() {
             if let Err(e) = self.decode_chunk(chunk) {
                 for &(idx, pos0) in &starts {
-                    let seq = self.nodes[idx].seq;
+                    let seq = self.nodes[idx].seq();
                     self.ctx.seq_rm(seq, pos0);
                     self.rollback_node(idx, pos0, record);
                 }
@@ -217,8 +192,7 @@ impl Session {
                     self.model.token_bytes(entry.token, &mut bytes);
                     node.push_token(Origin::Forced, entry.token, &bytes);
                 } else {
-                    node.next_pos += 1;
-                    node.cells += 1;
+                    node.push_unrecorded();
                 }
                 let next = entries.get(chunk_index * self.n_batch + row + 1).filter(|n| n.node == entry.node);
                 if let (Some(sink), Some(next)) = (scores.as_deref_mut(), next) {
@@ -227,7 +201,7 @@ impl Session {
                 }
                 if entry.logits && next.is_none() {
                     let scores = row_scores(&self.ctx, self.device_candidates.is_some(), row as i32)?;
-                    self.nodes[entry.node].saved.store(scores);
+                    self.nodes[entry.node].save_scores(scores);
                 }
             }
             self.counters.prefill_tokens += chunk.len() as u64;
@@ -237,38 +211,15 @@ impl Session {
 
     /// Forgets tokens committed at positions ≥ pos0 by a prefill that failed part-way.
     pub(super) fn rollback_node(&mut self, idx: usize, pos0: i32, recorded: bool) {
-        let node = &mut self.nodes[idx];
-        let drop = (node.next_pos - pos0).max(0) as u64;
-        if drop == 0 {
-            return;
+        if self.nodes[idx].roll_back(pos0, recorded, &self.model) {
+            self.refill_window(idx);
         }
-        if !recorded {
-            node.next_pos = pos0;
-            node.cells -= drop;
-            return;
-        }
-        if let Some(Item::Text { origin: Origin::Forced, pos0: item_pos, tokens, bytes }) = node.items.last_mut() {
-            let keep = (pos0 - *item_pos).max(0) as usize;
-            tokens.truncate(keep);
-            // Recompute the bytes of the kept tokens.
-            let kept: Vec<Token> = tokens.clone();
-            bytes.clear();
-            for t in kept {
-                self.model.token_bytes(t, bytes);
-            }
-            if tokens.is_empty() {
-                node.items.pop();
-            }
-        }
-        node.next_pos = pos0;
-        node.cells -= drop;
-        self.refill_window(idx);
     }
 
     /// Rebuilds a node's penalty window from the text it sees (after tokens were taken back).
     pub(super) fn refill_window(&mut self, idx: usize) {
         let mut seen = Vec::new();
         super::tree::seen_tokens(&self.nodes, &self.blocks, idx, &mut seen);
-        self.nodes[idx].window.refill(&seen);
+        self.nodes[idx].refill_window(&seen);
     }
 }

@@ -1,8 +1,13 @@
 //! What a session holds, read back: the transcript, the statistics, and each node's tokens,
 //! text, position and state.
 
-use super::tree::{Item, Node};
-use super::*;
+use crate::model::Token;
+use crate::stats::{Counters, Stats};
+
+use super::logprobs::TokenLogprob;
+use super::report::{report, Transcript};
+use super::tree::{Item, Node, Origin, StopReason};
+use super::{NodeId, Session};
 
 impl Session {
     /// The structure and text of the session so far.
@@ -23,23 +28,23 @@ impl Session {
 
     /// KV cells holding this session's tokens.
     pub fn kv_cells_used(&self) -> u64 {
-        let trunk = self.nodes[0].cells;
+        let trunk = self.nodes[0].cells();
         let branches: u64 = self.nodes[1..]
             .iter()
-            .filter(|n| n.alive)
-            .map(|n| n.cells - n.cells_at_fork)
+            .filter(|n| n.is_alive())
+            .map(|n| n.own_cells())
             .sum();
         trunk + branches
     }
 
     /// The node's label path ("" for the trunk).
     pub fn label(&self, node: NodeId) -> Option<&str> {
-        self.nodes.get(node.0).map(|n| n.label.as_str())
+        self.nodes.get(node.0).map(|n| n.label())
     }
 
     /// The position the node's next token will take.
     pub fn next_pos(&self, node: NodeId) -> Option<i32> {
-        self.nodes.get(node.0).map(|n| n.next_pos)
+        self.nodes.get(node.0).map(|n| n.next_pos())
     }
 
     /// Tokens the node decoded itself, in order (nested blocks excluded).
@@ -47,7 +52,7 @@ impl Session {
         self.nodes
             .get(node.0)
             .map(|n| {
-                n.items
+                n.items()
                     .iter()
                     .filter_map(|i| match i {
                         Item::Text { tokens, .. } => Some(tokens.as_slice()),
@@ -78,7 +83,7 @@ impl Session {
 
     /// Whether the node is generating (has a token waiting for the next step).
     pub fn is_running(&self, node: NodeId) -> bool {
-        self.nodes.get(node.0).is_some_and(|n| n.alive && n.is_decoding())
+        self.nodes.get(node.0).is_some_and(|n| n.is_alive() && n.is_decoding())
     }
 
     /// The node's own text (nested blocks excluded), as decoded so far.
@@ -96,20 +101,20 @@ impl Session {
 
     /// Why the node last stopped.
     pub fn stop_reason(&self, node: NodeId) -> Option<&StopReason> {
-        self.nodes.get(node.0).and_then(|n| n.stop_reason.as_ref())
+        self.nodes.get(node.0).and_then(|n| n.stop_reason())
     }
 
     /// Log-probabilities of the tokens the node generated, in order: empty unless the session
-    /// records them ([`SessionParams::logprobs`]). Forced text (prompt, prefixes, join text)
+    /// records them ([`SessionParams::logprobs`](super::SessionParams::logprobs)). Forced text (prompt, prefixes, join text)
     /// has none.
     pub fn node_logprobs(&self, node: NodeId) -> &[TokenLogprob] {
-        self.nodes.get(node.0).map_or(&[], |n| n.logprobs.as_slice())
+        self.nodes.get(node.0).map_or(&[], |n| n.logprobs())
     }
 
     /// Logits of every token the node sampled (requires `record_logits`).
     #[doc(hidden)]
     pub fn logit_trace(&self, node: NodeId) -> &[Vec<f32>] {
-        self.nodes.get(node.0).map_or(&[], |n| n.logit_trace.as_slice())
+        self.nodes.get(node.0).map_or(&[], |n| n.logit_trace())
     }
 
     /// Text generated on a node by items at or after `first_item`.
@@ -120,7 +125,7 @@ impl Session {
     /// The bytes behind [`Session::generated_text_from`].
     pub(super) fn generated_bytes_from(&self, idx: usize, first_item: usize) -> Vec<u8> {
         let mut bytes = Vec::new();
-        for item in self.nodes[idx].items.iter().skip(first_item) {
+        for item in self.nodes[idx].items().iter().skip(first_item) {
             if let Item::Text { origin: Origin::Generated, bytes: b, .. } = item {
                 bytes.extend_from_slice(b);
             }

@@ -3,8 +3,11 @@
 //! compare one text under two contexts (a branch that sees only the prefix and its own title,
 //! against the serial text that sees every item before it) with the engine itself.
 
+use crate::error::{Error, Result};
+use crate::model::Token;
+
 use super::sampling::Scores;
-use super::*;
+use super::{NodeId, Session};
 
 impl Session {
     /// Appends `tokens` to an idle node, as [`Session::append_tokens`] does, and returns the
@@ -25,7 +28,7 @@ impl Session {
         let Some(&first) = tokens.first() else {
             return Err(Error::InvalidArgument("nothing to score: no tokens".into()));
         };
-        let saved = &self.nodes[idx].saved;
+        let saved = self.nodes[idx].saved();
         if saved.is_empty() {
             return Err(Error::InvalidState(
                 "the node has no next-token logits to score the first token with (prompt or \

@@ -1,16 +1,18 @@
 //! The fork tree: nodes (the trunk and every branch), blocks (one fork and its join), and what
 //! each node wrote. This is bookkeeping only; llama.cpp is driven from the other files of
-//! `session/`.
+//! `session/`, and `report.rs` reads the tree back for the caller.
 
 use serde::Serialize;
 
 use super::grammar::NodeGrammar;
 use super::logprobs::TokenLogprob;
-use super::penalties::PenaltyWindow;
-use super::sampling::{BranchSampler, SavedScores};
+use super::penalties::{Adjustments, PenaltyWindow};
+use super::sampling::{BranchSampler, SamplingParams, SavedScores, Scores};
+use super::stop::stop_string_hit;
+use super::RunLimits;
 use crate::layout_rules::JoinRule;
 use super::text::Utf8Stream;
-use crate::model::Token;
+use crate::model::{Model, Token};
 
 /// Why a node stopped generating.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -70,59 +72,63 @@ pub(crate) enum NodeState {
     Waiting,
 }
 
+/// One node of the tree: the trunk or a branch. Its fields are private to this file, so that
+/// every change of its state goes through the methods below, each of which keeps the fields
+/// that move together (position and cells, text and penalty window, state and stop reason,
+/// scores and why they are missing) consistent.
 #[derive(Debug)]
 pub(crate) struct Node {
-    pub seq: i32,
-    pub parent: Option<usize>,
+    seq: i32,
+    parent: Option<usize>,
     /// Block ordinal and branch index at every level; seeds the random stream.
-    pub path: Vec<u32>,
+    path: Vec<u32>,
     /// Human label path, "" for the trunk, "2" or "2.1" for branches.
-    pub label: String,
-    pub depth: u32,
+    label: String,
+    depth: u32,
     /// Position of this node's next token.
-    pub next_pos: i32,
+    next_pos: i32,
     /// KV cells carrying this node's sequence id (everything it can attend to).
-    pub cells: u64,
-    pub cells_at_fork: u64,
-    pub blocks_opened: u32,
-    pub items: Vec<Item>,
-    pub state: NodeState,
-    pub stop_reason: Option<StopReason>,
+    cells: u64,
+    cells_at_fork: u64,
+    blocks_opened: u32,
+    items: Vec<Item>,
+    state: NodeState,
+    stop_reason: Option<StopReason>,
     /// Limit and stop strings of the current run.
-    pub limit: usize,
-    pub generated_in_run: usize,
-    pub stops: Vec<String>,
+    limit: usize,
+    generated_in_run: usize,
+    stops: Vec<String>,
     /// The end of the text the caller forced right before this run: a stop string may start
     /// there and end in the run (a response prefix ending `<End Calling Sub`).
-    pub stop_lookback: Vec<u8>,
+    stop_lookback: Vec<u8>,
     /// Tokens this run may not sample.
-    pub banned: Vec<Token>,
-    pub sampler: BranchSampler,
+    banned: Vec<Token>,
+    sampler: BranchSampler,
     /// The tokens the repetition penalties look back on (see `penalties.rs`).
-    pub window: PenaltyWindow,
+    window: PenaltyWindow,
     /// The grammar of the node's current (or last) run, with its state (see `grammar.rs`).
-    pub grammar: Option<NodeGrammar>,
+    grammar: Option<NodeGrammar>,
     /// Next-token scores after this node's last decoded token, kept when it stops so it can
     /// resume or fork. Empty when stale (after a join that kept branches).
-    pub saved: SavedScores,
+    saved: SavedScores,
     /// Why `saved` is empty, for the error that asks for appended text.
-    pub no_scores_because: &'static str,
+    no_scores_because: &'static str,
     /// Bytes of the pending token, rendered at sampling time.
-    pub pending_bytes: Vec<u8>,
+    pending_bytes: Vec<u8>,
     /// Log-probabilities of the pending token (when the session records them).
-    pub pending_logprob: Option<TokenLogprob>,
+    pending_logprob: Option<TokenLogprob>,
     /// Log-probabilities of the node's generated tokens, in order (`SessionParams::logprobs`).
-    pub logprobs: Vec<TokenLogprob>,
-    pub utf8: Utf8Stream,
-    pub open_block: Option<usize>,
+    logprobs: Vec<TokenLogprob>,
+    utf8: Utf8Stream,
+    open_block: Option<usize>,
     /// False once joined or discarded: its sequence id went back to the pool.
-    pub alive: bool,
+    alive: bool,
     /// Logits used for every sampled token (tests only, see `SessionParams::record_logits`).
-    pub logit_trace: Vec<Vec<f32>>,
+    logit_trace: Vec<Vec<f32>>,
 }
 
 impl Node {
-    pub(crate) fn new(seq: i32, sampler: BranchSampler) -> Node {
+    pub(crate) fn new(seq: i32, sampler: BranchSampler, window: PenaltyWindow) -> Node {
         Node {
             seq,
             parent: None,
@@ -142,7 +148,7 @@ impl Node {
             stop_lookback: Vec::new(),
             banned: Vec::new(),
             sampler,
-            window: PenaltyWindow::default(),
+            window,
             saved: SavedScores::default(),
             no_scores_because: "it has decoded nothing yet",
             pending_bytes: Vec::new(),
@@ -156,6 +162,120 @@ impl Node {
         }
     }
 
+    /// Branch `index` of the block `parent` (node `parent_idx`) is opening, under sequence id
+    /// `seq`. A `shared` branch starts where its parent is, on its cells, and looks back on its
+    /// penalty window; a detached one starts at position 0 with an empty window of
+    /// `window_capacity`.
+    pub(super) fn branch(
+        parent: &Node,
+        parent_idx: usize,
+        seq: i32,
+        index: usize,
+        sampling: &SamplingParams,
+        shared: bool,
+        window_capacity: usize,
+    ) -> Node {
+        // The parent counts the block once the fork has succeeded, so its ordinal is the
+        // number opened so far.
+        let mut path = parent.path.clone();
+        path.extend([parent.blocks_opened, index as u32]);
+        let label = if parent.label.is_empty() {
+            format!("{}", index + 1)
+        } else {
+            format!("{}.{}", parent.label, index + 1)
+        };
+        // The branch looks back on what it sees: its parent's window (when it shares the
+        // parent's cells), then itself.
+        let window = if shared { parent.window.clone() } else { PenaltyWindow::new(window_capacity) };
+        let mut child = Node::new(seq, BranchSampler::new(sampling, &path), window);
+        child.parent = Some(parent_idx);
+        child.path = path;
+        child.label = label;
+        child.depth = parent.depth + 1;
+        if shared {
+            child.next_pos = parent.next_pos;
+            child.cells = parent.cells;
+            child.cells_at_fork = parent.cells;
+        }
+        child
+    }
+
+    pub(super) fn seq(&self) -> i32 {
+        self.seq
+    }
+
+    pub(super) fn parent(&self) -> Option<usize> {
+        self.parent
+    }
+
+    pub(super) fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// 0 for the trunk, 1 for its branches, and so on.
+    pub(super) fn depth(&self) -> u32 {
+        self.depth
+    }
+
+    pub(super) fn next_pos(&self) -> i32 {
+        self.next_pos
+    }
+
+    /// Every cell this node can attend to.
+    pub(super) fn cells(&self) -> u64 {
+        self.cells
+    }
+
+    /// The cells this node added after its fork (all of them for the trunk and detached
+    /// branches): what it holds that no other node shares.
+    pub(super) fn own_cells(&self) -> u64 {
+        self.cells - self.cells_at_fork
+    }
+
+    pub(super) fn items(&self) -> &[Item] {
+        &self.items
+    }
+
+    pub(super) fn state(&self) -> &NodeState {
+        &self.state
+    }
+
+    pub(super) fn stop_reason(&self) -> Option<&StopReason> {
+        self.stop_reason.as_ref()
+    }
+
+    pub(super) fn stop_lookback(&self) -> &[u8] {
+        &self.stop_lookback
+    }
+
+    pub(super) fn grammar(&self) -> Option<&NodeGrammar> {
+        self.grammar.as_ref()
+    }
+
+    pub(super) fn saved(&self) -> &SavedScores {
+        &self.saved
+    }
+
+    pub(super) fn no_scores_because(&self) -> &'static str {
+        self.no_scores_because
+    }
+
+    pub(super) fn logprobs(&self) -> &[TokenLogprob] {
+        &self.logprobs
+    }
+
+    pub(super) fn logit_trace(&self) -> &[Vec<f32>] {
+        &self.logit_trace
+    }
+
+    pub(super) fn open_block(&self) -> Option<usize> {
+        self.open_block
+    }
+
+    pub(super) fn is_alive(&self) -> bool {
+        self.alive
+    }
+
     pub(crate) fn is_decoding(&self) -> bool {
         matches!(self.state, NodeState::Running { .. } | NodeState::Finishing { .. })
     }
@@ -165,6 +285,194 @@ impl Node {
             NodeState::Running { pending } | NodeState::Finishing { pending, .. } => Some(pending),
             _ => None,
         }
+    }
+
+    /// Running and not finishing: committing its pending token samples another.
+    pub(super) fn keeps_running(&self) -> bool {
+        matches!(self.state, NodeState::Running { .. })
+    }
+
+    /// Why the run ends once the pending token is decoded, when it is the run's last.
+    pub(super) fn finishing_reason(&self) -> Option<StopReason> {
+        match &self.state {
+            NodeState::Finishing { reason, .. } => Some(reason.clone()),
+            _ => None,
+        }
+    }
+
+    /// The grammar the next run (or, for a branch, its first run) samples under.
+    pub(super) fn set_grammar(&mut self, grammar: Option<NodeGrammar>) {
+        self.grammar = grammar;
+    }
+
+    /// A branch forked without a prefix samples its first token from its parent's scores.
+    pub(super) fn inherit_scores(&mut self, parent: &Node) {
+        self.saved = parent.saved.clone();
+        self.no_scores_because = parent.no_scores_because;
+    }
+
+    /// A new sampler for new parameters, on the node's own random stream.
+    pub(super) fn set_sampling(&mut self, sampling: &SamplingParams) {
+        self.sampler = BranchSampler::new(sampling, &self.path);
+    }
+
+    /// An empty penalty window of `capacity` tokens (the caller refills it from the text).
+    pub(super) fn reset_window(&mut self, capacity: usize) {
+        self.window = PenaltyWindow::new(capacity);
+    }
+
+    /// Refills the penalty window from the text the node sees (after tokens were taken back).
+    pub(super) fn refill_window(&mut self, seen: &[Token]) {
+        self.window.refill(seen);
+    }
+
+    /// Test-only leak (`SessionParams::share_penalty_windows`): a sibling's token enters this
+    /// node's penalty window.
+    pub(super) fn leak_sibling_token(&mut self, token: Token) {
+        self.window.push(token);
+    }
+
+    /// Sets up a run under `limits` (`eog` the model's end-of-generation tokens, banned when the
+    /// limits ask) and opens its text item. Returns false when the run is over before it
+    /// starts (a limit of 0 tokens); otherwise the caller samples its first token.
+    pub(super) fn start_run(&mut self, limits: &RunLimits, eog: &[Token]) -> bool {
+        self.limit = limits.max_tokens;
+        self.stops = limits.stop.clone();
+        self.banned = limits.banned_tokens.clone();
+        if limits.ban_eog {
+            self.banned.extend_from_slice(eog);
+        }
+        // Sorted once per run: every sample looks tokens up in it (sampling::is_banned).
+        self.banned.sort_unstable();
+        self.banned.dedup();
+        self.generated_in_run = 0;
+        self.stop_reason = None;
+        let longest = self.stops.iter().map(String::len).max().unwrap_or(0);
+        self.stop_lookback = match self.items.last() {
+            Some(Item::Text { origin: Origin::Forced, bytes, .. }) => {
+                bytes[bytes.len() - longest.saturating_sub(1).min(bytes.len())..].to_vec()
+            }
+            _ => Vec::new(),
+        };
+        // A fresh run starts a fresh text item so stop strings only match its own text.
+        self.items.push(Item::Text {
+            origin: Origin::Generated,
+            pos0: self.next_pos,
+            tokens: Vec::new(),
+            bytes: Vec::new(),
+        });
+        if limits.max_tokens == 0 {
+            self.state = NodeState::Idle;
+            self.stop_reason = Some(StopReason::MaxTokens);
+            return false;
+        }
+        true
+    }
+
+    /// Lends out the saved scores, so that the node can sample from them while they are
+    /// borrowed; `restore_saved` puts them back.
+    pub(super) fn take_saved(&mut self) -> SavedScores {
+        std::mem::take(&mut self.saved)
+    }
+
+    pub(super) fn restore_saved(&mut self, saved: SavedScores) {
+        self.saved = saved;
+    }
+
+    /// Keeps the scores after the node's last decoded token, for a later resume or fork.
+    pub(super) fn save_scores(&mut self, scores: Scores<'_>) {
+        self.saved.store(scores);
+    }
+
+    /// Test-only trace (`SessionParams::record_logits`) of a row a token is sampled from.
+    pub(super) fn record_logits(&mut self, row: &[f32]) {
+        self.logit_trace.push(row.to_vec());
+    }
+
+    /// The next token under the run's grammar (`None`: the grammar admits nothing more), or
+    /// from the adjusted scores without one.
+    pub(super) fn choose_token(&mut self, scores: Scores<'_>, adjustments: &Adjustments<'_>) -> Option<Token> {
+        match self.grammar.as_mut() {
+            Some(g) => g.sample(&mut self.sampler, scores, &self.banned, adjustments, &self.window),
+            None => Some(self.sampler.sample_adjusted(scores, &self.banned, adjustments, &self.window)),
+        }
+    }
+
+    /// The next token from a full row as it is, chosen before the step's tokens are committed:
+    /// only for nodes without a grammar, in sessions without logit adjustments.
+    pub(super) fn preselect(&mut self, row: &[f32]) -> Token {
+        self.sampler.sample_sorted(Scores::Full(row), &self.banned)
+    }
+
+    /// The sampled token is an end of generation (or a grammar admits nothing more): the run
+    /// ends without decoding it.
+    pub(super) fn stop_at_eog(&mut self) {
+        self.pending_logprob = None;
+        self.state = NodeState::Idle;
+        self.stop_reason = Some(StopReason::Eog);
+    }
+
+    /// Makes `token` the pending token: its bytes are rendered now, so that a stop string it
+    /// completes ends the run with it (`Finishing`), as does the run's token limit.
+    pub(super) fn queue(&mut self, token: Token, logprob: Option<TokenLogprob>, model: &Model) {
+        self.pending_logprob = logprob;
+        self.pending_bytes.clear();
+        model.token_bytes(token, &mut self.pending_bytes);
+        self.generated_in_run += 1;
+        let reason = if self.generated_in_run >= self.limit {
+            Some(StopReason::MaxTokens)
+        } else {
+            stop_string_hit(&self.stop_lookback, self.tail_bytes(), &self.pending_bytes, &self.stops)
+        };
+        self.state = match reason {
+            Some(reason) => NodeState::Finishing { pending: token, reason },
+            None => NodeState::Running { pending: token },
+        };
+    }
+
+    /// Commits the decoded pending `token` to the node's text; `text` receives the whole
+    /// UTF-8 characters it completes.
+    pub(super) fn commit_pending(&mut self, token: Token, text: &mut String) {
+        let bytes = std::mem::take(&mut self.pending_bytes);
+        let pos = self.next_pos;
+        self.push_token(Origin::Generated, token, &bytes);
+        if self.grammar.as_mut().is_some_and(|g| !g.accept(token)) {
+            // Only a scripted token can be one the grammar rejects: it overrides the grammar.
+            self.grammar = None;
+        }
+        if let Some(mut lp) = self.pending_logprob.take() {
+            lp.pos = pos;
+            self.logprobs.push(lp);
+        }
+        text.clear();
+        self.utf8.push(&bytes, text);
+        self.pending_bytes = bytes;
+    }
+
+    /// `text` receives what the UTF-8 stream still holds at the end of a run.
+    pub(super) fn flush_text(&mut self, text: &mut String) {
+        text.clear();
+        self.utf8.finish(text);
+    }
+
+    /// Ends the run: the node is idle and remembers why.
+    pub(super) fn stop(&mut self, reason: StopReason) {
+        self.state = NodeState::Idle;
+        self.stop_reason = Some(reason);
+    }
+
+    /// Ends the run with its pending token never decoded.
+    pub(super) fn stop_undecoded(&mut self, reason: StopReason) {
+        // The scores after its last decoded token were consumed by sampling the dropped
+        // token; the node needs appended text before it generates again.
+        self.saved.clear();
+        self.pending_logprob = None;
+        self.no_scores_because = match reason {
+            StopReason::KvCacheFull => "the KV cache filled: the token it had sampled was never decoded",
+            StopReason::ServerLost => "an RPC server was lost: the token it had sampled was never decoded",
+            _ => "its run was stopped (cancelled, or a failed decode): the token it had sampled was never decoded",
+        };
+        self.stop(reason);
     }
 
     /// Appends a decoded token to the last text item of `origin`, opening one if needed.
@@ -185,6 +493,127 @@ impl Node {
         self.next_pos += 1;
         self.cells += 1;
         self.window.push(token);
+    }
+
+    /// A token decoded into the node's cells but not its text (a join's re-read).
+    pub(super) fn push_unrecorded(&mut self) {
+        self.next_pos += 1;
+        self.cells += 1;
+    }
+
+    /// Forgets the cells of the node's last `n` tokens (they stay in its text). Returns the
+    /// first position freed, which the caller removes from the cache.
+    pub(super) fn uncache_tail(&mut self, n: usize) -> i32 {
+        let from = self.next_pos - n as i32;
+        self.next_pos = from;
+        self.cells -= n as u64;
+        self.saved.clear();
+        self.no_scores_because = "its last tokens were taken out of the cache";
+        from
+    }
+
+    /// Forgets the node's text from item `first_item` on, but the first `kept_in_item`
+    /// tokens of that item, `removed` tokens (and their cells) in all; blocks in that tail
+    /// stay. Returns the first position freed, which the caller removes from the cache
+    /// before it refills the penalty window.
+    pub(super) fn rewind(&mut self, first_item: usize, kept_in_item: usize, removed: u64, model: &Model) -> i32 {
+        let Item::Text { pos0, .. } = &self.items[first_item] else { unreachable!("cut is a text item") };
+        let from = *pos0 + kept_in_item as i32;
+        let mut items = std::mem::take(&mut self.items);
+        let tail = items.split_off(first_item);
+        for (k, item) in tail.into_iter().enumerate() {
+            match item {
+                Item::Text { origin, pos0, mut tokens, .. } if k == 0 && kept_in_item > 0 => {
+                    tokens.truncate(kept_in_item);
+                    let mut bytes = Vec::new();
+                    for &t in &tokens {
+                        model.token_bytes(t, &mut bytes);
+                    }
+                    items.push(Item::Text { origin, pos0, tokens, bytes });
+                }
+                Item::Text { .. } => {}
+                block @ Item::Block(_) => items.push(block),
+            }
+        }
+        self.items = items;
+        self.next_pos = from;
+        self.cells -= removed;
+        self.logprobs.retain(|l| l.pos < from);
+        self.saved.clear();
+        self.no_scores_because = "it was rewound";
+        from
+    }
+
+    /// Forgets tokens committed at positions ≥ `pos0` by a prefill that failed part-way (in
+    /// its text too when the prefill `recorded` them). Returns whether its text changed, so
+    /// that the caller refills its penalty window.
+    pub(super) fn roll_back(&mut self, pos0: i32, recorded: bool, model: &Model) -> bool {
+        let drop = (self.next_pos - pos0).max(0) as u64;
+        if drop == 0 {
+            return false;
+        }
+        if !recorded {
+            self.next_pos = pos0;
+            self.cells -= drop;
+            return false;
+        }
+        if let Some(Item::Text { origin: Origin::Forced, pos0: item_pos, tokens, bytes }) = self.items.last_mut() {
+            let keep = (pos0 - *item_pos).max(0) as usize;
+            tokens.truncate(keep);
+            // Recompute the bytes of the kept tokens.
+            let kept: Vec<Token> = tokens.clone();
+            bytes.clear();
+            for t in kept {
+                model.token_bytes(t, bytes);
+            }
+            if tokens.is_empty() {
+                self.items.pop();
+            }
+        }
+        self.next_pos = pos0;
+        self.cells -= drop;
+        true
+    }
+
+    /// The node forked block `block`: it waits for the block's join.
+    pub(super) fn wait_on_block(&mut self, block: usize) {
+        self.blocks_opened += 1;
+        self.open_block = Some(block);
+        self.state = NodeState::Waiting;
+        self.items.push(Item::Block(block));
+    }
+
+    /// The node's open block was joined: it sees the kept branches' tokens `seen` (in its
+    /// penalty window), continues at `next_pos` and holds `gained` more cells. Its saved
+    /// scores predate the branches, so they go when any branch was kept (`kept_any`).
+    pub(super) fn close_block(&mut self, seen: &[Token], next_pos: i32, gained: u64, kept_any: bool) {
+        self.window.extend(seen);
+        self.open_block = None;
+        self.state = NodeState::Idle;
+        self.next_pos = next_pos;
+        self.cells += gained;
+        if kept_any {
+            self.saved.clear(); // they predate the branches
+            self.no_scores_because = "a join kept branches, and no token has seen them yet";
+        }
+    }
+
+    /// The branch was joined (kept or discarded): its sequence id went back to the pool.
+    pub(super) fn mark_joined(&mut self) {
+        self.alive = false;
+        self.saved = SavedScores::default();
+    }
+
+    /// The node's cells from its last one on moved `shift` positions on (a same-seq join's
+    /// filler): so does its next position.
+    pub(super) fn shift_next_pos(&mut self, shift: i32) {
+        self.next_pos += shift;
+    }
+
+    /// `n` of the node's cells were removed from the cache, its positions unchanged (a
+    /// same-seq join's filler).
+    pub(super) fn drop_cells(&mut self, n: u64) {
+        self.cells -= n;
     }
 
     /// The node's own text, nested blocks excluded (invalid UTF-8 replaced).
@@ -223,101 +652,8 @@ pub(crate) struct Block {
     pub reread: usize,
 }
 
-/// One branch (or the trunk) as reported in a [`Transcript`].
-#[derive(Debug, Clone, Serialize)]
-pub struct NodeReport {
-    /// The node's handle in its session (index 0 is the trunk).
-    pub node: usize,
-    /// "" for the trunk, "1", "2", "2.1" ... for branches.
-    pub label: String,
-    /// Every token this node decoded, own text only (nested blocks excluded).
-    pub tokens: usize,
-    /// The node's text with nested blocks flattened in (as in the KV cache).
-    pub text: String,
-    /// Why the node's last run ended; `None` while it has never generated (or is running).
-    pub stop_reason: Option<StopReason>,
-    /// The node's history in order: text pieces (prompt, forced text, generated runs) and
-    /// the blocks it forked, each with its branches.
-    pub items: Vec<ItemReport>,
-    /// Log-probabilities of the node's generated tokens, when the session records them.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub logprobs: Vec<TokenLogprob>,
-}
-
-/// A piece of a node's history.
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum ItemReport {
-    /// Consecutive tokens of one origin, in the node's own sequence.
-    Text {
-        /// Whether the caller put this text in or the model sampled it.
-        origin: Origin,
-        /// KV position of the first token (positions then follow one per token).
-        first_pos: i32,
-        /// The token ids, in order.
-        tokens: Vec<Token>,
-        /// Their text (bytes that are not valid UTF-8 replaced by U+FFFD).
-        text: String,
-    },
-    /// A fork of this node and its branches.
-    Block {
-        /// Position of every branch's first token (the parent's next position at the fork);
-        /// 0 for a detached block, whose branches run on prompts of their own.
-        fork_pos: i32,
-        /// What the join did with the branches; `None` while the block is open.
-        join: Option<JoinMode>,
-        /// How the parent read the kept branches back.
-        rule: JoinRule,
-        /// Tokens of kept branches the parent decoded again (a [`JoinRule::Reprefill`] join).
-        reread_tokens: usize,
-        /// Every branch of the block in fork order, kept or not.
-        branches: Vec<NodeReport>,
-    },
-}
-
-/// The structure and text of everything a session holds.
-#[derive(Debug, Clone, Serialize)]
-pub struct Transcript {
-    /// The flattened text exactly as the trunk sees it in the KV cache: kept branches in order,
-    /// discarded ones left out; an open block shows all its branches.
-    pub text: String,
-    /// The trunk's report: its items hold every block and, through them, every branch.
-    pub trunk: NodeReport,
-}
-
-impl Transcript {
-    /// Every block in the trunk, depth first, in order.
-    pub fn blocks(&self) -> Vec<&ItemReport> {
-        fn walk<'a>(n: &'a NodeReport, out: &mut Vec<&'a ItemReport>) {
-            for item in &n.items {
-                if let ItemReport::Block { branches, .. } = item {
-                    out.push(item);
-                    for b in branches {
-                        walk(b, out);
-                    }
-                }
-            }
-        }
-        let mut out = Vec::new();
-        walk(&self.trunk, &mut out);
-        out
-    }
-
-    /// The branches of the trunk's `i`-th block (not counting nested ones).
-    pub fn top_level_branches(&self, i: usize) -> Option<&[NodeReport]> {
-        self.trunk
-            .items
-            .iter()
-            .filter_map(|it| match it {
-                ItemReport::Block { branches, .. } => Some(branches.as_slice()),
-                _ => None,
-            })
-            .nth(i)
-    }
-}
-
 /// Whether branch `i` of `block` is part of its parent's text (kept, or not yet joined).
-fn is_kept(block: &Block, i: usize) -> bool {
+pub(super) fn is_kept(block: &Block, i: usize) -> bool {
     match &block.join {
         None | Some(JoinMode::All) => true,
         Some(JoinMode::Keep(k)) => k.contains(&i),
@@ -366,56 +702,4 @@ fn seen_tokens_upto(nodes: &[Node], blocks: &[Block], idx: usize, end: usize, ou
         }
     }
     flat_items(nodes, blocks, &nodes[idx].items[..end], out);
-}
-
-pub(crate) fn report(nodes: &[Node], blocks: &[Block], idx: usize) -> (NodeReport, Vec<u8>) {
-    let node = &nodes[idx];
-    let mut flat = Vec::new();
-    let mut items = Vec::new();
-    let mut tokens = 0;
-    for item in &node.items {
-        match item {
-            Item::Text { origin, pos0, tokens: t, bytes } => {
-                tokens += t.len();
-                flat.extend_from_slice(bytes);
-                items.push(ItemReport::Text {
-                    origin: *origin,
-                    first_pos: *pos0,
-                    tokens: t.clone(),
-                    text: String::from_utf8_lossy(bytes).into_owned(),
-                });
-            }
-            Item::Block(b) => {
-                let block = &blocks[*b];
-                let mut branches = Vec::new();
-                for (i, &c) in block.children.iter().enumerate() {
-                    let (r, bytes) = report(nodes, blocks, c);
-                    if is_kept(block, i) {
-                        flat.extend_from_slice(&bytes);
-                    }
-                    branches.push(r);
-                }
-                items.push(ItemReport::Block {
-                    fork_pos: block.fork_pos,
-                    join: block.join.clone(),
-                    rule: block.rule,
-                    reread_tokens: block.reread,
-                    branches,
-                });
-            }
-        }
-    }
-    let text = String::from_utf8_lossy(&flat).into_owned();
-    (
-        NodeReport {
-            node: idx,
-            label: node.label.clone(),
-            tokens,
-            text,
-            stop_reason: node.stop_reason.clone(),
-            items,
-            logprobs: node.logprobs.clone(),
-        },
-        flat,
-    )
 }
