@@ -140,7 +140,7 @@ pub(super) fn most_likely(row: &[f32], n: usize) -> Vec<Token> {
     // loses the tie, so only a strictly greater one enters (and NaN never compares greater).
     let mut bar = f32::NEG_INFINITY;
     for (i, &l) in row.iter().enumerate() {
-        if heap.len() == n && !(l > bar) {
+        if heap.len() == n && l.partial_cmp(&bar) != Some(std::cmp::Ordering::Greater) {
             continue;
         }
         if l.is_nan() {

@@ -342,7 +342,7 @@ impl Node {
         if limits.ban_eog {
             self.banned.extend_from_slice(eog);
         }
-        // Sorted once per run: every sample looks tokens up in it (sampling::is_banned).
+        // Sorted once per run: every sample looks tokens up in it (`is_banned` in sampling/sampler.rs).
         self.banned.sort_unstable();
         self.banned.dedup();
         self.generated_in_run = 0;
