@@ -31,7 +31,8 @@ fn require_rpc_backend_if_asked() {
     if std::env::var_os("CARGO_FEATURE_RPC").is_none() {
         return;
     }
-    let on = std::env::var("GGML_RPC").is_ok_and(|v| matches!(v.to_ascii_uppercase().as_str(), "ON" | "1" | "TRUE" | "YES"));
+    let on =
+        std::env::var("GGML_RPC").is_ok_and(|v| matches!(v.to_ascii_uppercase().as_str(), "ON" | "1" | "TRUE" | "YES"));
     if !on {
         panic!(
             "the `rpc` feature needs llama.cpp's RPC backend: build with GGML_RPC=ON in the \

@@ -17,7 +17,8 @@ fn max_only(x: &[f32]) -> f32 {
 
 fn main() {
     for &n in &[49_152usize, 128_256, 262_144] {
-        let logits: Vec<f32> = (0..n as u32).map(|i| ((i.wrapping_mul(2_654_435_761)) % 100_003) as f32 * 1e-3).collect();
+        let logits: Vec<f32> =
+            (0..n as u32).map(|i| ((i.wrapping_mul(2_654_435_761)) % 100_003) as f32 * 1e-3).collect();
         let reps = 2000;
         let t = Instant::now();
         let mut acc = 0;

@@ -32,9 +32,10 @@ fn main() -> pardec::Result<()> {
         eprintln!("  ADAPTER: default adapters/multiverse-smollm2-135m.gguf of this checkout");
         std::process::exit(2);
     };
-    let adapter_path = args.next().or_else(|| std::env::var("PARDEC_ADAPTER").ok()).unwrap_or_else(|| {
-        concat!(env!("CARGO_MANIFEST_DIR"), "/adapters/multiverse-smollm2-135m.gguf").to_string()
-    });
+    let adapter_path = args
+        .next()
+        .or_else(|| std::env::var("PARDEC_ADAPTER").ok())
+        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/adapters/multiverse-smollm2-135m.gguf").to_string());
 
     let model = Model::load(&model_path, &ModelParams::default())?;
     // An adapter is loaded for one model and fails with a clear error on another

@@ -78,9 +78,7 @@ impl Adapter {
             LlamaAdapter::load(&model.inner.llama, path)
         };
         let llama = llama.ok_or_else(|| {
-            Error::ModelLoad(format!(
-                "llama.cpp refused the adapter {shown} (PARDEC_LLAMA_LOG=1 shows its log)"
-            ))
+            Error::ModelLoad(format!("llama.cpp refused the adapter {shown} (PARDEC_LLAMA_LOG=1 shows its log)"))
         })?;
         Ok(Adapter {
             inner: Arc::new(AdapterInner {
@@ -136,9 +134,7 @@ struct Shape {
 fn check_header(header: &gguf::Header, model: &Model) -> std::result::Result<Shape, Refusal> {
     let general_type = header.str("general.type").unwrap_or("");
     if general_type != "adapter" {
-        return Err(Refusal::NotAdapter(format!(
-            "general.type is {general_type:?}, not \"adapter\" (is it a model?)"
-        )));
+        return Err(Refusal::NotAdapter(format!("general.type is {general_type:?}, not \"adapter\" (is it a model?)")));
     }
     let adapter_type = header.str("adapter.type").unwrap_or("");
     if adapter_type != "lora" {
@@ -215,10 +211,7 @@ pub(crate) fn pair_tensors(
         } else if let Some(base) = t.name.strip_suffix(".lora_b") {
             halves.entry(base.to_string()).or_default().1 = Some(t.clone());
         } else if !(t.name.ends_with("_norm.weight") || (row_deltas && row_tensor_base(&t.name).is_some())) {
-            return Err(Refusal::NotAdapter(format!(
-                "tensor {:?} is neither .lora_a nor .lora_b",
-                t.name
-            )));
+            return Err(Refusal::NotAdapter(format!("tensor {:?} is neither .lora_a nor .lora_b", t.name)));
         }
     }
     halves

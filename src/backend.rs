@@ -17,8 +17,8 @@ static BACKEND: OnceCell<LlamaBackend> = OnceCell::new();
 /// embedded in an application does not write to its stderr.
 pub fn backend() -> Result<&'static LlamaBackend> {
     BACKEND.get_or_try_init(|| {
-        let mut backend = LlamaBackend::init()
-            .map_err(|e| Error::Backend(format!("llama.cpp backend failed to start: {e}")))?;
+        let mut backend =
+            LlamaBackend::init().map_err(|e| Error::Backend(format!("llama.cpp backend failed to start: {e}")))?;
         if std::env::var_os("PARDEC_LLAMA_LOG").map_or(true, |v| v != "1") {
             backend.void_logs();
         }

@@ -134,10 +134,8 @@ fn engine_block(s: &mut Session, specs: &[BranchSpec]) -> Result<Stats> {
 
 /// Forks `specs` with no generation and times raw decoding of their lanes.
 fn raw_block(s: &mut Session, specs: &[BranchSpec], tokens: usize) -> Result<Duration> {
-    let idle: Vec<BranchSpec> = specs
-        .iter()
-        .map(|sp| BranchSpec { limits: RunLimits::tokens(0), ..sp.clone() })
-        .collect();
+    let idle: Vec<BranchSpec> =
+        specs.iter().map(|sp| BranchSpec { limits: RunLimits::tokens(0), ..sp.clone() }).collect();
     let nodes = s.fork(NodeId::TRUNK, &idle)?;
     let t = s.raw_decode_steps(&nodes, tokens);
     s.join(NodeId::TRUNK, JoinMode::Discard, None)?;
@@ -603,10 +601,8 @@ pub fn auto_vs_serial(model: &Model, p: &BenchParams) -> Result<Vec<AutoBenchRow
         flatten_tokens(&s.transcript().trunk, &mut flat);
         let response: Vec<crate::Token> = flat[prompt_tokens..].to_vec();
         let trunk_tokens = s.node_tokens(NodeId::TRUNK).len() - prompt_tokens;
-        let longest = s
-            .transcript()
-            .top_level_branches(0)
-            .map_or(0, |br| br.iter().map(|x| x.tokens).max().unwrap_or(0));
+        let longest =
+            s.transcript().top_level_branches(0).map_or(0, |br| br.iter().map(|x| x.tokens).max().unwrap_or(0));
 
         // The same tokens, one per step, on a fresh session.
         let mut serial = Session::new(model, params)?;

@@ -95,7 +95,11 @@ pub fn convert(input: &Path, output: &Path, format: WeightFormat, n_threads: u32
     }
     let dir = output.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     if !dir.is_dir() {
-        return Err(Error::InvalidArgument(format!("convert: no folder {} to write {} in", dir.display(), output.display())));
+        return Err(Error::InvalidArgument(format!(
+            "convert: no folder {} to write {} in",
+            dir.display(),
+            output.display()
+        )));
     }
     let partial = output.with_file_name(format!(
         ".{}.partial-{}",

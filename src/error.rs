@@ -83,10 +83,9 @@ impl fmt::Display for Error {
             Error::InvalidArgument(m) => write!(f, "invalid argument: {m}"),
             Error::InvalidUtf8(m) => write!(f, "invalid UTF-8: {m}"),
             Error::EmptyPrompt => write!(f, "the prompt is empty (it tokenizes to no tokens)"),
-            Error::PromptTooLong { tokens, n_ctx } => write!(
-                f,
-                "the prompt needs at least {tokens} cells but the context holds only {n_ctx}"
-            ),
+            Error::PromptTooLong { tokens, n_ctx } => {
+                write!(f, "the prompt needs at least {tokens} cells but the context holds only {n_ctx}")
+            }
             Error::EmptyBranchPrefix { branch } => {
                 write!(f, "the prefix of branch {branch} tokenizes to no tokens")
             }

@@ -36,7 +36,9 @@ pub(crate) enum Value {
     /// An array, its elements read past. `repeated`: for the vocabulary's token strings
     /// (`tokenizer.ggml.tokens`), the first string that appears twice, by index (llama.cpp
     /// asserts on one).
-    Array { repeated: Option<(u64, String)> },
+    Array {
+        repeated: Option<(u64, String)>,
+    },
 }
 
 impl Value {
@@ -141,9 +143,7 @@ struct Reader<R>(R);
 
 impl<R: Read> Reader<R> {
     fn bytes(&mut self, buf: &mut [u8]) -> Result<(), HeaderError> {
-        self.0
-            .read_exact(buf)
-            .map_err(|_| HeaderError::Malformed("the file ends inside its header".into()))
+        self.0.read_exact(buf).map_err(|_| HeaderError::Malformed("the file ends inside its header".into()))
     }
 
     fn u32(&mut self) -> Result<u32, HeaderError> {
@@ -234,9 +234,7 @@ impl<R: Read> Reader<R> {
             10 => Value::Int(self.u64()? as i64),
             11 => Value::Int(i64::from_le_bytes(self.fixed()?)),
             12 => Value::Float64(f64::from_le_bytes(self.fixed()?)),
-            other => {
-                return Err(HeaderError::Malformed(format!("key {key:?} has unknown value type {other}")))
-            }
+            other => return Err(HeaderError::Malformed(format!("key {key:?} has unknown value type {other}"))),
         })
     }
 

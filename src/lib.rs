@@ -52,9 +52,8 @@ pub use merge::{merge, MergeSummary};
 pub use model::{Model, ModelParams, SpecialTokens, Token};
 pub use session::SamplingParams;
 pub use session::{
-    Grammar,
-    BranchSpec, Event, ItemReport, JoinMode, JoinRule, KvType, NodeId, NodeReport, Observer, Origin, RunLimits,
-    Selection, Session, SessionParams, Silent, StopReason, TokenLogprob, TokenScript, Transcript,
+    BranchSpec, Event, Grammar, ItemReport, JoinMode, JoinRule, KvType, NodeId, NodeReport, Observer, Origin,
+    RunLimits, Selection, Session, SessionParams, Silent, StopReason, TokenLogprob, TokenScript, Transcript,
     MAX_TOP_LOGPROBS,
 };
 pub use stats::Stats;

@@ -483,7 +483,9 @@ fn check_row_headers(
             (Some(_), None) => {
                 return Err(Refusal::NotAdapter(format!("{name}{ROW_DELTA} has no {name}{ROW_IDS} beside it")))
             }
-            (None, _) => return Err(Refusal::NotAdapter(format!("{name}{ROW_IDS} has no {name}{ROW_DELTA} beside it"))),
+            (None, _) => {
+                return Err(Refusal::NotAdapter(format!("{name}{ROW_IDS} has no {name}{ROW_DELTA} beside it")))
+            }
         };
         let Some(w) = base_shapes.get(*name) else {
             return Err(Refusal::Mismatch(format!("the model has no tensor {name:?} for {name}{ROW_DELTA}")));

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use crate::backend::backend;
 use crate::error::{Error, Result};
 use crate::gguf::HeaderError;
-use serde::Serialize;
 pub use crate::llama::Token;
 use crate::llama::{LlamaModel, LoadFailure};
+use serde::Serialize;
 
 /// How to load a model.
 #[derive(Debug, Clone, Default)]
@@ -59,10 +59,7 @@ pub struct Model {
 
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Model")
-            .field("path", &self.inner.path)
-            .field("architecture", &self.inner.architecture)
-            .finish()
+        f.debug_struct("Model").field("path", &self.inner.path).field("architecture", &self.inner.architecture).finish()
     }
 }
 
@@ -73,12 +70,8 @@ impl std::fmt::Debug for Model {
 pub(crate) fn check_gguf_file(path: &Path) -> Result<HashMap<String, Vec<u64>>> {
     let header = crate::gguf::read_header(path).map_err(|e| match e {
         HeaderError::Io(e) => Error::ModelNotFound(format!("{}: {e}", path.display())),
-        HeaderError::Magic => {
-            Error::NotGguf(format!("{} does not start with the GGUF magic bytes", path.display()))
-        }
-        HeaderError::Malformed(e) => {
-            Error::ModelLoad(format!("{}: malformed GGUF header: {e}", path.display()))
-        }
+        HeaderError::Magic => Error::NotGguf(format!("{} does not start with the GGUF magic bytes", path.display())),
+        HeaderError::Malformed(e) => Error::ModelLoad(format!("{}: malformed GGUF header: {e}", path.display())),
     })?;
     check_what_llama_cpp_asserts_on(&header)
         .map_err(|why| Error::ModelLoad(format!("{}: refused before llama.cpp reads it: {why}", path.display())))?;
@@ -141,23 +134,19 @@ impl Model {
             remote.check()?;
         }
         let llama = loaded.map_err(|e| match e {
-            LoadFailure::BadPath => Error::InvalidArgument(format!(
-                "model path {} is not UTF-8 or holds a NUL byte",
-                path.display()
-            )),
+            LoadFailure::BadPath => {
+                Error::InvalidArgument(format!("model path {} is not UTF-8 or holds a NUL byte", path.display()))
+            }
             LoadFailure::Refused => Error::ModelLoad(format!(
                 "llama.cpp could not load {}; the architecture may be unknown to this \
                  llama.cpp or the file corrupt (PARDEC_LLAMA_LOG=1 shows llama.cpp's log)",
                 path.display()
             )),
-            LoadFailure::Threw(why) => Error::ModelLoad(format!(
-                "llama.cpp threw while loading {}: {why}",
-                path.display()
-            )),
+            LoadFailure::Threw(why) => {
+                Error::ModelLoad(format!("llama.cpp threw while loading {}: {why}", path.display()))
+            }
         })?;
-        let architecture = llama
-            .meta_str("general.architecture")
-            .unwrap_or_else(|| "unknown".to_string());
+        let architecture = llama.meta_str("general.architecture").unwrap_or_else(|| "unknown".to_string());
         if llama.is_recurrent() || llama.is_hybrid() {
             return Err(Error::UnsupportedModel(format!(
                 "{} has a {} architecture: its recurrent state cannot be shared by branches \
@@ -166,10 +155,7 @@ impl Model {
                 if llama.is_recurrent() { "recurrent" } else { "hybrid" },
             )));
         }
-        let has_text_vocab = llama
-            .meta_str("tokenizer.ggml.model")
-            .map(|m| m != "none")
-            .unwrap_or(true);
+        let has_text_vocab = llama.meta_str("tokenizer.ggml.model").map(|m| m != "none").unwrap_or(true);
         let eog_tokens = (0..llama.n_vocab()).filter(|&t| llama.is_eog(t)).collect();
         Ok(Model {
             inner: Arc::new(ModelInner {
@@ -259,8 +245,7 @@ impl Model {
     pub fn tokenize_with(&self, text: &str, add_bos: bool, parse_special: bool) -> Result<Vec<Token>> {
         if !self.inner.has_text_vocab {
             return Err(Error::InvalidArgument(
-                "this model has no tokenizer (tokenizer.ggml.model = none): pass token ids"
-                    .into(),
+                "this model has no tokenizer (tokenizer.ggml.model = none): pass token ids".into(),
             ));
         }
         self.inner.llama.tokenize(text, add_bos, parse_special).map_err(|why| {
@@ -308,13 +293,13 @@ impl Model {
         if messages.iter().any(|(r, c)| r.contains('\0') || c.contains('\0')) {
             return Err(Error::InvalidArgument("a chat message holds a NUL byte".into()));
         }
-        let template = self.inner.llama.chat_template().ok_or_else(|| {
-            Error::UnsupportedModel("the model has no chat template in its metadata".into())
-        })?;
+        let template = self
+            .inner
+            .llama
+            .chat_template()
+            .ok_or_else(|| Error::UnsupportedModel("the model has no chat template in its metadata".into()))?;
         LlamaModel::apply_chat_template(&template, messages).ok_or_else(|| {
-            Error::UnsupportedModel(
-                "the model's chat template is not one llama.cpp's built-in renderer knows".into(),
-            )
+            Error::UnsupportedModel("the model's chat template is not one llama.cpp's built-in renderer knows".into())
         })
     }
 }

@@ -28,7 +28,12 @@ fn multiverse(
     let mut s = session(&model, max_branches, max_depth);
     s.prompt("Write about fruit.\n").unwrap();
     s.set_script(Some(Box::new(Script::new(&model, script))));
-    let params = AutoParams { max_tokens: 100, max_branch_tokens: branch_tokens, response_prefix: prefix.into(), ..Default::default() };
+    let params = AutoParams {
+        max_tokens: 100,
+        max_branch_tokens: branch_tokens,
+        response_prefix: prefix.into(),
+        ..Default::default()
+    };
     // Multiverse's engine joins a path cut by its budget as it stands; these tests watch the
     // fallbacks, so an unfinished path is closed in the text.
     let spec = ProtocolSpec { close_unfinished: true, ..ProtocolSpec::builtin("multiverse").unwrap() };
@@ -44,13 +49,19 @@ const CLOSE: &str = "\n</Path>";
 
 #[test]
 fn a_trigger_without_outlines_continues_serially() {
-    let (s, r) = multiverse(8, 2, 40, "", vec![(
+    let (s, r) = multiverse(
+        8,
+        2,
+        40,
         "",
-        vec![
-            seg(When::Start, "<Parallel>\n<Goal>\nno plan here\n</Goal>"),
-            seg_eos(When::LongerThan(60), "\n</Parallel>\nEnd."),
-        ],
-    )]);
+        vec![(
+            "",
+            vec![
+                seg(When::Start, "<Parallel>\n<Goal>\nno plan here\n</Goal>"),
+                seg_eos(When::LongerThan(60), "\n</Parallel>\nEnd."),
+            ],
+        )],
+    );
     assert!(r.blocks.is_empty());
     assert!(kinds(&r).contains(&WarningKind::NoAnnouncements), "{:?}", r.warnings);
     assert_eq!(s.stats().blocks, 0);
@@ -75,13 +86,19 @@ fn more_outlines_than_free_sequence_ids_are_capped() {
 
 #[test]
 fn a_path_that_never_closes_is_closed_at_its_limit() {
-    let (s, r) = multiverse(8, 2, 10, "", vec![(
+    let (s, r) = multiverse(
+        8,
+        2,
+        10,
         "",
-        vec![
-            seg(When::Start, "<Parallel>\n<Goal>\n<Outline>1: A</Outline>\n<Outline>2: B</Outline>\n</Goal>"),
-            seg_eos(When::EndsWith("<Conclusion>\n".into()), "ok\n</Conclusion>\n</Parallel>"),
-        ],
-    )]);
+        vec![(
+            "",
+            vec![
+                seg(When::Start, "<Parallel>\n<Goal>\n<Outline>1: A</Outline>\n<Outline>2: B</Outline>\n</Goal>"),
+                seg_eos(When::EndsWith("<Conclusion>\n".into()), "ok\n</Conclusion>\n</Parallel>"),
+            ],
+        )],
+    );
     let unclosed = r.warnings.iter().filter(|w| w.kind == WarningKind::BranchNotClosed).count();
     assert_eq!(unclosed, 2, "{:?}", r.warnings);
     let t = s.transcript();
@@ -93,17 +110,29 @@ fn a_path_that_never_closes_is_closed_at_its_limit() {
 
 #[test]
 fn nesting_past_the_limit_is_read_as_text() {
-    let (s, r) = multiverse(8, 1, 60, "", vec![
-        ("", vec![
-            seg(When::Start, "<Parallel>\n<Goal>\n<Outline>1: A</Outline>\n<Outline>2: B</Outline>\n</Goal>"),
-            seg_eos(When::EndsWith("<Conclusion>\n".into()), "ok\n</Conclusion>\n</Parallel>"),
-        ]),
-        ("1", vec![
-            seg(When::LongerThan(12), "\n<Parallel>\n<Goal>\n<Outline>1.1: x</Outline>\n</Goal>"),
-            seg(When::LongerThan(70), CLOSE),
-        ]),
-        ("2", vec![seg(When::LongerThan(20), CLOSE)]),
-    ]);
+    let (s, r) = multiverse(
+        8,
+        1,
+        60,
+        "",
+        vec![
+            (
+                "",
+                vec![
+                    seg(When::Start, "<Parallel>\n<Goal>\n<Outline>1: A</Outline>\n<Outline>2: B</Outline>\n</Goal>"),
+                    seg_eos(When::EndsWith("<Conclusion>\n".into()), "ok\n</Conclusion>\n</Parallel>"),
+                ],
+            ),
+            (
+                "1",
+                vec![
+                    seg(When::LongerThan(12), "\n<Parallel>\n<Goal>\n<Outline>1.1: x</Outline>\n</Goal>"),
+                    seg(When::LongerThan(70), CLOSE),
+                ],
+            ),
+            ("2", vec![seg(When::LongerThan(20), CLOSE)]),
+        ],
+    );
     assert_eq!(r.blocks.len(), 1, "no nested block may open at max_depth 1");
     assert!(kinds(&r).contains(&WarningKind::NestingTooDeep), "{:?}", r.warnings);
     assert_eq!(s.stats().blocks, 1);
@@ -111,14 +140,23 @@ fn nesting_past_the_limit_is_read_as_text() {
 
 #[test]
 fn eos_inside_a_branch_ends_it_and_the_block_still_joins() {
-    let (s, r) = multiverse(8, 2, 40, "", vec![
-        ("", vec![
-            seg(When::Start, "<Parallel>\n<Goal>\n<Outline>1: A</Outline>\n<Outline>2: B</Outline>\n</Goal>"),
-            seg_eos(When::EndsWith("<Conclusion>\n".into()), "ok\n</Conclusion>\n</Parallel>"),
-        ]),
-        ("1", vec![seg_eos(When::LongerThan(16), " stop")]),
-        ("2", vec![seg(When::LongerThan(20), CLOSE)]),
-    ]);
+    let (s, r) = multiverse(
+        8,
+        2,
+        40,
+        "",
+        vec![
+            (
+                "",
+                vec![
+                    seg(When::Start, "<Parallel>\n<Goal>\n<Outline>1: A</Outline>\n<Outline>2: B</Outline>\n</Goal>"),
+                    seg_eos(When::EndsWith("<Conclusion>\n".into()), "ok\n</Conclusion>\n</Parallel>"),
+                ],
+            ),
+            ("1", vec![seg_eos(When::LongerThan(16), " stop")]),
+            ("2", vec![seg(When::LongerThan(20), CLOSE)]),
+        ],
+    );
     assert_eq!(r.blocks.len(), 1);
     assert_eq!(s.stop_reason(NodeId::from_index(1)), Some(&pardec::StopReason::Eog));
     assert!(s.transcript().text.contains("<Conclusion>\nok"));
@@ -126,11 +164,17 @@ fn eos_inside_a_branch_ends_it_and_the_block_still_joins() {
 
 #[test]
 fn a_response_prefix_can_open_the_block_itself() {
-    let (s, r) = multiverse(8, 2, 40, "<Parallel>\n<Goal>\n<Outline>1: A</Outline>\n<Outline>2: B</Outline>\n</Goal>", vec![
-        ("", vec![seg_eos(When::EndsWith("<Conclusion>\n".into()), "ok\n</Conclusion>\n</Parallel>")]),
-        ("1", vec![seg(When::LongerThan(20), CLOSE)]),
-        ("2", vec![seg(When::LongerThan(20), CLOSE)]),
-    ]);
+    let (s, r) = multiverse(
+        8,
+        2,
+        40,
+        "<Parallel>\n<Goal>\n<Outline>1: A</Outline>\n<Outline>2: B</Outline>\n</Goal>",
+        vec![
+            ("", vec![seg_eos(When::EndsWith("<Conclusion>\n".into()), "ok\n</Conclusion>\n</Parallel>")]),
+            ("1", vec![seg(When::LongerThan(20), CLOSE)]),
+            ("2", vec![seg(When::LongerThan(20), CLOSE)]),
+        ],
+    );
     assert_eq!(r.blocks.len(), 1);
     // The model may imitate tags inside a branch; nothing else may be reported.
     assert!(r.warnings.iter().all(|w| w.kind == WarningKind::ForbiddenTag), "{:?}", r.warnings);
@@ -186,19 +230,33 @@ fn apr_children_run_on_their_own_prompts() {
     let model = models::load(models::DEFAULT_MODEL_FILE);
     let mut s = session(&model, 8, 2);
     s.prompt("Moving to Node #0\nCurrent State: 24:[4, 9, 3], Operations: []\n").unwrap();
-    let expand = "Exploring Operation: 9-3=6, Resulting Numbers: [4, 6]\nGenerated Node #0,0: 24:[4, 6] Operation: 9-3=6\n\
+    let expand =
+        "Exploring Operation: 9-3=6, Resulting Numbers: [4, 6]\nGenerated Node #0,0: 24:[4, 6] Operation: 9-3=6\n\
         Exploring Operation: 9/3=3, Resulting Numbers: [4, 3]\nGenerated Node #0,1: 24:[4, 3] Operation: 9/3=3\n";
     let calls = "<Calling Sub Searches>\n<Start Sub Search 0 at level 1> Moving to Node #0,0\n\
         <Start Sub Search 1 at level 1> Moving to Node #0,1\n<Start Sub Search 2 at level 1> Moving to Node #0,9\n\
         <End Calling Sub Searches>";
-    s.set_script(Some(Box::new(Script::new(&model, vec![
-        ("", vec![
-            seg(When::Start, &format!("{expand}{calls}")),
-            seg_eos(When::EndsWith("<End Sub Searches>\n".into()), "Done."),
-        ]),
-        ("2", vec![seg_eos(When::Start, "\nExploring Operation: 4*3=12\n12*2=24\nGoal Reached\n['9/3=3', '4*6=24']\nGoal Reached\n9/3=3")]),
-    ]))));
-    let params = AutoParams { max_tokens: 200, max_branch_tokens: 90, response_prefix: String::new(), ..Default::default() };
+    s.set_script(Some(Box::new(Script::new(
+        &model,
+        vec![
+            (
+                "",
+                vec![
+                    seg(When::Start, &format!("{expand}{calls}")),
+                    seg_eos(When::EndsWith("<End Sub Searches>\n".into()), "Done."),
+                ],
+            ),
+            (
+                "2",
+                vec![seg_eos(
+                    When::Start,
+                    "\nExploring Operation: 4*3=12\n12*2=24\nGoal Reached\n['9/3=3', '4*6=24']\nGoal Reached\n9/3=3",
+                )],
+            ),
+        ],
+    ))));
+    let params =
+        AutoParams { max_tokens: 200, max_branch_tokens: 90, response_prefix: String::new(), ..Default::default() };
     let r = generate_apr(&mut s, &SubSearchFormat::apr(), &params, &mut Silent).unwrap();
     assert_eq!(r.blocks.len(), 1);
     assert_eq!(
@@ -231,10 +289,13 @@ fn apr_calls_written_with_the_last_token_still_run() {
         <Start Sub Search 0 at level 1> Moving to Node #0,0\n<End Calling Sub Searches>";
     let budget = model.tokenize(text, false).unwrap().len();
     s.set_script(Some(Box::new(Script::new(&model, vec![("", vec![seg(When::Start, text)])]))));
-    let params = AutoParams { max_tokens: budget, max_branch_tokens: 4, response_prefix: String::new(), ..Default::default() };
+    let params =
+        AutoParams { max_tokens: budget, max_branch_tokens: 4, response_prefix: String::new(), ..Default::default() };
     let r = generate_apr(&mut s, &SubSearchFormat::apr(), &params, &mut Silent).unwrap();
     assert_eq!(r.blocks.len(), 1, "{:?}", r.warnings);
-    assert!(s.node_text(NodeId::TRUNK).ends_with("<No Solution in Sub Search 0 at level 1 at Node #0,0>\n<End Sub Searches>\n"));
+    assert!(s
+        .node_text(NodeId::TRUNK)
+        .ends_with("<No Solution in Sub Search 0 at level 1 at Node #0,0>\n<End Sub Searches>\n"));
 }
 
 /// A calls closer split between the response prefix and the model's first tokens is seen.
@@ -246,7 +307,8 @@ fn apr_trigger_split_across_the_response_prefix() {
     let prefix = "Generated Node #0,0: 10:[10] Operation: 2*5=10\n<Calling Sub Searches>\n\
         <Start Sub Search 0 at level 1> Moving to Node #0,0\n<End Calling Sub";
     s.set_script(Some(Box::new(Script::new(&model, vec![("", vec![seg(When::Start, " Searches>")])]))));
-    let params = AutoParams { max_tokens: 30, max_branch_tokens: 4, response_prefix: prefix.into(), ..Default::default() };
+    let params =
+        AutoParams { max_tokens: 30, max_branch_tokens: 4, response_prefix: prefix.into(), ..Default::default() };
     let r = generate_apr(&mut s, &SubSearchFormat::apr(), &params, &mut Silent).unwrap();
     assert_eq!(r.blocks.len(), 1, "{:?}", r.warnings);
 }
@@ -261,7 +323,8 @@ fn apr_calls_written_in_the_response_prefix_run() {
     let prefix = "Generated Node #0,0: 10:[10] Operation: 2*5=10\n<Calling Sub Searches>\n\
         <Start Sub Search 0 at level 1> Moving to Node #0,0\n<End Calling Sub Searches>";
     s.set_script(Some(Box::new(Script::new(&model, vec![("", vec![seg_eos(When::Start, "Done.")])]))));
-    let params = AutoParams { max_tokens: 30, max_branch_tokens: 4, response_prefix: prefix.into(), ..Default::default() };
+    let params =
+        AutoParams { max_tokens: 30, max_branch_tokens: 4, response_prefix: prefix.into(), ..Default::default() };
     let r = generate_apr(&mut s, &SubSearchFormat::apr(), &params, &mut Silent).unwrap();
     assert_eq!(r.blocks.len(), 1, "{:?}", r.warnings);
     assert!(s.transcript().text.contains("<End Sub Searches>"), "{}", s.transcript().text);
@@ -280,7 +343,8 @@ fn skeleton_of_thought_for_real() {
     // Every point appears in the answer, in order.
     let mut at = 0;
     for p in &answer.points {
-        let found = answer.answer[at..].find(p.as_str()).unwrap_or_else(|| panic!("point {p:?} missing or out of order"));
+        let found =
+            answer.answer[at..].find(p.as_str()).unwrap_or_else(|| panic!("point {p:?} missing or out of order"));
         at += found + p.len();
     }
     let st = s.stats();
@@ -299,8 +363,14 @@ fn a_rambling_skeleton_is_cut_with_a_warning() {
         ramble.push_str(&format!("{i}. Point number {i}\n"));
     }
     s.set_script(Some(Box::new(Script::new(&model, vec![("", vec![seg_eos(When::Start, &ramble)])]))));
-    let answer = generate_sot(&mut s, "How can I sleep better?", &SkeletonFormat::sot(), &SotParams { skeleton_tokens: 200, point_tokens: 8 }, &mut Silent)
-        .unwrap();
+    let answer = generate_sot(
+        &mut s,
+        "How can I sleep better?",
+        &SkeletonFormat::sot(),
+        &SotParams { skeleton_tokens: 200, point_tokens: 8 },
+        &mut Silent,
+    )
+    .unwrap();
     assert_eq!(answer.points.len(), 10);
     let k = kinds(&answer.report);
     assert!(k.contains(&WarningKind::DuplicateLabel), "{k:?}");
@@ -317,7 +387,8 @@ fn a_full_kv_cache_midway_keeps_the_report_and_the_text() {
         .unwrap();
     s.prompt("Write about fruit.\n").unwrap();
     let prefix = "<Parallel>\n<Goal>\n<Outline>1: Apples</Outline>\n<Outline>2: Pears</Outline>\n</Goal>";
-    let params = AutoParams { max_tokens: 400, max_branch_tokens: 400, response_prefix: prefix.into(), ..Default::default() };
+    let params =
+        AutoParams { max_tokens: 400, max_branch_tokens: 400, response_prefix: prefix.into(), ..Default::default() };
     let mut report = AutoReport::default();
     let spec = ProtocolSpec::builtin("multiverse").unwrap();
     let mut ban_eog = params.clone();

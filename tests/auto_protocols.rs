@@ -13,8 +13,11 @@ use pardec::protocol::{check, layout, ProtocolSpec, WarningKind};
 use pardec::{ItemReport, Model, NodeReport, Origin, Session, SessionParams, Silent, Transcript};
 
 fn session(model: &Model) -> Session {
-    Session::new(model, SessionParams { n_ctx: 4096, max_branches: 16, max_depth: 3, n_threads: 2, ..Default::default() })
-        .unwrap()
+    Session::new(
+        model,
+        SessionParams { n_ctx: 4096, max_branches: 16, max_depth: 3, n_threads: 2, ..Default::default() },
+    )
+    .unwrap()
 }
 
 fn params() -> AutoParams {
@@ -39,7 +42,12 @@ fn run_protocol(model: &Model, spec: &ProtocolSpec, script: Script) -> (Session,
     for e in &errors {
         assert!(e.message.contains("treated as text"), "{}: structural error {e:?} in\n{response}", spec.name);
     }
-    assert!(errors.len() <= forbidden, "{}: {errors:?} not all reported as warnings ({:?})", spec.name, report.warnings);
+    assert!(
+        errors.len() <= forbidden,
+        "{}: {errors:?} not all reported as warnings ({:?})",
+        spec.name,
+        report.warnings
+    );
     let (pieces, pos) = response_pieces(model, &t, prompt_tokens);
     let lay = layout(spec, &pieces);
     let layout_pos: Vec<i32> = lay.pieces.iter().map(|p| p.pos as i32).collect();
@@ -113,7 +121,10 @@ fn multiverse_with_a_nested_block() {
     let spec = ProtocolSpec::builtin("multiverse").unwrap();
     let script = nested_multiverse(&model);
     let (s, report) = run_protocol(&model, &spec, script);
-    assert_eq!(labels(&report), vec![(String::new(), strings(&["1", "2", "3"])), ("2".into(), strings(&["2.1", "2.2"]))]);
+    assert_eq!(
+        labels(&report),
+        vec![(String::new(), strings(&["1", "2", "3"])), ("2".into(), strings(&["2.1", "2.2"]))]
+    );
     assert_eq!(titles(&report), vec![strings(&["Apples", "Pears", "Plums"]), strings(&["Green", "Red"])]);
     let t = s.transcript();
     assert!(t.text.ends_with("Done."), "{}", t.text);
@@ -162,10 +173,13 @@ fn parallel_r1_forks_two_paths() {
     let script = Script::new(
         &model,
         vec![
-            ("", vec![
-                seg(When::Start, "Let me think in two ways.\n<Parallel>"),
-                seg_eos(When::EndsWith("<Summary>".into()), "Both agree.</Summary>\nSo yes."),
-            ]),
+            (
+                "",
+                vec![
+                    seg(When::Start, "Let me think in two ways.\n<Parallel>"),
+                    seg_eos(When::EndsWith("<Summary>".into()), "Both agree.</Summary>\nSo yes."),
+                ],
+            ),
             ("1", vec![seg(When::LongerThan(20), "</Path>")]),
             ("2", vec![seg(When::LongerThan(26), "</Path>")]),
         ],

@@ -4,8 +4,7 @@ mod common;
 
 use common::{models, tiny_model};
 use pardec::{
-    BranchSpec, Error, JoinMode, Model, ModelParams, NodeId, RunLimits, Session, SessionParams, Silent,
-    StopReason,
+    BranchSpec, Error, JoinMode, Model, ModelParams, NodeId, RunLimits, Session, SessionParams, Silent, StopReason,
 };
 
 fn session(model: &Model, n_ctx: u32, max_branches: u32) -> Session {
@@ -106,8 +105,11 @@ fn prompt_errors_are_specific() {
 #[test]
 fn state_errors_are_specific_and_harmless() {
     let model = models::load(models::DEFAULT_MODEL_FILE);
-    let mut s = Session::new(&model, SessionParams { n_ctx: 1024, max_branches: 8, max_depth: 1, n_threads: 2, ..Default::default() })
-        .unwrap();
+    let mut s = Session::new(
+        &model,
+        SessionParams { n_ctx: 1024, max_branches: 8, max_depth: 1, n_threads: 2, ..Default::default() },
+    )
+    .unwrap();
     // Nothing to sample from yet.
     assert!(matches!(s.generate(&RunLimits::tokens(4), &mut Silent), Err(Error::InvalidState(_))));
     s.prompt("Two points:\n").unwrap();
@@ -334,15 +336,18 @@ fn hostile_model_files_get_error_values() {
         ("too many layers", Box::new(|kvs| set(kvs, "llama.block_count", V::U32(513)))),
         ("NaN epsilon", Box::new(|kvs| set(kvs, "llama.attention.layer_norm_rms_epsilon", V::F32(f32::NAN)))),
         ("negative epsilon", Box::new(|kvs| set(kvs, "llama.attention.layer_norm_rms_epsilon", V::F32(-1e-5)))),
-        ("duplicate tokens", Box::new(|kvs| {
-            for (k, v) in kvs.iter_mut() {
-                if *k == "tokenizer.ggml.tokens" {
-                    if let V::Strs(tokens) = v {
-                        tokens[1] = tokens[0].clone();
+        (
+            "duplicate tokens",
+            Box::new(|kvs| {
+                for (k, v) in kvs.iter_mut() {
+                    if *k == "tokenizer.ggml.tokens" {
+                        if let V::Strs(tokens) = v {
+                            tokens[1] = tokens[0].clone();
+                        }
                     }
                 }
-            }
-        })),
+            }),
+        ),
     ];
     for (i, (what, edit)) in cases.iter().enumerate() {
         let path = write(&format!("case{i}.gguf"), edit.as_ref());

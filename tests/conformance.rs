@@ -22,8 +22,8 @@
 mod common;
 
 use common::script::{seg, seg_eos, Script, When};
-use common::transcript::response_pieces;
 use common::tiny_model::{ByteVocab, TinyConfig, TinyModel};
+use common::transcript::response_pieces;
 use pardec::auto::{generate_auto, AutoParams};
 use pardec::protocol::{check, layout, layout_text, layout_with, Layout, ProtocolSpec, Rule};
 use pardec::{KvType, Model, ModelParams, NodeId, Session, SessionParams, Silent};
@@ -245,9 +245,8 @@ fn aspd_layout_is_its_engine() {
     let p = nth(text, "<|para|>", 0);
     let para = p..p + "<|para|>".len();
     let join = nth(text, "<|/para|>", 0);
-    let branches: Vec<std::ops::Range<usize>> = (0..2)
-        .map(|k| nth(text, "<|branch|>", k)..nth(text, "<|/branch|>", k) + "<|/branch|>".len())
-        .collect();
+    let branches: Vec<std::ops::Range<usize>> =
+        (0..2).map(|k| nth(text, "<|branch|>", k)..nth(text, "<|/branch|>", k) + "<|/branch|>".len()).collect();
     let s: usize = branches.iter().map(|b| b.len()).sum();
     let mut pos: Vec<u32> = (0..n as u32).collect();
     for b in &branches {
@@ -310,7 +309,14 @@ fn byte_model() -> (Model, std::path::PathBuf) {
 /// Runs `spec` under `script` after a short prompt; the response text, its tokens' bytes and
 /// the positions the engine decoded them at.
 fn run_engine(model: &Model, spec: &ProtocolSpec, script: Script) -> (String, Vec<Vec<u8>>, Vec<u32>) {
-    let params = SessionParams { n_ctx: 2048, n_threads: 2, kv_type: KvType::F32, max_branches: 8, max_depth: 6, ..Default::default() };
+    let params = SessionParams {
+        n_ctx: 2048,
+        n_threads: 2,
+        kv_type: KvType::F32,
+        max_branches: 8,
+        max_depth: 6,
+        ..Default::default()
+    };
     let mut s = Session::new(model, params).unwrap();
     s.prompt("Q:\n").unwrap();
     let prompt_tokens = s.node_tokens(NodeId::TRUNK).len();

@@ -8,7 +8,10 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::models;
-use pardec::{convert, converted_path, file_format, Error, Model, ModelParams, RunLimits, Session, SessionParams, Silent, WeightFormat};
+use pardec::{
+    convert, converted_path, file_format, Error, Model, ModelParams, RunLimits, Session, SessionParams, Silent,
+    WeightFormat,
+};
 
 /// A fresh folder under the system's temporary one, removed when dropped.
 struct TempDir(PathBuf);
@@ -30,7 +33,8 @@ impl Drop for TempDir {
 
 fn greedy(path: &Path, tokens: usize) -> Vec<i32> {
     let model = Model::load(path, &ModelParams::default()).expect("load");
-    let mut s = Session::new(&model, SessionParams { n_ctx: 512, max_branches: 1, n_threads: 2, ..Default::default() }).unwrap();
+    let mut s = Session::new(&model, SessionParams { n_ctx: 512, max_branches: 1, n_threads: 2, ..Default::default() })
+        .unwrap();
     let prompt = model.apply_chat_template(&[("user", "Name three rivers.")]).unwrap();
     s.prompt(&prompt).unwrap();
     s.generate(&RunLimits { max_tokens: tokens, ban_eog: true, ..Default::default() }, &mut Silent).unwrap();
@@ -53,7 +57,10 @@ fn a_converted_model_declares_its_format_loads_and_decodes() {
         // Q4_1 stores 5 bits a weight (4 + a scale and a minimum per 32), Q8_0 8.5 and F16 16;
         // tensors llama.cpp keeps in another type (norms in F32) blur the ratio a little.
         let expected = if format == WeightFormat::Q8_0 { 8.5 / 5.0 } else { 16.0 / 5.0 };
-        assert!((ratio / expected - 1.0).abs() < 0.25, "{format}: {ratio:.2}× the original's size, expected about {expected:.2}×");
+        assert!(
+            (ratio / expected - 1.0).abs() < 0.25,
+            "{format}: {ratio:.2}× the original's size, expected about {expected:.2}×"
+        );
         let tokens = greedy(&out, 16);
         if format == WeightFormat::F16 {
             // F16 holds each Q4_1 weight (an f16 scale times a 4-bit level plus an f16 minimum)
@@ -63,7 +70,8 @@ fn a_converted_model_declares_its_format_loads_and_decodes() {
         assert_eq!(tokens.len(), 16);
     }
     // Nothing else was left in the folder (no partial files).
-    let names: Vec<String> = std::fs::read_dir(&dir.0).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let names: Vec<String> =
+        std::fs::read_dir(&dir.0).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert_eq!(names.len(), 2, "{names:?}");
 }
 
@@ -91,7 +99,10 @@ fn bad_inputs_and_outputs_are_specific_errors_and_leave_nothing() {
     let copy = dir.0.join("copy.gguf");
     std::fs::copy(&input, &copy).unwrap();
     let onto_itself = convert(&copy, &copy, WeightFormat::Q8_0, 2);
-    assert!(matches!(&onto_itself, Err(Error::InvalidArgument(m)) if m.contains("both the input and the output")), "{onto_itself:?}");
+    assert!(
+        matches!(&onto_itself, Err(Error::InvalidArgument(m)) if m.contains("both the input and the output")),
+        "{onto_itself:?}"
+    );
     // A truncated model: the header reads, the tensor data is missing. llama.cpp's quantizer
     // fails on it; the error is a value and no partial output remains.
     let bytes = std::fs::read(&input).unwrap();

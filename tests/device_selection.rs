@@ -10,8 +10,8 @@ use common::script::nested_multiverse;
 use pardec::auto::{generate_auto, AutoParams};
 use pardec::protocol::ProtocolSpec;
 use pardec::{
-    BranchSpec, Error, JoinMode, Model, NodeId, RunLimits, SamplingParams, Selection, Session, SessionParams,
-    Silent, StopReason,
+    BranchSpec, Error, JoinMode, Model, NodeId, RunLimits, SamplingParams, Selection, Session, SessionParams, Silent,
+    StopReason,
 };
 
 const PROMPT: &str = "Here are four animals and one fact about each of them.\n";

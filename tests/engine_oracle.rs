@@ -14,8 +14,8 @@ use std::path::PathBuf;
 
 use common::tiny_model::{max_rel_err, TinyConfig, TinyModel};
 use pardec::{
-    BranchSpec, ItemReport, JoinMode, KvType, Model, ModelParams, NodeId, NodeReport, Origin,
-    RunLimits, Session, SessionParams, Silent,
+    BranchSpec, ItemReport, JoinMode, KvType, Model, ModelParams, NodeId, NodeReport, Origin, RunLimits, Session,
+    SessionParams, Silent,
 };
 
 /// Agreement required with the oracle. 1e-3 holds on the CPU backend (measured ~1e-6). On

@@ -6,12 +6,17 @@
 mod common;
 
 use common::models;
-use pardec::{BranchSpec, Error, Grammar, Model, NodeId, RunLimits, SamplingParams, Selection, Session, SessionParams, StopReason};
+use pardec::{
+    BranchSpec, Error, Grammar, Model, NodeId, RunLimits, SamplingParams, Selection, Session, SessionParams, StopReason,
+};
 
 fn session(model: &Model, seed: u64) -> Session {
     let sampling = SamplingParams { temperature: 0.8, seed, ..Default::default() };
-    let mut s = Session::new(model, SessionParams { n_ctx: 2048, max_branches: 4, n_threads: 2, sampling, ..Default::default() })
-        .unwrap();
+    let mut s = Session::new(
+        model,
+        SessionParams { n_ctx: 2048, max_branches: 4, n_threads: 2, sampling, ..Default::default() },
+    )
+    .unwrap();
     let prompt = model.apply_chat_template(&[("user", "Describe a cat as a JSON object.")]).unwrap();
     s.prompt(&prompt).unwrap();
     s
@@ -58,8 +63,11 @@ fn json_grammar_branches_write_parseable_json_on_twenty_seeds() {
 fn a_branch_without_a_grammar_continues_its_parents_state() {
     let model = models::load(models::DEFAULT_MODEL_FILE);
     let mut s = session(&model, 3);
-    s.generate(&RunLimits { max_tokens: 4, grammar: Some(Grammar::json_object()), ..Default::default() }, &mut pardec::Silent)
-        .unwrap();
+    s.generate(
+        &RunLimits { max_tokens: 4, grammar: Some(Grammar::json_object()), ..Default::default() },
+        &mut pardec::Silent,
+    )
+    .unwrap();
     let opened = s.node_generated_text(NodeId::TRUNK);
     assert!(opened.starts_with('{'), "{opened:?}");
     let ids = s.fork(NodeId::TRUNK, &vec![BranchSpec { limits: limits(None), ..Default::default() }; 2]).unwrap();
@@ -80,11 +88,18 @@ fn bad_grammars_are_specific_errors_and_change_nothing() {
     for bad in ["root ::= foo", "root ::= \"a", "root ::= root \"a\"", "", "other ::= \"a\""] {
         let err = s.generate(&limits(Some(Grammar::gbnf(bad))), &mut pardec::Silent).unwrap_err();
         assert!(matches!(&err, Error::InvalidArgument(m) if m.starts_with("grammar:")), "{bad:?}: {err:?}");
-        let err = s.fork(NodeId::TRUNK, &[BranchSpec { limits: limits(Some(Grammar::gbnf(bad))), ..Default::default() }]).unwrap_err();
+        let err = s
+            .fork(NodeId::TRUNK, &[BranchSpec { limits: limits(Some(Grammar::gbnf(bad))), ..Default::default() }])
+            .unwrap_err();
         assert!(matches!(err, Error::InvalidArgument(_)), "{bad:?}");
     }
     assert_eq!(s.transcript().text, before);
-    let p = SessionParams { n_ctx: 256, n_threads: 2, selection: Selection::Device { candidates: 16 }, ..Default::default() };
+    let p = SessionParams {
+        n_ctx: 256,
+        n_threads: 2,
+        selection: Selection::Device { candidates: 16 },
+        ..Default::default()
+    };
     let mut d = Session::new(&model, p).unwrap();
     d.prompt("Hello").unwrap();
     let err = d.generate(&limits(Some(Grammar::json_object())), &mut pardec::Silent).unwrap_err();
@@ -108,7 +123,8 @@ fn json_schema_branches_write_objects_the_schema_accepts() {
                 continue;
             }
             ended += 1;
-            let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("seed {seed}: {e}: {text:?}"));
+            let value: serde_json::Value =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("seed {seed}: {e}: {text:?}"));
             let object = value.as_object().unwrap_or_else(|| panic!("seed {seed}: not an object: {text:?}"));
             let keys: Vec<&str> = object.keys().map(String::as_str).collect();
             assert_eq!(keys.len(), 2, "seed {seed}: keys {keys:?} ({text:?})");
@@ -137,12 +153,24 @@ fn bad_json_schemas_are_specific_errors() {
 }
 
 /// Two branches' tokens under `grammar` (None: free), sampled with `sampling` plus `logit_bias`.
-fn branch_tokens(model: &Model, sampling: &SamplingParams, logit_bias: Vec<(i32, f32)>, grammar: Option<Grammar>) -> Vec<Vec<i32>> {
+fn branch_tokens(
+    model: &Model,
+    sampling: &SamplingParams,
+    logit_bias: Vec<(i32, f32)>,
+    grammar: Option<Grammar>,
+) -> Vec<Vec<i32>> {
     let sampling = SamplingParams { logit_bias, ..sampling.clone() };
-    let mut s = Session::new(model, SessionParams { n_ctx: 2048, max_branches: 4, n_threads: 2, sampling, ..Default::default() })
-        .unwrap();
+    let mut s = Session::new(
+        model,
+        SessionParams { n_ctx: 2048, max_branches: 4, n_threads: 2, sampling, ..Default::default() },
+    )
+    .unwrap();
     s.prompt(&model.apply_chat_template(&[("user", "Describe a cat as a JSON object.")]).unwrap()).unwrap();
-    let specs = vec![BranchSpec { limits: RunLimits { max_tokens: 48, grammar, ..Default::default() }, ..Default::default() }; 2];
+    let specs =
+        vec![
+            BranchSpec { limits: RunLimits { max_tokens: 48, grammar, ..Default::default() }, ..Default::default() };
+            2
+        ];
     let ids = s.fork(NodeId::TRUNK, &specs).unwrap();
     s.run(&mut pardec::Silent).unwrap();
     ids.iter().map(|&id| s.node_tokens(id)).collect()
@@ -169,5 +197,9 @@ fn shortlisted_picks_under_a_grammar_equal_those_of_the_fully_masked_row() {
     }
     // Control: the grammar did reject greedy picks here (unconstrained, the text differs).
     let free = branch_tokens(&model, &greedy, Vec::new(), None);
-    assert_ne!(free, branch_tokens(&model, &greedy, Vec::new(), Some(Grammar::json_object())), "the grammar never overrode a pick");
+    assert_ne!(
+        free,
+        branch_tokens(&model, &greedy, Vec::new(), Some(Grammar::json_object())),
+        "the grammar never overrode a pick"
+    );
 }

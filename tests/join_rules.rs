@@ -34,13 +34,8 @@ struct Flat {
 fn flatten(n: &NodeReport, branch: Option<usize>, out: &mut Vec<Flat>) {
     for item in &n.items {
         match item {
-            ItemReport::Text { first_pos, tokens, .. } => {
-                out.extend(tokens.iter().enumerate().map(|(i, &token)| Flat {
-                    token,
-                    pos: first_pos + i as i32,
-                    branch,
-                }))
-            }
+            ItemReport::Text { first_pos, tokens, .. } => out
+                .extend(tokens.iter().enumerate().map(|(i, &token)| Flat { token, pos: first_pos + i as i32, branch })),
             ItemReport::Block { branches, .. } => {
                 for (i, b) in branches.iter().enumerate() {
                     flatten(b, Some(i), out)
@@ -64,7 +59,8 @@ fn run(model: &Model, rule: JoinRule) -> Run {
         SessionParams { n_ctx: 512, n_threads: 2, kv_type: KvType::F32, record_logits: true, ..Default::default() },
     )
     .unwrap();
-    let free = |n| RunLimits { max_tokens: n, ban_eog: true, banned_tokens: vec![JOIN], stop: vec![], ..Default::default() };
+    let free =
+        |n| RunLimits { max_tokens: n, ban_eog: true, banned_tokens: vec![JOIN], stop: vec![], ..Default::default() };
     s.prompt_tokens(&PROMPT).unwrap();
     s.generate(&free(4), &mut Silent).unwrap();
     let specs: Vec<BranchSpec> = BRANCH_TOKENS
@@ -112,9 +108,8 @@ fn serial_positions(r: &Run) -> Vec<i32> {
 /// `after_join(fork, lengths)`.
 fn block_positions(r: &Run, after_join: impl Fn(i32, &[i32]) -> i32) -> Vec<i32> {
     let fork = r.flat.iter().find(|f| f.branch.is_some()).unwrap().pos;
-    let lengths: Vec<i32> = (0..BRANCH_TOKENS.len())
-        .map(|b| r.flat.iter().filter(|f| f.branch == Some(b)).count() as i32)
-        .collect();
+    let lengths: Vec<i32> =
+        (0..BRANCH_TOKENS.len()).map(|b| r.flat.iter().filter(|f| f.branch == Some(b)).count() as i32).collect();
     let resume = after_join(fork, &lengths);
     r.flat
         .iter()

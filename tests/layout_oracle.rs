@@ -60,7 +60,10 @@ fn flatten(n: &NodeReport, out: &mut Vec<(i32, i32, usize, bool)>) {
     for item in &n.items {
         match item {
             ItemReport::Text { origin, first_pos, tokens, .. } => out.extend(
-                tokens.iter().enumerate().map(|(i, &t)| (t, first_pos + i as i32, n.node, *origin == Origin::Generated)),
+                tokens
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &t)| (t, first_pos + i as i32, n.node, *origin == Origin::Generated)),
             ),
             ItemReport::Block { branches, .. } => branches.iter().for_each(|b| flatten(b, out)),
         }
@@ -80,7 +83,13 @@ fn layout_positions_and_mask_reproduce_the_engine() {
     .unwrap();
     s.set_script(Some(Box::new(CloseBranches)));
     // Generated text never contains a control token unless the script puts it there.
-    let free = |n| RunLimits { max_tokens: n, ban_eog: true, banned_tokens: CONTROL.to_vec(), stop: vec![], ..Default::default() };
+    let free = |n| RunLimits {
+        max_tokens: n,
+        ban_eog: true,
+        banned_tokens: CONTROL.to_vec(),
+        stop: vec![],
+        ..Default::default()
+    };
 
     s.prompt_tokens(&[5, 77, 310, 12]).unwrap();
     s.generate(&free(5), &mut Silent).unwrap();

@@ -76,7 +76,12 @@ fn check_run(model: &Model, sampling: SamplingParams) -> usize {
         for (i, (lp, row)) in lps.iter().zip(rows).enumerate() {
             let want = reference_logprob(row, lp.token);
             assert!(lp.logprob <= 0.0, "log-probability {} above 0", lp.logprob);
-            assert!((lp.logprob as f64 - want).abs() < 1e-4, "node {} token {i}: {} vs {want}", node.index(), lp.logprob);
+            assert!(
+                (lp.logprob as f64 - want).abs() < 1e-4,
+                "node {} token {i}: {} vs {want}",
+                node.index(),
+                lp.logprob
+            );
             assert_eq!(lp.top.len(), TOP);
             let mass: f64 = lp.top.iter().map(|t| (t.1 as f64).exp()).sum();
             assert!(mass <= 1.0 + 1e-5, "top-{TOP} probabilities sum to {mass}");

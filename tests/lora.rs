@@ -161,10 +161,13 @@ fn wrong_files_get_specific_errors() {
     };
     let a = vec![0.1f32; 64 * 4];
     let b = vec![0.1f32; 4 * 64];
-    let absent = write("absent.gguf", vec![
-        ("blk.9.attn_q.weight.lora_a".into(), vec![64, 4], &a),
-        ("blk.9.attn_q.weight.lora_b".into(), vec![4, 64], &b),
-    ]);
+    let absent = write(
+        "absent.gguf",
+        vec![
+            ("blk.9.attn_q.weight.lora_a".into(), vec![64, 4], &a),
+            ("blk.9.attn_q.weight.lora_b".into(), vec![4, 64], &b),
+        ],
+    );
     assert!(matches!(load_err(&f.model, &absent), Error::AdapterMismatch(m) if m.contains("blk.9")));
     let half = write("half.gguf", vec![("blk.0.attn_q.weight.lora_a".into(), vec![64, 4], &a)]);
     assert!(matches!(load_err(&f.model, &half), Error::NotAdapter(m) if m.contains("lora_b")));

@@ -167,7 +167,11 @@ fn the_default_model_merged_decodes_like_the_runtime_adapter() {
     let dir = TempDir::new("real");
     let base_path = models::model_path(models::DEFAULT_MODEL_FILE);
     let adapter_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("adapters/multiverse-smollm2-135m.gguf");
-    assert!(adapter_path.exists(), "{} is missing (the shipped adapter: a checkout's adapters/)", adapter_path.display());
+    assert!(
+        adapter_path.exists(),
+        "{} is missing (the shipped adapter: a checkout's adapters/)",
+        adapter_path.display()
+    );
     let base = Model::load(&base_path, &ModelParams::default()).unwrap();
     let adapter = Adapter::load(&base, &adapter_path).unwrap();
     let (runtime_tokens, runtime_logits) = greedy(&base, vec![(adapter, 1.0)], TOKENS);
@@ -607,43 +611,63 @@ fn wrong_row_deltas_are_specific_errors_and_leave_nothing() {
         let len = delta_ne.iter().product::<u64>() as usize;
         vec![
             (format!("{t}.row_delta"), delta_ne, TensorData::F32(&delta[..len])),
-            (format!("{t}.row_ids"), vec![match ids {
-                TensorData::I32(d) => d.len() as u64,
-                TensorData::F32(d) => d.len() as u64,
-                TensorData::F16(d) => d.len() as u64,
-            }], ids),
+            (
+                format!("{t}.row_ids"),
+                vec![match ids {
+                    TensorData::I32(d) => d.len() as u64,
+                    TensorData::F32(d) => d.len() as u64,
+                    TensorData::F16(d) => d.len() as u64,
+                }],
+                ids,
+            ),
         ]
     };
     let n64 = n as u64;
     type Check = fn(&Error) -> bool;
     type Tensors<'a> = Vec<(String, Vec<u64>, TensorData<'a>)>;
     let cases: Vec<(&str, Tensors<'_>, Check)> = vec![
-        ("no-ids", rows(&[12, 300])[..1].to_vec(), |e| {
-            matches!(e, Error::NotAdapter(m) if m.contains("has no token_embd.weight.row_ids"))
-        }),
-        ("no-delta", rows(&[12, 300])[1..].to_vec(), |e| {
-            matches!(e, Error::NotAdapter(m) if m.contains("has no token_embd.weight.row_delta"))
-        }),
-        ("beyond", rows(&[12, 512]), |e| {
-            matches!(e, Error::AdapterMismatch(m) if m.contains("512") && m.contains("0..512"))
-        }),
+        (
+            "no-ids",
+            rows(&[12, 300])[..1].to_vec(),
+            |e| matches!(e, Error::NotAdapter(m) if m.contains("has no token_embd.weight.row_ids")),
+        ),
+        (
+            "no-delta",
+            rows(&[12, 300])[1..].to_vec(),
+            |e| matches!(e, Error::NotAdapter(m) if m.contains("has no token_embd.weight.row_delta")),
+        ),
+        (
+            "beyond",
+            rows(&[12, 512]),
+            |e| matches!(e, Error::AdapterMismatch(m) if m.contains("512") && m.contains("0..512")),
+        ),
         ("negative", rows(&[-1, 12]), |e| matches!(e, Error::AdapterMismatch(m) if m.contains("row id -1"))),
         ("twice", rows(&[300, 12, 300]), |e| matches!(e, Error::NotAdapter(m) if m.contains("300 twice"))),
-        ("narrow", shaped(embd, vec![n64 / 2, 4], TensorData::I32(&[1, 2, 3, 4])), |e| {
-            matches!(e, Error::AdapterMismatch(m) if m.contains("row_delta") && m.contains("does not fit"))
-        }),
-        ("count", shaped(embd, vec![n64, 2], TensorData::I32(&[1, 2, 3])), |e| {
-            matches!(e, Error::NotAdapter(m) if m.contains("one id for each of the 2 rows"))
-        }),
-        ("float-ids", shaped(embd, vec![n64, 2], TensorData::F32(&[12.0, 300.0])), |e| {
-            matches!(e, Error::NotAdapter(m) if m.contains("not I32"))
-        }),
-        ("absent", shaped("blk.9.attn_q.weight", vec![n64, 2], TensorData::I32(&[1, 2])), |e| {
-            matches!(e, Error::AdapterMismatch(m) if m.contains("no tensor \"blk.9.attn_q.weight\""))
-        }),
-        ("vector", shaped("output_norm.weight", vec![1, 2], TensorData::I32(&[1, 2])), |e| {
-            matches!(e, Error::AdapterMismatch(m) if m.contains("not a matrix"))
-        }),
+        (
+            "narrow",
+            shaped(embd, vec![n64 / 2, 4], TensorData::I32(&[1, 2, 3, 4])),
+            |e| matches!(e, Error::AdapterMismatch(m) if m.contains("row_delta") && m.contains("does not fit")),
+        ),
+        (
+            "count",
+            shaped(embd, vec![n64, 2], TensorData::I32(&[1, 2, 3])),
+            |e| matches!(e, Error::NotAdapter(m) if m.contains("one id for each of the 2 rows")),
+        ),
+        (
+            "float-ids",
+            shaped(embd, vec![n64, 2], TensorData::F32(&[12.0, 300.0])),
+            |e| matches!(e, Error::NotAdapter(m) if m.contains("not I32")),
+        ),
+        (
+            "absent",
+            shaped("blk.9.attn_q.weight", vec![n64, 2], TensorData::I32(&[1, 2])),
+            |e| matches!(e, Error::AdapterMismatch(m) if m.contains("no tensor \"blk.9.attn_q.weight\"")),
+        ),
+        (
+            "vector",
+            shaped("output_norm.weight", vec![1, 2], TensorData::I32(&[1, 2])),
+            |e| matches!(e, Error::AdapterMismatch(m) if m.contains("not a matrix")),
+        ),
     ];
     let mut written = vec!["adapter.gguf".to_string(), "model.gguf".to_string()];
     for (name, tensors, expected) in &cases {

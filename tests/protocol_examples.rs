@@ -5,9 +5,7 @@ mod protocol_harness;
 
 use std::collections::HashMap;
 
-use pardec::protocol::{
-    check, layout, Action, EndCause, Phase, ProtocolSpec, StreamEnd, WarningKind, Watcher,
-};
+use pardec::protocol::{check, layout, Action, EndCause, Phase, ProtocolSpec, StreamEnd, WarningKind, Watcher};
 use protocol_harness::{replay, Replay};
 
 fn spec(name: &str) -> ProtocolSpec {
@@ -26,12 +24,8 @@ fn scripts(pairs: &[(&str, &str)]) -> HashMap<String, String> {
 }
 
 fn run(spec: &ProtocolSpec, trunk: &str, branches: &HashMap<String, String>) -> Replay {
-    let r = replay(
-        spec,
-        trunk,
-        &|b| branches.get(&format!("{} {}", b.path, b.title)).cloned().unwrap_or_default(),
-        None,
-    );
+    let r =
+        replay(spec, trunk, &|b| branches.get(&format!("{} {}", b.path, b.title)).cloned().unwrap_or_default(), None);
     assert!(r.stop_mismatches.is_empty(), "{:#?}", r.stop_mismatches);
     r
 }
@@ -132,7 +126,9 @@ fn aspd_with_two_blocks() {
     assert!(r.warnings().is_empty(), "{:#?}", r.warnings());
     let forks = r.forks();
     assert_eq!(forks.iter().map(|f| f.1.branches.len()).collect::<Vec<_>>(), vec![2, 3]);
-    assert!(r.transcript.contains("<|branch|>Cost: trains cost less.<|/branch|><|branch|>Speed: planes are faster.<|/branch|><|/para|>\nNext"));
+    assert!(r.transcript.contains(
+        "<|branch|>Cost: trains cost less.<|/branch|><|branch|>Speed: planes are faster.<|/branch|><|/para|>\nNext"
+    ));
     assert!(r.actions.iter().any(|(p, a)| p == "3"
         && *a
             == Action::BranchEnd {
@@ -229,8 +225,7 @@ fn outline_and_path_counts_and_labels() {
     let errors = check(bad, &spec);
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(errors[0].message.contains("branch 2"));
-    let missing =
-        "x\n<Parallel><Goal><Outline>1: a</Outline><Outline>2: b</Outline></Goal>\n<Path>\n1: x</Path>\
+    let missing = "x\n<Parallel><Goal><Outline>1: a</Outline><Outline>2: b</Outline></Goal>\n<Path>\n1: x</Path>\
         <Conclusion>\nz</Conclusion></Parallel>";
     let errors = check(missing, &spec);
     assert_eq!(errors.len(), 1, "{errors:?}");
@@ -248,10 +243,7 @@ fn a_path_that_never_closes_is_closed_at_its_limit() {
     assert!(b.feed(" and on and on").is_empty());
     let a = b.finish(StreamEnd::Limit);
     assert_eq!(warning_at(&a, WarningKind::BranchNotClosed), b.text().len());
-    assert_eq!(
-        a.last(),
-        Some(&Action::BranchEnd { at: b.text().len(), cause: EndCause::Stream(StreamEnd::Limit) })
-    );
+    assert_eq!(a.last(), Some(&Action::BranchEnd { at: b.text().len(), cause: EndCause::Stream(StreamEnd::Limit) }));
     assert_eq!(b.state().phase, Phase::Ended);
     // A complete text that stops inside a path says so too.
     let errors = check("<Parallel><Goal><Outline>1: a</Outline></Goal>\n<Path>\n1: on", &spec);
@@ -357,8 +349,7 @@ fn thousands_of_outlines() {
 fn duplicate_labels_are_dropped() {
     let spec = checked("multiverse");
     let mut w = Watcher::trunk(&spec);
-    let text =
-        "<Parallel><Goal><Outline>1: a</Outline><Outline>2: b</Outline><Outline>2: b again</Outline></Goal>";
+    let text = "<Parallel><Goal><Outline>1: a</Outline><Outline>2: b</Outline><Outline>2: b again</Outline></Goal>";
     let a = w.feed(text);
     assert_eq!(warning_at(&a, WarningKind::DuplicateLabel), text.find("<Outline>2: b again").unwrap());
     let Some(Action::Fork(plan)) = a.last() else { panic!() };
@@ -448,13 +439,11 @@ fn deep_nesting_stays_bounded() {
     spec.validate().unwrap();
     let open = "<Parallel><Goal><Outline>1: a</Outline></Goal>\n<Path>\n1:";
     let levels = 2000;
-    let text =
-        format!("{}x{}", open.repeat(levels), "</Path><Conclusion>\n</Conclusion></Parallel>".repeat(levels));
+    let text = format!("{}x{}", open.repeat(levels), "</Path><Conclusion>\n</Conclusion></Parallel>".repeat(levels));
     let errors = check(&text, &spec);
     assert!(errors.iter().any(|e| e.message.contains("nest deeper")), "{:?}", &errors[..errors.len().min(3)]);
     let l = layout(&spec, &chars(&text));
-    let deepest =
-        l.pieces.iter().filter_map(|p| p.branch.as_ref()).map(|b| b.split('.').count()).max().unwrap();
+    let deepest = l.pieces.iter().filter_map(|p| p.branch.as_ref()).map(|b| b.split('.').count()).max().unwrap();
     assert_eq!(deepest as u32, spec.max_depth);
     // A hand-built spec past the supported depth is clamped, not trusted.
     spec.max_depth = u32::MAX;

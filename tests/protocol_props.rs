@@ -8,8 +8,8 @@ mod protocol_harness;
 use std::collections::HashMap;
 
 use pardec::protocol::{
-    check, layout, layout_text, parse_announcements, Action, ProtocolSpec, SkeletonFormat, StreamEnd,
-    SubSearchFormat, Watcher,
+    check, layout, layout_text, parse_announcements, Action, ProtocolSpec, SkeletonFormat, StreamEnd, SubSearchFormat,
+    Watcher,
 };
 use proptest::prelude::*;
 use protocol_harness::{feed_split, replay};
@@ -49,9 +49,7 @@ fn fragments(spec: &ProtocolSpec) -> Vec<String> {
             out.push(t[..*c].to_string());
         }
     }
-    out.extend(
-        ["1:", " 2 :", "\n", " ", "<", ">", "</", "é", "漢字", "🙂", "\u{0}", "text "].map(String::from),
-    );
+    out.extend(["1:", " 2 :", "\n", " ", "<", ">", "</", "é", "漢字", "🙂", "\u{0}", "text "].map(String::from));
     out
 }
 
@@ -337,8 +335,7 @@ fn render(s: &Stream, label: &str, depth: u32, scripts: &mut HashMap<String, Str
     let mut full = s.pre.clone();
     let mut own = s.pre.clone();
     if let Some(b) = &s.block {
-        let child_label =
-            |i: usize| if label.is_empty() { (i + 1).to_string() } else { format!("{label}.{}", i + 1) };
+        let child_label = |i: usize| if label.is_empty() { (i + 1).to_string() } else { format!("{label}.{}", i + 1) };
         let head: String = format!(
             "<Parallel><Goal>{}{}</Goal>",
             b.goal,

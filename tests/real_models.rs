@@ -4,9 +4,7 @@ mod common;
 
 use common::models;
 use pardec::equivalence::batch_vs_alone;
-use pardec::{
-    BranchSpec, JoinMode, KvType, Model, NodeId, RunLimits, SamplingParams, Session, SessionParams, Silent,
-};
+use pardec::{BranchSpec, JoinMode, KvType, Model, NodeId, RunLimits, SamplingParams, Session, SessionParams, Silent};
 
 fn session(model: &Model, extra: impl FnOnce(&mut SessionParams)) -> Session {
     let mut p = SessionParams { n_ctx: 2048, max_branches: 8, n_threads: 2, ..Default::default() };
@@ -45,7 +43,8 @@ fn fork_run_join_continue_end_to_end() {
         s.run(&mut Silent).unwrap();
         let branch_ends: Vec<i32> = ids.iter().map(|&id| s.next_pos(id).unwrap()).collect();
         s.join(NodeId::TRUNK, JoinMode::All, Some("\nIn short,")).unwrap();
-        let continuation = s.generate(&RunLimits { max_tokens: 12, ban_eog: true, ..Default::default() }, &mut Silent).unwrap();
+        let continuation =
+            s.generate(&RunLimits { max_tokens: 12, ban_eog: true, ..Default::default() }, &mut Silent).unwrap();
         assert!(!continuation.is_empty(), "{name}: no continuation");
 
         let t = s.transcript();
@@ -55,7 +54,9 @@ fn fork_run_join_continue_end_to_end() {
         for ((b, prefix), len) in branches.iter().zip(PREFIXES).zip(&prefix_lens) {
             assert!(b.text.starts_with(prefix), "{name}: branch text {:?} lacks its prefix", b.text);
             assert_eq!(b.tokens, len + 24, "{name}: prefix tokens + 24 generated");
-            let found = t.text[at..].find(&b.text).unwrap_or_else(|| panic!("{name}: branch {} not in order in the flattened text", b.label));
+            let found = t.text[at..]
+                .find(&b.text)
+                .unwrap_or_else(|| panic!("{name}: branch {} not in order in the flattened text", b.label));
             at += found + b.text.len();
         }
         assert!(t.text.ends_with(&continuation));
@@ -102,7 +103,14 @@ fn same_seed_same_output_different_seed_different_output() {
     for (name, model) in models::both() {
         let sample = |seed: u64| {
             let mut s = session(&model, |p| {
-                p.sampling = SamplingParams { temperature: 0.9, top_k: 40, top_p: 0.95, min_p: 0.02, seed, ..Default::default() };
+                p.sampling = SamplingParams {
+                    temperature: 0.9,
+                    top_k: 40,
+                    top_p: 0.95,
+                    min_p: 0.02,
+                    seed,
+                    ..Default::default()
+                };
             });
             s.prompt(PROMPT).unwrap();
             s.fork(NodeId::TRUNK, &specs(3, 16)).unwrap();

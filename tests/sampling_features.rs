@@ -26,7 +26,11 @@ fn session_sharing(model: &Model, sampling: SamplingParams, share_windows: bool)
 }
 
 fn branch(prefix: &str, max_tokens: usize) -> BranchSpec {
-    BranchSpec { prefix: prefix.into(), limits: RunLimits { max_tokens, ban_eog: true, ..Default::default() }, ..Default::default() }
+    BranchSpec {
+        prefix: prefix.into(),
+        limits: RunLimits { max_tokens, ban_eog: true, ..Default::default() },
+        ..Default::default()
+    }
 }
 
 /// Each branch's tokens after forking `prefixes` from the chat-templated desk-worker prompt.

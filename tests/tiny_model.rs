@@ -26,18 +26,14 @@ fn test_tokens(n: usize, n_vocab: usize) -> Vec<u32> {
     let mut s: u64 = 0x2545_F491_4F6C_DD1D;
     (0..n)
         .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             ((s >> 33) % n_vocab as u64) as u32
         })
         .collect()
 }
 
 fn temp_gguf_path() -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     std::env::temp_dir().join(format!("pardec-tiny-{}-{nanos}.gguf", std::process::id()))
 }
 
@@ -55,11 +51,7 @@ fn llama_cpp_causal_logits(model: &TinyModel, tokens: &[u32], flash_attn: bool) 
     let loaded = LlamaModel::load_from_file(backend, &path, &LlamaModelParams::default());
     let _ = std::fs::remove_file(&path);
     let llm = loaded.expect("llama.cpp rejected the tiny GGUF (run with PARDEC_LLAMA_LOG=1)");
-    assert_eq!(
-        llm.n_vocab() as usize,
-        model.cfg.n_vocab,
-        "vocab size as llama.cpp sees it"
-    );
+    assert_eq!(llm.n_vocab() as usize, model.cfg.n_vocab, "vocab size as llama.cpp sees it");
 
     let params = LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(512))
@@ -76,14 +68,10 @@ fn llama_cpp_causal_logits(model: &TinyModel, tokens: &[u32], flash_attn: bool) 
     let mut ctx = llm.new_context(backend, params).expect("context");
     let mut batch = LlamaBatch::new(tokens.len(), 1);
     for (i, &t) in tokens.iter().enumerate() {
-        batch
-            .add(LlamaToken::new(t as i32), i as i32, &[0], true)
-            .expect("batch add");
+        batch.add(LlamaToken::new(t as i32), i as i32, &[0], true).expect("batch add");
     }
     ctx.decode(&mut batch).expect("decode");
-    (0..tokens.len())
-        .map(|i| ctx.get_logits_ith(i as i32).to_vec())
-        .collect()
+    (0..tokens.len()).map(|i| ctx.get_logits_ith(i as i32).to_vec()).collect()
 }
 
 #[test]
@@ -101,9 +89,7 @@ fn oracle_matches_llama_cpp_on_causal_decoding() {
 
     // Negative control 1: the second half of the tokens one position further on. (Shifting
     // *all* positions would change nothing: RoPE scores depend only on relative positions.)
-    let shifted: Vec<i32> = (0..n as i32)
-        .map(|p| if p >= n as i32 / 2 { p + 1 } else { p })
-        .collect();
+    let shifted: Vec<i32> = (0..n as i32).map(|p| if p >= n as i32 / 2 { p + 1 } else { p }).collect();
     let err_pos = max_rel_err(&got, &model.forward(&tokens, &shifted, &|i, j| j <= i));
     println!("negative control, positions shifted for half the tokens: {err_pos:.3e}");
 
@@ -112,22 +98,10 @@ fn oracle_matches_llama_cpp_on_causal_decoding() {
     let err_mask = max_rel_err(&got, &model.forward(&tokens, &causal, &|i, j| j <= i + 1));
     println!("negative control, mask leaks the next token: {err_mask:.3e}");
 
-    assert!(
-        err <= MATCH_TOL,
-        "oracle disagrees with llama.cpp: {err:.3e} > {MATCH_TOL:e}"
-    );
-    assert!(
-        err_fa <= MATCH_TOL_FLASH,
-        "flash attention: {err_fa:.3e} > {MATCH_TOL_FLASH:e}"
-    );
-    assert!(
-        err_pos > MISMATCH_MIN,
-        "wrong positions went unnoticed: {err_pos:.3e}"
-    );
-    assert!(
-        err_mask > MISMATCH_MIN,
-        "leaky mask went unnoticed: {err_mask:.3e}"
-    );
+    assert!(err <= MATCH_TOL, "oracle disagrees with llama.cpp: {err:.3e} > {MATCH_TOL:e}");
+    assert!(err_fa <= MATCH_TOL_FLASH, "flash attention: {err_fa:.3e} > {MATCH_TOL_FLASH:e}");
+    assert!(err_pos > MISMATCH_MIN, "wrong positions went unnoticed: {err_pos:.3e}");
+    assert!(err_mask > MISMATCH_MIN, "leaky mask went unnoticed: {err_mask:.3e}");
 }
 
 #[test]
@@ -136,10 +110,7 @@ fn oracle_is_deterministic_and_context_sensitive() {
     let again = TinyModel::random(TinyConfig::default());
     assert_eq!(model.tok_embd, again.tok_embd);
     assert_eq!(model.layers[1].ffn_down, again.layers[1].ffn_down);
-    let other = TinyModel::random(TinyConfig {
-        seed: 7,
-        ..TinyConfig::default()
-    });
+    let other = TinyModel::random(TinyConfig { seed: 7, ..TinyConfig::default() });
     assert_ne!(model.output, other.output);
 
     // The same last token after two different prefixes must get clearly different logits,
@@ -150,9 +121,7 @@ fn oracle_is_deterministic_and_context_sensitive() {
     println!("context effect on the last token's logits: {ctx_effect:.3e}");
     assert!(ctx_effect > 0.1, "context barely matters: {ctx_effect:.3e}");
     let row = &a[3];
-    let (lo, hi) = row
-        .iter()
-        .fold((f32::MAX, f32::MIN), |(l, h), &x| (l.min(x), h.max(x)));
+    let (lo, hi) = row.iter().fold((f32::MAX, f32::MIN), |(l, h), &x| (l.min(x), h.max(x)));
     println!("logit range for one token: {lo:.2} .. {hi:.2}");
     assert!(hi - lo > 5.0, "logits too flat: {lo} .. {hi}");
 }

@@ -147,7 +147,11 @@ fn logit_bias_entry(s: &str) -> Result<(i32, f32), String> {
     let id = id.trim().parse::<i32>().map_err(|_| format!("{id:?} is not a token id"))?;
     let bias = match bias.trim() {
         "-inf" => f32::NEG_INFINITY,
-        b => b.parse::<f32>().ok().filter(|b| b.is_finite()).ok_or_else(|| format!("{b:?} is not a finite bias or -inf"))?,
+        b => b
+            .parse::<f32>()
+            .ok()
+            .filter(|b| b.is_finite())
+            .ok_or_else(|| format!("{b:?} is not a finite bias or -inf"))?,
     };
     Ok((id, bias))
 }

@@ -41,10 +41,7 @@ pub(crate) fn load_model(opts: &ModelOpts, announce: bool) -> CliResult<Model> {
     } else {
         progress::tick(|| msg);
     }
-    let params = ModelParams {
-        n_gpu_layers: opts.n_gpu_layers,
-        rpc_servers: opts.rpc_servers(),
-    };
+    let params = ModelParams { n_gpu_layers: opts.n_gpu_layers, rpc_servers: opts.rpc_servers() };
     let model = Model::load(&path, &params);
     progress::clear();
     Ok(model?)
@@ -151,10 +148,10 @@ pub(crate) fn protocol_choice(name: &str) -> CliResult<ProtocolChoice> {
     }
     let path = std::path::Path::new(name);
     if path.is_file() {
-        let json = std::fs::read_to_string(path)
-            .map_err(|e| Error::InvalidArgument(format!("protocol file {name}: {e}")))?;
-        let spec = ProtocolSpec::from_json(&json)
-            .map_err(|e| Error::InvalidArgument(format!("protocol file {name}: {e}")))?;
+        let json =
+            std::fs::read_to_string(path).map_err(|e| Error::InvalidArgument(format!("protocol file {name}: {e}")))?;
+        let spec =
+            ProtocolSpec::from_json(&json).map_err(|e| Error::InvalidArgument(format!("protocol file {name}: {e}")))?;
         return Ok(ProtocolChoice::Stream(Box::new(spec)));
     }
     Err(usage(format!(

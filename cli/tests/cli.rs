@@ -14,8 +14,21 @@ use support::{json, pardec, pardec_no_model};
 #[test]
 fn run_json_reports_text_branches_and_stats() {
     let out = pardec(&[
-        "run", "--prompt", "Name three fruits.", "--branch", "1. Apple:", "--branch", "2. Pear:",
-        "--branch", "3. Plum:", "--max-branch-tokens", "12", "--max-tokens", "8", "--then", "\nAll",
+        "run",
+        "--prompt",
+        "Name three fruits.",
+        "--branch",
+        "1. Apple:",
+        "--branch",
+        "2. Pear:",
+        "--branch",
+        "3. Plum:",
+        "--max-branch-tokens",
+        "12",
+        "--max-tokens",
+        "8",
+        "--then",
+        "\nAll",
         "--json",
     ]);
     let v = json(&out);
@@ -38,10 +51,23 @@ fn run_json_reports_text_branches_and_stats() {
 
 #[test]
 fn run_prints_readable_sections() {
-    let out = pardec(&["run", "--prompt", "Two colours.", "--branch", "1.", "--branch", "2.", "--max-branch-tokens", "6", "--max-tokens", "4"]);
+    let out = pardec(&[
+        "run",
+        "--prompt",
+        "Two colours.",
+        "--branch",
+        "1.",
+        "--branch",
+        "2.",
+        "--max-branch-tokens",
+        "6",
+        "--max-tokens",
+        "4",
+    ]);
     assert!(out.status.success());
     let s = String::from_utf8_lossy(&out.stdout);
-    for section in ["── prompt ──", "── branch 1", "── branch 2", "── continuation ──", "── stats ──", "#parallel"] {
+    for section in ["── prompt ──", "── branch 1", "── branch 2", "── continuation ──", "── stats ──", "#parallel"]
+    {
         assert!(s.contains(section), "missing {section:?} in:\n{s}");
     }
 }
@@ -53,7 +79,15 @@ fn bench_json_has_the_documented_fields() {
     assert_eq!(rows.len(), 2);
     for (row, b) in rows.iter().zip([1u64, 2]) {
         assert_eq!(row["branches"].as_u64(), Some(b));
-        for key in ["serial_tps", "parallel_tps", "raw_tps", "speedup", "engine_vs_raw", "kv_cells_shared", "kv_cells_unshared"] {
+        for key in [
+            "serial_tps",
+            "parallel_tps",
+            "raw_tps",
+            "speedup",
+            "engine_vs_raw",
+            "kv_cells_shared",
+            "kv_cells_unshared",
+        ] {
             assert!(row[key].as_f64().is_some_and(|x| x > 0.0), "{key} missing or not positive");
         }
     }
@@ -65,7 +99,8 @@ fn bench_json_has_the_documented_fields() {
 
 #[test]
 fn bench_sampling_costs_measures_every_feature_at_the_largest_b() {
-    let v = json(&pardec(&["bench", "--sampling-costs", "--branches", "1,3", "--tokens", "4", "--reps", "1", "--json"]));
+    let v =
+        json(&pardec(&["bench", "--sampling-costs", "--branches", "1,3", "--tokens", "4", "--reps", "1", "--json"]));
     let rows = v["results"].as_array().unwrap();
     let features: Vec<&str> = rows.iter().map(|r| r["feature"].as_str().unwrap()).collect();
     assert_eq!(features.len(), 6, "{features:?}");
@@ -167,7 +202,10 @@ fn layout_json_gives_shared_branch_positions_and_sibling_invisibility() {
 fn check_names_structural_errors_with_lines() {
     let ok = pardec_stdin(&["check", "--protocol", "multiverse"], MULTIVERSE);
     assert!(ok.status.success());
-    let bad = pardec_stdin(&["check", "--protocol", "multiverse"], "<Parallel>\n<Goal>\n<Outline>1: A</Outline>\n</Goal>\n<Path>\n1: x</Path>\n<Path>\n2: y</Path>\n</Parallel>");
+    let bad = pardec_stdin(
+        &["check", "--protocol", "multiverse"],
+        "<Parallel>\n<Goal>\n<Outline>1: A</Outline>\n</Goal>\n<Path>\n1: x</Path>\n<Path>\n2: y</Path>\n</Parallel>",
+    );
     assert_eq!(bad.status.code(), Some(1));
     let out = String::from_utf8_lossy(&bad.stdout);
     assert!(out.lines().any(|l| l.starts_with("line ")), "{out}");
@@ -178,9 +216,18 @@ fn run_with_a_protocol_reports_blocks_and_warnings() {
     // SmolLM2 was not trained on any protocol: with a response prefix that opens a block,
     // the fork still happens; the JSON carries blocks[] and warnings[].
     let v = json(&pardec(&[
-        "run", "--protocol", "multiverse", "--prompt", "Two fruits.", "--max-tokens", "24",
-        "--max-branch-tokens", "12", "--response-prefix",
-        "<Parallel>\n<Goal>\n<Outline>1: Apple</Outline>\n<Outline>2: Pear</Outline>\n</Goal>", "--json",
+        "run",
+        "--protocol",
+        "multiverse",
+        "--prompt",
+        "Two fruits.",
+        "--max-tokens",
+        "24",
+        "--max-branch-tokens",
+        "12",
+        "--response-prefix",
+        "<Parallel>\n<Goal>\n<Outline>1: Apple</Outline>\n<Outline>2: Pear</Outline>\n</Goal>",
+        "--json",
     ]));
     let blocks = v["blocks"].as_array().unwrap();
     assert_eq!(blocks.len(), 1);
@@ -193,8 +240,20 @@ fn run_with_a_protocol_reports_blocks_and_warnings() {
 #[test]
 fn branch_stop_strings_end_each_branch_at_its_line() {
     let v = json(&pardec(&[
-        "run", "--prompt", "Name two fruits, one line each.", "--branch", "1.", "--branch", "2.",
-        "--max-branch-tokens", "40", "--branch-stop", "\n", "--max-tokens", "4", "--json",
+        "run",
+        "--prompt",
+        "Name two fruits, one line each.",
+        "--branch",
+        "1.",
+        "--branch",
+        "2.",
+        "--max-branch-tokens",
+        "40",
+        "--branch-stop",
+        "\n",
+        "--max-tokens",
+        "4",
+        "--json",
     ]));
     for b in v["branches"].as_array().unwrap() {
         let text = b["text"].as_str().unwrap();
@@ -207,9 +266,24 @@ fn branch_stop_strings_end_each_branch_at_its_line() {
 #[test]
 fn branch_grammar_json_makes_every_finished_branch_one_json_object() {
     let v = json(&pardec(&[
-        "run", "--prompt", "Describe a cat as a JSON object.", "--branch", "Cat:", "--branch", "Dog:",
-        "--branch-grammar", "json", "--max-branch-tokens", "160", "--temp", "0.8", "--seed", "2",
-        "--max-tokens", "2", "--json",
+        "run",
+        "--prompt",
+        "Describe a cat as a JSON object.",
+        "--branch",
+        "Cat:",
+        "--branch",
+        "Dog:",
+        "--branch-grammar",
+        "json",
+        "--max-branch-tokens",
+        "160",
+        "--temp",
+        "0.8",
+        "--seed",
+        "2",
+        "--max-tokens",
+        "2",
+        "--json",
     ]));
     for (b, prefix) in v["branches"].as_array().unwrap().iter().zip(["Cat:", "Dog:"]) {
         // The grammar constrains the sampled text, after the branch's prefix.
@@ -228,13 +302,30 @@ fn a_json_schema_file_is_a_grammar_and_a_bad_one_a_usage_error() {
     let dir = std::env::temp_dir().join(format!("pardec-cli-schema-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (good, bad) = (dir.join("pet.json"), dir.join("bad.json"));
-    std::fs::write(&good, r#"{"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
-        "required": ["name", "age"], "additionalProperties": false}"#)
-        .unwrap();
+    std::fs::write(
+        &good,
+        r#"{"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+        "required": ["name", "age"], "additionalProperties": false}"#,
+    )
+    .unwrap();
     std::fs::write(&bad, "{\"type\": ").unwrap();
     let v = json(&pardec(&[
-        "run", "--prompt", "Describe a pet as JSON.", "--branch", "Pet:", "--branch-grammar", good.to_str().unwrap(),
-        "--max-branch-tokens", "96", "--temp", "0.8", "--seed", "4", "--max-tokens", "2", "--json",
+        "run",
+        "--prompt",
+        "Describe a pet as JSON.",
+        "--branch",
+        "Pet:",
+        "--branch-grammar",
+        good.to_str().unwrap(),
+        "--max-branch-tokens",
+        "96",
+        "--temp",
+        "0.8",
+        "--seed",
+        "4",
+        "--max-tokens",
+        "2",
+        "--json",
     ]));
     let b = &v["branches"][0];
     let text = b["text"].as_str().unwrap().strip_prefix("Pet:").expect("the prefix");
@@ -253,7 +344,18 @@ fn a_json_schema_file_is_a_grammar_and_a_bad_one_a_usage_error() {
 
 #[test]
 fn bench_with_device_selection_reports_it_and_equiv_checks_it() {
-    let v = json(&pardec(&["bench", "--branches", "2", "--tokens", "4", "--reps", "1", "--selection", "device:16", "--json"]));
+    let v = json(&pardec(&[
+        "bench",
+        "--branches",
+        "2",
+        "--tokens",
+        "4",
+        "--reps",
+        "1",
+        "--selection",
+        "device:16",
+        "--json",
+    ]));
     let row = &v["results"][0];
     assert_eq!(row["selection"]["device"]["candidates"].as_u64(), Some(16));
     assert!(row["raw_tps"].as_f64().is_some_and(|x| x > 0.0));

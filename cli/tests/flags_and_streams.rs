@@ -15,7 +15,25 @@ use support::{json, pardec, pardec_no_model};
 #[test]
 fn every_subcommand_has_its_own_help() {
     let commands: &[(&str, &[&str])] = &[
-        ("run", &["--prompt", "--branch", "--then", "--branch-stop", "--stop", "--system", "--raw", "--n-gpu-layers", "--stream", "--protocol", "--response-prefix", "--lora", "--selection", "--rpc"]),
+        (
+            "run",
+            &[
+                "--prompt",
+                "--branch",
+                "--then",
+                "--branch-stop",
+                "--stop",
+                "--system",
+                "--raw",
+                "--n-gpu-layers",
+                "--stream",
+                "--protocol",
+                "--response-prefix",
+                "--lora",
+                "--selection",
+                "--rpc",
+            ],
+        ),
         ("bench", &["--branches", "--tokens", "--reps", "--auto", "--json", "--selection", "--n-gpu-layers"]),
         ("layout", &["--protocol", "--rule", "--json"]),
         ("check", &["--protocol"]),
@@ -77,7 +95,6 @@ fn usage_errors_name_the_bad_value_on_one_line() {
         (&["run", "--prompt", "x", "--branch", "a", "--n-gpu-layers", "-1"], "--n-gpu-layers"),
         (&["run", "--prompt", "x", "--branch", "a", "--branch-grammar", "/nonexistent.gbnf"], "/nonexistent.gbnf"),
         (&["run", "--prompt", "x", "--protocol", "aspd", "--grammar", "json"], "--protocol"),
-
     ];
     for (args, names) in cases {
         let out = pardec_no_model(args);
@@ -91,7 +108,18 @@ fn usage_errors_name_the_bad_value_on_one_line() {
 #[test]
 fn system_message_goes_into_the_chat_template() {
     let run = |extra: &[&str]| {
-        let mut args = vec!["run", "--prompt", "Name a fruit.", "--branch", "1.", "--max-branch-tokens", "1", "--max-tokens", "1", "--json"];
+        let mut args = vec![
+            "run",
+            "--prompt",
+            "Name a fruit.",
+            "--branch",
+            "1.",
+            "--max-branch-tokens",
+            "1",
+            "--max-tokens",
+            "1",
+            "--json",
+        ];
         args.extend_from_slice(extra);
         json(&pardec(&args))["prompt"].as_str().unwrap().to_string()
     };
@@ -122,7 +150,20 @@ fn a_stop_word(text: &str) -> (String, usize) {
 
 #[test]
 fn stop_ends_the_trunk_where_it_writes_the_string() {
-    let base = ["run", "--prompt", "Describe the sea in two sentences.", "--branch", "It is", "--max-branch-tokens", "4", "--then", "\nThe sea", "--max-tokens", "40", "--json"];
+    let base = [
+        "run",
+        "--prompt",
+        "Describe the sea in two sentences.",
+        "--branch",
+        "It is",
+        "--max-branch-tokens",
+        "4",
+        "--then",
+        "\nThe sea",
+        "--max-tokens",
+        "40",
+        "--json",
+    ];
     let full = json(&pardec(&base));
     let generated = full["continuation"].as_str().unwrap().strip_prefix("\nThe sea").unwrap().to_string();
     assert_eq!(full["trunk_stop"], serde_json::Value::Null);
@@ -137,7 +178,16 @@ fn stop_ends_the_trunk_where_it_writes_the_string() {
     assert!(cut.len() < generated.len() && cut.len() <= at + word.len() + 12, "{cut:?} went on past {word:?}");
 
     // Auto mode: the watcher ends the trunk (the library's run is cancelled there).
-    let auto = ["run", "--protocol", "multiverse", "--prompt", "Describe the sea in two sentences.", "--max-tokens", "40", "--json"];
+    let auto = [
+        "run",
+        "--protocol",
+        "multiverse",
+        "--prompt",
+        "Describe the sea in two sentences.",
+        "--max-tokens",
+        "40",
+        "--json",
+    ];
     let full = json(&pardec(&auto));
     let prompt_len = full["prompt"].as_str().unwrap().len();
     let generated = full["text"].as_str().unwrap()[prompt_len..].to_string();
@@ -177,8 +227,21 @@ fn tokens_of(events: &[serde_json::Value], branch: &str) -> String {
 #[test]
 fn stream_json_gives_one_object_per_event_then_the_result() {
     let (events, result) = json_lines(&pardec(&[
-        "run", "--prompt", "Name two fruits.", "--branch", "1.", "--branch", "2.", "--max-branch-tokens", "6",
-        "--then", "\nBoth", "--max-tokens", "5", "--stream", "--json",
+        "run",
+        "--prompt",
+        "Name two fruits.",
+        "--branch",
+        "1.",
+        "--branch",
+        "2.",
+        "--max-branch-tokens",
+        "6",
+        "--then",
+        "\nBoth",
+        "--max-tokens",
+        "5",
+        "--stream",
+        "--json",
     ]));
     let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds[0], "prompt");
@@ -190,17 +253,33 @@ fn stream_json_gives_one_object_per_event_then_the_result() {
     // The events spell the result: prefix + tokens per branch, join text + tokens on the trunk.
     for (b, out) in ["1", "2"].iter().zip(result["branches"].as_array().unwrap()) {
         let prefix = events.iter().find(|e| e["kind"] == "prefix" && e["branch"] == *b).unwrap();
-        assert_eq!(format!("{}{}", prefix["text"].as_str().unwrap(), tokens_of(&events, b)), out["text"].as_str().unwrap());
-        assert!(events[..join].iter().any(|e| e["kind"] == "token" && e["branch"] == *b), "branch {b} tokens come before the join");
+        assert_eq!(
+            format!("{}{}", prefix["text"].as_str().unwrap(), tokens_of(&events, b)),
+            out["text"].as_str().unwrap()
+        );
+        assert!(
+            events[..join].iter().any(|e| e["kind"] == "token" && e["branch"] == *b),
+            "branch {b} tokens come before the join"
+        );
     }
     assert_eq!(format!("\nBoth{}", tokens_of(&events, "")), result["continuation"].as_str().unwrap());
     assert!(events[join..].iter().all(|e| e["kind"] != "token" || e["branch"] == ""), "only the trunk after the join");
 
     // Auto mode: the model's fork and the join come as events too.
     let (events, result) = json_lines(&pardec(&[
-        "run", "--protocol", "multiverse", "--prompt", "Two fruits.", "--max-tokens", "24", "--max-branch-tokens", "8",
-        "--response-prefix", "<Parallel>\n<Goal>\n<Outline>1: Apple</Outline>\n<Outline>2: Pear</Outline>\n</Goal>",
-        "--stream", "--json",
+        "run",
+        "--protocol",
+        "multiverse",
+        "--prompt",
+        "Two fruits.",
+        "--max-tokens",
+        "24",
+        "--max-branch-tokens",
+        "8",
+        "--response-prefix",
+        "<Parallel>\n<Goal>\n<Outline>1: Apple</Outline>\n<Outline>2: Pear</Outline>\n</Goal>",
+        "--stream",
+        "--json",
     ]));
     let fork = events.iter().find(|e| e["kind"] == "fork").expect("a fork event");
     assert_eq!(fork["branches"], serde_json::json!(["1", "2"]));
@@ -209,7 +288,10 @@ fn stream_json_gives_one_object_per_event_then_the_result() {
     for b in result["branches"].as_array().unwrap() {
         let label = b["label"].as_str().unwrap();
         let streamed = tokens_of(&events, label);
-        assert!(!streamed.is_empty() && b["text"].as_str().unwrap().ends_with(&streamed), "branch {label}: {streamed:?} vs {b}");
+        assert!(
+            !streamed.is_empty() && b["text"].as_str().unwrap().ends_with(&streamed),
+            "branch {label}: {streamed:?} vs {b}"
+        );
     }
 }
 
@@ -219,8 +301,19 @@ fn stream_json_gives_one_object_per_event_then_the_result() {
 #[test]
 fn run_json_carries_the_log_probabilities_of_the_stream_events() {
     let run = [
-        "run", "--prompt", "Name two fruits.", "--branch", "1.", "--branch", "2.", "--max-branch-tokens", "5",
-        "--then", "\nBoth", "--max-tokens", "4",
+        "run",
+        "--prompt",
+        "Name two fruits.",
+        "--branch",
+        "1.",
+        "--branch",
+        "2.",
+        "--max-branch-tokens",
+        "5",
+        "--then",
+        "\nBoth",
+        "--max-tokens",
+        "4",
     ];
     let with: Vec<&str> = run.iter().copied().chain(["--logprobs", "3", "--json"]).collect();
     let result = json(&pardec(&with));
@@ -262,9 +355,20 @@ fn run_json_carries_the_log_probabilities_of_the_stream_events() {
 
     // Auto mode's result carries them too.
     let auto = json(&pardec(&[
-        "run", "--protocol", "multiverse", "--prompt", "Two fruits.", "--max-tokens", "24", "--max-branch-tokens", "8",
-        "--response-prefix", "<Parallel>\n<Goal>\n<Outline>1: Apple</Outline>\n<Outline>2: Pear</Outline>\n</Goal>",
-        "--logprobs", "1", "--json",
+        "run",
+        "--protocol",
+        "multiverse",
+        "--prompt",
+        "Two fruits.",
+        "--max-tokens",
+        "24",
+        "--max-branch-tokens",
+        "8",
+        "--response-prefix",
+        "<Parallel>\n<Goal>\n<Outline>1: Apple</Outline>\n<Outline>2: Pear</Outline>\n</Goal>",
+        "--logprobs",
+        "1",
+        "--json",
     ]));
     let auto_branches = auto["branches"].as_array().unwrap();
     assert!(!auto_branches.is_empty(), "{auto}");
@@ -277,8 +381,20 @@ fn run_json_carries_the_log_probabilities_of_the_stream_events() {
 #[test]
 fn stream_into_a_pipe_logs_one_line_per_event() {
     let out = pardec(&[
-        "run", "--prompt", "Name two fruits.", "--branch", "1.", "--branch", "2.", "--max-branch-tokens", "4",
-        "--then", "\nBoth", "--max-tokens", "3", "--stream",
+        "run",
+        "--prompt",
+        "Name two fruits.",
+        "--branch",
+        "1.",
+        "--branch",
+        "2.",
+        "--max-branch-tokens",
+        "4",
+        "--then",
+        "\nBoth",
+        "--max-tokens",
+        "3",
+        "--stream",
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
@@ -287,12 +403,25 @@ fn stream_into_a_pipe_logs_one_line_per_event() {
     assert_eq!(lines[1], "fork trunk -> 1 2");
     assert_eq!(lines[2], "prefix 1 \"1.\"");
     assert_eq!(lines[3], "prefix 2 \"2.\"");
-    for prefix in ["token 1 \"", "token 2 \"", "end 1 ", "end 2 ", "join trunk kept 2 \"\\nBoth\"", "token trunk \"", "end trunk "] {
+    for prefix in [
+        "token 1 \"",
+        "token 2 \"",
+        "end 1 ",
+        "end 2 ",
+        "join trunk kept 2 \"\\nBoth\"",
+        "token trunk \"",
+        "end trunk ",
+    ] {
         assert!(lines.iter().any(|l| l.starts_with(prefix)), "no line starts with {prefix:?}:\n{text}");
     }
     // Every event is one line (the text is quoted), then the usual sections.
     let sections = lines.iter().position(|l| *l == "── prompt ──").expect("the sections after the log");
-    assert!(lines[..sections].iter().all(|l| ["prompt ", "fork ", "prefix ", "token ", "end ", "join "].iter().any(|k| l.starts_with(k))), "{text}");
+    assert!(
+        lines[..sections]
+            .iter()
+            .all(|l| ["prompt ", "fork ", "prefix ", "token ", "end ", "join "].iter().any(|k| l.starts_with(k))),
+        "{text}"
+    );
     assert!(!text.contains("[1]"), "no interleaved [label] dumps:\n{text}");
 }
 
@@ -340,8 +469,20 @@ fn pardec_on_a_terminal(args: &[&str], cols: u16) -> (std::process::ExitStatus, 
 fn stream_on_a_terminal_redraws_one_line_per_branch() {
     let (status, screen) = pardec_on_a_terminal(
         &[
-            "run", "--prompt", "Name two fruits.", "--branch", "1.", "--branch", "2.", "--max-branch-tokens", "30",
-            "--then", "\nBoth", "--max-tokens", "3", "--stream",
+            "run",
+            "--prompt",
+            "Name two fruits.",
+            "--branch",
+            "1.",
+            "--branch",
+            "2.",
+            "--max-branch-tokens",
+            "30",
+            "--then",
+            "\nBoth",
+            "--max-tokens",
+            "3",
+            "--stream",
         ],
         40,
     );
@@ -353,7 +494,11 @@ fn stream_on_a_terminal_redraws_one_line_per_branch() {
     // Each drawn branch line fits the 40 columns (its text cut to the tail that fits).
     for line in screen.split("\x1b[2K").filter(|l| l.contains("[1]") || l.contains("[2]")) {
         let line = line.split("\r\n").next().unwrap();
-        let visible: String = line.split('\x1b').enumerate().map(|(i, part)| if i == 0 { part } else { part.split_once('m').map_or("", |(_, rest)| rest) }).collect();
+        let visible: String = line
+            .split('\x1b')
+            .enumerate()
+            .map(|(i, part)| if i == 0 { part } else { part.split_once('m').map_or("", |(_, rest)| rest) })
+            .collect();
         assert!(visible.chars().count() < 40, "{visible:?} is wider than the terminal");
         assert!(!visible.contains('\n'));
     }
@@ -385,7 +530,13 @@ fn a_closed_stdout_ends_run_quietly() {
     use std::os::unix::process::ExitStatusExt;
     let run = ["run", "--prompt", "x", "--branch", "a", "--max-branch-tokens", "2", "--max-tokens", "2"];
     let stream: Vec<&str> = run.iter().copied().chain(["--stream", "--json"]).collect();
-    for args in [&run[..], &stream, &["run", "--help"], &["--version"], &["bench", "--branches", "1", "--tokens", "1", "--reps", "1"]] {
+    for args in [
+        &run[..],
+        &stream,
+        &["run", "--help"],
+        &["--version"],
+        &["bench", "--branches", "1", "--tokens", "1", "--reps", "1"],
+    ] {
         let out = pardec_into_a_closed_pipe(args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!stderr.contains("panicked") && !stderr.contains("Broken pipe"), "{args:?}: {stderr}");
@@ -396,8 +547,16 @@ fn a_closed_stdout_ends_run_quietly() {
 #[test]
 fn sot_skeleton_keeps_to_max_tokens() {
     let v = json(&pardec(&[
-        "run", "--protocol", "sot", "--prompt", "Give three tips for sleeping better.", "--max-tokens", "6",
-        "--max-branch-tokens", "3", "--json",
+        "run",
+        "--protocol",
+        "sot",
+        "--prompt",
+        "Give three tips for sleeping better.",
+        "--max-tokens",
+        "6",
+        "--max-branch-tokens",
+        "3",
+        "--json",
     ]));
     let st = &v["stats"];
     let trunk = st["tokens_total"].as_u64().unwrap() - st["tokens_branch"].as_u64().unwrap();
@@ -419,10 +578,25 @@ fn a_model_without_a_chat_template_runs_raw_with_a_warning() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("tiny.gguf");
     let vocab = ByteVocab { specials: vec![] };
-    TinyModel::random(TinyConfig { n_vocab: vocab.n_vocab(), ..TinyConfig::default() }).write_gguf_bytes(&path, &vocab).unwrap();
+    TinyModel::random(TinyConfig { n_vocab: vocab.n_vocab(), ..TinyConfig::default() })
+        .write_gguf_bytes(&path, &vocab)
+        .unwrap();
     let model = path.to_str().unwrap();
     let run = |extra: &[&str]| {
-        let mut args = vec!["run", "--model", model, "--prompt", "hi there", "--branch", "a", "--max-branch-tokens", "2", "--max-tokens", "2", "--json"];
+        let mut args = vec![
+            "run",
+            "--model",
+            model,
+            "--prompt",
+            "hi there",
+            "--branch",
+            "a",
+            "--max-branch-tokens",
+            "2",
+            "--max-tokens",
+            "2",
+            "--json",
+        ];
         args.extend_from_slice(extra);
         pardec(&args)
     };

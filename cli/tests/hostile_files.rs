@@ -74,11 +74,27 @@ fn check_all(outcomes: Vec<Outcome>, at_least: usize) {
     let crashed: Vec<String> = outcomes
         .iter()
         .filter(|o| o.code.is_none() || o.stderr.contains("panicked"))
-        .map(|o| format!("{}: {:?} {}", o.case, o.code, o.stderr.lines().filter(|l| l.contains("GGML_ASSERT") || l.contains("error") || l.contains("panicked")).collect::<Vec<_>>().join(" / ")))
+        .map(|o| {
+            format!(
+                "{}: {:?} {}",
+                o.case,
+                o.code,
+                o.stderr
+                    .lines()
+                    .filter(|l| l.contains("GGML_ASSERT") || l.contains("error") || l.contains("panicked"))
+                    .collect::<Vec<_>>()
+                    .join(" / ")
+            )
+        })
         .collect();
     let refused = outcomes.iter().filter(|o| o.code == Some(1)).count();
-    eprintln!("{} cases: {} ran, {} refused with an error, {} crashed", outcomes.len(),
-              outcomes.len() - refused - crashed.len(), refused, crashed.len());
+    eprintln!(
+        "{} cases: {} ran, {} refused with an error, {} crashed",
+        outcomes.len(),
+        outcomes.len() - refused - crashed.len(),
+        refused,
+        crashed.len()
+    );
     assert!(crashed.is_empty(), "cases that crashed, panicked or hung:\n{}", crashed.join("\n"));
 }
 
@@ -138,50 +154,74 @@ fn mutated_gguf_files_never_crash_the_process() {
     // Tokenizer arrays: shorter than the vocabulary, out-of-range ids, duplicates.
     type Edit<'a> = dyn Fn(&mut Vec<(&str, V)>) + 'a;
     let token_edits: Vec<(&str, Box<Edit<'_>>)> = vec![
-        ("half the tokens", Box::new(|kvs| {
-            for (k, v) in kvs.iter_mut() {
-                if let (&mut "tokenizer.ggml.tokens", V::Strs(t)) = (k, v) {
-                    t.truncate(t.len() / 2);
+        (
+            "half the tokens",
+            Box::new(|kvs| {
+                for (k, v) in kvs.iter_mut() {
+                    if let (&mut "tokenizer.ggml.tokens", V::Strs(t)) = (k, v) {
+                        t.truncate(t.len() / 2);
+                    }
                 }
-            }
-        })),
-        ("token types short", Box::new(|kvs| {
-            for (k, v) in kvs.iter_mut() {
-                if let (&mut "tokenizer.ggml.token_type", V::I32s(t)) = (k, v) {
-                    t.truncate(3);
+            }),
+        ),
+        (
+            "token types short",
+            Box::new(|kvs| {
+                for (k, v) in kvs.iter_mut() {
+                    if let (&mut "tokenizer.ggml.token_type", V::I32s(t)) = (k, v) {
+                        t.truncate(3);
+                    }
                 }
-            }
-        })),
-        ("token type 99", Box::new(|kvs| {
-            for (k, v) in kvs.iter_mut() {
-                if let (&mut "tokenizer.ggml.token_type", V::I32s(t)) = (k, v) {
-                    t.iter_mut().for_each(|x| *x = 99);
+            }),
+        ),
+        (
+            "token type 99",
+            Box::new(|kvs| {
+                for (k, v) in kvs.iter_mut() {
+                    if let (&mut "tokenizer.ggml.token_type", V::I32s(t)) = (k, v) {
+                        t.iter_mut().for_each(|x| *x = 99);
+                    }
                 }
-            }
-        })),
-        ("merges of nonsense", Box::new(|kvs| {
-            for (k, v) in kvs.iter_mut() {
-                if let (&mut "tokenizer.ggml.merges", V::Strs(m)) = (k, v) {
-                    *m = vec!["a".into(), "b c d".into(), "".into()];
+            }),
+        ),
+        (
+            "merges of nonsense",
+            Box::new(|kvs| {
+                for (k, v) in kvs.iter_mut() {
+                    if let (&mut "tokenizer.ggml.merges", V::Strs(m)) = (k, v) {
+                        *m = vec!["a".into(), "b c d".into(), "".into()];
+                    }
                 }
-            }
-        })),
-        ("eos past the vocabulary", Box::new(|kvs| {
-            kvs.retain(|(k, _)| *k != "tokenizer.ggml.eos_token_id");
-            kvs.push(("tokenizer.ggml.eos_token_id", V::U32(1 << 20)));
-        })),
-        ("SentencePiece type", Box::new(|kvs| {
-            kvs.retain(|(k, _)| *k != "tokenizer.ggml.model");
-            kvs.push(("tokenizer.ggml.model", V::Str("llama".into())));
-        })),
-        ("WordPiece type", Box::new(|kvs| {
-            kvs.retain(|(k, _)| *k != "tokenizer.ggml.model");
-            kvs.push(("tokenizer.ggml.model", V::Str("bert".into())));
-        })),
-        ("T5 type", Box::new(|kvs| {
-            kvs.retain(|(k, _)| *k != "tokenizer.ggml.model");
-            kvs.push(("tokenizer.ggml.model", V::Str("t5".into())));
-        })),
+            }),
+        ),
+        (
+            "eos past the vocabulary",
+            Box::new(|kvs| {
+                kvs.retain(|(k, _)| *k != "tokenizer.ggml.eos_token_id");
+                kvs.push(("tokenizer.ggml.eos_token_id", V::U32(1 << 20)));
+            }),
+        ),
+        (
+            "SentencePiece type",
+            Box::new(|kvs| {
+                kvs.retain(|(k, _)| *k != "tokenizer.ggml.model");
+                kvs.push(("tokenizer.ggml.model", V::Str("llama".into())));
+            }),
+        ),
+        (
+            "WordPiece type",
+            Box::new(|kvs| {
+                kvs.retain(|(k, _)| *k != "tokenizer.ggml.model");
+                kvs.push(("tokenizer.ggml.model", V::Str("bert".into())));
+            }),
+        ),
+        (
+            "T5 type",
+            Box::new(|kvs| {
+                kvs.retain(|(k, _)| *k != "tokenizer.ggml.model");
+                kvs.push(("tokenizer.ggml.model", V::Str("t5".into())));
+            }),
+        ),
     ];
     for (what, edit) in &token_edits {
         tiny.write_gguf_edited(&path, Some(&vocab), |kvs| edit(kvs)).unwrap();

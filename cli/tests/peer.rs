@@ -156,7 +156,22 @@ fn runs_against_a_fake_server_and_stops_it() {
     let dir = tempdir("fake");
     let server = fake_server(&dir);
     let server_arg = server.display().to_string();
-    let args = ["bench", "--peer", "llama-server", "--server", &server_arg, "--branches", "2,3", "--tokens", "4", "--reps", "1", "--threads", "1", "--json"];
+    let args = [
+        "bench",
+        "--peer",
+        "llama-server",
+        "--server",
+        &server_arg,
+        "--branches",
+        "2,3",
+        "--tokens",
+        "4",
+        "--reps",
+        "1",
+        "--threads",
+        "1",
+        "--json",
+    ];
     let out = pardec(&args);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
@@ -164,7 +179,8 @@ fn runs_against_a_fake_server_and_stops_it() {
     assert_eq!(v["parallel"], 3);
     let questions = v["questions"].as_array().unwrap().len() as u64;
     let rows = v["results"].as_array().unwrap();
-    let kinds: Vec<(&str, u64)> = rows.iter().map(|r| (r["kind"].as_str().unwrap(), r["branches"].as_u64().unwrap())).collect();
+    let kinds: Vec<(&str, u64)> =
+        rows.iter().map(|r| (r["kind"].as_str().unwrap(), r["branches"].as_u64().unwrap())).collect();
     assert_eq!(kinds, [("sot", 2), ("sot", 3), ("serial", 1)]);
     for r in rows {
         let b = r["branches"].as_u64().unwrap();
@@ -196,7 +212,21 @@ fn runs_against_a_fake_server_and_stops_it() {
     assert!(gone(fake_pid(&dir)), "pardec left the server running");
 
     // The text table names both sides and every row.
-    let args = ["bench", "--peer", "llama-server", "--server", &server_arg, "--branches", "2", "--tokens", "2", "--reps", "1", "--threads", "1"];
+    let args = [
+        "bench",
+        "--peer",
+        "llama-server",
+        "--server",
+        &server_arg,
+        "--branches",
+        "2",
+        "--tokens",
+        "2",
+        "--reps",
+        "1",
+        "--threads",
+        "1",
+    ];
     let out = pardec(&args);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
@@ -212,7 +242,21 @@ fn a_server_that_dies_mid_run_is_a_clear_error() {
     let dir = tempdir("dies");
     let server = fake_server(&dir);
     let server_arg = server.display().to_string();
-    let args = ["bench", "--peer", "llama-server", "--server", &server_arg, "--branches", "2", "--tokens", "2", "--reps", "1", "--threads", "1"];
+    let args = [
+        "bench",
+        "--peer",
+        "llama-server",
+        "--server",
+        &server_arg,
+        "--branches",
+        "2",
+        "--tokens",
+        "2",
+        "--reps",
+        "1",
+        "--threads",
+        "1",
+    ];
     let out = Command::new(env!("CARGO_BIN_EXE_pardec"))
         .args(args)
         .env("PARDEC_MODEL", models::model_path(models::DEFAULT_MODEL_FILE))

@@ -18,7 +18,10 @@ use std::time::{Duration, Instant};
 
 use common::models;
 use pardec::equivalence::batch_vs_alone;
-use pardec::{BranchSpec, Error, Event, JoinMode, Model, ModelParams, NodeId, RunLimits, Session, SessionParams, Silent, StopReason};
+use pardec::{
+    BranchSpec, Error, Event, JoinMode, Model, ModelParams, NodeId, RunLimits, Session, SessionParams, Silent,
+    StopReason,
+};
 
 /// Same bound as tests/real_models.rs: SmolLM2 batched vs alone is bitwise equal locally, a
 /// leak between siblings moves the logits by about 0.46 of the largest.
@@ -70,7 +73,10 @@ impl Drop for RpcServer {
 fn rpc_built() -> bool {
     let expected = std::env::var("PARDEC_EXPECT_RPC").is_ok_and(|v| v == "1");
     let built = pardec::rpc::available();
-    assert!(built || !expected, "PARDEC_EXPECT_RPC=1 but this build has no RPC backend (was llama.cpp built with GGML_RPC=ON?)");
+    assert!(
+        built || !expected,
+        "PARDEC_EXPECT_RPC=1 but this build has no RPC backend (was llama.cpp built with GGML_RPC=ON?)"
+    );
     if !built {
         // The other side of the rule: servers named in a build without the backend.
         assert_load_refused(&["127.0.0.1:1"], "GGML_RPC=ON", "a build without RPC");
@@ -102,7 +108,11 @@ fn fork_join_tokens(model: &Model) -> Vec<Vec<pardec::Token>> {
     s.prompt(PROMPT).unwrap();
     let specs: Vec<BranchSpec> = ["1.", "2.", "3."]
         .iter()
-        .map(|p| BranchSpec { prefix: p.to_string(), limits: RunLimits { max_tokens: 12, ..Default::default() }, ..Default::default() })
+        .map(|p| BranchSpec {
+            prefix: p.to_string(),
+            limits: RunLimits { max_tokens: 12, ..Default::default() },
+            ..Default::default()
+        })
         .collect();
     let branches = s.fork(NodeId::TRUNK, &specs).unwrap();
     s.run(&mut Silent).unwrap();
@@ -157,7 +167,11 @@ fn a_server_lost_mid_generation_is_an_error_and_the_text_so_far_is_kept() {
     s.prompt(PROMPT).unwrap();
     let specs: Vec<BranchSpec> = ["1.", "2."]
         .iter()
-        .map(|p| BranchSpec { prefix: p.to_string(), limits: RunLimits { max_tokens: 200, ..Default::default() }, ..Default::default() })
+        .map(|p| BranchSpec {
+            prefix: p.to_string(),
+            limits: RunLimits { max_tokens: 200, ..Default::default() },
+            ..Default::default()
+        })
         .collect();
     let branches = s.fork(NodeId::TRUNK, &specs).unwrap();
     let mut seen = 0;
@@ -241,7 +255,18 @@ fn the_command_line_runs_over_rpc_and_refuses_bad_server_lists() {
     }
     let server = RpcServer::start();
     let run = |rpc: Option<&str>| {
-        let mut args = vec!["run", "--prompt", "Name two colours.", "--branch", "1.", "--branch", "2.", "--max-tokens", "8", "--json"];
+        let mut args = vec![
+            "run",
+            "--prompt",
+            "Name two colours.",
+            "--branch",
+            "1.",
+            "--branch",
+            "2.",
+            "--max-tokens",
+            "8",
+            "--json",
+        ];
         if let Some(rpc) = rpc {
             args.extend(["--rpc", rpc]);
         }

@@ -43,7 +43,8 @@ pub fn generate_apr_into(
     while budget > 0 || prefix_called {
         if !std::mem::take(&mut prefix_called) {
             let before = session.node_tokens(NodeId::TRUNK).len();
-            session.resume(NodeId::TRUNK, &RunLimits { max_tokens: budget, stop: stop.clone(), ..Default::default() })?;
+            session
+                .resume(NodeId::TRUNK, &RunLimits { max_tokens: budget, stop: stop.clone(), ..Default::default() })?;
             session.run(observer)?;
             budget = budget.saturating_sub(session.node_tokens(NodeId::TRUNK).len() - before);
             if super::ended_by_caller_stop(session, &params.stop, &protocol_stops) {
@@ -77,7 +78,10 @@ pub fn generate_apr_into(
                         let w = Warning::new(
                             WarningKind::BadLabel,
                             call.at,
-                            format!("sub search {} names node {:?}, whose state the trace never gave: not run", call.index, call.node),
+                            format!(
+                                "sub search {} names node {:?}, whose state the trace never gave: not run",
+                                call.index, call.node
+                            ),
                         );
                         if !report.warn("", w, observer) {
                             return Err(Error::Cancelled);

@@ -220,7 +220,12 @@ pub fn generate_auto_into(
 
 /// Decodes `text` into `node` as forced text and tells the observer ([`Event::Forced`]);
 /// Err(Cancelled) when the observer says stop.
-pub(crate) fn append_forced(session: &mut Session, node: NodeId, text: &str, observer: &mut dyn Observer) -> Result<()> {
+pub(crate) fn append_forced(
+    session: &mut Session,
+    node: NodeId,
+    text: &str,
+    observer: &mut dyn Observer,
+) -> Result<()> {
     session.append_text(node, text)?;
     let label = session.label(node).unwrap_or("").to_string();
     if !observer.on_event(&Event::Forced { node, label: &label, text }) {

@@ -3,7 +3,7 @@
 use std::ffi::c_char;
 
 use super::boundary::{array_arg, guard, guard_void, out_arg, FfiError};
-use super::model::{model_arg, path_arg, pardec_model};
+use super::model::{model_arg, pardec_model, path_arg};
 use super::session::{pardec_session, with_session};
 use super::status::pardec_status;
 use crate::Adapter;

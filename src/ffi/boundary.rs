@@ -40,7 +40,11 @@ impl FfiError {
 
 impl From<Error> for FfiError {
     fn from(e: Error) -> Self {
-        FfiError { status: pardec_status::from(&e), message: e.to_string(), kept_partial_output: e.keeps_partial_output() }
+        FfiError {
+            status: pardec_status::from(&e),
+            message: e.to_string(),
+            kept_partial_output: e.keeps_partial_output(),
+        }
     }
 }
 
@@ -142,10 +146,7 @@ pub(crate) unsafe fn str_arg<'a>(p: *const c_char, what: &str) -> FfiResult<&'a 
         return Err(FfiError::null(what));
     }
     CStr::from_ptr(p).to_str().map_err(|e| {
-        FfiError::new(
-            pardec_status::InvalidUtf8,
-            format!("{what} is not valid UTF-8 (byte {})", e.valid_up_to()),
-        )
+        FfiError::new(pardec_status::InvalidUtf8, format!("{what} is not valid UTF-8 (byte {})", e.valid_up_to()))
     })
 }
 
@@ -279,10 +280,7 @@ mod tests {
             assert_eq!(array_arg(p, 1, 4, "xs").unwrap_err().status, pardec_status::NullArgument);
             // A bogus non-null pointer with a huge count is never dereferenced.
             let bogus = 16 as *const u32;
-            assert_eq!(
-                array_arg(bogus, usize::MAX, 4, "xs").unwrap_err().status,
-                pardec_status::InvalidArgument
-            );
+            assert_eq!(array_arg(bogus, usize::MAX, 4, "xs").unwrap_err().status, pardec_status::InvalidArgument);
         }
     }
 }

@@ -76,8 +76,7 @@ pub struct pardec_event {
 /// current step (which may include a few more TOKEN and END events), and the session stays
 /// usable. The callback must not unwind (no C++ exceptions, no longjmp) and must not call
 /// functions of the same session (they return PARDEC_STATUS_BUSY).
-pub type pardec_callback =
-    Option<unsafe extern "C" fn(user_data: *mut c_void, event: *const pardec_event) -> bool>;
+pub type pardec_callback = Option<unsafe extern "C" fn(user_data: *mut c_void, event: *const pardec_event) -> bool>;
 
 /// Turns Rust events into `pardec_event`s for a C callback. The buffers are reused, so no
 /// allocation per token once they have grown.

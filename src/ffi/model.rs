@@ -5,8 +5,8 @@ use std::mem::size_of;
 use std::path::PathBuf;
 
 use super::boundary::{
-    array_arg, c_string, guard, guard_void, out_arg, read_versioned, str_arg, write_versioned, FfiError,
-    FfiResult, Versioned,
+    array_arg, c_string, guard, guard_void, out_arg, read_versioned, str_arg, write_versioned, FfiError, FfiResult,
+    Versioned,
 };
 use super::params::pardec_model_params;
 use super::status::pardec_status;
@@ -101,10 +101,7 @@ pub unsafe extern "C" fn pardec_model_free(model: *mut pardec_model) {
 ///
 /// Errors: NULL_ARGUMENT.
 #[no_mangle]
-pub unsafe extern "C" fn pardec_model_n_vocab(
-    model: *const pardec_model,
-    out_n_vocab: *mut usize,
-) -> pardec_status {
+pub unsafe extern "C" fn pardec_model_n_vocab(model: *const pardec_model, out_n_vocab: *mut usize) -> pardec_status {
     guard(|| {
         let model = model_arg(model)?;
         let out = out_arg(out_n_vocab, "out_n_vocab")?;

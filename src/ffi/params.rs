@@ -60,11 +60,7 @@ impl pardec_model_params {
         let n_gpu_layers = match self.n_gpu_layers {
             -1 => None,
             n if n >= 0 => Some(n as u32),
-            n => {
-                return Err(FfiError::invalid(format!(
-                    "n_gpu_layers {n}: use -1 for the default or a count >= 0"
-                )))
-            }
+            n => return Err(FfiError::invalid(format!("n_gpu_layers {n}: use -1 for the default or a count >= 0"))),
         };
         let rpc_servers = match opt_str_arg(self.rpc_servers, "rpc_servers")? {
             None | Some("") => Vec::new(),
@@ -369,18 +365,11 @@ pub(crate) unsafe fn stop_strings_arg(p: *const *const c_char, n: usize, what: &
 /// # Safety
 /// `p` is NULL or a valid `pardec_run_limits` whose arrays hold their counts.
 pub(crate) unsafe fn run_limits_arg(p: *const pardec_run_limits) -> FfiResult<RunLimits> {
-    let limits = if p.is_null() {
-        pardec_run_limits::default()
-    } else {
-        read_versioned(p, pardec_run_limits::default())?
-    };
+    let limits =
+        if p.is_null() { pardec_run_limits::default() } else { read_versioned(p, pardec_run_limits::default())? };
     let stop = stop_strings_arg(limits.stop, limits.n_stop, "run_limits.stop")?;
-    let banned = array_arg(
-        limits.banned_tokens,
-        limits.n_banned_tokens,
-        PARDEC_MAX_BANNED_TOKENS,
-        "run_limits.banned_tokens",
-    )?;
+    let banned =
+        array_arg(limits.banned_tokens, limits.n_banned_tokens, PARDEC_MAX_BANNED_TOKENS, "run_limits.banned_tokens")?;
     Ok(RunLimits {
         max_tokens: limits.max_tokens as usize,
         stop,
@@ -432,10 +421,7 @@ pub unsafe extern "C" fn pardec_session_params_default(
 ///
 /// Errors: NULL_ARGUMENT, STRUCT_SIZE.
 #[no_mangle]
-pub unsafe extern "C" fn pardec_run_limits_default(
-    out: *mut pardec_run_limits,
-    struct_size: usize,
-) -> pardec_status {
+pub unsafe extern "C" fn pardec_run_limits_default(out: *mut pardec_run_limits, struct_size: usize) -> pardec_status {
     guard(|| {
         let value = pardec_run_limits { struct_size, ..Default::default() };
         write_versioned(out, &value, struct_size)
@@ -462,7 +448,10 @@ pub extern "C" fn pardec_grammar_json_object() -> *const c_char {
 /// # Safety
 /// `schema` is NULL or a NUL-terminated string; `out_gbnf` is NULL or writable.
 #[no_mangle]
-pub unsafe extern "C" fn pardec_grammar_from_json_schema(schema: *const c_char, out_gbnf: *mut *mut c_char) -> pardec_status {
+pub unsafe extern "C" fn pardec_grammar_from_json_schema(
+    schema: *const c_char,
+    out_gbnf: *mut *mut c_char,
+) -> pardec_status {
     guard(|| {
         let schema = str_arg(schema, "schema")?;
         let out = out_arg(out_gbnf, "out_gbnf")?;
@@ -479,8 +468,5 @@ fn json_schema_gbnf(schema: &str) -> FfiResult<String> {
 
 #[cfg(not(feature = "json-schema"))]
 fn json_schema_gbnf(_schema: &str) -> FfiResult<String> {
-    Err(FfiError::new(
-        pardec_status::InvalidState,
-        "this libpardec was built without the json-schema feature".into(),
-    ))
+    Err(FfiError::new(pardec_status::InvalidState, "this libpardec was built without the json-schema feature".into()))
 }

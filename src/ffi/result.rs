@@ -3,11 +3,9 @@
 use std::ffi::{c_char, CString};
 use std::mem::size_of;
 
-use super::boundary::{
-    c_string, guard, guard_void, out_arg, write_versioned, FfiError, FfiResult, Versioned,
-};
-use super::status::pardec_status;
+use super::boundary::{c_string, guard, guard_void, out_arg, write_versioned, FfiError, FfiResult, Versioned};
 use super::node::pardec_node;
+use super::status::pardec_status;
 use crate::{ItemReport, JoinMode, NodeReport, Stats, StopReason, TokenLogprob, Transcript};
 
 /// Why a node stopped generating.
@@ -356,10 +354,7 @@ unsafe fn result_arg<'a>(p: *const pardec_result) -> FfiResult<&'a pardec_result
 
 fn block_at(r: &pardec_result, block: usize) -> FfiResult<&ResultBlock> {
     r.blocks.get(block).ok_or_else(|| {
-        FfiError::new(
-            pardec_status::OutOfRange,
-            format!("block {block}: the result has {} blocks", r.blocks.len()),
-        )
+        FfiError::new(pardec_status::OutOfRange, format!("block {block}: the result has {} blocks", r.blocks.len()))
     })
 }
 

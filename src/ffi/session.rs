@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use parking_lot::Mutex;
 
 use super::boundary::{
-    array_arg, c_string, guard, guard_void, opt_str_arg, out_arg, read_versioned, set_last_error,
-    str_arg, write_versioned, FfiError, FfiResult,
+    array_arg, c_string, guard, guard_void, opt_str_arg, out_arg, read_versioned, set_last_error, str_arg,
+    write_versioned, FfiError, FfiResult,
 };
 use super::events::{pardec_callback, streaming, CObserver};
 use super::model::{model_arg, pardec_model};
@@ -154,10 +154,7 @@ pub unsafe extern "C" fn pardec_session_reset_stats(session: *mut pardec_session
 /// Errors: NULL_ARGUMENT, INVALID_UTF8, BUSY, EMPTY_PROMPT, PROMPT_TOO_LONG, INVALID_STATE,
 /// KV_CACHE_FULL, DECODE.
 #[no_mangle]
-pub unsafe extern "C" fn pardec_session_prompt(
-    session: *mut pardec_session,
-    text: *const c_char,
-) -> pardec_status {
+pub unsafe extern "C" fn pardec_session_prompt(session: *mut pardec_session, text: *const c_char) -> pardec_status {
     guard(|| {
         let text = str_arg(text, "text")?;
         with_session(session, |s| Ok(s.prompt(text)?))
@@ -242,8 +239,7 @@ pub unsafe extern "C" fn pardec_session_generate(
 ) -> pardec_status {
     guard(|| {
         let limits = run_limits_arg(limits)?;
-        let text =
-            with_session(session, |s| streaming(callback, user_data, |obs| Ok(s.generate(&limits, obs)?)))?;
+        let text = with_session(session, |s| streaming(callback, user_data, |obs| Ok(s.generate(&limits, obs)?)))?;
         if !out_text.is_null() {
             *out_text = c_string(&text).into_raw();
         }
@@ -525,9 +521,10 @@ pub unsafe extern "C" fn pardec_session_generate_auto_stop(
                     .map_err(|e| crate::Error::InvalidArgument(format!("protocol JSON: {e}")))?,
             )
         } else {
-            Some(crate::protocol::ProtocolSpec::builtin(protocol).ok_or_else(|| {
-                crate::Error::InvalidArgument(format!("unknown protocol {protocol:?}"))
-            })?)
+            Some(
+                crate::protocol::ProtocolSpec::builtin(protocol)
+                    .ok_or_else(|| crate::Error::InvalidArgument(format!("unknown protocol {protocol:?}")))?,
+            )
         };
         let mut report = crate::auto::AutoReport::default();
         let outcome = with_session(session, |s| {
@@ -553,7 +550,6 @@ pub unsafe extern "C" fn pardec_session_generate_auto_stop(
         outcome
     })
 }
-
 
 /// Skeleton-of-Thought for plain instruct models: the model first writes a numbered skeleton
 /// of short points for `question` (its chat template wraps the request), then every point is
@@ -606,7 +602,6 @@ unsafe fn write_json(out: *mut *mut c_char, value: &impl serde::Serialize) -> Ff
     }
     Ok(())
 }
-
 
 // ----- results ----------------------------------------------------------------------------
 

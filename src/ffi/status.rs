@@ -107,17 +107,9 @@ pub(crate) const STATUS_TABLE: &[(pardec_status, &str, &std::ffi::CStr)] = &[
     (pardec_status::NullArgument, "NULL_ARGUMENT", c"a required pointer argument was NULL"),
     (pardec_status::InvalidUtf8, "INVALID_UTF8", c"a string is not valid UTF-8"),
     (pardec_status::InvalidArgument, "INVALID_ARGUMENT", c"an argument is out of range or inconsistent"),
-    (
-        pardec_status::StructSize,
-        "STRUCT_SIZE",
-        c"unknown struct size: the header and the library do not match",
-    ),
+    (pardec_status::StructSize, "STRUCT_SIZE", c"unknown struct size: the header and the library do not match"),
     (pardec_status::OutOfRange, "OUT_OF_RANGE", c"index out of range"),
-    (
-        pardec_status::Busy,
-        "BUSY",
-        c"the session is in use (re-entrant call from a callback, or another thread)",
-    ),
+    (pardec_status::Busy, "BUSY", c"the session is in use (re-entrant call from a callback, or another thread)"),
     (pardec_status::Backend, "BACKEND", c"llama.cpp's backend could not start"),
     (pardec_status::ModelNotFound, "MODEL_NOT_FOUND", c"the model or adapter file does not exist or cannot be read"),
     (pardec_status::NotGguf, "NOT_GGUF", c"the file is not a GGUF file"),
@@ -136,16 +128,8 @@ pub(crate) const STATUS_TABLE: &[(pardec_status, &str, &std::ffi::CStr)] = &[
     (pardec_status::Internal, "INTERNAL", c"internal error in pardec"),
     (pardec_status::Panic, "PANIC", c"pardec panicked (caught at the C boundary)"),
     (pardec_status::NotAdapter, "NOT_ADAPTER", c"the file is not a LoRA adapter"),
-    (
-        pardec_status::AdapterMismatch,
-        "ADAPTER_MISMATCH",
-        c"the LoRA adapter was made for another model",
-    ),
-    (
-        pardec_status::Rpc,
-        "RPC",
-        c"an RPC server cannot be reached or was lost, or this build has no RPC backend",
-    ),
+    (pardec_status::AdapterMismatch, "ADAPTER_MISMATCH", c"the LoRA adapter was made for another model"),
+    (pardec_status::Rpc, "RPC", c"an RPC server cannot be reached or was lost, or this build has no RPC backend"),
 ];
 
 #[cfg(test)]

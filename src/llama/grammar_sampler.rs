@@ -115,7 +115,11 @@ impl GrammarSampler {
     ///
     /// `vocab` is the vocabulary of a live model (`LlamaModel::vocab()`), and that model
     /// outlives the returned grammar and every clone of it.
-    pub(crate) unsafe fn compile(vocab: *const sys::llama_vocab, gbnf: &str, root: &str) -> Result<GrammarSampler, String> {
+    pub(crate) unsafe fn compile(
+        vocab: *const sys::llama_vocab,
+        gbnf: &str,
+        root: &str,
+    ) -> Result<GrammarSampler, String> {
         if vocab.is_null() {
             return Err("no vocabulary to compile the grammar against".into());
         }
@@ -125,7 +129,10 @@ impl GrammarSampler {
             return Err("the model has no text vocabulary, and a grammar constrains text".into());
         }
         if gbnf.len() > MAX_GRAMMAR_BYTES {
-            return Err(format!("the grammar is {} bytes long, more than the {MAX_GRAMMAR_BYTES} accepted", gbnf.len()));
+            return Err(format!(
+                "the grammar is {} bytes long, more than the {MAX_GRAMMAR_BYTES} accepted",
+                gbnf.len()
+            ));
         }
         if gbnf.contains('\0') {
             return Err("the grammar contains a NUL byte".into());
@@ -241,8 +248,11 @@ impl GrammarSampler {
             return Err(format!("token {bad} is outside the vocabulary (0..{})", self.n_vocab));
         }
         self.candidates.clear();
-        self.candidates
-            .extend(ids.iter().zip(logits.iter()).map(|(&id, &logit)| sys::llama_token_data { id, logit, p: 0.0 }));
+        self.candidates.extend(ids.iter().zip(logits.iter()).map(|(&id, &logit)| sys::llama_token_data {
+            id,
+            logit,
+            p: 0.0,
+        }));
         self.apply_candidates()?;
         for (c, l) in self.candidates.iter().zip(logits.iter_mut()) {
             if c.logit == f32::NEG_INFINITY {
@@ -318,7 +328,16 @@ fn token_of(vocab: *const sys::llama_vocab, text: &[u8]) -> Result<u32, String> 
     // SAFETY: a live vocabulary with a tokenizer (checked by `compile`), `text` readable for
     // `len` bytes, `tokens` writable for 2 ids.
     let status = unsafe {
-        shim::pardec_shim_tokenize(vocab, text.as_ptr().cast::<c_char>(), len, tokens.as_mut_ptr(), 2, false, true, &mut n)
+        shim::pardec_shim_tokenize(
+            vocab,
+            text.as_ptr().cast::<c_char>(),
+            len,
+            tokens.as_mut_ptr(),
+            2,
+            false,
+            true,
+            &mut n,
+        )
     };
     if status != 0 {
         return Err(format!("token literal {shown}: the tokenizer failed: {}", shim::last_message()));
@@ -428,7 +447,10 @@ mod tests {
             let root = CString::new(root).unwrap();
             let mut ptr = std::ptr::null_mut();
             // SAFETY: live vocabulary, NUL-terminated strings.
-            assert_eq!(unsafe { shim::pardec_shim_grammar_init(self.vocab, text.as_ptr(), root.as_ptr(), &mut ptr) }, 0);
+            assert_eq!(
+                unsafe { shim::pardec_shim_grammar_init(self.vocab, text.as_ptr(), root.as_ptr(), &mut ptr) },
+                0
+            );
             if ptr.is_null() {
                 return false;
             }

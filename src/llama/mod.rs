@@ -43,7 +43,12 @@ pub(crate) fn path_cstring(path: &Path) -> Option<CString> {
 /// Writes the model file `input` again at `output` with its weights in `ftype` (llama.cpp's
 /// `llama_model_quantize`, re-quantizing already quantized tensors). Err: the message of an
 /// exception it threw, or its bare status (it logs the reason, and pardec silences its log).
-pub(crate) fn quantize_file(input: &CStr, output: &CStr, ftype: sys::llama_ftype, n_threads: u32) -> Result<(), String> {
+pub(crate) fn quantize_file(
+    input: &CStr,
+    output: &CStr,
+    ftype: sys::llama_ftype,
+    n_threads: u32,
+) -> Result<(), String> {
     // SAFETY: a plain value constructor; both paths are NUL-terminated and outlive the call.
     unsafe {
         let mut params = sys::llama_model_quantize_default_params();

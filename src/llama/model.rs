@@ -200,7 +200,16 @@ impl LlamaModel {
             // SAFETY: `text` is readable for `len` bytes and `tokens` writable for `cap` ids;
             // a negative result is the count needed, nothing is written past `cap`.
             let status = unsafe {
-                shim::pardec_shim_tokenize(self.vocab(), text.as_ptr().cast(), len, tokens.as_mut_ptr(), cap, add_special, parse_special, &mut n)
+                shim::pardec_shim_tokenize(
+                    self.vocab(),
+                    text.as_ptr().cast(),
+                    len,
+                    tokens.as_mut_ptr(),
+                    cap,
+                    add_special,
+                    parse_special,
+                    &mut n,
+                )
             };
             if status != 0 {
                 return Err(Threw(shim::last_message()));
@@ -226,7 +235,10 @@ impl LlamaModel {
         let mut buf = [0u8; 64];
         let mut n = 0;
         // SAFETY: the id is inside the vocabulary and the buffer writable for its length.
-        if unsafe { shim::pardec_shim_token_to_piece(self.vocab(), token, buf.as_mut_ptr().cast(), 64, 0, true, &mut n) } != 0 {
+        if unsafe {
+            shim::pardec_shim_token_to_piece(self.vocab(), token, buf.as_mut_ptr().cast(), 64, 0, true, &mut n)
+        } != 0
+        {
             out.extend_from_slice(BROKEN);
             return;
         }
@@ -237,7 +249,15 @@ impl LlamaModel {
         let mut big = vec![0u8; (-n) as usize];
         // SAFETY: as above, with the length llama.cpp asked for.
         let status = unsafe {
-            shim::pardec_shim_token_to_piece(self.vocab(), token, big.as_mut_ptr().cast(), big.len() as i32, 0, true, &mut n)
+            shim::pardec_shim_token_to_piece(
+                self.vocab(),
+                token,
+                big.as_mut_ptr().cast(),
+                big.len() as i32,
+                0,
+                true,
+                &mut n,
+            )
         };
         if status != 0 {
             out.extend_from_slice(BROKEN);
@@ -264,10 +284,8 @@ impl LlamaModel {
             .iter()
             .map(|(r, c)| Some((CString::new(*r).ok()?, CString::new(*c).ok()?)))
             .collect::<Option<_>>()?;
-        let chat: Vec<sys::llama_chat_message> = owned
-            .iter()
-            .map(|(r, c)| sys::llama_chat_message { role: r.as_ptr(), content: c.as_ptr() })
-            .collect();
+        let chat: Vec<sys::llama_chat_message> =
+            owned.iter().map(|(r, c)| sys::llama_chat_message { role: r.as_ptr(), content: c.as_ptr() }).collect();
         let total: usize = messages.iter().map(|(r, c)| r.len() + c.len()).sum();
         let mut buf = vec![0u8; 2 * total + 256];
         loop {
@@ -276,7 +294,15 @@ impl LlamaModel {
             // is writable for `cap` bytes; the result is the length needed (or < 0: unknown).
             let mut n = 0;
             let status = unsafe {
-                shim::pardec_shim_chat_apply_template(template.as_ptr(), chat.as_ptr(), chat.len(), true, buf.as_mut_ptr().cast(), cap, &mut n)
+                shim::pardec_shim_chat_apply_template(
+                    template.as_ptr(),
+                    chat.as_ptr(),
+                    chat.len(),
+                    true,
+                    buf.as_mut_ptr().cast(),
+                    cap,
+                    &mut n,
+                )
             };
             if status != 0 || n < 0 {
                 return None;

@@ -26,7 +26,11 @@ extern "C" {
         special: bool,
         out: *mut i32,
     ) -> i32;
-    pub(super) fn pardec_shim_decode(ctx: *mut sys::llama_context, batch: *const sys::llama_batch, out: *mut i32) -> i32;
+    pub(super) fn pardec_shim_decode(
+        ctx: *mut sys::llama_context,
+        batch: *const sys::llama_batch,
+        out: *mut i32,
+    ) -> i32;
     pub(super) fn pardec_shim_model_load(
         path: *const c_char,
         params: *const sys::llama_model_params,
@@ -68,10 +72,7 @@ extern "C" {
         cur_p: *mut sys::llama_token_data_array,
     ) -> i32;
     pub(super) fn pardec_shim_sampler_accept(smpl: *mut sys::llama_sampler, token: sys::llama_token) -> i32;
-    pub(super) fn pardec_shim_sampler_clone(
-        smpl: *const sys::llama_sampler,
-        out: *mut *mut sys::llama_sampler,
-    ) -> i32;
+    pub(super) fn pardec_shim_sampler_clone(smpl: *const sys::llama_sampler, out: *mut *mut sys::llama_sampler) -> i32;
     pub(super) fn pardec_shim_sampler_free(smpl: *mut sys::llama_sampler) -> i32;
 }
 

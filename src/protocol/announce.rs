@@ -72,20 +72,13 @@ pub fn parse_announcements_with_warnings(spec: &ProtocolSpec, text: &str) -> (Ve
                 None => warnings.push(Warning::new(
                     WarningKind::BadLabel,
                     start,
-                    format!(
-                        "announcement {} does not start with a number and {separator:?}",
-                        excerpt(body, 40)
-                    ),
+                    format!("announcement {} does not start with a number and {separator:?}", excerpt(body, 40)),
                 )),
             },
             LabelRule::Title { verbatim } => {
                 let title = if *verbatim { body } else { body.trim() };
                 if title.is_empty() {
-                    warnings.push(Warning::new(
-                        WarningKind::BadLabel,
-                        start,
-                        "announcement with an empty title",
-                    ));
+                    warnings.push(Warning::new(WarningKind::BadLabel, start, "announcement with an empty title"));
                 } else {
                     found.push(Announced {
                         label: (found.len() + 1).to_string(),
@@ -149,8 +142,7 @@ mod tests {
     #[test]
     fn multiverse_outlines() {
         let spec = ProtocolSpec::builtin("multiverse").unwrap();
-        let text =
-            "<Goal>Plan.<Outline>1: add</Outline>\n<Outline> 2 : sub </Outline><Outline>x</Outline></Goal>";
+        let text = "<Goal>Plan.<Outline>1: add</Outline>\n<Outline> 2 : sub </Outline><Outline>x</Outline></Goal>";
         let (a, w) = parse_announcements_with_warnings(&spec, text);
         assert_eq!(
             a.iter().map(|a| (a.label.as_str(), a.title.as_str())).collect::<Vec<_>>(),

@@ -4,8 +4,8 @@
 
 use super::skeleton::SkeletonFormat;
 use super::spec::{Announce, BadPlan, Bans, LabelRule, ProtocolSpec, MAX_SUPPORTED_BRANCHES};
-use crate::layout_rules::{JoinRule, TrainRule};
 use super::subsearch::{ChildPrompt, SubSearchFormat};
+use crate::layout_rules::{JoinRule, TrainRule};
 
 fn s(x: &str) -> String {
     x.to_string()
@@ -279,10 +279,8 @@ impl SkeletonFormat {
             primer: s("1."),
             min_points: 2,
             max_points: 10,
-            expand_instruction: s(
-                "\n\nNow write the answer. Expand every point of the outline in one or two \
-                sentences, keeping its number.\n",
-            ),
+            expand_instruction: s("\n\nNow write the answer. Expand every point of the outline in one or two \
+                sentences, keeping its number.\n"),
             // Bold points keep small models from treating the prefix as the next list line.
             point_prefix: s("{index}. **{point}**:"),
             point_end: s("\n"),

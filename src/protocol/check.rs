@@ -71,12 +71,8 @@ fn check_block(spec: &ProtocolSpec, text: &str, block: &BlockTree, out: &mut Vec
     if matches!(spec.announce, Announce::Tagged { .. }) {
         for (b, announced) in block.branches.iter().zip(&plan.branches) {
             if !starts_with_ignoring_space(&text[b.tag_start..b.stream.end], &announced.prefix) {
-                let written: String = text[b.open_end..b.stream.end]
-                    .trim_start()
-                    .chars()
-                    .take_while(|&c| c != '\n')
-                    .take(30)
-                    .collect();
+                let written: String =
+                    text[b.open_end..b.stream.end].trim_start().chars().take_while(|&c| c != '\n').take(30).collect();
                 out.push((
                     b.open_end,
                     format!(

@@ -86,10 +86,7 @@ pub(crate) fn plan_fork(
             warnings.push(Warning::new(
                 WarningKind::TooManyBranches,
                 trigger.0,
-                format!(
-                    "{} accepts 1 to {} announced branches: the stream ends here",
-                    spec.name, spec.max_branches
-                ),
+                format!("{} accepts 1 to {} announced branches: the stream ends here", spec.name, spec.max_branches),
             ));
             (Planned::End, warnings)
         }
@@ -108,12 +105,7 @@ fn plan_branches(
     let depth = parent.depth + 1;
     let mut chosen: Vec<Announced> = match &spec.announce {
         Announce::Fixed { count } => (0..*count)
-            .map(|i| Announced {
-                label: (i + 1).to_string(),
-                title: String::new(),
-                start: trigger.0,
-                end: trigger.0,
-            })
+            .map(|i| Announced { label: (i + 1).to_string(), title: String::new(), start: trigger.0, end: trigger.0 })
             .collect(),
         Announce::Tagged { label: rule, .. } => {
             let (mut found, w) = parse_announcements_with_warnings(spec, segment);
@@ -269,12 +261,7 @@ fn check_numbering(found: &[Announced], parent_label: &str, warnings: &mut Vec<W
 mod tests {
     use super::*;
 
-    fn plan(
-        spec: &ProtocolSpec,
-        text: &str,
-        parent: &Parent,
-        cap: usize,
-    ) -> (Option<ForkPlan>, Vec<Warning>) {
+    fn plan(spec: &ProtocolSpec, text: &str, parent: &Parent, cap: usize) -> (Option<ForkPlan>, Vec<Warning>) {
         plan_branches(spec, text, 0, parent, cap, (text.len(), text.len()))
     }
 
@@ -290,11 +277,7 @@ mod tests {
         let kinds: Vec<_> = w.iter().map(|w| w.kind).collect();
         assert_eq!(
             kinds,
-            vec![
-                WarningKind::DuplicateLabel,
-                WarningKind::LabelsNotConsecutive,
-                WarningKind::TooManyBranches
-            ]
+            vec![WarningKind::DuplicateLabel, WarningKind::LabelsNotConsecutive, WarningKind::TooManyBranches]
         );
     }
 
@@ -334,12 +317,8 @@ mod tests {
         let (p, _) = plan(&spec, "", &Parent::default(), 8);
         assert_eq!(p.unwrap().branches.len(), 2);
         let spec = ProtocolSpec::builtin("aspd").unwrap();
-        let (p, w) = plan(
-            &spec,
-            "<|title|>A<|/title|><|title|> a <|/title|><|title|>B<|/title|>",
-            &Parent::default(),
-            8,
-        );
+        let (p, w) =
+            plan(&spec, "<|title|>A<|/title|><|title|> a <|/title|><|title|>B<|/title|>", &Parent::default(), 8);
         let p = p.unwrap();
         // Titles as written: " a " is not "A".
         assert_eq!(

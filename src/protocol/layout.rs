@@ -224,13 +224,7 @@ impl Walker<'_> {
         self.take_until(tree.end, branch, pos, vis);
     }
 
-    fn block(
-        &mut self,
-        block: &BlockTree,
-        branch: Option<&str>,
-        pos: &mut u32,
-        vis: &mut Vec<Range<usize>>,
-    ) {
+    fn block(&mut self, block: &BlockTree, branch: Option<&str>, pos: &mut u32, vis: &mut Vec<Range<usize>>) {
         self.take_until(block.plan.trigger_start, branch, pos, vis);
         let (before_trigger, first_trigger_piece) = (*pos, self.next);
         self.take_until(block.plan.trigger_end, branch, pos, vis);
@@ -264,7 +258,13 @@ impl Walker<'_> {
     /// Multiverse's and NPR's training layout: branches start where the fork text starts; the
     /// pieces between a branch's end marker and the next branch (and the kept ones after the
     /// last) are the parent's, at the position after that marker, seen by what follows.
-    fn block_shared_start(&mut self, block: &BlockTree, branch: Option<&str>, pos: &mut u32, vis: &mut Vec<Range<usize>>) {
+    fn block_shared_start(
+        &mut self,
+        block: &BlockTree,
+        branch: Option<&str>,
+        pos: &mut u32,
+        vis: &mut Vec<Range<usize>>,
+    ) {
         let fork_pos = *pos;
         let mut fork_text_pos = *pos;
         self.take_until(block.fork_end, branch, &mut fork_text_pos, vis);
@@ -443,15 +443,8 @@ mod tests {
     fn byte_pieces_may_split_characters() {
         let spec = ProtocolSpec::builtin("aspd").unwrap();
         let e = "é".as_bytes();
-        let pieces: Vec<&[u8]> = vec![
-            b"a",
-            &e[..1],
-            &e[1..],
-            b"<|title|>A<|/title|><|para|>",
-            b"<|branch|>A: x<|/branch|>",
-            &[0xFF],
-            b"z",
-        ];
+        let pieces: Vec<&[u8]> =
+            vec![b"a", &e[..1], &e[1..], b"<|title|>A<|/title|><|para|>", b"<|branch|>A: x<|/branch|>", &[0xFF], b"z"];
         let l = layout(&spec, &pieces);
         assert_eq!(l.pieces.len(), 7);
         assert_eq!(l.pieces[4].branch.as_deref(), Some("1"));

@@ -49,11 +49,11 @@ mod template;
 mod warning;
 mod watcher;
 
+pub use crate::layout_rules::TrainRule;
 pub use announce::{parse_announcements, parse_announcements_with_warnings, Announced};
 pub use check::{check, StructError};
 pub use fork::{BranchPlan, ForkPlan};
 pub use layout::{layout, layout_text, layout_with, CopyLayout, Layout, PieceLayout, Rule};
-pub use crate::layout_rules::TrainRule;
 pub use skeleton::{Skeleton, SkeletonFallback, SkeletonFormat};
 pub use spec::{
     Announce, BadPlan, Bans, LabelRule, Phase, ProtocolSpec, SpecError, StreamState, MAX_SUPPORTED_BRANCHES,

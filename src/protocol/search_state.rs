@@ -35,7 +35,12 @@ impl NodeState {
     pub fn prompt(&self, id: &str) -> String {
         let nums: Vec<String> = self.nums.iter().map(i64::to_string).collect();
         let ops: Vec<String> = self.operations.iter().map(|o| python_str(o)).collect();
-        format!("Moving to Node #{id}\nCurrent State: {}:[{}], Operations: [{}]", self.target, nums.join(", "), ops.join(", "))
+        format!(
+            "Moving to Node #{id}\nCurrent State: {}:[{}], Operations: [{}]",
+            self.target,
+            nums.join(", "),
+            ops.join(", ")
+        )
     }
 }
 

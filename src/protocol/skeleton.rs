@@ -109,11 +109,8 @@ impl SkeletonFormat {
             ));
         }
         if points.len() < self.min_points.max(1) {
-            let reason = format!(
-                "{} usable point(s), fewer than {}: answer serially",
-                points.len(),
-                self.min_points.max(1)
-            );
+            let reason =
+                format!("{} usable point(s), fewer than {}: answer serially", points.len(), self.min_points.max(1));
             warnings.push(Warning::new(WarningKind::NoAnnouncements, 0, reason.clone()));
             return Err(SkeletonFallback { points, warnings, reason });
         }
@@ -141,11 +138,8 @@ impl SkeletonFormat {
             // Leading blank lines are not the end of the point (the engine does not stop on
             // a whitespace-only end marker before the expansion has started either).
             let body = body.trim_start();
-            let body = if self.point_end.is_empty() {
-                body
-            } else {
-                body.split(self.point_end.as_str()).next().unwrap_or("")
-            };
+            let body =
+                if self.point_end.is_empty() { body } else { body.split(self.point_end.as_str()).next().unwrap_or("") };
             if !body.is_empty() {
                 line.push(' ');
             }

@@ -365,10 +365,7 @@ impl ProtocolSpec {
                     return Err(err(*fb, format!("{b:?} and `{fa}` {a:?}: one contains the other")));
                 }
                 if overlaps(a, b) || overlaps(b, a) {
-                    return Err(err(
-                        *fb,
-                        format!("{b:?} and `{fa}` {a:?} overlap (the end of one starts the other)"),
-                    ));
+                    return Err(err(*fb, format!("{b:?} and `{fa}` {a:?} overlap (the end of one starts the other)")));
                 }
             }
         }
@@ -556,7 +553,9 @@ impl ProtocolSpec {
             Role::BlockClose => matches!(state.phase, AfterJoin | Fallback),
             // A stop after each announcement lets the driver recount them (`fork_at_cap_or_repeat`).
             Role::AnnounceClose => {
-                self.fork_at_cap_or_repeat && matches!(state.phase, Serial | Announcing) && self.can_open_block(state.depth)
+                self.fork_at_cap_or_repeat
+                    && matches!(state.phase, Serial | Announcing)
+                    && self.can_open_block(state.depth)
             }
             _ => false,
         }
@@ -669,8 +668,7 @@ mod tests {
     fn json_errors_name_missing_and_unknown_fields() {
         let e = ProtocolSpec::from_json(r#"{"name":"x"}"#).unwrap_err();
         assert_eq!(e.field, "announce", "{e}");
-        let mut v: serde_json::Value =
-            serde_json::from_str(&ProtocolSpec::builtin("aspd").unwrap().to_json()).unwrap();
+        let mut v: serde_json::Value = serde_json::from_str(&ProtocolSpec::builtin("aspd").unwrap().to_json()).unwrap();
         v["trigerr"] = serde_json::json!("x");
         let e = ProtocolSpec::from_json(&v.to_string()).unwrap_err();
         assert_eq!(e.field, "trigerr", "{e}");

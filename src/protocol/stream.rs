@@ -197,15 +197,7 @@ impl Machine {
         out.push(Action::Warning(Warning::new(kind, at, message)));
     }
 
-    fn on_tag(
-        &mut self,
-        spec: &ProtocolSpec,
-        role: Role,
-        start: usize,
-        end: usize,
-        text: &str,
-        out: &mut Vec<Action>,
-    ) {
+    fn on_tag(&mut self, spec: &ProtocolSpec, role: Role, start: usize, end: usize, text: &str, out: &mut Vec<Action>) {
         let state = self.state();
         let tag = &text[start..end];
         // (A branch tag cannot tell a cut from a tag the model wrote: real transcripts hold both.)
@@ -241,9 +233,7 @@ impl Machine {
                             out,
                             WarningKind::UnclosedBlock,
                             start,
-                            format!(
-                                "{tag:?} inside an unfinished nested block: the block ends with the branch"
-                            ),
+                            format!("{tag:?} inside an unfinished nested block: the block ends with the branch"),
                         );
                     }
                     self.phase = Phase::Ended;
@@ -284,10 +274,7 @@ impl Machine {
                     out,
                     WarningKind::NestingTooDeep,
                     start,
-                    format!(
-                        "{tag:?} would nest deeper than {} block(s): treated as text",
-                        spec.effective_max_depth()
-                    ),
+                    format!("{tag:?} would nest deeper than {} block(s): treated as text", spec.effective_max_depth()),
                 );
             } else {
                 Self::warn(
@@ -303,8 +290,7 @@ impl Machine {
     fn fork(&mut self, spec: &ProtocolSpec, start: usize, end: usize, text: &str, out: &mut Vec<Action>) {
         let seg_start = self.segment_start.min(start);
         let parent = Parent { label: self.label.clone(), path: self.path.clone(), depth: self.depth };
-        let (plan, warnings) =
-            plan_fork(spec, &text[seg_start..start], seg_start, &parent, self.cap, (start, end));
+        let (plan, warnings) = plan_fork(spec, &text[seg_start..start], seg_start, &parent, self.cap, (start, end));
         out.extend(warnings.into_iter().map(Action::Warning));
         match plan {
             Planned::Fork(plan) => {
@@ -379,10 +365,7 @@ impl Machine {
                     out,
                     WarningKind::BranchNotClosed,
                     at,
-                    format!(
-                        "branch {} ended ({end:?}) without {:?}: closed here",
-                        self.path, spec.branch_end
-                    ),
+                    format!("branch {} ended ({end:?}) without {:?}: closed here", self.path, spec.branch_end),
                 );
             }
             out.push(Action::BranchEnd { at, cause: EndCause::Stream(end) });

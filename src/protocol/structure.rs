@@ -139,8 +139,7 @@ fn parse_branches(
         }
         let open_end = tag_at + spec.branch_open.len();
         let i = branches.len();
-        let path =
-            if parent.path.is_empty() { (i + 1).to_string() } else { format!("{}.{}", parent.path, i + 1) };
+        let path = if parent.path.is_empty() { (i + 1).to_string() } else { format!("{}.{}", parent.path, i + 1) };
         let label = plan.branches.get(i).map_or_else(|| path.clone(), |b| b.label.clone());
         let mut machine = Machine::new(plan.depth, label, path.clone(), open_end, usize::MAX);
         machine.analysis = true;

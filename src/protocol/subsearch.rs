@@ -310,7 +310,10 @@ mod tests {
             <End Calling Sub Searches>";
         let c = f.parse_calls(text, 8);
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
-        assert_eq!(c.calls.iter().map(|c| (c.index, c.node.as_str())).collect::<Vec<_>>(), vec![(0, "0,0"), (1, "0,1")]);
+        assert_eq!(
+            c.calls.iter().map(|c| (c.index, c.node.as_str())).collect::<Vec<_>>(),
+            vec![(0, "0,0"), (1, "0,1")]
+        );
         assert_eq!(f.calls_start(text), text.find("<Calling Sub Searches>"));
         let found = "Moving to Node #0,1\n...\n4*6=24\nGoal Reached\n'9/3=3', '4*6=24'\nGoal Reached\n\
             Moving to Node #0,1\n9/3=3, 4*6=24";

@@ -33,12 +33,7 @@ impl Watcher {
         let spec = Arc::new(spec.clone());
         let tags = Arc::new(TagSet::new(&spec));
         let cap = spec.max_branches;
-        Watcher {
-            spec,
-            tags,
-            machine: Machine::new(0, String::new(), String::new(), 0, cap),
-            text: String::new(),
-        }
+        Watcher { spec, tags, machine: Machine::new(0, String::new(), String::new(), 0, cap), text: String::new() }
     }
 
     /// A watcher for a branch planned by a fork. Its text starts with the branch's prefix,
@@ -53,13 +48,7 @@ impl Watcher {
         Watcher {
             spec: Arc::clone(&self.spec),
             tags: Arc::clone(&self.tags),
-            machine: Machine::new(
-                branch.depth,
-                branch.label.clone(),
-                branch.path.clone(),
-                start,
-                self.machine.cap,
-            ),
+            machine: Machine::new(branch.depth, branch.label.clone(), branch.path.clone(), start, self.machine.cap),
             text: branch.prefix.clone(),
         }
     }
@@ -294,10 +283,7 @@ mod tests {
         assert!(b.feed("long text").is_empty());
         let a = b.finish(StreamEnd::Limit);
         assert_eq!(warnings(&a), vec![WarningKind::BranchNotClosed]);
-        assert!(matches!(
-            a.last(),
-            Some(Action::BranchEnd { cause: EndCause::Stream(StreamEnd::Limit), .. })
-        ));
+        assert!(matches!(a.last(), Some(Action::BranchEnd { cause: EndCause::Stream(StreamEnd::Limit), .. })));
         // EOS is an accepted end: no warning.
         let mut c = t.child(&plan.branches[0]);
         let a = c.finish(StreamEnd::Eos);

@@ -93,7 +93,8 @@ pub fn serve(endpoint: &str, threads: usize, cache_dir: Option<&Path>) -> Result
         }
         devices.push(cpu);
     }
-    let c_endpoint = CString::new(endpoint).map_err(|_| Error::InvalidArgument("endpoint holds a NUL byte".to_string()))?;
+    let c_endpoint =
+        CString::new(endpoint).map_err(|_| Error::InvalidArgument("endpoint holds a NUL byte".to_string()))?;
     let c_cache = match cache_dir {
         Some(dir) => Some(
             crate::llama::path_cstring(dir)

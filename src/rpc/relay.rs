@@ -49,10 +49,9 @@ pub(crate) fn relay_for(server: &str) -> Result<Arc<Relay>, String> {
     if let Some(relay) = relays.iter().find(|r| r.shared.server == server) {
         return Ok(relay.clone());
     }
-    let listener = TcpListener::bind(("127.0.0.1", 0)).map_err(|e| format!("cannot open the local relay socket: {e}"))?;
-    let local = listener
-        .local_addr()
-        .map_err(|e| format!("cannot read the local relay socket's address: {e}"))?;
+    let listener =
+        TcpListener::bind(("127.0.0.1", 0)).map_err(|e| format!("cannot open the local relay socket: {e}"))?;
+    let local = listener.local_addr().map_err(|e| format!("cannot read the local relay socket's address: {e}"))?;
     let shared = Arc::new(Shared {
         server: server.to_string(),
         losses: AtomicU64::new(0),
@@ -154,10 +153,8 @@ impl Shared {
 
 /// Connects to `server` and performs the HELLO handshake as llama.cpp's client would.
 fn connect_and_greet(server: &str) -> Result<Greeted, String> {
-    let addrs: Vec<SocketAddr> = server
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve RPC server {server}: {e}"))?
-        .collect();
+    let addrs: Vec<SocketAddr> =
+        server.to_socket_addrs().map_err(|e| format!("cannot resolve RPC server {server}: {e}"))?.collect();
     let mut last_error = None;
     let mut stream = None;
     for addr in &addrs {
@@ -194,7 +191,9 @@ fn connect_and_greet(server: &str) -> Result<Greeted, String> {
     let mut size = [0u8; 8];
     stream.read_exact(&mut size).map_err(failed)?;
     if u64::from_le_bytes(size) != wire::HELLO_RESPONSE_SIZE as u64 {
-        return Err(format!("{server} answered the handshake with a message of another size: not an RPC server of this version"));
+        return Err(format!(
+            "{server} answered the handshake with a message of another size: not an RPC server of this version"
+        ));
     }
     let mut hello = [0u8; wire::HELLO_RESPONSE_SIZE];
     stream.read_exact(&mut hello).map_err(failed)?;
@@ -374,7 +373,13 @@ fn relay_one(
 
 /// Sends a large request on to the server while reading it from llama.cpp. If the server
 /// fails midway, the rest is still read (and dropped) so the client's stream stays framed.
-fn stream_request(client: &TcpStream, up: &TcpStream, header: &[u8], size: u64, buffer: &mut [u8]) -> Result<(), Failure> {
+fn stream_request(
+    client: &TcpStream,
+    up: &TcpStream,
+    header: &[u8],
+    size: u64,
+    buffer: &mut [u8],
+) -> Result<(), Failure> {
     let mut failure = send_all(up, header).err();
     let mut left = size;
     while left > 0 {
@@ -390,7 +395,13 @@ fn stream_request(client: &TcpStream, up: &TcpStream, header: &[u8], size: u64, 
 
 /// Passes the server's answer of `len` bytes to llama.cpp, counting in `answered` what went
 /// out (the 8-byte size included), so a failure midway can be completed.
-fn relay_answer(up: &TcpStream, client: &TcpStream, len: u64, buffer: &mut [u8], answered: &mut u64) -> Result<(), Failure> {
+fn relay_answer(
+    up: &TcpStream,
+    client: &TcpStream,
+    len: u64,
+    buffer: &mut [u8],
+    answered: &mut u64,
+) -> Result<(), Failure> {
     let mut size = [0u8; 8];
     read_answer(up, &mut size).map_err(Failure::Server)?;
     if u64::from_le_bytes(size) != len {

@@ -105,7 +105,9 @@ mod tests {
         let mut value: libc::c_int = -1;
         let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
         // SAFETY: a live socket and an out value of the size given.
-        let r = unsafe { libc::getsockopt(stream.as_raw_fd(), level, name, (&mut value as *mut libc::c_int).cast(), &mut len) };
+        let r = unsafe {
+            libc::getsockopt(stream.as_raw_fd(), level, name, (&mut value as *mut libc::c_int).cast(), &mut len)
+        };
         assert_eq!(r, 0, "{}", io::Error::last_os_error());
         value
     }

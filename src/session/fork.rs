@@ -92,12 +92,8 @@ impl Session {
         }
         let children: Vec<usize> = (first_child..first_child + specs.len()).collect();
 
-        let work: Vec<(usize, &[Token])> = children
-            .iter()
-            .zip(&prefixes)
-            .filter(|(_, t)| !t.is_empty())
-            .map(|(&c, t)| (c, t.as_slice()))
-            .collect();
+        let work: Vec<(usize, &[Token])> =
+            children.iter().zip(&prefixes).filter(|(_, t)| !t.is_empty()).map(|(&c, t)| (c, t.as_slice())).collect();
         let start = Instant::now();
         if let Err(e) = self.prefill(&work) {
             // Undo the fork: the children's ids leave the prefix cells and return to the pool.

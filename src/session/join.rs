@@ -54,7 +54,13 @@ impl Session {
     }
 
     /// [`Session::join_with`] with the join text as token ids.
-    pub fn join_with_tokens(&mut self, parent: NodeId, mode: JoinMode, rule: JoinRule, join_tokens: &[Token]) -> Result<()> {
+    pub fn join_with_tokens(
+        &mut self,
+        parent: NodeId,
+        mode: JoinMode,
+        rule: JoinRule,
+        join_tokens: &[Token],
+    ) -> Result<()> {
         self.join_full(parent, mode, rule, join_tokens, false)
     }
 
@@ -137,11 +143,7 @@ impl Session {
             + usize::from(repeated.is_some())
             + join_tokens.len()
             + usize::from(rule == JoinRule::SameSeq && !join_tokens.is_empty());
-        let released: u64 = children
-            .iter()
-            .filter(|c| !merged.contains(c))
-            .map(|&c| self.nodes[c].own_cells())
-            .sum();
+        let released: u64 = children.iter().filter(|c| !merged.contains(c)).map(|&c| self.nodes[c].own_cells()).sum();
         let in_use = self.kv_cells_used() - released;
         if in_use + decoded_after as u64 > u64::from(self.n_ctx) {
             return Err(Error::KvCacheFull);
@@ -202,7 +204,13 @@ impl Session {
     /// decoded once at max + 1 as a filler, moved to `sequential - 1`, then decoded again at
     /// `sequential`, where it sees every cell at its true distance, plus the filler; the filler
     /// is then removed.
-    pub(super) fn join_at_sequential(&mut self, p: usize, join_tokens: &[Token], repeated: Option<Token>, sequential: i32) -> Result<()> {
+    pub(super) fn join_at_sequential(
+        &mut self,
+        p: usize,
+        join_tokens: &[Token],
+        repeated: Option<Token>,
+        sequential: i32,
+    ) -> Result<()> {
         let first = repeated.unwrap_or(join_tokens[0]);
         self.prefill_unrecorded(p, &[first])?;
         let seq = self.nodes[p].seq();

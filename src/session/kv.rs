@@ -53,10 +53,7 @@ mod tests {
     fn ids_are_taken_all_or_nothing_and_reused_lowest_first() {
         let mut pool = SeqPool::new(5);
         assert_eq!(pool.take(2).unwrap(), vec![1, 2]);
-        assert_eq!(
-            pool.take(3),
-            Err(Error::TooManyBranches { requested: 3, free: 2 })
-        );
+        assert_eq!(pool.take(3), Err(Error::TooManyBranches { requested: 3, free: 2 }));
         assert_eq!(pool.free_count(), 2);
         pool.give_back(1);
         assert_eq!(pool.take(2).unwrap(), vec![1, 3]);

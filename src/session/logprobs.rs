@@ -169,7 +169,8 @@ mod tests {
         assert!((f64::from(lp.logprob) - (2.0 - z.ln())).abs() < 1e-6);
         // Ties keep the lower id first; the -inf token is last possible and never beats these.
         assert_eq!(lp.top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 3, 2]);
-        let total: f64 = row.iter().enumerate().map(|(t, _)| f64::from(token_logprob(&row, t as Token, 0).logprob).exp()).sum();
+        let total: f64 =
+            row.iter().enumerate().map(|(t, _)| f64::from(token_logprob(&row, t as Token, 0).logprob).exp()).sum();
         assert!((total - 1.0).abs() < 1e-6, "probabilities sum to {total}");
         assert_eq!(token_logprob(&row, 4, 0).logprob, f32::NEG_INFINITY);
     }

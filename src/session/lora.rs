@@ -53,10 +53,7 @@ pub(super) fn check_adapters(model: &Model, adapters: &[(Adapter, f32)]) -> Resu
             )));
         }
         if adapters[..i].iter().any(|(other, _)| std::sync::Arc::ptr_eq(&other.inner, &adapter.inner)) {
-            return Err(Error::InvalidArgument(format!(
-                "adapter {} is listed twice",
-                adapter.path().display()
-            )));
+            return Err(Error::InvalidArgument(format!("adapter {} is listed twice", adapter.path().display())));
         }
     }
     Ok(())

@@ -31,13 +31,12 @@ mod penalties;
 mod prefill;
 mod report;
 mod results;
-mod score;
 mod sampling;
+mod score;
 mod step;
 mod stop;
 mod text;
 mod tree;
-
 
 use once_cell::sync::Lazy;
 use parking_lot::Mutex;
@@ -46,23 +45,23 @@ use serde::{Deserialize, Serialize};
 use crate::adapter::Adapter;
 use crate::backend::backend;
 use crate::error::{Error, Result};
+pub use crate::layout_rules::JoinRule;
 use crate::llama::{Batch, ContextConfig, LlamaContext};
 use crate::model::{Model, Token};
 use crate::stats::Counters;
-use kv::{SeqPool, TRUNK_SEQ};
-use penalties::PenaltyWindow;
-use sampling::BranchSampler;
-use step::selection_threads;
-use lora::check_adapters;
-use tree::{Block, Node, NodeState};
 pub use grammar::Grammar;
-pub use crate::layout_rules::JoinRule;
+use kv::{SeqPool, TRUNK_SEQ};
 pub use logprobs::{TokenLogprob, MAX_TOP_LOGPROBS};
-pub use sampling::SamplingParams;
+use lora::check_adapters;
+use penalties::PenaltyWindow;
+pub use report::{ItemReport, NodeReport, Transcript};
 /// Not part of the API: public only so that `benches/argmax.rs` can time the greedy pick.
 #[doc(hidden)]
 pub use sampling::argmax;
-pub use report::{ItemReport, NodeReport, Transcript};
+use sampling::BranchSampler;
+pub use sampling::SamplingParams;
+use step::selection_threads;
+use tree::{Block, Node, NodeState};
 pub use tree::{JoinMode, Origin, StopReason};
 
 /// No token chosen ahead for this row (see `Session::preselect`).
@@ -240,7 +239,13 @@ impl RunLimits {
     /// before the run, where the stop may have begun; `last_piece` bytes of `text` came from
     /// the token that completed it, so the match that fired is the first one ending there (a
     /// last token "\n\n" under the stop "\n" is cut at its first newline).
-    pub(crate) fn returned_len(&self, reason: Option<&StopReason>, lookback: &[u8], text: &[u8], last_piece: usize) -> usize {
+    pub(crate) fn returned_len(
+        &self,
+        reason: Option<&StopReason>,
+        lookback: &[u8],
+        text: &[u8],
+        last_piece: usize,
+    ) -> usize {
         let (true, Some(StopReason::StopString(stop))) = (self.strip_stop, reason) else {
             return text.len();
         };
@@ -272,11 +277,7 @@ impl BranchSpec {
     /// strings. A non-empty prefix that tokenizes to nothing makes the fork fail with
     /// [`Error::EmptyBranchPrefix`].
     pub fn new(prefix: impl Into<String>, max_tokens: usize) -> Self {
-        BranchSpec {
-            prefix: prefix.into(),
-            prefix_tokens: Vec::new(),
-            limits: RunLimits::tokens(max_tokens),
-        }
+        BranchSpec { prefix: prefix.into(), prefix_tokens: Vec::new(), limits: RunLimits::tokens(max_tokens) }
     }
 }
 
@@ -421,10 +422,7 @@ pub struct Session {
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session")
-            .field("n_ctx", &self.n_ctx)
-            .field("nodes", &self.nodes.len())
-            .finish()
+        f.debug_struct("Session").field("n_ctx", &self.n_ctx).field("nodes", &self.nodes.len()).finish()
     }
 }
 
@@ -669,9 +667,7 @@ impl Session {
     fn check_tokens(&self, tokens: &[Token]) -> Result<()> {
         let n_vocab = self.model.n_vocab() as Token;
         if let Some(bad) = tokens.iter().find(|&&t| t < 0 || t >= n_vocab) {
-            return Err(Error::InvalidArgument(format!(
-                "token id {bad} is outside the vocabulary (0..{n_vocab})"
-            )));
+            return Err(Error::InvalidArgument(format!("token id {bad} is outside the vocabulary (0..{n_vocab})")));
         }
         Ok(())
     }
@@ -704,4 +700,3 @@ impl Session {
         Ok(())
     }
 }
-

@@ -144,7 +144,8 @@ mod tests {
     fn penalties_follow_llama_cpp() {
         let mut w = PenaltyWindow::new(8);
         w.extend(&[0, 1, 1]);
-        let adj = Adjustments { repeat: 2.0, frequency: 0.5, presence: 0.25, bias: &[(3, 1.5), (2, f32::NEG_INFINITY)] };
+        let adj =
+            Adjustments { repeat: 2.0, frequency: 0.5, presence: 0.25, bias: &[(3, 1.5), (2, f32::NEG_INFINITY)] };
         let mut row = [4.0, -1.0, 1.0, 0.0];
         adj.apply(&mut row, &w);
         // token 0: 4 / 2 - (1 × 0.5 + 0.25); token 1: -1 × 2 - (2 × 0.5 + 0.25).

@@ -35,9 +35,8 @@ impl Session {
 
     /// [`Session::prompt`] for bytes from outside Rust: rejects invalid UTF-8.
     pub fn prompt_bytes(&mut self, text: &[u8]) -> Result<()> {
-        let text = std::str::from_utf8(text).map_err(|e| {
-            Error::InvalidUtf8(format!("prompt byte {} starts an invalid sequence", e.valid_up_to()))
-        })?;
+        let text = std::str::from_utf8(text)
+            .map_err(|e| Error::InvalidUtf8(format!("prompt byte {} starts an invalid sequence", e.valid_up_to())))?;
         self.prompt(text)
     }
 

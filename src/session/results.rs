@@ -29,11 +29,7 @@ impl Session {
     /// KV cells holding this session's tokens.
     pub fn kv_cells_used(&self) -> u64 {
         let trunk = self.nodes[0].cells();
-        let branches: u64 = self.nodes[1..]
-            .iter()
-            .filter(|n| n.is_alive())
-            .map(|n| n.own_cells())
-            .sum();
+        let branches: u64 = self.nodes[1..].iter().filter(|n| n.is_alive()).map(|n| n.own_cells()).sum();
         trunk + branches
     }
 

@@ -21,9 +21,7 @@ impl Session {
         let idx = self.idle_node(node, "score text on")?;
         self.check_tokens(tokens)?;
         if self.device_candidates.is_some() {
-            return Err(Error::InvalidArgument(
-                "scoring reads full logit rows: use Selection::Host".into(),
-            ));
+            return Err(Error::InvalidArgument("scoring reads full logit rows: use Selection::Host".into()));
         }
         let Some(&first) = tokens.first() else {
             return Err(Error::InvalidArgument("nothing to score: no tokens".into()));

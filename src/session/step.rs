@@ -224,10 +224,8 @@ impl Session {
         }
         let per = work.len().div_ceil(threads);
         let results: Vec<Vec<(usize, Token)>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = work
-                .chunks_mut(per)
-                .map(|part| scope.spawn(move || part.iter_mut().map(pick).collect()))
-                .collect();
+            let handles: Vec<_> =
+                work.chunks_mut(per).map(|part| scope.spawn(move || part.iter_mut().map(pick).collect())).collect();
             handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
         });
         for (row, token) in results.into_iter().flatten() {
@@ -237,7 +235,12 @@ impl Session {
 
     /// Commits one decoded step token and samples the node's next one. Returns the
     /// observer's verdict (false: cancel).
-    pub(super) fn commit_step_token(&mut self, entry: &BatchEntry, row: i32, observer: &mut dyn Observer) -> Result<bool> {
+    pub(super) fn commit_step_token(
+        &mut self,
+        entry: &BatchEntry,
+        row: i32,
+        observer: &mut dyn Observer,
+    ) -> Result<bool> {
         let idx = entry.node;
         let finishing = self.nodes[idx].finishing_reason();
         let is_branch = self.nodes[idx].depth() > 0;

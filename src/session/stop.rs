@@ -15,9 +15,7 @@ pub(super) fn stop_string_hit(lookback: &[u8], text: &[u8], piece: &[u8], stops:
         if s.is_empty() {
             continue;
         }
-        if s.iter().all(u8::is_ascii_whitespace)
-            && !text.iter().chain(piece).any(|b| !b.is_ascii_whitespace())
-        {
+        if s.iter().all(u8::is_ascii_whitespace) && !text.iter().chain(piece).any(|b| !b.is_ascii_whitespace()) {
             continue;
         }
         let keep = (s.len() - 1).min(text.len());

@@ -9,9 +9,9 @@ use super::logprobs::TokenLogprob;
 use super::penalties::{Adjustments, PenaltyWindow};
 use super::sampling::{BranchSampler, SamplingParams, SavedScores, Scores};
 use super::stop::stop_string_hit;
+use super::text::Utf8Stream;
 use super::RunLimits;
 use crate::layout_rules::JoinRule;
-use super::text::Utf8Stream;
 use crate::model::{Model, Token};
 
 /// Why a node stopped generating.
@@ -179,11 +179,8 @@ impl Node {
         // number opened so far.
         let mut path = parent.path.clone();
         path.extend([parent.blocks_opened, index as u32]);
-        let label = if parent.label.is_empty() {
-            format!("{}", index + 1)
-        } else {
-            format!("{}.{}", parent.label, index + 1)
-        };
+        let label =
+            if parent.label.is_empty() { format!("{}", index + 1) } else { format!("{}.{}", parent.label, index + 1) };
         // The branch looks back on what it sees: its parent's window (when it shares the
         // parent's cells), then itself.
         let window = if shared { parent.window.clone() } else { PenaltyWindow::new(window_capacity) };
@@ -483,12 +480,7 @@ impl Node {
                 tokens.push(token);
                 b.extend_from_slice(bytes);
             }
-            _ => self.items.push(Item::Text {
-                origin,
-                pos0: pos,
-                tokens: vec![token],
-                bytes: bytes.to_vec(),
-            }),
+            _ => self.items.push(Item::Text { origin, pos0: pos, tokens: vec![token], bytes: bytes.to_vec() }),
         }
         self.next_pos += 1;
         self.cells += 1;

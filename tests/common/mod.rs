@@ -4,7 +4,7 @@
 //! blanket `dead_code` allowance.
 #![allow(dead_code)]
 
-pub mod tiny_model;
 pub mod models;
 pub mod script;
+pub mod tiny_model;
 pub mod transcript;

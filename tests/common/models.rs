@@ -15,9 +15,9 @@ pub fn model_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("PARDEC_MODEL_DIR") {
         return PathBuf::from(d);
     }
-    let cache = std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").expect("HOME is not set")).join(".cache")
-    });
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME is not set")).join(".cache"));
     cache.join("pardec").join("models")
 }
 

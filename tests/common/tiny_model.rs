@@ -93,9 +93,7 @@ impl SplitMix64 {
         ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
     fn vec(&mut self, n: usize, center: f32, half_width: f32) -> Vec<f32> {
-        (0..n)
-            .map(|_| center + half_width * self.uniform())
-            .collect()
+        (0..n).map(|_| center + half_width * self.uniform()).collect()
     }
     /// A `[n_out][n_in]` matrix; `gain` is the std of each output for unit-RMS input
     /// (uniform on ±a has variance a²/3, so a = gain·sqrt(3/n_in)).
@@ -113,14 +111,8 @@ impl TinyModel {
     /// embeddings and attention/FFN outputs are of comparable size so context matters; the
     /// output matrix has gain 3 so logits differ clearly between tokens.
     pub fn random(cfg: TinyConfig) -> TinyModel {
-        assert!(
-            cfg.n_embd % cfg.n_head == 0,
-            "n_embd must be a multiple of n_head"
-        );
-        assert!(
-            cfg.n_head % cfg.n_head_kv == 0,
-            "n_head must be a multiple of n_head_kv"
-        );
+        assert!(cfg.n_embd % cfg.n_head == 0, "n_embd must be a multiple of n_head");
+        assert!(cfg.n_head % cfg.n_head_kv == 0, "n_head must be a multiple of n_head_kv");
         assert!(cfg.head_dim() % 2 == 0, "RoPE needs an even head dimension");
         let mut rng = SplitMix64(cfg.seed);
         let (e, f, hd) = (cfg.n_embd, cfg.n_ff, cfg.head_dim());
@@ -141,13 +133,7 @@ impl TinyModel {
             .collect();
         let output_norm = rng.vec(e, 1.0, 0.1);
         let output = rng.matrix(cfg.n_vocab, e, 3.0);
-        TinyModel {
-            cfg,
-            tok_embd,
-            output_norm,
-            output,
-            layers,
-        }
+        TinyModel { cfg, tok_embd, output_norm, output, layers }
     }
 
     /// All tensors as (GGUF name, ne, data), in file order. `ne[0]` is the contiguous
@@ -159,17 +145,9 @@ impl TinyModel {
         let nq = (c.n_head * c.head_dim()) as u64;
         let nkv = (c.n_head_kv * c.head_dim()) as u64;
         let mut t: Vec<(String, Vec<u64>, &[f32])> = vec![
-            (
-                "token_embd.weight".into(),
-                vec![e, c.n_vocab as u64],
-                &self.tok_embd,
-            ),
+            ("token_embd.weight".into(), vec![e, c.n_vocab as u64], &self.tok_embd),
             ("output_norm.weight".into(), vec![e], &self.output_norm),
-            (
-                "output.weight".into(),
-                vec![e, c.n_vocab as u64],
-                &self.output,
-            ),
+            ("output.weight".into(), vec![e, c.n_vocab as u64], &self.output),
         ];
         for (i, l) in self.layers.iter().enumerate() {
             t.push((format!("blk.{i}.attn_norm.weight"), vec![e], &l.attn_norm));
@@ -275,12 +253,7 @@ impl TinyModel {
     /// Token `i` sits at `positions[i]` and attends to token `j` iff `visible(i, j)`. Nothing
     /// is implied: a causal model must pass `j <= i`-style masks itself, and a token must see
     /// at least one token (normally itself).
-    pub fn forward(
-        &self,
-        tokens: &[u32],
-        positions: &[i32],
-        visible: &dyn Fn(usize, usize) -> bool,
-    ) -> Vec<Vec<f32>> {
+    pub fn forward(&self, tokens: &[u32], positions: &[i32], visible: &dyn Fn(usize, usize) -> bool) -> Vec<Vec<f32>> {
         let c = &self.cfg;
         assert_eq!(tokens.len(), positions.len(), "one position per token");
         let (n, e, hd) = (tokens.len(), c.n_embd, c.head_dim());
@@ -294,10 +267,7 @@ impl TinyModel {
             .map(|&t| {
                 let t = t as usize;
                 assert!(t < c.n_vocab, "token {t} out of vocabulary");
-                self.tok_embd[t * e..(t + 1) * e]
-                    .iter()
-                    .map(|&x| x as f64)
-                    .collect()
+                self.tok_embd[t * e..(t + 1) * e].iter().map(|&x| x as f64).collect()
             })
             .collect();
 
@@ -324,10 +294,7 @@ impl TinyModel {
                     // GQA as ggml broadcasts it: query head `head` reads K/V head `head / group`.
                     let (qo, ko) = (head * hd, (head / group) * hd);
                     let qh = &q[i][qo..qo + hd];
-                    let scores: Vec<f64> = seen
-                        .iter()
-                        .map(|&j| scale * dot(qh, &k[j][ko..ko + hd]))
-                        .collect();
+                    let scores: Vec<f64> = seen.iter().map(|&j| scale * dot(qh, &k[j][ko..ko + hd])).collect();
                     let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                     let w: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
                     let sum: f64 = w.iter().sum();
@@ -344,11 +311,7 @@ impl TinyModel {
                 let x = rms_norm(hi, &l.ffn_norm, eps);
                 let gate = matvec(&l.ffn_gate, &x);
                 let up = matvec(&l.ffn_up, &x);
-                let act: Vec<f64> = gate
-                    .iter()
-                    .zip(&up)
-                    .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
-                    .collect();
+                let act: Vec<f64> = gate.iter().zip(&up).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
                 add_into(hi, &matvec(&l.ffn_down, &act));
             }
         }
@@ -356,10 +319,7 @@ impl TinyModel {
         h.iter()
             .map(|hi| {
                 let x = rms_norm(hi, &self.output_norm, eps);
-                matvec(&self.output, &x)
-                    .into_iter()
-                    .map(|y| y as f32)
-                    .collect()
+                matvec(&self.output, &x).into_iter().map(|y| y as f32).collect()
             })
             .collect()
     }
@@ -401,9 +361,7 @@ fn rms_norm(x: &[f64], w: &[f32], eps: f64) -> Vec<f64> {
 
 /// y = W x for a row-major `[n_out][n_in]` matrix.
 fn matvec(w: &[f32], x: &[f64]) -> Vec<f64> {
-    w.chunks_exact(x.len())
-        .map(|row| row.iter().zip(x).map(|(&a, b)| a as f64 * b).sum())
-        .collect()
+    w.chunks_exact(x.len()).map(|row| row.iter().zip(x).map(|(&a, b)| a as f64 * b).sum()).collect()
 }
 
 fn dot(a: &[f64], b: &[f64]) -> f64 {
@@ -424,14 +382,8 @@ pub fn max_rel_err(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
         .zip(b)
         .map(|(ra, rb)| {
             assert_eq!(ra.len(), rb.len(), "row lengths differ");
-            let scale = rb
-                .iter()
-                .fold(0.0f64, |m, &x| m.max((x as f64).abs()))
-                .max(1e-30);
-            let diff = ra
-                .iter()
-                .zip(rb)
-                .fold(0.0f64, |m, (&x, &y)| m.max((x as f64 - y as f64).abs()));
+            let scale = rb.iter().fold(0.0f64, |m, &x| m.max((x as f64).abs())).max(1e-30);
+            let diff = ra.iter().zip(rb).fold(0.0f64, |m, (&x, &y)| m.max((x as f64 - y as f64).abs()));
             diff / scale
         })
         .fold(0.0, f64::max)
@@ -526,14 +478,22 @@ impl TensorData<'_> {
 /// padding to `general.alignment`, then the data section. ggml's reader insists that each
 /// tensor's offset is exactly the end of the previous one rounded up to the alignment.
 /// Integer keys must be UINT32 and float keys FLOAT32 where llama.cpp reads them: it checks.
-pub fn write_gguf_file(path: &Path, kvs: &[(&str, GgufValue)], tensors: &[(String, Vec<u64>, &[f32])]) -> io::Result<()> {
+pub fn write_gguf_file(
+    path: &Path,
+    kvs: &[(&str, GgufValue)],
+    tensors: &[(String, Vec<u64>, &[f32])],
+) -> io::Result<()> {
     let typed: Vec<(String, Vec<u64>, TensorData)> =
         tensors.iter().map(|(name, ne, data)| (name.clone(), ne.clone(), TensorData::F32(data))).collect();
     write_gguf_typed(path, kvs, &typed)
 }
 
 /// [`write_gguf_file`] with tensors of other types than F32.
-pub fn write_gguf_typed(path: &Path, kvs: &[(&str, GgufValue)], tensors: &[(String, Vec<u64>, TensorData)]) -> io::Result<()> {
+pub fn write_gguf_typed(
+    path: &Path,
+    kvs: &[(&str, GgufValue)],
+    tensors: &[(String, Vec<u64>, TensorData)],
+) -> io::Result<()> {
     const T_I32: u32 = 5;
     const T_U32: u32 = 4;
     const T_F32: u32 = 6;

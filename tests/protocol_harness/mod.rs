@@ -35,12 +35,7 @@ impl Replay {
 
 /// Runs the trunk `trunk` and each branch's script (`branch(plan)`: what the branch
 /// generates after its prefix; a missing end marker means the branch ends with EOS).
-pub fn replay(
-    spec: &ProtocolSpec,
-    trunk: &str,
-    branch: &dyn Fn(&BranchPlan) -> String,
-    cap: Option<usize>,
-) -> Replay {
+pub fn replay(spec: &ProtocolSpec, trunk: &str, branch: &dyn Fn(&BranchPlan) -> String, cap: Option<usize>) -> Replay {
     let mut r = Replay { transcript: String::new(), actions: Vec::new(), stop_mismatches: Vec::new() };
     let mut w = Watcher::trunk(spec);
     if let Some(c) = cap {
@@ -63,12 +58,7 @@ fn is_state_change(a: &Action) -> bool {
     )
 }
 
-fn run_stream(
-    w: &mut Watcher,
-    script: &str,
-    branch: &dyn Fn(&BranchPlan) -> String,
-    r: &mut Replay,
-) -> String {
+fn run_stream(w: &mut Watcher, script: &str, branch: &dyn Fn(&BranchPlan) -> String, r: &mut Replay) -> String {
     let path = w.path().to_string();
     let mut out = w.text().to_string();
     let mut run_text = String::new();

@@ -317,11 +317,20 @@ fn print_stats(s: &Stats) {
     outln!("── stats ──");
     outln!(
         "tokens {} (branches {}), steps {}, #parallel {:.2}, DP {:.2}, ABN {:.1}",
-        s.tokens_total, s.tokens_branch, s.steps, s.parallel, s.dp, s.abn
+        s.tokens_total,
+        s.tokens_branch,
+        s.steps,
+        s.parallel,
+        s.dp,
+        s.abn
     );
     outln!(
         "TPS {:.1}, P-TPS {:.1} (serial {:.2}s, parallel {:.2}s, prefill {:.2}s)",
-        s.tps, s.p_tps, s.serial_seconds, s.parallel_seconds, s.prefill_seconds
+        s.tps,
+        s.p_tps,
+        s.serial_seconds,
+        s.parallel_seconds,
+        s.prefill_seconds
     );
     outln!("KV cells {} shared vs {} with a prefix copy per branch", s.kv_cells_used, s.kv_cells_unshared);
 }

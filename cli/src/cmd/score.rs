@@ -17,11 +17,8 @@ pub(crate) fn cmd_score(a: &ScoreArgs) -> CliResult<()> {
     let logprobs = session.score_tokens(NodeId::TRUNK, &ids)?;
     let total: f64 = logprobs.iter().map(|&l| l as f64).sum();
     if a.json {
-        let tokens: Vec<_> = ids
-            .iter()
-            .zip(&logprobs)
-            .map(|(id, lp)| serde_json::json!({ "id": id, "logprob": lp }))
-            .collect();
+        let tokens: Vec<_> =
+            ids.iter().zip(&logprobs).map(|(id, lp)| serde_json::json!({ "id": id, "logprob": lp })).collect();
         outln!("{}", serde_json::json!({ "tokens": tokens, "total": total }));
         return Ok(());
     }

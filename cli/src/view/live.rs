@@ -65,7 +65,8 @@ impl Live {
             self.at_line_start = true;
         }
         // Children go after their parent's line and the lines already below it.
-        let nested = |l: &LiveLine| !parent.is_empty() && (l.label == parent || l.label.starts_with(&format!("{parent}.")));
+        let nested =
+            |l: &LiveLine| !parent.is_empty() && (l.label == parent || l.label.starts_with(&format!("{parent}.")));
         let at = self.lines.iter().rposition(nested).map_or(self.lines.len(), |i| i + 1);
         let new = branches
             .iter()

@@ -107,13 +107,7 @@ impl Watch {
             (true, false) => StreamMode::Log,
         };
         let progress = progress::stderr_is_tty() && (mode == StreamMode::Off || !stdout_tty);
-        Watch {
-            mode,
-            live: Live::new(),
-            progress,
-            tokens: 0,
-            branch_tokens: 0,
-        }
+        Watch { mode, live: Live::new(), progress, tokens: 0, branch_tokens: 0 }
     }
 
     fn json_event(&self, event: JsonEvent<'_>) {
@@ -127,7 +121,9 @@ impl Watch {
     pub(crate) fn prompt(&mut self, text: &str) {
         match self.mode {
             StreamMode::Off => {}
-            StreamMode::Json => self.json_event(JsonEvent { node: Some(0), text: Some(text), ..JsonEvent::new("prompt", "") }),
+            StreamMode::Json => {
+                self.json_event(JsonEvent { node: Some(0), text: Some(text), ..JsonEvent::new("prompt", "") })
+            }
             StreamMode::Log => outln!("prompt {}", quoted(text)),
             StreamMode::Live => self.live.prompt(text),
         }
@@ -137,7 +133,11 @@ impl Watch {
     pub(crate) fn prefix(&mut self, node: NodeId, label: &str, text: &str) {
         match self.mode {
             StreamMode::Off => {}
-            StreamMode::Json => self.json_event(JsonEvent { node: Some(node.index()), text: Some(text), ..JsonEvent::new("prefix", label) }),
+            StreamMode::Json => self.json_event(JsonEvent {
+                node: Some(node.index()),
+                text: Some(text),
+                ..JsonEvent::new("prefix", label)
+            }),
             StreamMode::Log => outln!("prefix {} {}", who(label), quoted(text)),
             StreamMode::Live => self.live.text(label, text),
         }
@@ -225,7 +225,9 @@ impl Observer for Watch {
             Event::Join { parent, label, kept } => self.join(*parent, label, *kept, None),
             Event::Warning { label, message } => match self.mode {
                 StreamMode::Off => {}
-                StreamMode::Json => self.json_event(JsonEvent { message: Some(message), ..JsonEvent::new("warning", label) }),
+                StreamMode::Json => {
+                    self.json_event(JsonEvent { message: Some(message), ..JsonEvent::new("warning", label) })
+                }
                 StreamMode::Log => outln!("warning {} {}", who(label), quoted(message)),
                 StreamMode::Live => self.live.note(&format!("warning in {}: {message}", who(label))),
             },

@@ -20,10 +20,10 @@ impl<'a> Parser<'a> {
                 continue;
             }
             let enter = |r: usize,
-                             stack: &mut Vec<(usize, usize, bool)>,
-                             in_progress: &mut Vec<bool>,
-                             may_be_empty: &mut Vec<bool>,
-                             steps: &mut u64| {
+                         stack: &mut Vec<(usize, usize, bool)>,
+                         in_progress: &mut Vec<bool>,
+                         may_be_empty: &mut Vec<bool>,
+                         steps: &mut u64| {
                 in_progress[r] = true;
                 let rule = &self.rules[r];
                 let mut at_rule_start = true;
@@ -67,7 +67,10 @@ impl<'a> Parser<'a> {
                 if e.ty == Ty::RuleRef && recurse {
                     let child = e.value as usize;
                     if child >= n {
-                        return Err(Refusal { message: format!("rule #{child} is used but never defined"), limit: false });
+                        return Err(Refusal {
+                            message: format!("rule #{child} is used but never defined"),
+                            limit: false,
+                        });
                     }
                     if in_progress[child] {
                         let name = self.name_of(child as u32).unwrap_or_else(|| format!("#{child}"));
@@ -173,7 +176,10 @@ impl<'a> Parser<'a> {
                 if rule[i].ty == Ty::RuleRef {
                     let child = rule[i].value as usize;
                     if child >= self.rules.len() {
-                        return Err(Refusal { message: format!("rule #{child} is used but never defined"), limit: false });
+                        return Err(Refusal {
+                            message: format!("rule #{child} is used but never defined"),
+                            limit: false,
+                        });
                     }
                     let (t, e) = self.expansion(child, memo, busy, depth + 1)?;
                     total = total.saturating_add(t);

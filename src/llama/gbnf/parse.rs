@@ -176,10 +176,7 @@ impl<'a> Parser<'a> {
             1
         };
         if n_prev_rules.saturating_mul(total_rules) > MAX_REPETITION {
-            return self.refuse(
-                pos,
-                "the repetition, times the rules it repeats, exceeds llama.cpp's limit of 2000",
-            );
+            return self.refuse(pos, "the repetition, times the rules it repeats, exceeds llama.cpp's limit of 2000");
         }
         let n_opt = if no_max { 1 } else { max - min };
         let copies = min.saturating_sub(1).saturating_mul(prev.len() as u64);

@@ -181,9 +181,7 @@ impl BranchSampler {
                 }
                 greedy_with_bans(logits, banned)
             }
-            Scores::Candidates { ids, logits } if self.params.is_greedy() => {
-                best_candidate(ids, logits, banned)
-            }
+            Scores::Candidates { ids, logits } if self.params.is_greedy() => best_candidate(ids, logits, banned),
             Scores::Full(logits) if self.params.top_k > 0 && self.params.top_k < logits.len() => {
                 self.top_k_of_row(logits, banned);
                 if self.scratch.is_empty() {
@@ -370,7 +368,9 @@ mod tests {
         banned.extend(0..1000); // repeats, as a caller might pass
         banned.sort_unstable();
         banned.dedup();
-        for params in [SamplingParams::greedy(), SamplingParams { temperature: 0.8, top_k: 40, seed: 1, ..Default::default() }] {
+        for params in
+            [SamplingParams::greedy(), SamplingParams { temperature: 0.8, top_k: 40, seed: 1, ..Default::default() }]
+        {
             let mut s = BranchSampler::new(&params, &[0]);
             assert_eq!(s.sample(Scores::Full(&logits), &banned), 12_345, "{params:?}");
         }
@@ -411,8 +411,17 @@ mod tests {
             let cand = Scores::Candidates { ids: &ids, logits: &vals };
             let banned = [argmax(&logits) as Token];
             let greedy = SamplingParams::greedy();
-            let sampled = SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.9, min_p: 0.01, seed: round, ..Default::default() };
-            for (params, bans) in [(&greedy, &[][..]), (&greedy, &banned[..]), (&sampled, &[][..]), (&sampled, &banned[..])] {
+            let sampled = SamplingParams {
+                temperature: 0.8,
+                top_k: 40,
+                top_p: 0.9,
+                min_p: 0.01,
+                seed: round,
+                ..Default::default()
+            };
+            for (params, bans) in
+                [(&greedy, &[][..]), (&greedy, &banned[..]), (&sampled, &[][..]), (&sampled, &banned[..])]
+            {
                 let mut full = BranchSampler::new(params, &[1, 2]);
                 let mut sparse = BranchSampler::new(params, &[1, 2]);
                 for _ in 0..5 {
@@ -447,9 +456,8 @@ mod tests {
         // Quantised logits make many exact ties, at the top-k edge too.
         let mut rng = SplitMix64(5);
         for round in 0..300u64 {
-            let logits: Vec<f32> = (0..2000)
-                .map(|i| if i % 97 == 5 { f32::NAN } else { (rng.next_u64() % 40) as f32 * 0.25 })
-                .collect();
+            let logits: Vec<f32> =
+                (0..2000).map(|i| if i % 97 == 5 { f32::NAN } else { (rng.next_u64() % 40) as f32 * 0.25 }).collect();
             let banned = [(rng.next_u64() % 2000) as Token, (rng.next_u64() % 2000) as Token];
             let params = SamplingParams {
                 temperature: 0.7,

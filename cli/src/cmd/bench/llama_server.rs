@@ -105,7 +105,9 @@ impl Client {
             let msg = value
                 .as_ref()
                 .and_then(|v| v.get("error"))
-                .and_then(|e| e.get("message").and_then(Value::as_str).map(str::to_string).or_else(|| Some(e.to_string())))
+                .and_then(|e| {
+                    e.get("message").and_then(Value::as_str).map(str::to_string).or_else(|| Some(e.to_string()))
+                })
                 .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(200).collect());
             return Err(format!("POST {path}: HTTP {code}: {msg}"));
         }
@@ -221,7 +223,8 @@ impl Server {
         let log_err = log.try_clone().map_err(|e| backend(format!("server log: {e}")))?;
         let mut cmd = Command::new(c.binary);
         cmd.arg("-m").arg(c.model);
-        let (ctx, threads, parallel, batch) = (c.ctx.to_string(), c.threads.to_string(), c.parallel.to_string(), c.batch.to_string());
+        let (ctx, threads, parallel, batch) =
+            (c.ctx.to_string(), c.threads.to_string(), c.parallel.to_string(), c.batch.to_string());
         cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["-c", &ctx, "-t", &threads, "-tb", &threads, "--parallel", &parallel])
             .args(["-b", &batch, "-ub", &batch, "-ngl", "0", "-fa", "auto", "--fit", "off"])
@@ -250,7 +253,12 @@ impl Server {
                 return Err(backend(format!("cannot start {}: {e}", c.binary.display())));
             }
         };
-        let mut server = Server { child, client: Client { addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)) }, dir, slots: c.parallel };
+        let mut server = Server {
+            child,
+            client: Client { addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)) },
+            dir,
+            slots: c.parallel,
+        };
         server.wait_ready()?;
         Ok(server)
     }

@@ -170,8 +170,17 @@ pub(crate) fn cmd_bench(a: &BenchArgs) -> CliResult<()> {
         .collect();
     print_table(
         &[
-            "B", "serial t/s", "engine t/s", "raw t/s", "speedup", "ceiling", "vs ceil", "engine/raw", "host µs",
-            "select µs", "KV shared/unsh.",
+            "B",
+            "serial t/s",
+            "engine t/s",
+            "raw t/s",
+            "speedup",
+            "ceiling",
+            "vs ceil",
+            "engine/raw",
+            "host µs",
+            "select µs",
+            "KV shared/unsh.",
         ],
         &table,
     );
@@ -193,7 +202,8 @@ fn bench_sampling_costs(model: &Model, p: &BenchParams, threads: usize, json: bo
     progress::phase(&format!("bench --sampling-costs: done in {:.1} s", started.elapsed().as_secs_f64()));
     progress::clear();
     if json {
-        let out = serde_json::json!({ "model": model.path().display().to_string(), "threads": threads, "results": rows });
+        let out =
+            serde_json::json!({ "model": model.path().display().to_string(), "threads": threads, "results": rows });
         outln!("{}", to_json(&out, true)?);
         return Ok(());
     }
@@ -218,14 +228,23 @@ fn bench_sampling_costs(model: &Model, p: &BenchParams, threads: usize, json: bo
             ]
         })
         .collect();
-    print_table(&["feature", "tokens", "host µs/step", "select µs", "host µs/token", "extra µs/token", "step ms"], &table);
+    print_table(
+        &["feature", "tokens", "host µs/step", "select µs", "host µs/token", "extra µs/token", "step ms"],
+        &table,
+    );
     outln!("host: per parallel step outside llama_decode, select: of it choosing tokens · extra: host µs per token");
     outln!("over the first row's · step ms: wall time per step, llama_decode included");
     Ok(())
 }
 
 /// `pardec bench --formats`.
-fn bench_formats(path: &std::path::Path, formats: &[WeightFormat], p: &BenchParams, threads: usize, json: bool) -> CliResult<()> {
+fn bench_formats(
+    path: &std::path::Path,
+    formats: &[WeightFormat],
+    p: &BenchParams,
+    threads: usize,
+    json: bool,
+) -> CliResult<()> {
     let started = Instant::now();
     let rows = bench::format_ceilings(path, formats, p, |msg| progress::phase(&format!("bench --formats: {msg}")))?;
     progress::phase(&format!("bench --formats: done in {:.1} s", started.elapsed().as_secs_f64()));

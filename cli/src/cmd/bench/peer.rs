@@ -33,11 +33,8 @@ use crate::output::{print_table, progress, to_json};
 use crate::params::{load_model, SessionArgs};
 
 /// The questions every row answers (the first one also warms each side up).
-const QUESTIONS: [&str; 3] = [
-    "How can I sleep better?",
-    "What should I know before adopting a dog?",
-    "How do I prepare for a job interview?",
-];
+const QUESTIONS: [&str; 3] =
+    ["How can I sleep better?", "What should I know before adopting a dog?", "How do I prepare for a job interview?"];
 
 /// Branch counts when --branches is not given.
 const DEFAULT_BRANCHES: [usize; 3] = [2, 4, 8];
@@ -110,7 +107,13 @@ struct Question {
 
 /// Writes the question's skeleton as `generate_sot` does (same request, primer, budget and
 /// parser) and collects the token sequences both sides will be given.
-fn prepare(s: &mut Session, model: &Model, fmt: &SkeletonFormat, text: &'static str, max_b: usize) -> CliResult<Question> {
+fn prepare(
+    s: &mut Session,
+    model: &Model,
+    fmt: &SkeletonFormat,
+    text: &'static str,
+    max_b: usize,
+) -> CliResult<Question> {
     s.clear();
     let (prompt, _template_error) = sot_prompt(model, text, fmt);
     s.prompt(&prompt)?;
@@ -196,11 +199,9 @@ fn server_requests(server: &mut Server, prompts: &[Vec<Token>], tokens: usize) -
     let client = server.client;
     let started = Instant::now();
     let answers: Vec<Result<Value, String>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = bodies.iter().map(|body| scope.spawn(move || client.post_json("/completion", body))).collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err("a request thread panicked".to_string())))
-            .collect()
+        let handles: Vec<_> =
+            bodies.iter().map(|body| scope.spawn(move || client.post_json("/completion", body))).collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("a request thread panicked".to_string()))).collect()
     });
     let wall = started.elapsed().as_secs_f64();
     let mut side = Side { wall_s: wall, ..Default::default() };
@@ -303,7 +304,12 @@ fn row(kind: &'static str, branches: usize, tokens: usize, pairs: &[(Run, Run)])
 fn cpu_name() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|t| t.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_string()))
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
         .unwrap_or_default()
 }
 
@@ -321,7 +327,8 @@ pub(crate) fn bench(a: &BenchArgs, peer: Peer) -> CliResult<()> {
     let max_b = branches.iter().copied().max().unwrap_or(1);
     let tokens = a.tokens;
     let serial_tokens = tokens * SERIAL_FACTOR;
-    let threads = if a.threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { a.threads as usize };
+    let threads =
+        if a.threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { a.threads as usize };
     let model = load_model(&a.model, true)?;
     if !model.has_text_vocab() {
         return Err(CliError::Pardec(Error::UnsupportedModel(
@@ -363,14 +370,8 @@ pub(crate) fn bench(a: &BenchArgs, peer: Peer) -> CliResult<()> {
     let mut s = Session::new(&model, SessionParams { n_ctx: ctx, ..base })?;
     progress::phase(&format!("bench --peer: starting {}", binary.display()));
     let version = Server::version(&binary);
-    let mut server = Server::start(&ServerConfig {
-        binary: &binary,
-        model: model.path(),
-        ctx,
-        threads,
-        parallel: max_b,
-        batch,
-    })?;
+    let mut server =
+        Server::start(&ServerConfig { binary: &binary, model: model.path(), ctx, threads, parallel: max_b, batch })?;
 
     let mut rows = Vec::new();
     for &b in &branches {
@@ -406,7 +407,15 @@ pub(crate) fn bench(a: &BenchArgs, peer: Peer) -> CliResult<()> {
     drop(server);
     progress::phase(&format!("bench --peer: done in {:.1} s", started.elapsed().as_secs_f64()));
     progress::clear();
-    report(a, &model, &binary, &version, &questions, &rows, Setup { ctx, threads, parallel: max_b, tokens, serial_tokens })
+    report(
+        a,
+        &model,
+        &binary,
+        &version,
+        &questions,
+        &rows,
+        Setup { ctx, threads, parallel: max_b, tokens, serial_tokens },
+    )
 }
 
 /// Every point's full prompt for the server: the shared prefix and the point's prefix.
@@ -509,10 +518,7 @@ fn report(
             ]
         })
         .collect();
-    print_table(
-        &["row", "tokens", "wall s", "×", "prefill", "×", "KV cells", "×", "t/s", "×", "same"],
-        &table,
-    );
+    print_table(&["row", "tokens", "wall s", "×", "prefill", "×", "KV cells", "×", "t/s", "×", "same"], &table);
     outln!("each cell: pardec / llama-server, totals over the questions · ×: the ratio, > 1 where pardec is ahead");
     outln!("wall s: to the complete answer, prefill included (SoT: the expansion of the given skeleton) · prefill:");
     outln!("prompt tokens computed (server: Σ timings.prompt_n) · KV cells: holding the answers at their end (server:");
