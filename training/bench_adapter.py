@@ -27,7 +27,9 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -127,6 +129,20 @@ def run_plain(session, chat: str, args) -> dict:
     return dict(seconds=seconds, text=text, tokens=session.stats().tokens_total)
 
 
+def engine_under_test() -> Dict[str, str]:
+    """Builds this checkout's libpardec and CLI (a no-op when they are current) unless PARDEC_LIB /
+    PARDEC_BIN name others, and says which library and commit the numbers come from. The C
+    library is built only on request (scripts/build-capi.sh), so `cargo build` leaves an old one
+    in place: a benchmark once measured an engine a day of commits older than its checkout."""
+    repo = HERE.parent
+    if not os.environ.get("PARDEC_LIB"):
+        subprocess.run(["bash", str(repo / "scripts" / "build-capi.sh")], cwd=repo, check=True)
+    if not os.environ.get("PARDEC_BIN"):
+        subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "pardec-cli"], cwd=repo, check=True)
+    commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=repo, capture_output=True, text=True)
+    return dict(library=pardec.library_path(), binary=pardec_cli.binary(), commit=commit.stdout.strip())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=default_model(), help="the plain model file (the baseline)")
@@ -146,6 +162,8 @@ def main() -> None:
     if not (args.adapter or args.merged):
         ap.error("give --adapter or --merged")
 
+    engine = engine_under_test()
+    print(f"engine: {engine['library']} ({engine['commit']})", file=sys.stderr, flush=True)
     prompts = expand_prompts(HERE / "prompts.json", "heldout", args.seed)
     prompts = ([p for p in prompts if p.kind == "parallel"][: args.parallel]
                + [p for p in prompts if p.kind == "serial"][: args.serial])
@@ -186,7 +204,7 @@ def main() -> None:
         print(f"temperature {temp}:", json.dumps(runs[str(temp)]["summary"], indent=2))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(dict(config=vars(args), runs=runs), indent=2) + "\n")
+        Path(args.json).write_text(json.dumps(dict(config=dict(vars(args), **engine), runs=runs), indent=2) + "\n")
 
 
 def ratio(num: float, den: float) -> Optional[float]:
