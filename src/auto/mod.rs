@@ -227,8 +227,8 @@ pub(crate) fn append_forced(
     observer: &mut dyn Observer,
 ) -> Result<()> {
     session.append_text(node, text)?;
-    let label = session.label(node).unwrap_or("").to_string();
-    if !observer.on_event(&Event::Forced { node, label: &label, text }) {
+    let label = session.label(node).unwrap_or("");
+    if !observer.on_event(&Event::Forced { node, label, text }) {
         return Err(Error::Cancelled);
     }
     Ok(())

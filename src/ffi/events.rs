@@ -115,8 +115,8 @@ impl CObserver {
         }
     }
 
-    /// A FORK, JOIN or WARNING event: a node, its label and a text.
-    fn auto_event(&mut self, kind: pardec_event_kind, node: NodeId, label: &str, text: &str) -> pardec_event {
+    /// An event about `node` with its label and a text (TOKEN, FORK, JOIN, WARNING).
+    fn text_event(&mut self, kind: pardec_event_kind, node: NodeId, label: &str, text: &str) -> pardec_event {
         let mut ev = self.blank(kind);
         fill_c_buf(&mut self.label, label);
         fill_c_buf(&mut self.text, text);
@@ -143,13 +143,7 @@ impl Observer for CObserver {
         // Exhaustive on purpose: a new event kind needs an ABI decision.
         let ev = match *event {
             Event::Token { node, label, token, text, logprob } => {
-                let mut ev = self.blank(pardec_event_kind::Token);
-                fill_c_buf(&mut self.label, label);
-                fill_c_buf(&mut self.text, text);
-                ev.node = node.index() as pardec_node;
-                ev.label = self.label.as_ptr() as *const c_char;
-                ev.text = self.text.as_ptr() as *const c_char;
-                ev.text_len = self.text.len() - 1;
+                let mut ev = self.text_event(pardec_event_kind::Token, node, label, text);
                 ev.token = token;
                 if let Some(lp) = logprob {
                     self.top.clear();
@@ -162,11 +156,11 @@ impl Observer for CObserver {
                 ev
             }
             Event::Fork { parent, label, branches } => {
-                self.auto_event(pardec_event_kind::Fork, parent, label, &branches.join(","))
+                self.text_event(pardec_event_kind::Fork, parent, label, &branches.join(","))
             }
-            Event::Join { parent, label, .. } => self.auto_event(pardec_event_kind::Join, parent, label, ""),
+            Event::Join { parent, label, .. } => self.text_event(pardec_event_kind::Join, parent, label, ""),
             Event::Warning { label, message } => {
-                self.auto_event(pardec_event_kind::Warning, NodeId::TRUNK, label, message)
+                self.text_event(pardec_event_kind::Warning, NodeId::TRUNK, label, message)
             }
             // No kind for it in the ABI (see the variant's docs): the caller reads the text in
             // the result.

@@ -204,7 +204,10 @@ impl Session {
             if node.grammar().is_some() {
                 continue;
             }
-            if let (true, Some(logits)) = (node.keeps_running(), ctx.logits(row as i32)) {
+            if !node.keeps_running() {
+                continue;
+            }
+            if let Some(logits) = ctx.logits(row as i32) {
                 work.push((row, node, logits));
             }
         }

@@ -515,12 +515,8 @@ impl Node {
         let tail = items.split_off(first_item);
         for (k, item) in tail.into_iter().enumerate() {
             match item {
-                Item::Text { origin, pos0, mut tokens, .. } if k == 0 && kept_in_item > 0 => {
-                    tokens.truncate(kept_in_item);
-                    let mut bytes = Vec::new();
-                    for &t in &tokens {
-                        model.token_bytes(t, &mut bytes);
-                    }
+                Item::Text { origin, pos0, mut tokens, mut bytes } if k == 0 && kept_in_item > 0 => {
+                    truncate_text(&mut tokens, &mut bytes, kept_in_item, model);
                     items.push(Item::Text { origin, pos0, tokens, bytes });
                 }
                 Item::Text { .. } => {}
@@ -550,14 +546,7 @@ impl Node {
             return false;
         }
         if let Some(Item::Text { origin: Origin::Forced, pos0: item_pos, tokens, bytes }) = self.items.last_mut() {
-            let keep = (pos0 - *item_pos).max(0) as usize;
-            tokens.truncate(keep);
-            // Recompute the bytes of the kept tokens.
-            let kept: Vec<Token> = tokens.clone();
-            bytes.clear();
-            for t in kept {
-                model.token_bytes(t, bytes);
-            }
+            truncate_text(tokens, bytes, (pos0 - *item_pos).max(0) as usize, model);
             if tokens.is_empty() {
                 self.items.pop();
             }
@@ -642,6 +631,16 @@ pub(crate) struct Block {
     pub rule: JoinRule,
     /// Tokens the parent decoded again at the join (a re-read).
     pub reread: usize,
+}
+
+/// Keeps the first `keep` tokens of a text item's `tokens` and renders its `bytes` again from
+/// them (a token's bytes depend only on the token).
+fn truncate_text(tokens: &mut Vec<Token>, bytes: &mut Vec<u8>, keep: usize, model: &Model) {
+    tokens.truncate(keep);
+    bytes.clear();
+    for &t in tokens.iter() {
+        model.token_bytes(t, bytes);
+    }
 }
 
 /// Whether branch `i` of `block` is part of its parent's text (kept, or not yet joined).
