@@ -47,7 +47,7 @@ pub fn generate_apr_into(
                 .resume(NodeId::TRUNK, &RunLimits { max_tokens: budget, stop: stop.clone(), ..Default::default() })?;
             session.run(observer)?;
             budget = budget.saturating_sub(session.node_tokens(NodeId::TRUNK).len() - before);
-            if super::ended_by_caller_stop(session, &params.stop, &protocol_stops) {
+            if super::ended_by_caller_stop(session, NodeId::TRUNK, &params.stop, &protocol_stops) {
                 break;
             }
             // A trigger written as the run's last allowed token ends the run by its budget, but

@@ -59,10 +59,15 @@ impl Default for AutoParams {
     }
 }
 
-/// Whether the trunk's last run ended at one of the caller's stop strings rather than at one
+/// Whether the last run of `root` ended at one of the caller's stop strings rather than at one
 /// of the protocol's (`protocol_stops`).
-pub(crate) fn ended_by_caller_stop(session: &Session, caller_stops: &[String], protocol_stops: &[String]) -> bool {
-    matches!(session.stop_reason(NodeId::TRUNK), Some(StopReason::StopString(s))
+pub(crate) fn ended_by_caller_stop(
+    session: &Session,
+    root: NodeId,
+    caller_stops: &[String],
+    protocol_stops: &[String],
+) -> bool {
+    matches!(session.stop_reason(root), Some(StopReason::StopString(s))
         if caller_stops.contains(s) && !protocol_stops.contains(s))
 }
 
@@ -153,18 +158,29 @@ impl Bans {
     }
 }
 
-struct Driver<'s, 'o, 'r> {
-    session: &'s mut Session,
-    observer: &'o mut dyn Observer,
+/// One automatic generation in progress, rooted at the trunk or at a conversation's root
+/// ([`Session::open_root`]): what [`generate_auto`] keeps between two steps of the session.
+/// A caller that steps the session itself — many conversations in one context, each under
+/// its own protocol — keeps one per conversation: [`AutoRun::start`], then after every
+/// [`Session::step`] [`AutoRun::after_step`], until it says the answer is over.
+pub struct AutoRun {
+    root: NodeId,
     streams: BTreeMap<NodeId, Stream>,
     /// Open blocks: parent → its branches.
     blocks: BTreeMap<NodeId, Vec<NodeId>>,
-    report: &'r mut AutoReport,
+    report: AutoReport,
     bans: Bans,
     branch_budget: usize,
     branches_ban_eog: bool,
-    /// The caller's stop strings for the trunk (`AutoParams::stop`).
-    trunk_stops: Vec<String>,
+    /// The caller's stop strings for the root (`AutoParams::stop`).
+    root_stops: Vec<String>,
+}
+
+/// An [`AutoRun`] at work: the run with the session and observer it acts on.
+struct Driver<'s, 'o, 'r> {
+    session: &'s mut Session,
+    observer: &'o mut dyn Observer,
+    run: &'r mut AutoRun,
 }
 
 /// Generates on the trunk under a stream protocol until the trunk ends (EOG, or its budget).
@@ -191,31 +207,100 @@ pub fn generate_auto_into(
     observer: &mut dyn Observer,
     report: &mut AutoReport,
 ) -> Result<()> {
-    spec.validate().map_err(|e| Error::InvalidArgument(format!("protocol: {e}")))?;
-    let mut spec = spec.clone();
-    // The session's limits win: deeper nesting is read as text, extra branches are cut.
-    spec.max_depth = spec.max_depth.min(session.params().max_depth);
-    let mut driver = Driver {
-        session,
-        observer,
-        streams: BTreeMap::new(),
-        blocks: BTreeMap::new(),
-        report,
-        bans: Bans { cache: HashMap::new() },
-        branch_budget: params.max_branch_tokens,
-        branches_ban_eog: params.branches_ban_eog,
-        trunk_stops: params.stop.clone(),
-    };
-    let watcher = Watcher::trunk(&spec);
-    driver.add_stream(NodeId::TRUNK, watcher, params.max_tokens);
-    if !params.response_prefix.is_empty() {
-        append_forced(driver.session, NodeId::TRUNK, &params.response_prefix, driver.observer)?;
-        let actions = driver.feed(NodeId::TRUNK, &params.response_prefix);
-        driver.act(NodeId::TRUNK, actions, false)?;
-    } else {
-        driver.start_run(NodeId::TRUNK)?;
+    let mut run = AutoRun::new(NodeId::TRUNK, spec, params, session)?;
+    let mut result = run.begin(session, observer, &params.response_prefix);
+    while result.is_ok() {
+        match run.after_step(session, observer) {
+            Ok(true) => break,
+            Ok(false) => result = session.step(observer).map(|_| ()),
+            Err(e) => result = Err(e),
+        }
     }
-    driver.drive()
+    *report = std::mem::take(&mut run.report);
+    result
+}
+
+impl AutoRun {
+    /// Starts generating on `root` (the trunk, or a root of [`Session::open_root`]) under a
+    /// stream protocol: `root` must be idle, holding its prompt. The session's limits win:
+    /// deeper nesting is read as text, extra branches are cut (with warnings).
+    pub fn start(
+        session: &mut Session,
+        root: NodeId,
+        spec: &ProtocolSpec,
+        params: &AutoParams,
+        observer: &mut dyn Observer,
+    ) -> Result<AutoRun> {
+        let mut run = AutoRun::new(root, spec, params, session)?;
+        run.begin(session, observer, &params.response_prefix)?;
+        Ok(run)
+    }
+
+    fn new(root: NodeId, spec: &ProtocolSpec, params: &AutoParams, session: &Session) -> Result<AutoRun> {
+        spec.validate().map_err(|e| Error::InvalidArgument(format!("protocol: {e}")))?;
+        if session.root_of(root) != Some(root) {
+            return Err(Error::InvalidArgument(format!("node {} is not a root", root.index())));
+        }
+        let mut spec = spec.clone();
+        spec.max_depth = spec.max_depth.min(session.params().max_depth);
+        let mut run = AutoRun {
+            root,
+            streams: BTreeMap::new(),
+            blocks: BTreeMap::new(),
+            report: AutoReport::default(),
+            bans: Bans { cache: HashMap::new() },
+            branch_budget: params.max_branch_tokens,
+            branches_ban_eog: params.branches_ban_eog,
+            root_stops: params.stop.clone(),
+        };
+        let root_text = session.node_text(root).len();
+        let root_tokens = session.node_tokens(root).len();
+        run.streams.insert(
+            root,
+            Stream {
+                watcher: Watcher::trunk(&spec),
+                budget: params.max_tokens,
+                run_from: root_text,
+                tokens_from: root_tokens,
+                state: StreamState::Running,
+            },
+        );
+        Ok(run)
+    }
+
+    /// Puts the response prefix in (watched like generated text) or starts the root's run.
+    fn begin(&mut self, session: &mut Session, observer: &mut dyn Observer, response_prefix: &str) -> Result<()> {
+        let root = self.root;
+        let mut driver = Driver { session, observer, run: self };
+        if response_prefix.is_empty() {
+            return driver.start_run(root);
+        }
+        append_forced(driver.session, root, response_prefix, driver.observer)?;
+        let actions = driver.feed(root, response_prefix);
+        driver.act(root, actions, false)
+    }
+
+    /// Reads what the streams wrote in the last step and acts on it: forks, ends of branches,
+    /// joins of finished blocks, the next runs. Returns true once the answer is over (the
+    /// root's stream is done); the root is then idle and its text the whole answer.
+    pub fn after_step(&mut self, session: &mut Session, observer: &mut dyn Observer) -> Result<bool> {
+        Driver { session, observer, run: self }.after_step()
+    }
+
+    /// The node this run generates on.
+    pub fn root(&self) -> NodeId {
+        self.root
+    }
+
+    /// The blocks and warnings so far.
+    pub fn report(&self) -> &AutoReport {
+        &self.report
+    }
+
+    /// The report, once the run is over (or abandoned).
+    pub fn into_report(self) -> AutoReport {
+        self.report
+    }
 }
 
 /// Decodes `text` into `node` as forced text and tells the observer ([`Event::Forced`]);
@@ -238,32 +323,32 @@ impl Driver<'_, '_, '_> {
     fn add_stream(&mut self, node: NodeId, watcher: Watcher, budget: usize) {
         let run_from = self.session.node_text(node).len();
         let tokens_from = self.session.node_tokens(node).len();
-        self.streams.insert(node, Stream { watcher, budget, run_from, tokens_from, state: StreamState::Running });
+        self.run.streams.insert(node, Stream { watcher, budget, run_from, tokens_from, state: StreamState::Running });
     }
 
     fn limits(&mut self, node: NodeId) -> RunLimits {
-        let stream = &self.streams[&node];
+        let stream = &self.run.streams[&node];
         let mut stop = stream.watcher.stop_strings();
-        if node == NodeId::TRUNK {
-            stop.extend(self.trunk_stops.iter().filter(|s| !stop.contains(s)).cloned().collect::<Vec<_>>());
+        if node == self.run.root {
+            stop.extend(self.run.root_stops.iter().filter(|s| !stop.contains(s)).cloned().collect::<Vec<_>>());
         }
         let banned = stream.watcher.banned_strings();
         let budget = stream.budget;
-        let ban_eog = self.branches_ban_eog && node != NodeId::TRUNK;
-        let banned_tokens = self.bans.tokens(self.session, &banned);
+        let ban_eog = self.run.branches_ban_eog && node != self.run.root;
+        let banned_tokens = self.run.bans.tokens(self.session, &banned);
         RunLimits { max_tokens: budget, stop, ban_eog, banned_tokens, ..Default::default() }
     }
 
     /// (Re)starts a stream's generation from where it is; a spent budget ends it instead.
     fn start_run(&mut self, node: NodeId) -> Result<()> {
-        if self.streams[&node].budget == 0 {
+        if self.run.streams[&node].budget == 0 {
             let actions = self.finish(node, StreamEnd::Limit);
             return self.act(node, actions, true);
         }
         let limits = self.limits(node);
         let text_len = self.session.node_text(node).len();
         let tokens = self.session.node_tokens(node).len();
-        let stream = self.streams.get_mut(&node).expect("stream");
+        let stream = self.run.streams.get_mut(&node).expect("stream");
         stream.run_from = text_len;
         stream.tokens_from = tokens;
         stream.state = StreamState::Running;
@@ -272,44 +357,52 @@ impl Driver<'_, '_, '_> {
 
     fn feed(&mut self, node: NodeId, text: &str) -> Vec<Action> {
         let cap = self.session.free_branch_slots();
-        let stream = self.streams.get_mut(&node).expect("stream");
+        let stream = self.run.streams.get_mut(&node).expect("stream");
         stream.watcher.set_branch_cap(cap.min(stream.watcher.spec().max_branches));
         stream.watcher.feed(text)
     }
 
     fn finish(&mut self, node: NodeId, end: StreamEnd) -> Vec<Action> {
-        self.streams.get_mut(&node).expect("stream").watcher.finish(end)
+        self.run.streams.get_mut(&node).expect("stream").watcher.finish(end)
     }
 
-    /// Steps the session until every stream is done.
-    fn drive(&mut self) -> Result<()> {
+    /// Acts on every stream whose run ended, and on what that ends in turn (a fork whose
+    /// branches stop at once, a join), until every stream runs, waits, or is done. Returns
+    /// whether the root is done.
+    fn after_step(&mut self) -> Result<bool> {
         loop {
-            let progressed = self.session.step(self.observer)?;
             let stopped: Vec<NodeId> = self
+                .run
                 .streams
                 .iter()
                 .filter(|(n, s)| s.state == StreamState::Running && !self.session.is_running(**n))
                 .map(|(n, _)| *n)
                 .collect();
-            for node in stopped {
-                self.on_stopped(node)?;
+            for node in &stopped {
+                self.on_stopped(*node)?;
             }
-            for (n, stream) in self.streams.iter_mut() {
+            let mut kept_done = false;
+            for (n, stream) in self.run.streams.iter_mut() {
                 if stream.state == StreamState::Keeping && !self.session.is_running(*n) {
                     stream.state = StreamState::Done;
+                    kept_done = true;
                 }
             }
+            let open_blocks = self.run.blocks.len();
             self.join_finished_blocks()?;
-            if self.streams[&NodeId::TRUNK].state == StreamState::Done {
-                return Ok(());
+            if self.run.streams[&self.run.root].state == StreamState::Done {
+                return Ok(true);
             }
-            let anything_running = self.streams.iter().any(|(n, _)| self.session.is_running(*n));
-            if !progressed && !anything_running {
-                // Every stream waits on something that cannot come: a driver bug, reported
-                // rather than looped on.
-                return Err(Error::Internal("auto mode stalled with no stream running".into()));
+            if stopped.is_empty() && !kept_done && open_blocks == self.run.blocks.len() {
+                break;
             }
         }
+        if !self.run.streams.keys().any(|n| self.session.is_running(*n)) {
+            // Every stream waits on something that cannot come: a driver bug, reported
+            // rather than looped on.
+            return Err(Error::Internal("auto mode stalled with no stream running".into()));
+        }
+        Ok(false)
     }
 
     /// A stream's run ended: read what it wrote and act on it.
@@ -317,7 +410,7 @@ impl Driver<'_, '_, '_> {
         let text = self.session.node_text(node);
         let tokens = self.session.node_tokens(node).len();
         let (mut from, used) = {
-            let s = &self.streams[&node];
+            let s = &self.run.streams[&node];
             (s.run_from.min(text.len()), tokens.saturating_sub(s.tokens_from))
         };
         // A run that ended inside a split character saw it as U+FFFD; once completed, the
@@ -325,9 +418,9 @@ impl Driver<'_, '_, '_> {
         while !text.is_char_boundary(from) {
             from -= 1;
         }
-        let caller_stop = node == NodeId::TRUNK
-            && ended_by_caller_stop(self.session, &self.trunk_stops, &self.streams[&node].watcher.stop_strings());
-        let stream = self.streams.get_mut(&node).expect("stream");
+        let caller_stop = node == self.run.root
+            && ended_by_caller_stop(self.session, node, &self.run.root_stops, &self.run.streams[&node].watcher.stop_strings());
+        let stream = self.run.streams.get_mut(&node).expect("stream");
         stream.budget = stream.budget.saturating_sub(used);
         let mut actions = self.feed(node, &text[from..]);
         if caller_stop {
@@ -359,7 +452,7 @@ impl Driver<'_, '_, '_> {
         for action in actions {
             match action {
                 Action::Warning(w) => {
-                    if !self.report.warn(&label, w, self.observer) {
+                    if !self.run.report.warn(&label, w, self.observer) {
                         return Err(Error::Cancelled);
                     }
                 }
@@ -374,11 +467,11 @@ impl Driver<'_, '_, '_> {
             Some(Next::Fork(plan)) => self.fork(node, &label, plan),
             Some(Next::End(cause)) => self.end_branch(node, cause),
             Some(Next::Stop) => {
-                self.streams.get_mut(&node).expect("stream").state = StreamState::Done;
+                self.run.streams.get_mut(&node).expect("stream").state = StreamState::Done;
                 Ok(())
             }
             None if stream_over => {
-                self.streams.get_mut(&node).expect("stream").state = StreamState::Done;
+                self.run.streams.get_mut(&node).expect("stream").state = StreamState::Done;
                 Ok(())
             }
             None => self.start_run(node),
@@ -399,15 +492,15 @@ impl Driver<'_, '_, '_> {
     /// A branch is over: closes it in the text where the protocol says so, lets it keep the
     /// tokens the protocol keeps after its end marker, and marks it done (or keeping).
     fn end_branch(&mut self, node: NodeId, cause: EndCause) -> Result<()> {
-        let spec = self.streams[&node].watcher.spec();
+        let spec = self.run.streams[&node].watcher.spec();
         let (close, keep) = (spec.close_unfinished, spec.keep_after_end as usize);
         let end = spec.branch_end.clone();
         let unclosed = matches!(cause, EndCause::Stream(StreamEnd::Eos | StreamEnd::Limit | StreamEnd::Cancelled));
-        if close && unclosed && node != NodeId::TRUNK {
+        if close && unclosed && node != self.run.root {
             // The engine writes the end marker itself (in place of the end of generation).
             self.session.append_text(node, &end)?;
         }
-        let stream = self.streams.get_mut(&node).expect("stream");
+        let stream = self.run.streams.get_mut(&node).expect("stream");
         if cause == EndCause::Marker && keep > 0 {
             // The marker's stop leaves the node idle with fresh logits: sample on, unwatched.
             stream.state = StreamState::Keeping;
@@ -418,7 +511,7 @@ impl Driver<'_, '_, '_> {
     }
 
     fn fork(&mut self, node: NodeId, label: &str, plan: crate::protocol::ForkPlan) -> Result<()> {
-        let spec = self.streams[&node].watcher.spec().clone();
+        let spec = self.run.streams[&node].watcher.spec().clone();
         if !spec.trigger_in_cache {
             let n = self.tokens_within_tail(node, spec.trigger.len());
             if n > 0 {
@@ -428,9 +521,9 @@ impl Driver<'_, '_, '_> {
         let fork_text = spec.fork_text.clone();
         if !fork_text.is_empty() {
             self.session.append_text(node, &fork_text)?;
-            self.streams.get_mut(&node).expect("stream").watcher.forked();
+            self.run.streams.get_mut(&node).expect("stream").watcher.forked();
         }
-        let parent_watcher = self.streams[&node].watcher.clone();
+        let parent_watcher = self.run.streams[&node].watcher.clone();
         let children: Vec<Watcher> = plan.branches.iter().map(|b| parent_watcher.child(b)).collect();
         let mut specs = Vec::with_capacity(children.len());
         for (i, (b, w)) in plan.branches.iter().zip(&children).enumerate() {
@@ -446,10 +539,10 @@ impl Driver<'_, '_, '_> {
                 prefix: b.prefix.clone(),
                 prefix_tokens,
                 limits: RunLimits {
-                    max_tokens: self.branch_budget,
+                    max_tokens: self.run.branch_budget,
                     stop: w.stop_strings(),
-                    ban_eog: self.branches_ban_eog,
-                    banned_tokens: self.bans.tokens(self.session, &banned),
+                    ban_eog: self.run.branches_ban_eog,
+                    banned_tokens: self.run.bans.tokens(self.session, &banned),
                     ..Default::default()
                 },
             });
@@ -461,18 +554,18 @@ impl Driver<'_, '_, '_> {
         if !self.observer.on_event(&Event::Fork { parent: node, label, branches: &paths }) {
             return Err(Error::Cancelled);
         }
-        self.report.blocks.push(AutoBlock { parent: label.to_string(), labels, titles, paths });
-        self.streams.get_mut(&node).expect("stream").state = StreamState::Waiting;
+        self.run.report.blocks.push(AutoBlock { parent: label.to_string(), labels, titles, paths });
+        self.run.streams.get_mut(&node).expect("stream").state = StreamState::Waiting;
         for (&id, w) in ids.iter().zip(children) {
-            self.add_stream(id, w, self.branch_budget);
+            self.add_stream(id, w, self.run.branch_budget);
             // Forks sample each branch's first token right away; an immediate stop (EOG,
             // a zero budget) is picked up by the next pass of `drive`.
             let prefix_len = self.session.node_text(id).len();
-            let stream = self.streams.get_mut(&id).expect("stream");
+            let stream = self.run.streams.get_mut(&id).expect("stream");
             stream.run_from = prefix_len;
             stream.tokens_from = self.session.node_tokens(id).len();
         }
-        self.blocks.insert(node, ids);
+        self.run.blocks.insert(node, ids);
         Ok(())
     }
 
@@ -480,30 +573,30 @@ impl Driver<'_, '_, '_> {
     /// its parent after the protocol's join text.
     fn join_finished_blocks(&mut self) -> Result<()> {
         loop {
-            let ready = self.blocks.iter().rev().find_map(|(parent, kids)| {
-                kids.iter().all(|k| self.streams[k].state == StreamState::Done).then_some(*parent)
+            let ready = self.run.blocks.iter().rev().find_map(|(parent, kids)| {
+                kids.iter().all(|k| self.run.streams[k].state == StreamState::Done).then_some(*parent)
             });
             let Some(parent) = ready else { return Ok(()) };
-            let kids = self.blocks.remove(&parent).expect("block");
+            let kids = self.run.blocks.remove(&parent).expect("block");
             let kept = kids.len();
-            let join_text = self.streams[&parent].watcher.join_text().to_string();
+            let join_text = self.run.streams[&parent].watcher.join_text().to_string();
             let join_text = if join_text.is_empty() { "\n".to_string() } else { join_text };
-            let spec = self.streams[&parent].watcher.spec();
+            let spec = self.run.streams[&parent].watcher.spec();
             let (rule, repeat) = (spec.join_rule, spec.join_repeats_last);
             let tokens = self.session.model().tokenize(&join_text, false)?;
             self.session.join_full(parent, JoinMode::All, rule, &tokens, repeat)?;
             for k in kids {
-                self.streams.remove(&k);
+                self.run.streams.remove(&k);
             }
             let label = self.session.label(parent).unwrap_or("").to_string();
             if !self.observer.on_event(&Event::Join { parent, label: &label, kept }) {
                 return Err(Error::Cancelled);
             }
-            let actions = self.streams.get_mut(&parent).expect("stream").watcher.joined();
-            self.streams.get_mut(&parent).expect("stream").state = StreamState::Running;
+            let actions = self.run.streams.get_mut(&parent).expect("stream").watcher.joined();
+            self.run.streams.get_mut(&parent).expect("stream").state = StreamState::Running;
             for a in actions {
                 if let Action::Warning(w) = a {
-                    if !self.report.warn(&label, w, self.observer) {
+                    if !self.run.report.warn(&label, w, self.observer) {
                         return Err(Error::Cancelled);
                     }
                 }

@@ -76,14 +76,16 @@ impl Session {
 
         let block_idx = self.blocks.len();
         let first_child = self.nodes.len();
-        let window_capacity = self.params.sampling.window_capacity(self.n_ctx);
+        // Branches of a root draw as their root does; the trunk's as the session says.
+        let sampling = self.tree_sampling(p);
+        let window_capacity = sampling.window_capacity(self.n_ctx);
         for (i, &seq) in seqs.iter().enumerate() {
             if shared {
                 // Zero copy: the child's id is added to every cell the parent can see.
                 self.ctx.seq_cp(self.nodes[p].seq(), seq, -1);
             }
             let parent = &self.nodes[p];
-            let mut child = Node::branch(parent, p, seq, i, &self.params.sampling, shared, window_capacity);
+            let mut child = Node::branch(parent, p, seq, i, &sampling, shared, window_capacity);
             child.set_grammar(grammars[i].take());
             if prefixes[i].is_empty() {
                 child.inherit_scores(parent);

@@ -18,8 +18,8 @@
 //! itself (creation, configuration, argument checks); `prefill` the text a caller puts in;
 //! `fork` the branches; `step` generation, one batched decode per step; `stop` stop strings;
 //! `join` the join rules; `results` what a session holds, read back, and `report` its
-//! transcript; `tree` the bookkeeping of nodes and blocks; `sampling` token choice; `kv`
-//! sequence ids; `text` whole-UTF-8 pieces.
+//! transcript; `roots` conversations of their own beside the trunk; `tree` the bookkeeping of
+//! nodes and blocks; `sampling` token choice; `kv` sequence ids; `text` whole-UTF-8 pieces.
 
 mod fork;
 mod grammar;
@@ -31,6 +31,7 @@ mod penalties;
 mod prefill;
 mod report;
 mod results;
+mod roots;
 mod sampling;
 mod score;
 mod step;

@@ -309,6 +309,11 @@ impl Node {
     }
 
     /// A new sampler for new parameters, on the node's own random stream.
+    /// The parameters the node samples with.
+    pub(super) fn sampling(&self) -> &SamplingParams {
+        self.sampler.params()
+    }
+
     pub(super) fn set_sampling(&mut self, sampling: &SamplingParams) {
         self.sampler = BranchSampler::new(sampling, &self.path);
     }
@@ -583,6 +588,19 @@ impl Node {
     pub(super) fn mark_joined(&mut self) {
         self.alive = false;
         self.saved = SavedScores::default();
+    }
+
+    /// The node's conversation was closed: its sequence id went back to the pool and what it
+    /// wrote is no longer needed, so its memory goes too (a server closes many).
+    pub(super) fn release(&mut self) {
+        self.mark_joined();
+        self.state = NodeState::Idle;
+        self.items = Vec::new();
+        self.logprobs = Vec::new();
+        self.logit_trace = Vec::new();
+        self.window = PenaltyWindow::new(0);
+        self.grammar = None;
+        self.pending_bytes = Vec::new();
     }
 
     /// The node's cells from its last one on moved `shift` positions on (a same-seq join's

@@ -115,6 +115,11 @@ impl BranchSampler {
         }
     }
 
+    /// The parameters this sampler draws with.
+    pub(crate) fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
     /// [`BranchSampler::sample_sorted`] for a ban list in any order (tests pass literal ones).
     #[cfg(test)]
     pub(crate) fn sample(&mut self, scores: Scores<'_>, banned: &[Token]) -> Token {
