@@ -419,7 +419,12 @@ impl Driver<'_, '_, '_> {
             from -= 1;
         }
         let caller_stop = node == self.run.root
-            && ended_by_caller_stop(self.session, node, &self.run.root_stops, &self.run.streams[&node].watcher.stop_strings());
+            && ended_by_caller_stop(
+                self.session,
+                node,
+                &self.run.root_stops,
+                &self.run.streams[&node].watcher.stop_strings(),
+            );
         let stream = self.run.streams.get_mut(&node).expect("stream");
         stream.budget = stream.budget.saturating_sub(used);
         let mut actions = self.feed(node, &text[from..]);

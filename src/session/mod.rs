@@ -148,7 +148,8 @@ pub struct SessionParams {
     #[doc(hidden)]
     pub record_logits: bool,
     /// Negative control for tests: branch tokens are tagged with every running sibling's id,
-    /// so siblings see each other. Never set this outside a test.
+    /// so siblings see each other (and so do the roots of [`Session::open_root`]). Never set
+    /// this outside a test.
     #[doc(hidden)]
     pub leak_between_siblings: bool,
     /// Negative control for tests: every token a branch generates also enters its running

@@ -322,7 +322,8 @@ impl Session {
         for entry in chunk {
             self.seq_scratch.clear();
             self.seq_scratch.push(self.nodes[entry.node].seq());
-            if self.params.leak_between_siblings && self.nodes[entry.node].depth() > 0 {
+            // Roots (`open_root`) are siblings too: the leak reaches every conversation.
+            if self.params.leak_between_siblings && entry.node != 0 {
                 self.add_running_siblings(entry.node);
             }
             if !self.batch.add(entry.token, entry.pos, &self.seq_scratch, entry.logits) {
