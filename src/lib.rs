@@ -21,6 +21,7 @@
 mod adapter;
 pub mod auto;
 mod backend;
+pub mod conversations;
 mod convert;
 // The command line's benchmark and equivalence check (feature `tools`) and the C ABI (feature
 // `capi`): compiled only on request, and not part of the documented Rust API.
@@ -46,6 +47,7 @@ mod stats;
 
 pub use adapter::Adapter;
 pub use backend::backend;
+pub use conversations::{Conversations, ConversationsParams};
 pub use convert::{convert, converted_path, file_format, WeightFormat};
 pub use error::{Error, Result};
 pub use merge::{merge, MergeSummary};

@@ -71,6 +71,7 @@ pub(crate) enum Command {
     Convert(ConvertArgs),
     Merge(MergeArgs),
     RpcServer(RpcServerArgs),
+    Serve(ServeArgs),
 }
 
 #[derive(Args, Clone)]
@@ -360,6 +361,65 @@ pub(crate) struct MergeArgs {
     /// CPU threads (0: all cores)
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub(crate) threads: u32,
+}
+
+/// Serve a model over OpenAI's HTTP API: many conversations decoded in one context, each free to fork
+#[derive(Args)]
+#[command(
+    help_template = HELP_TEMPLATE,
+    args_override_self = true,
+    after_help = "\
+Routes: POST /v1/chat/completions and /v1/completions (OpenAI's shapes, streamed as server-sent
+events with \"stream\": true), GET /v1/models, /health, /metrics (Prometheus) and / (a chat
+page). A request may name a protocol of its own (\"protocol\": \"none\" or a built-in name);
+the answer's `pardec` object tells how it was decoded. Binds 127.0.0.1 unless told otherwise;
+with --api-key every API route needs `Authorization: Bearer KEY`. SIGTERM or Ctrl-C lets the
+answers in flight finish (for up to --grace seconds, then cancels them) and exits 0."
+)]
+pub(crate) struct ServeArgs {
+    #[command(flatten)]
+    pub(crate) model: ModelOpts,
+    #[arg(long, value_name = "PATH[:SCALE]", value_parser = parse_lora, help = LORA_HELP)]
+    pub(crate) lora: Vec<LoraArg>,
+    /// The model forks under this protocol unless a request says otherwise: none, or multiverse, aspd, parallel-r1, threadweaver, npr, titles, ... (a built-in name or a protocol JSON file)
+    #[arg(long, value_name = "P", default_value = "none")]
+    pub(crate) protocol: String,
+    /// Address to listen on
+    #[arg(long, value_name = "HOST", default_value = "127.0.0.1")]
+    pub(crate) host: String,
+    /// Port to listen on (0: any free port, printed at start)
+    #[arg(long, value_name = "PORT", default_value_t = 8080)]
+    pub(crate) port: u16,
+    /// Requests decoded at once; more wait in a queue
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub(crate) parallel: usize,
+    /// Branches one request may have open at once
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub(crate) branches: usize,
+    /// KV cells of the context, shared by every request and branch
+    #[arg(long, value_name = "N", default_value_t = 8192)]
+    pub(crate) ctx: u32,
+    /// CPU threads (0: all cores)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub(crate) threads: u32,
+    /// A request without max_tokens may generate this many tokens
+    #[arg(long, value_name = "N", default_value_t = 512)]
+    pub(crate) max_tokens: usize,
+    /// Tokens each branch may generate
+    #[arg(long, value_name = "N", default_value_t = 96)]
+    pub(crate) max_branch_tokens: usize,
+    /// Requests must carry `Authorization: Bearer KEY` (default: $PARDEC_API_KEY if set)
+    #[arg(long, value_name = "KEY")]
+    pub(crate) api_key: Option<String>,
+    /// Largest request body in bytes
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
+    pub(crate) max_body: usize,
+    /// Seconds the answers in flight get to finish after SIGTERM
+    #[arg(long, value_name = "S", default_value_t = 30)]
+    pub(crate) grace: u64,
+    /// Sampling defaults for requests that do not set them
+    #[command(flatten)]
+    pub(crate) sampling: SamplingOpts,
 }
 
 /// Serve this machine to pardec clients over llama.cpp's RPC protocol (`--rpc` on their side)

@@ -81,6 +81,7 @@ fn main() -> ExitCode {
         Command::Convert(_) => "convert",
         Command::Merge(_) => "merge",
         Command::RpcServer(_) => "rpc-server",
+        Command::Serve(_) => "serve",
     };
     let result = match &cli.command {
         Command::Run(a) => cmd::cmd_run(a),
@@ -92,6 +93,7 @@ fn main() -> ExitCode {
         Command::Convert(a) => cmd::cmd_convert(a),
         Command::Merge(a) => cmd::cmd_merge(a),
         Command::RpcServer(a) => cmd::cmd_rpc_server(a),
+        Command::Serve(a) => cmd::cmd_serve(a),
     };
     out::flush();
     progress::clear();

@@ -101,6 +101,25 @@ impl Transcript {
     }
 }
 
+/// The flattened text of node `idx` up to its first block that is still open: what no later
+/// step can change (a growing branch would otherwise shift what follows it).
+pub(crate) fn settled_bytes(nodes: &[Node], blocks: &[Block], idx: usize, out: &mut Vec<u8>) {
+    for item in nodes[idx].items() {
+        match item {
+            Item::Text { bytes, .. } => out.extend_from_slice(bytes),
+            Item::Block(b) if blocks[*b].join.is_none() => return,
+            Item::Block(b) => {
+                let block = &blocks[*b];
+                for (i, &c) in block.children.iter().enumerate() {
+                    if is_kept(block, i) {
+                        settled_bytes(nodes, blocks, c, out);
+                    }
+                }
+            }
+        }
+    }
+}
+
 pub(crate) fn report(nodes: &[Node], blocks: &[Block], idx: usize) -> (NodeReport, Vec<u8>) {
     let node = &nodes[idx];
     let mut flat = Vec::new();

@@ -33,6 +33,12 @@ impl Session {
         trunk + branches
     }
 
+    /// How many nodes the session has opened (the trunk, roots and branches, closed ones
+    /// too): every [`NodeId`] handed out so far has an index below it.
+    pub fn nodes_opened(&self) -> usize {
+        self.nodes.len()
+    }
+
     /// The node's label path ("" for the trunk).
     pub fn label(&self, node: NodeId) -> Option<&str> {
         self.nodes.get(node.0).map(|n| n.label())

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::model::Token;
 
 use super::penalties::PenaltyWindow;
-use super::report::{report, Transcript};
+use super::report::{report, settled_bytes, Transcript};
 use super::sampling::{BranchSampler, SamplingParams};
 use super::tree::{Item, Node};
 use super::{NodeId, Session, StopReason};
@@ -120,6 +120,15 @@ impl Session {
         let idx = self.root_index(root)?;
         let (trunk, flat) = report(&self.nodes, &self.blocks, idx);
         Ok(Transcript { text: String::from_utf8_lossy(&flat).into_owned(), trunk })
+    }
+
+    /// The flattened text of a conversation (prompt included) as far as it is settled: up
+    /// to its first block still open, whose branches are growing. What a stream can send.
+    pub fn root_settled_bytes(&self, root: NodeId) -> Result<Vec<u8>> {
+        let idx = self.root_index(root)?;
+        let mut out = Vec::new();
+        settled_bytes(&self.nodes, &self.blocks, idx, &mut out);
+        Ok(out)
     }
 
     /// The sampling parameters of a new root's tree: the caller's, with the session's

@@ -10,6 +10,7 @@ mod merge;
 mod rpc_server;
 mod run;
 mod score;
+mod serve;
 
 use pardec::Error;
 
@@ -24,6 +25,7 @@ pub(crate) use merge::cmd_merge;
 pub(crate) use rpc_server::cmd_rpc_server;
 pub(crate) use run::cmd_run;
 pub(crate) use score::cmd_score;
+pub(crate) use serve::cmd_serve;
 
 /// All of stdin, as UTF-8 text (`layout`, `check`).
 fn read_stdin() -> CliResult<String> {
