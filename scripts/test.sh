@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every test: formatting and lints, the Rust unit and integration tests (both real models and
 # the tiny float32 oracle), the C ABI header check, the C/C++ examples and misuse tests, the
-# Python shim, and the training recipe's smoke test.
+# Python shim, `pardec serve` with OpenAI's client, and the training recipe's smoke test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -25,6 +25,7 @@ cargo test --release --workspace --doc "${features[@]}"
 if [[ -f scripts/test-ffi.sh ]]; then
     bash scripts/test-ffi.sh
 fi
+bash scripts/test-serve.sh
 bash scripts/test-training.sh
 # The RPC backend needs llama.cpp built with GGML_RPC=ON: a second build, in target/rpc.
 bash scripts/test-rpc.sh

@@ -592,7 +592,7 @@ pub fn auto_vs_serial(model: &Model, p: &BenchParams) -> Result<Vec<AutoBenchRow
             max_branch_tokens: p.tokens + 16,
             response_prefix: String::new(),
             branches_ban_eog: true,
-            stop: Vec::new(),
+            ..Default::default()
         };
         let started = std::time::Instant::now();
         generate_auto(&mut s, &spec, &auto, &mut Silent)?;

@@ -413,8 +413,8 @@ impl Conversations {
                 active.limits = Some(limits);
                 r
             }
-            Mode::Auto { mut spec, params } => {
-                spec.max_branches = spec.max_branches.min(self.params.branches_per_request);
+            Mode::Auto { spec, mut params } => {
+                params.max_open_branches = params.max_open_branches.min(self.params.branches_per_request);
                 let mut one = OneRequest { id, sink, generated: 0 };
                 let before = self.session.nodes_opened();
                 let r = AutoRun::start(&mut self.session, root, &spec, &params, &mut one);
@@ -494,11 +494,18 @@ impl Conversations {
             && outcome.error.is_none()
             && self.session.reusable_prefix(root, &self.session.node_tokens(root)) > 0;
         sink.finished(id, outcome);
-        if cacheable {
-            let cells = self.session.node_tokens(root).len();
-            self.cache.push_back((root, cells));
-        } else {
+        if !cacheable {
             let _ = self.session.close_root(root);
+            return;
+        }
+        let cells = self.session.node_tokens(root).len();
+        self.cache.push_back((root, cells));
+        // The cache keeps only the sequence ids no active request may need, so that a
+        // request's forks never depend on what was cached beside it.
+        let capacity = (self.session.params().max_branches as usize).saturating_sub(self.params.sequences());
+        while self.cache.len() > capacity {
+            let (old, _) = self.cache.pop_front().expect("over capacity");
+            let _ = self.session.close_root(old);
         }
     }
 }

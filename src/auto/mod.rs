@@ -45,6 +45,11 @@ pub struct AutoParams {
     /// of [`RunLimits::stop`] apply (whitespace-only stops wait for content). A string that is
     /// also one of the protocol's own markers stays the protocol's.
     pub stop: Vec<String>,
+    /// Branches this answer may have open at once, all nesting levels together; blocks are cut
+    /// to it with a warning, as they are to the session's free sequence ids. A server sharing
+    /// one session between answers gives each its own share, so that what one answer forks
+    /// never depends on what runs beside it. Default: no limit but the session's.
+    pub max_open_branches: usize,
 }
 
 impl Default for AutoParams {
@@ -55,6 +60,7 @@ impl Default for AutoParams {
             response_prefix: String::new(),
             branches_ban_eog: false,
             stop: Vec::new(),
+            max_open_branches: usize::MAX,
         }
     }
 }
@@ -174,6 +180,8 @@ pub struct AutoRun {
     branches_ban_eog: bool,
     /// The caller's stop strings for the root (`AutoParams::stop`).
     root_stops: Vec<String>,
+    /// `AutoParams::max_open_branches`.
+    max_open_branches: usize,
 }
 
 /// An [`AutoRun`] at work: the run with the session and observer it acts on.
@@ -252,6 +260,7 @@ impl AutoRun {
             branch_budget: params.max_branch_tokens,
             branches_ban_eog: params.branches_ban_eog,
             root_stops: params.stop.clone(),
+            max_open_branches: params.max_open_branches,
         };
         let root_text = session.node_text(root).len();
         let root_tokens = session.node_tokens(root).len();
@@ -356,7 +365,9 @@ impl Driver<'_, '_, '_> {
     }
 
     fn feed(&mut self, node: NodeId, text: &str) -> Vec<Action> {
-        let cap = self.session.free_branch_slots();
+        // Every stream but the root is an open branch of this answer.
+        let own_share = self.run.max_open_branches.saturating_sub(self.run.streams.len() - 1);
+        let cap = self.session.free_branch_slots().min(own_share);
         let stream = self.run.streams.get_mut(&node).expect("stream");
         stream.watcher.set_branch_cap(cap.min(stream.watcher.spec().max_branches));
         stream.watcher.feed(text)
