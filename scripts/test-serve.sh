@@ -3,7 +3,9 @@
 # in scripts/serve-tests/requirements.txt) into the venv target/serve-venv (made once, reused),
 # and runs scripts/serve-tests/ against servers it starts on free ports: the SDK plain and
 # streamed, bad requests, a client that hangs up, a bounded load test (200 requests, 16
-# clients, plain and forking), the API key and SIGTERM. Called by scripts/test.sh.
+# clients, plain and forking), the API key and SIGTERM; and the chat page in headless Chromium
+# (Debian's chromium and chromium-driver, installed here with apt-get when missing). Called by
+# scripts/test.sh.
 #
 # The server runs the demo's model: the default model with the shipped titles adapter merged
 # in as Q8_0 (written once into the model cache, as scripts/demo.sh does), so answers can fork.
@@ -25,6 +27,18 @@ step() { echo "== test-serve [$((SECONDS - t0))s]: $*"; }
 step "build the command line"
 cargo build --release -p pardec-cli
 export PARDEC_BIN="$TARGET/release/pardec"
+
+if ! command -v chromium > /dev/null || ! command -v chromedriver > /dev/null; then
+    step "install Debian's chromium and chromium-driver (the page test)"
+    sudo=""
+    [[ $(id -u) -ne 0 ]] && sudo="sudo"
+    $sudo apt-get install -y -q chromium chromium-driver > /dev/null || {
+        $sudo apt-get update -q > /dev/null && $sudo apt-get install -y -q chromium chromium-driver > /dev/null
+    } || {
+        echo "test-serve: could not install chromium and chromium-driver: install them (apt-get install chromium chromium-driver)" >&2
+        exit 1
+    }
+fi
 
 if [[ ! -x "$PY" ]]; then
     step "create the venv $VENV"

@@ -117,6 +117,8 @@ pub(crate) fn parse(endpoint: Endpoint, body: &[u8], d: &Defaults, model: &Model
     }
     let max_tokens = max_tokens as usize;
     let stops = stop_strings(&o)?;
+    // llama-server's extension: decode exactly max_tokens (benchmarks).
+    let ignore_eos = opt_bool(&o, "ignore_eos")?.unwrap_or(false);
     let sampling = sampling(&o, &d.sampling)?;
     let grammar = response_format(&o)?;
     let protocol = match o.get("protocol") {
@@ -136,6 +138,9 @@ pub(crate) fn parse(endpoint: Endpoint, body: &[u8], d: &Defaults, model: &Model
                 "response_format",
                 "response_format applies to plain answers only: send \"protocol\": \"none\"",
             ))
+        }
+        Some(_) if ignore_eos => {
+            return Err(ApiError::invalid("ignore_eos", "ignore_eos applies to plain answers only: send \"protocol\": \"none\""))
         }
         Some(spec) => Mode::Auto {
             spec,
