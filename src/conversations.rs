@@ -38,8 +38,8 @@ pub enum Mode {
     Plain(RunLimits),
     /// Under a stream protocol: the model forks where it marks independent parts.
     Auto {
-        /// The protocol.
-        spec: ProtocolSpec,
+        /// The protocol (boxed: a spec is large beside plain limits).
+        spec: Box<ProtocolSpec>,
         /// Its budgets and stops.
         params: AutoParams,
     },

@@ -173,7 +173,7 @@ fn closing_roots_returns_cells_and_ids_and_misuse_is_an_error() {
     assert_eq!(s.free_branch_slots(), free0 - 3);
     assert!(matches!(s.reopen_root(a, &A, &greedy), Err(Error::InvalidState(_))));
     s.join(a, JoinMode::All, None).unwrap();
-    assert!(s.root_transcript(a).unwrap().text.len() > 0);
+    assert!(!s.root_transcript(a).unwrap().text.is_empty());
     assert!(s.kv_cells_used() > cells0);
     s.close_root(a).unwrap();
     assert_eq!((s.kv_cells_used(), s.free_branch_slots()), (cells0, free0));

@@ -140,10 +140,13 @@ pub(crate) fn parse(endpoint: Endpoint, body: &[u8], d: &Defaults, model: &Model
             ))
         }
         Some(_) if ignore_eos => {
-            return Err(ApiError::invalid("ignore_eos", "ignore_eos applies to plain answers only: send \"protocol\": \"none\""))
+            return Err(ApiError::invalid(
+                "ignore_eos",
+                "ignore_eos applies to plain answers only: send \"protocol\": \"none\"",
+            ))
         }
         Some(spec) => Mode::Auto {
-            spec,
+            spec: Box::new(spec),
             params: AutoParams {
                 max_tokens,
                 max_branch_tokens: d.max_branch_tokens,

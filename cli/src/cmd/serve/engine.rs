@@ -19,14 +19,20 @@ use super::metrics::Metrics;
 /// What a handler asks of the decoding thread.
 pub(crate) enum Command {
     /// Queue a request; the reply says whether it was taken, and notes follow on `notes`.
-    Submit {
-        request: Request,
-        stops: Vec<String>,
-        notes: mpsc::UnboundedSender<Note>,
-        reply: oneshot::Sender<Result<(), Error>>,
-    },
+    Submit(Box<Submission>),
     /// Cancel every request now (shutdown after the grace period).
     CancelAll,
+}
+
+/// A request for the decoding thread, with its way back.
+pub(crate) struct Submission {
+    pub(crate) request: Request,
+    /// Its stop strings (a stream holds back what may be the start of one).
+    pub(crate) stops: Vec<String>,
+    /// Where its notes go.
+    pub(crate) notes: mpsc::UnboundedSender<Note>,
+    /// Whether it was taken.
+    pub(crate) reply: oneshot::Sender<Result<(), Error>>,
 }
 
 /// What the decoding thread tells a request's handler.
@@ -181,18 +187,21 @@ fn take(
     metrics: &Metrics,
 ) {
     match command {
-        Command::Submit { request, stops, notes, reply } => match conversations.submit(request) {
-            Ok(id) => {
-                let hold = stops.iter().map(|s| s.len().saturating_sub(1)).max().unwrap_or(0);
-                clients.insert(id, Client { notes, sent: 0, hold });
-                metrics.requests.inc();
-                let _ = reply.send(Ok(()));
+        Command::Submit(submission) => {
+            let Submission { request, stops, notes, reply } = *submission;
+            match conversations.submit(request) {
+                Ok(id) => {
+                    let hold = stops.iter().map(|s| s.len().saturating_sub(1)).max().unwrap_or(0);
+                    clients.insert(id, Client { notes, sent: 0, hold });
+                    metrics.requests.inc();
+                    let _ = reply.send(Ok(()));
+                }
+                Err(e) => {
+                    metrics.refused.inc();
+                    let _ = reply.send(Err(e));
+                }
             }
-            Err(e) => {
-                metrics.refused.inc();
-                let _ = reply.send(Err(e));
-            }
-        },
+        }
         Command::CancelAll => {
             for (id, client) in clients.drain() {
                 conversations.cancel(id);

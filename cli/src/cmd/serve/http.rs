@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::api::{self, ApiError, Defaults, Endpoint, Parsed, Reply};
-use super::engine::{Command, Finished, Note};
+use super::engine::{Command, Finished, Note, Submission};
 use super::metrics::Metrics;
 
 /// What every handler shares.
@@ -160,7 +160,8 @@ async fn serve_request(state: Shared, endpoint: Endpoint, body: Result<Bytes, By
     let (notes_tx, notes) = mpsc::unbounded_channel();
     let (reply_tx, reply) = oneshot::channel();
     let stopping = || ApiError::new(503, "server_error", "shutting_down", "the server is shutting down");
-    if state.commands.send(Command::Submit { request, stops, notes: notes_tx, reply: reply_tx }).is_err() {
+    let submission = Submission { request, stops, notes: notes_tx, reply: reply_tx };
+    if state.commands.send(Command::Submit(Box::new(submission))).is_err() {
         return error_response(&stopping());
     }
     match reply.await {
