@@ -27,6 +27,9 @@ use crate::model::Token;
 use crate::protocol::ProtocolSpec;
 use crate::session::{Event, NodeId, Observer, RunLimits, SamplingParams, Session, StopReason};
 
+/// Forced tokens reserved per branch (its prefix, its share of the join text).
+const PER_BRANCH_FORCED: usize = 32;
+
 /// A request's handle, unique within its [`Conversations`].
 pub type RequestId = u64;
 
@@ -273,6 +276,10 @@ impl Conversations {
     /// error; one that fails in the shared decode (a lost RPC server, a decode error) takes
     /// every running request with it, each finishing with the error, and the call returns it.
     pub fn step(&mut self, sink: &mut dyn Sink) -> Result<bool> {
+        if self.is_idle() {
+            self.forget_history();
+            return Ok(false);
+        }
         self.admit(sink);
         if self.active.is_empty() {
             return Ok(!self.queue.is_empty());
@@ -295,6 +302,7 @@ impl Conversations {
         let ids: Vec<RequestId> = self.active.keys().copied().collect();
         for id in ids {
             match self.after_step(id, sink) {
+                Ok(false) if self.over_budget(id) => self.finish_cut(id, sink),
                 Ok(false) => {}
                 Ok(true) => self.finish(id, None, sink),
                 Err(e) => self.finish(id, Some(e), sink),
@@ -303,10 +311,31 @@ impl Conversations {
         Ok(true)
     }
 
+    /// Whether request `id` may pass its reservation in the next step: each step adds a token
+    /// per running node and a fork or join some forced tokens per branch. (A protocol answer
+    /// that opens block after block can outgrow what was reserved for it; it is cut there,
+    /// rather than fill the cache under the other requests.)
+    fn over_budget(&self, id: RequestId) -> bool {
+        let Some(a) = self.active.get(&id) else { return false };
+        let next_step = (1 + self.params.branches_per_request) * (1 + PER_BRANCH_FORCED);
+        self.session.root_cells(a.root).unwrap_or(0) as usize + next_step > a.reserve
+    }
+
+    /// The session keeps a record of every node it ever opened (closed ones hold only their
+    /// bookkeeping) and walks it each step; once it is long and nothing runs, it is cleared
+    /// and the cached prompts with it.
+    fn forget_history(&mut self) {
+        const LONG_HISTORY: usize = 4096;
+        if self.session.nodes_opened() > LONG_HISTORY {
+            self.session.clear();
+            self.cache.clear();
+            self.owner.clear();
+        }
+    }
+
     /// Cells a request may fill: its prompt, its answer, and under a protocol the budgets of
     /// the branches it may have open, with room for tags and join texts.
     fn reserve(&self, request: &Request) -> usize {
-        const PER_BRANCH_FORCED: usize = 32;
         let answer = match &request.mode {
             Mode::Plain(limits) => limits.max_tokens,
             Mode::Auto { spec, params } => {
@@ -314,7 +343,7 @@ impl Conversations {
                 params.max_tokens + branches * (params.max_branch_tokens + PER_BRANCH_FORCED) + PER_BRANCH_FORCED
             }
         };
-        request.prompt.len() + answer + 1
+        request.prompt.len() + answer + (1 + self.params.branches_per_request) * (1 + PER_BRANCH_FORCED)
     }
 
     /// Starts the waiting requests that fit, oldest first; a request that does not fit yet
@@ -463,14 +492,25 @@ impl Conversations {
         done
     }
 
+    /// Ends request `id` where it stands, as if its budget had run out.
+    fn finish_cut(&mut self, id: RequestId, sink: &mut dyn Sink) {
+        self.finish_as(id, None, Some(StopReason::MaxTokens), sink);
+    }
+
     /// Ends request `id`: reports its outcome, then caches its root (a plain answer) or
     /// closes it.
     fn finish(&mut self, id: RequestId, error: Option<Error>, sink: &mut dyn Sink) {
+        self.finish_as(id, error, None, sink);
+    }
+
+    /// [`Conversations::finish`], with the stop reason given (else the root's own).
+    fn finish_as(&mut self, id: RequestId, error: Option<Error>, reason: Option<StopReason>, sink: &mut dyn Sink) {
         let Some(active) = self.active.remove(&id) else { return };
         self.forget_owner(id);
         let root = active.root;
         let flat = self.session.root_transcript(root).map(|t| t.text).unwrap_or_default();
-        let stop_reason = self.session.stop_reason(root).cloned();
+        let cut = reason.is_some();
+        let stop_reason = reason.or_else(|| self.session.stop_reason(root).cloned());
         let mut text = flat.get(active.answer_from..).unwrap_or("").to_string();
         if let Some(limits) = &active.limits {
             let keep =
@@ -491,6 +531,7 @@ impl Conversations {
         };
         // Only a root that never forked can be reopened (`reusable_prefix` is 0 otherwise).
         let cacheable = self.params.cache
+            && !cut
             && outcome.error.is_none()
             && self.session.reusable_prefix(root, &self.session.node_tokens(root)) > 0;
         sink.finished(id, outcome);

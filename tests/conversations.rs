@@ -186,3 +186,51 @@ fn what_does_not_fit_waits_and_what_never_fits_is_refused() {
     assert!(matches!(Conversations::new(session(&model, 256), few), Err(Error::InvalidArgument(_))));
     let _ = std::fs::remove_file(path);
 }
+
+#[test]
+fn an_answer_that_opens_block_after_block_is_cut_at_its_reservation_before_the_cache_fills() {
+    use common::script::{seg, When};
+    use pardec::auto::AutoParams;
+    use pardec::protocol::ProtocolSpec;
+
+    let (model, path) = tiny_model();
+    // The trunk opens a two-path Multiverse block, closes it, and opens the next, on and on;
+    // every path writes a few bytes and closes. Forced through the sampler, as a model would.
+    // (A script answers by label, and every root's label is "": one request only.)
+    let block = "<Parallel>\n<Goal>\n<Outline>1: a</Outline>\n<Outline>2: b</Outline>\n</Goal>";
+    let mut trunk = vec![seg(When::Start, block)];
+    let next = format!("ok\n</Conclusion>\n</Parallel>\n{block}");
+    trunk.extend((0..60).map(|_| seg(When::EndsWith("<Conclusion>\n".into()), &next)));
+    let path_end: Vec<_> = (0..60).map(|_| seg(When::LongerThan(6), "\n</Path>")).collect();
+    let script = common::script::Script::new(&model, vec![("", trunk), ("1", path_end.clone()), ("2", path_end)]);
+    let n_ctx = 1200;
+    let mut s = session(&model, n_ctx);
+    s.set_script(Some(Box::new(script)));
+    let mut conv =
+        Conversations::new(s, ConversationsParams { max_active: 2, branches_per_request: 2, cache: true }).unwrap();
+    let forking = |max_tokens| Request {
+        prompt: "Go:".bytes().map(i32::from).collect(),
+        sampling: SamplingParams::default(),
+        mode: Mode::Auto {
+            spec: Box::new(ProtocolSpec { close_unfinished: true, ..ProtocolSpec::builtin("multiverse").unwrap() }),
+            params: AutoParams { max_tokens, max_branch_tokens: 20, ..Default::default() },
+        },
+    };
+    assert!(matches!(conv.submit(forking(1500)), Err(Error::PromptTooLong { .. })));
+    // Its reservation holds the trunk's budget and one block's branches; this answer opens
+    // block after block, whose joined branches stay in its cells.
+    let mut sink = Collect::default();
+    let f = conv.submit(forking(700)).unwrap();
+    let mut most = 0;
+    while conv.step(&mut sink).unwrap() {
+        most = most.max(conv.load().kv_cells);
+    }
+    let cut = &sink.done[&f];
+    assert!(cut.error.is_none(), "{:?}", cut.error);
+    assert_eq!(cut.stop_reason, Some(pardec::StopReason::MaxTokens));
+    let blocks = cut.report.as_ref().unwrap().blocks.len();
+    assert!(blocks >= 3, "it opened block after block ({blocks})");
+    assert!(cut.generated_tokens < 700, "cut before its trunk's budget ran out");
+    assert!(most <= n_ctx as u64 && most > 600, "{most} cells at most");
+    let _ = std::fs::remove_file(path);
+}

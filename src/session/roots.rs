@@ -110,6 +110,16 @@ impl Session {
         Ok(())
     }
 
+    /// KV cells a conversation holds: its root's and every live branch's own.
+    pub fn root_cells(&self, root: NodeId) -> Result<u64> {
+        let idx = self.root_index(root)?;
+        let branches: u64 = (idx + 1..self.nodes.len())
+            .filter(|&i| self.nodes[i].is_alive() && self.root_of_index(i) == idx)
+            .map(|i| self.nodes[i].own_cells())
+            .sum();
+        Ok(self.nodes[idx].cells() + branches)
+    }
+
     /// The root (or the trunk) a node belongs to.
     pub fn root_of(&self, node: NodeId) -> Option<NodeId> {
         (node.0 < self.nodes.len()).then(|| NodeId(self.root_of_index(node.0)))
