@@ -11,7 +11,8 @@ Two workloads, both greedy:
   words per second: a faster answer that says less does not count.
 
 For each workload and client count the two servers run the same requests one after the other,
-the order alternating from one row to the next; both servers stay up all along (idle while the
+--rounds times, the order alternating each time; medians are reported, with the range of the
+per-round ratios (these machines are noisy). Both servers stay up all along (idle while the
 other works). Each server gets the whole machine's threads and as many slots as the most
 clients. Prints a table and, with --json, writes every number with the date, machine and commit.
 
@@ -109,6 +110,11 @@ def summary(wall, rows):
                 words_per_s=words / wall, p50_s=statistics.median(latencies), p99_s=p99, requests=len(rows))
 
 
+def median_summary(summaries):
+    """Each figure's median over rounds."""
+    return {k: statistics.median(s[k] for s in summaries) for k in summaries[0]}
+
+
 def machine():
     cpu = "unknown"
     try:
@@ -127,9 +133,13 @@ def main():
     ap.add_argument("--llama-server", default=str(Path.home() / ".cache/pardec/llama-server-b11434/llama-server"))
     ap.add_argument("--clients", default="1,4,8,16")
     ap.add_argument("--requests", type=int, default=16, help="requests per row (at least the client count)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="rounds per row, the servers' order alternating; medians are reported")
     ap.add_argument("--max-tokens", type=int, default=64, help="tokens per plain answer")
     ap.add_argument("--fork-max-tokens", type=int, default=200, help="budget of a forking answer")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--workloads", default="plain,forking")
+    ap.add_argument("--pardec-args", default="", help="more arguments for pardec serve (e.g. '--cache-prompts 0')")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     if args.model is None:
@@ -151,7 +161,8 @@ def main():
     logs.mkdir(parents=True, exist_ok=True)
     threads = str(args.threads)
     pardec = Server("pardec", [args.pardec, "serve", "--model", args.model, "--port", "0", "--parallel", str(slots),
-                               "--ctx", str(ctx), "--threads", threads, "--protocol", "titles"],
+                               "--ctx", str(ctx), "--threads", threads, "--protocol", "titles",
+                               *args.pardec_args.split()],
                     lambda log: (m := re.search(r"listening on (http://[\d.]+:\d+)", log)) and m.group(1),
                     logs / "pardec.log")
     port = 18000 + os.getpid() % 1000
@@ -164,6 +175,7 @@ def main():
          {"max_tokens": args.max_tokens, "ignore_eos": True, "protocol": "none"}),
         ("forking", list_prompts, {"max_tokens": args.fork_max_tokens}, {"max_tokens": args.fork_max_tokens}),
     ]
+    workloads = [w for w in workloads if w[0] in args.workloads.split(",")]
     rows = []
     try:
         # Warm both (first requests pay for page faults and graph allocation).
@@ -173,27 +185,31 @@ def main():
         for name, prompts, llama_body, pardec_body in workloads:
             for c in clients:
                 n = max(args.requests, c)
-                order = [(pardec, pardec_body), (llama, llama_body)]
-                if flip:
-                    order.reverse()
-                flip = not flip
-                result = {}
-                for server, body in order:
-                    result[server.name] = summary(*load(server, prompts, body, c, n))
-                rows.append(dict(workload=name, clients=c, **result))
+                rounds = []
+                for _ in range(args.rounds):
+                    order = [(pardec, pardec_body), (llama, llama_body)]
+                    if flip:
+                        order.reverse()
+                    flip = not flip
+                    rounds.append({server.name: summary(*load(server, prompts, body, c, n)) for server, body in order})
+                result = {side: median_summary([r[side] for r in rounds]) for side in ("pardec", "llama-server")}
+                ratios = [r["pardec"]["tokens_per_s"] / r["llama-server"]["tokens_per_s"] for r in rounds]
+                rows.append(dict(workload=name, clients=c, rounds=rounds, tokens_per_s_ratio=statistics.median(ratios),
+                                 **result))
                 p, l = result["pardec"], result["llama-server"]
                 print(f"{name:8} {c:3} clients: pardec {p['tokens_per_s']:6.1f} tok/s "
                       f"(p50 {p['p50_s']:5.2f}s p99 {p['p99_s']:5.2f}s, {p['words_per_answer']:5.1f} words) | "
                       f"llama-server {l['tokens_per_s']:6.1f} tok/s (p50 {l['p50_s']:5.2f}s p99 {l['p99_s']:5.2f}s, "
-                      f"{l['words_per_answer']:5.1f} words) | tok/s {p['tokens_per_s'] / l['tokens_per_s']:.2f}x, "
-                      f"words/s {p['words_per_s'] / l['words_per_s']:.2f}x", flush=True)
+                      f"{l['words_per_answer']:5.1f} words) | tok/s {statistics.median(ratios):.2f}x "
+                      f"({min(ratios):.2f}-{max(ratios):.2f}), words/s {p['words_per_s'] / l['words_per_s']:.2f}x",
+                      flush=True)
     finally:
         pardec.stop()
         llama.stop()
     if args.json:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
         record = dict(date=time.strftime("%Y-%m-%d"), machine=machine(), model=args.model, commit=commit,
-                      llama_server=args.llama_server, threads=args.threads, slots=slots, ctx=ctx,
+                      llama_server=args.llama_server, pardec_args=args.pardec_args, threads=args.threads, slots=slots, ctx=ctx,
                       max_tokens=args.max_tokens, fork_max_tokens=args.fork_max_tokens, rows=rows)
         Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
         print(f"bench-serve: wrote {args.json}")

@@ -103,21 +103,22 @@ pub struct ConversationsParams {
     pub max_active: usize,
     /// Branches one request may have open at once (its protocol's blocks are cut to it).
     pub branches_per_request: usize,
-    /// Keep plain requests' roots for prompt reuse.
-    pub cache: bool,
+    /// Finished plain answers kept for prompt reuse (each holds a sequence id and its cells;
+    /// 0: none).
+    pub cached_prompts: usize,
 }
 
 impl Default for ConversationsParams {
     fn default() -> Self {
-        ConversationsParams { max_active: 4, branches_per_request: 4, cache: true }
+        ConversationsParams { max_active: 4, branches_per_request: 4, cached_prompts: 4 }
     }
 }
 
 impl ConversationsParams {
     /// Sequence ids the session needs beside the trunk: one root and its branches per active
-    /// request (its `max_branches` must be at least this).
+    /// request, and one per cached prompt (its `max_branches` must be at least this).
     pub fn sequences(&self) -> usize {
-        self.max_active * (1 + self.branches_per_request)
+        self.max_active * (1 + self.branches_per_request) + self.cached_prompts
     }
 }
 
@@ -181,9 +182,10 @@ impl Conversations {
         let have = session.params().max_branches as usize;
         if have < params.sequences() {
             return Err(Error::InvalidArgument(format!(
-                "{} requests with {} branches each need {} sequence ids; the session has max_branches {have}",
+                "{} requests with {} branches each and {} cached prompts need {} sequence ids; the session has max_branches {have}",
                 params.max_active,
                 params.branches_per_request,
+                params.cached_prompts,
                 params.sequences()
             )));
         }
@@ -530,7 +532,7 @@ impl Conversations {
             decoding: active.admitted.elapsed(),
         };
         // Only a root that never forked can be reopened (`reusable_prefix` is 0 otherwise).
-        let cacheable = self.params.cache
+        let cacheable = self.params.cached_prompts > 0
             && !cut
             && outcome.error.is_none()
             && self.session.reusable_prefix(root, &self.session.node_tokens(root)) > 0;
@@ -543,8 +545,7 @@ impl Conversations {
         self.cache.push_back((root, cells));
         // The cache keeps only the sequence ids no active request may need, so that a
         // request's forks never depend on what was cached beside it.
-        let capacity = (self.session.params().max_branches as usize).saturating_sub(self.params.sequences());
-        while self.cache.len() > capacity {
+        while self.cache.len() > self.params.cached_prompts {
             let (old, _) = self.cache.pop_front().expect("over capacity");
             let _ = self.session.close_root(old);
         }

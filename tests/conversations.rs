@@ -27,7 +27,7 @@ fn session(model: &Model, n_ctx: u32) -> Session {
 }
 
 fn conversations(model: &Model, n_ctx: u32, max_active: usize) -> Conversations {
-    let params = ConversationsParams { max_active, branches_per_request: 2, cache: true };
+    let params = ConversationsParams { max_active, branches_per_request: 2, cached_prompts: 4 };
     Conversations::new(session(model, n_ctx), params).expect("conversations")
 }
 
@@ -182,7 +182,7 @@ fn what_does_not_fit_waits_and_what_never_fits_is_refused() {
     assert_eq!(sink.done[&b].text, alone(&model, plain("A dog", 140)));
     assert!(matches!(conv.submit(plain("The cat", 300)), Err(Error::PromptTooLong { .. })));
     assert!(matches!(conv.submit(plain("", 3)), Err(Error::EmptyPrompt)));
-    let few = ConversationsParams { max_active: 20, branches_per_request: 4, cache: true };
+    let few = ConversationsParams { max_active: 20, branches_per_request: 4, cached_prompts: 4 };
     assert!(matches!(Conversations::new(session(&model, 256), few), Err(Error::InvalidArgument(_))));
     let _ = std::fs::remove_file(path);
 }
@@ -207,7 +207,8 @@ fn an_answer_that_opens_block_after_block_is_cut_at_its_reservation_before_the_c
     let mut s = session(&model, n_ctx);
     s.set_script(Some(Box::new(script)));
     let mut conv =
-        Conversations::new(s, ConversationsParams { max_active: 2, branches_per_request: 2, cache: true }).unwrap();
+        Conversations::new(s, ConversationsParams { max_active: 2, branches_per_request: 2, cached_prompts: 4 })
+            .unwrap();
     let forking = |max_tokens| Request {
         prompt: "Go:".bytes().map(i32::from).collect(),
         sampling: SamplingParams::default(),

@@ -397,6 +397,10 @@ pub(crate) struct ServeArgs {
     /// Branches one request may have open at once
     #[arg(long, value_name = "N", default_value_t = 4)]
     pub(crate) branches: usize,
+    /// Finished conversations kept so that a prompt continuing one decodes only its new text
+    /// (0: none) [default: --parallel]. Each keeps its cells, which every step attends over
+    #[arg(long, value_name = "N")]
+    pub(crate) cache_prompts: Option<usize>,
     /// KV cells of the context, shared by every request and branch
     #[arg(long, value_name = "N", default_value_t = 8192)]
     pub(crate) ctx: u32,

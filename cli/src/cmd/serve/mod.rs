@@ -35,13 +35,13 @@ pub(crate) fn cmd_serve(args: &ServeArgs) -> CliResult<()> {
     if args.parallel == 0 {
         return Err(usage("--parallel must be at least 1"));
     }
+    let cached_prompts = args.cache_prompts.unwrap_or(args.parallel);
     let conversation =
-        ConversationsParams { max_active: args.parallel, branches_per_request: args.branches, cache: true };
-    // Every active request's root and branches, and as many cached prompts as requests.
-    let sequences = conversation.sequences() + args.parallel;
+        ConversationsParams { max_active: args.parallel, branches_per_request: args.branches, cached_prompts };
+    let sequences = conversation.sequences();
     if sequences >= MAX_SEQUENCES as usize {
         return Err(usage(format!(
-            "--parallel {} with --branches {} needs {sequences} sequence ids; llama.cpp has {}",
+            "--parallel {} with --branches {} and --cache-prompts {cached_prompts} needs {sequences} sequence ids; llama.cpp has {}",
             args.parallel,
             args.branches,
             MAX_SEQUENCES - 1
