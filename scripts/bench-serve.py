@@ -140,6 +140,7 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--workloads", default="plain,forking")
     ap.add_argument("--pardec-args", default="", help="more arguments for pardec serve (e.g. '--cache-prompts 0')")
+    ap.add_argument("--llama-args", default="", help="more arguments for llama-server (e.g. '--kv-unified')")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     if args.model is None:
@@ -167,7 +168,8 @@ def main():
                     logs / "pardec.log")
     port = 18000 + os.getpid() % 1000
     llama = Server("llama-server", [args.llama_server, "-m", args.model, "--host", "127.0.0.1", "--port", str(port),
-                                    "-np", str(slots), "-c", str(ctx), "-t", threads, "-tb", threads, "-ngl", "0"],
+                                    "-np", str(slots), "-c", str(ctx), "-t", threads, "-tb", threads, "-ngl", "0",
+                                    *args.llama_args.split()],
                    lambda log: f"http://127.0.0.1:{port}" if "listening" in log or "server is listening" in log else None,
                    logs / "llama-server.log")
     workloads = [
@@ -209,7 +211,7 @@ def main():
     if args.json:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
         record = dict(date=time.strftime("%Y-%m-%d"), machine=machine(), model=args.model, commit=commit,
-                      llama_server=args.llama_server, pardec_args=args.pardec_args, threads=args.threads, slots=slots, ctx=ctx,
+                      llama_server=args.llama_server, pardec_args=args.pardec_args, llama_args=args.llama_args, threads=args.threads, slots=slots, ctx=ctx,
                       max_tokens=args.max_tokens, fork_max_tokens=args.fork_max_tokens, rows=rows)
         Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
         print(f"bench-serve: wrote {args.json}")

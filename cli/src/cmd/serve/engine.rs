@@ -29,6 +29,10 @@ pub(crate) struct Submission {
     pub(crate) request: Request,
     /// Its stop strings (a stream holds back what may be the start of one).
     pub(crate) stops: Vec<String>,
+    /// Whether the client reads the answer as it settles; otherwise only `Done` is sent, so
+    /// that no handler wakes per step (on a small machine every wake takes a core from the
+    /// decode's threads).
+    pub(crate) stream: bool,
     /// Where its notes go.
     pub(crate) notes: mpsc::UnboundedSender<Note>,
     /// Whether it was taken.
@@ -90,6 +94,7 @@ impl Finished {
 /// A request's channel and how much of its answer went out.
 struct Client {
     notes: mpsc::UnboundedSender<Note>,
+    stream: bool,
     /// Bytes of the answer sent as content.
     sent: usize,
     /// Bytes held back at the end of the settled text: a stop string may begin there.
@@ -104,7 +109,7 @@ struct Fanout<'a> {
 
 impl Sink for Fanout<'_> {
     fn event(&mut self, id: RequestId, event: &Event<'_>) {
-        let Some(client) = self.clients.get(&id) else { return };
+        let Some(client) = self.clients.get(&id).filter(|c| c.stream) else { return };
         let note = match *event {
             Event::Token { label, text, .. } if !label.is_empty() && !text.is_empty() => {
                 Note::Branch { label: label.to_string(), text: text.to_string() }
@@ -129,7 +134,7 @@ impl Sink for Fanout<'_> {
         let finished = Finished::from_outcome(outcome);
         // What the stream has not sent yet: the final text is the settled text with any stop
         // string cut off, so it extends what was sent.
-        if let Some(rest) = finished.text.get(client.sent..).filter(|r| !r.is_empty()) {
+        if let Some(rest) = finished.text.get(client.sent..).filter(|r| client.stream && !r.is_empty()) {
             let _ = client.notes.send(Note::Content(rest.to_string()));
         }
         let _ = client.notes.send(Note::Done(Box::new(finished)));
@@ -188,11 +193,11 @@ fn take(
 ) {
     match command {
         Command::Submit(submission) => {
-            let Submission { request, stops, notes, reply } = *submission;
+            let Submission { request, stops, stream, notes, reply } = *submission;
             match conversations.submit(request) {
                 Ok(id) => {
                     let hold = stops.iter().map(|s| s.len().saturating_sub(1)).max().unwrap_or(0);
-                    clients.insert(id, Client { notes, sent: 0, hold });
+                    clients.insert(id, Client { notes, stream, sent: 0, hold });
                     metrics.requests.inc();
                     let _ = reply.send(Ok(()));
                 }
@@ -226,7 +231,7 @@ fn take(
 /// Sends each decoding request the part of its answer that settled since the last step,
 /// up to a whole character and short of the bytes where a stop string may be starting.
 fn send_settled(conversations: &Conversations, clients: &mut HashMap<RequestId, Client>) {
-    for (&id, client) in clients.iter_mut() {
+    for (&id, client) in clients.iter_mut().filter(|(_, c)| c.stream) {
         let Some(settled) = conversations.settled_answer(id) else { continue };
         let upto = settled.len().saturating_sub(client.hold);
         if upto <= client.sent {

@@ -160,7 +160,7 @@ async fn serve_request(state: Shared, endpoint: Endpoint, body: Result<Bytes, By
     let (notes_tx, notes) = mpsc::unbounded_channel();
     let (reply_tx, reply) = oneshot::channel();
     let stopping = || ApiError::new(503, "server_error", "shutting_down", "the server is shutting down");
-    let submission = Submission { request, stops, notes: notes_tx, reply: reply_tx };
+    let submission = Submission { request, stops, stream, notes: notes_tx, reply: reply_tx };
     if state.commands.send(Command::Submit(Box::new(submission))).is_err() {
         return error_response(&stopping());
     }
@@ -176,8 +176,9 @@ async fn serve_request(state: Shared, endpoint: Endpoint, body: Result<Bytes, By
     whole_response(reply, notes).await
 }
 
-/// Waits for the end and answers at once. A client that hangs up drops this future and with
-/// it the notes' receiver: the decoding thread cancels the request.
+/// Waits for the end (the only note a request that is not streamed gets) and answers at once.
+/// A client that hangs up drops this future and with it the notes' receiver: the decoding
+/// thread cancels the request.
 async fn whole_response(reply: Reply, mut notes: mpsc::UnboundedReceiver<Note>) -> Response {
     while let Some(note) = notes.recv().await {
         if let Note::Done(f) = note {
