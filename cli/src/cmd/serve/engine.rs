@@ -109,15 +109,15 @@ struct Fanout<'a> {
 
 impl Sink for Fanout<'_> {
     fn event(&mut self, id: RequestId, event: &Event<'_>) {
+        if matches!(event, Event::Fork { .. }) {
+            self.metrics.forks.inc();
+        }
         let Some(client) = self.clients.get(&id).filter(|c| c.stream) else { return };
         let note = match *event {
             Event::Token { label, text, .. } if !label.is_empty() && !text.is_empty() => {
                 Note::Branch { label: label.to_string(), text: text.to_string() }
             }
-            Event::Fork { label, branches, .. } => {
-                self.metrics.forks.inc();
-                Note::Fork { label: label.to_string(), branches: branches.to_vec() }
-            }
+            Event::Fork { label, branches, .. } => Note::Fork { label: label.to_string(), branches: branches.to_vec() },
             Event::Join { label, kept, .. } => Note::Join { label: label.to_string(), kept },
             Event::Warning { label, message } => {
                 Note::Warning { label: label.to_string(), message: message.to_string() }
