@@ -225,11 +225,6 @@ impl Conversations {
         Some(bytes.get(active.answer_from..).unwrap_or_default().to_vec())
     }
 
-    /// Whether request `id` is queued or decoding.
-    pub fn contains(&self, id: RequestId) -> bool {
-        self.active.contains_key(&id) || self.queue.iter().any(|(q, ..)| *q == id)
-    }
-
     /// Whether nothing runs or waits.
     pub fn is_idle(&self) -> bool {
         self.active.is_empty() && self.queue.is_empty()
@@ -505,6 +500,15 @@ impl Conversations {
         self.finish_as(id, error, None, sink);
     }
 
+    /// Bytes of a root's last token (where a stop string that ended it was completed).
+    fn piece_len(&self, last: Option<&Token>) -> usize {
+        let mut bytes = Vec::new();
+        if let Some(&t) = last {
+            self.session.model().token_bytes(t, &mut bytes);
+        }
+        bytes.len()
+    }
+
     /// [`Conversations::finish`], with the stop reason given (else the root's own).
     fn finish_as(&mut self, id: RequestId, error: Option<Error>, reason: Option<StopReason>, sink: &mut dyn Sink) {
         let Some(active) = self.active.remove(&id) else { return };
@@ -513,10 +517,10 @@ impl Conversations {
         let flat = self.session.root_transcript(root).map(|t| t.text).unwrap_or_default();
         let cut = reason.is_some();
         let stop_reason = reason.or_else(|| self.session.stop_reason(root).cloned());
+        let tokens = self.session.node_tokens(root);
         let mut text = flat.get(active.answer_from..).unwrap_or("").to_string();
         if let Some(limits) = &active.limits {
-            let keep =
-                limits.returned_len(stop_reason.as_ref(), &[], text.as_bytes(), last_piece_len(&self.session, root));
+            let keep = limits.returned_len(stop_reason.as_ref(), &[], text.as_bytes(), self.piece_len(tokens.last()));
             text.truncate(floor_char_boundary(&text, keep));
         }
         let outcome = Outcome {
@@ -535,14 +539,13 @@ impl Conversations {
         let cacheable = self.params.cached_prompts > 0
             && !cut
             && outcome.error.is_none()
-            && self.session.reusable_prefix(root, &self.session.node_tokens(root)) > 0;
+            && self.session.reusable_prefix(root, &tokens) > 0;
         sink.finished(id, outcome);
         if !cacheable {
             let _ = self.session.close_root(root);
             return;
         }
-        let cells = self.session.node_tokens(root).len();
-        self.cache.push_back((root, cells));
+        self.cache.push_back((root, tokens.len()));
         // The cache keeps only the sequence ids no active request may need, so that a
         // request's forks never depend on what was cached beside it.
         while self.cache.len() > self.params.cached_prompts {
@@ -611,15 +614,6 @@ fn failed_outcome(error: Error, submitted: Instant) -> Outcome {
         queued: submitted.elapsed(),
         decoding: Duration::ZERO,
     }
-}
-
-/// Bytes of the root's last token (where a stop string that ended it was completed).
-fn last_piece_len(session: &Session, root: NodeId) -> usize {
-    let mut bytes = Vec::new();
-    if let Some(&last) = session.node_tokens(root).last() {
-        session.model().token_bytes(last, &mut bytes);
-    }
-    bytes.len()
 }
 
 fn floor_char_boundary(text: &str, mut at: usize) -> usize {
