@@ -19,9 +19,9 @@
  * - Status: every fallible function returns a pardec_status; PARDEC_STATUS_OK is 0. Out-params
  *   are written only on success. pardec_status_str() describes a status; pardec_last_error()
  *   gives the detail of the last failure on the calling thread.
- * - Handles: pardec_model, pardec_session and pardec_result are opaque; each *_free accepts
- *   NULL. Free a handle once; a session keeps its model alive, a result is independent of its
- *   session, so any free order works (sessions before their model is the natural one).
+ * - Handles: pardec_model, pardec_session, pardec_conversations and pardec_result are opaque;
+ *   each *_free accepts NULL. Free a handle once; a session (and conversations) keeps its model
+ *   alive, a result is independent of its session, so any free order works (sessions before their model is the natural one).
  * - Strings: arguments are NUL-terminated UTF-8 (PARDEC_STATUS_INVALID_UTF8 otherwise).
  *   Returned `const char *` strings are owned by the handle or event they come from; returned
  *   `char *` strings are new and must be released with pardec_string_free(), never free().
@@ -34,6 +34,11 @@
  *
  * Auto mode: pardec_session_generate_auto() lets the model itself decide when to fork, under a
  * protocol given by name (multiverse, aspd, parallel-r1, threadweaver, npr, apr) or as JSON.
+ *
+ * Many requests at once (a server): pardec_conversations_new() makes a context in which every
+ * pardec_conversations_step() decodes a token of every running request and of each of its
+ * branches in one batch; requests are submitted, cancelled and their outcomes taken between
+ * steps, each with its own sampling, limits and protocol, prompts reused from earlier answers.
  */
 
 #ifndef PARDEC_H
@@ -218,26 +223,39 @@ typedef enum pardec_status {
 } pardec_status;
 
 /**
- * What happened to a block at its join.
+ * What a `pardec_event` reports.
  */
-typedef enum pardec_join_state {
+typedef enum pardec_event_kind {
     /**
-     * Not joined yet.
+     * A token was decoded into `node`: `text` holds the characters it completed (whole UTF-8,
+     * possibly empty while a character is split over tokens). `token` is -1 for the flush of a
+     * node's last incomplete bytes.
      */
-    PARDEC_JOIN_STATE_OPEN = 0,
+    PARDEC_EVENT_KIND_TOKEN = 0,
     /**
-     * Joined keeping every branch.
+     * `node` stopped generating; `stop_reason` says why.
      */
-    PARDEC_JOIN_STATE_ALL = 1,
+    PARDEC_EVENT_KIND_END = 1,
     /**
-     * Joined keeping some branches.
+     * The call (generate or run) is about to return `status`. The callback's return value is
+     * ignored. Not sent by `pardec_session_step`.
      */
-    PARDEC_JOIN_STATE_KEEP = 2,
+    PARDEC_EVENT_KIND_DONE = 2,
     /**
-     * Joined discarding every branch.
+     * Auto mode: `node` (label `label`) forked; `text` lists the new branches' labels,
+     * comma-separated ("1,2,3" or "2.1,2.2").
      */
-    PARDEC_JOIN_STATE_DISCARD = 3,
-} pardec_join_state;
+    PARDEC_EVENT_KIND_FORK = 3,
+    /**
+     * Auto mode: the block of `node` was joined; `node` continues seeing its branches.
+     */
+    PARDEC_EVENT_KIND_JOIN = 4,
+    /**
+     * Auto mode: malformed model output in the stream `label`; `text` says what and which
+     * fallback was taken (decoding goes on).
+     */
+    PARDEC_EVENT_KIND_WARNING = 5,
+} pardec_event_kind;
 
 /**
  * Why a node stopped generating.
@@ -274,39 +292,26 @@ typedef enum pardec_stop_reason {
 } pardec_stop_reason;
 
 /**
- * What a `pardec_event` reports.
+ * What happened to a block at its join.
  */
-typedef enum pardec_event_kind {
+typedef enum pardec_join_state {
     /**
-     * A token was decoded into `node`: `text` holds the characters it completed (whole UTF-8,
-     * possibly empty while a character is split over tokens). `token` is -1 for the flush of a
-     * node's last incomplete bytes.
+     * Not joined yet.
      */
-    PARDEC_EVENT_KIND_TOKEN = 0,
+    PARDEC_JOIN_STATE_OPEN = 0,
     /**
-     * `node` stopped generating; `stop_reason` says why.
+     * Joined keeping every branch.
      */
-    PARDEC_EVENT_KIND_END = 1,
+    PARDEC_JOIN_STATE_ALL = 1,
     /**
-     * The call (generate or run) is about to return `status`. The callback's return value is
-     * ignored. Not sent by `pardec_session_step`.
+     * Joined keeping some branches.
      */
-    PARDEC_EVENT_KIND_DONE = 2,
+    PARDEC_JOIN_STATE_KEEP = 2,
     /**
-     * Auto mode: `node` (label `label`) forked; `text` lists the new branches' labels,
-     * comma-separated ("1,2,3" or "2.1,2.2").
+     * Joined discarding every branch.
      */
-    PARDEC_EVENT_KIND_FORK = 3,
-    /**
-     * Auto mode: the block of `node` was joined; `node` continues seeing its branches.
-     */
-    PARDEC_EVENT_KIND_JOIN = 4,
-    /**
-     * Auto mode: malformed model output in the stream `label`; `text` says what and which
-     * fallback was taken (decoding goes on).
-     */
-    PARDEC_EVENT_KIND_WARNING = 5,
-} pardec_event_kind;
+    PARDEC_JOIN_STATE_DISCARD = 3,
+} pardec_join_state;
 
 /**
  * KV cache precision (the `kv_type` field of `pardec_session_params`).
@@ -368,6 +373,19 @@ typedef enum pardec_join_rule {
 typedef struct pardec_adapter pardec_adapter;
 
 /**
+ * Many requests decoding together in one llama.cpp context (opaque): each is a conversation
+ * of its own, with its own sampling, limits and protocol; every step decodes one token of
+ * every running request and of each of its branches in one batch. A request is admitted
+ * when the KV cells it may fill fit beside the running ones (it waits otherwise, in order),
+ * so none ever takes what another needs mid-answer.
+ *
+ * Thread safety: as `pardec_session` — used by one thread at a time; a call while another
+ * is inside it (from its callback, or another thread) returns PARDEC_STATUS_BUSY. A server
+ * keeps one decoding thread that submits, steps and cancels.
+ */
+typedef struct pardec_conversations pardec_conversations;
+
+/**
  * A loaded GGUF model (opaque).
  *
  * Thread safety: fully thread-safe. One model may be shared by any number of sessions on any
@@ -396,68 +414,28 @@ typedef struct pardec_result pardec_result;
 typedef struct pardec_session pardec_session;
 
 /**
- * How to load a model. Get defaults from `pardec_model_params_default()`.
+ * Sizes of a `pardec_conversations`. Get defaults from `pardec_conversations_params_default()`.
  */
-typedef struct pardec_model_params {
+typedef struct pardec_conversations_params {
     /**
-     * `sizeof(pardec_model_params)` of the header the caller was built with.
+     * `sizeof(pardec_conversations_params)` of the header the caller was built with.
      */
     size_t struct_size;
     /**
-     * Layers to offload to the GPU; -1: llama.cpp's default (all layers when a GPU backend
-     * is compiled in, or RPC servers are named). Ignored by CPU builds without servers.
+     * Requests decoding at once (default 4); more wait in a queue, in order.
      */
-    int32_t n_gpu_layers;
+    uint32_t max_active;
     /**
-     * RPC servers to put the layers on, `"host:port,host:port"` (NULL or empty: none). Needs
-     * a build with the RPC backend; an unreachable server fails the load with RPC.
+     * Branches one request may have open at once (default 4).
      */
-    const char *rpc_servers;
-} pardec_model_params;
-
-/**
- * One chat message for `pardec_model_apply_chat_template`.
- */
-typedef struct pardec_chat_message {
+    uint32_t branches_per_request;
     /**
-     * "system", "user" or "assistant" (UTF-8).
+     * Finished plain answers kept so that a later prompt starting with one decodes only the
+     * rest (default 4; 0: none). Each holds a sequence id and its KV cells, least recently
+     * used evicted first.
      */
-    const char *role;
-    /**
-     * The message text (UTF-8).
-     */
-    const char *content;
-} pardec_chat_message;
-
-/**
- * The vocabulary's special tokens; -1 where it has none.
- */
-typedef struct pardec_special_tokens {
-    /**
-     * Beginning of sequence.
-     */
-    int32_t bos;
-    /**
-     * End of sequence.
-     */
-    int32_t eos;
-    /**
-     * End of turn (chat models).
-     */
-    int32_t eot;
-    /**
-     * Separator.
-     */
-    int32_t sep;
-    /**
-     * Newline.
-     */
-    int32_t nl;
-    /**
-     * Padding.
-     */
-    int32_t pad;
-} pardec_special_tokens;
+    uint32_t cached_prompts;
+} pardec_conversations_params;
 
 /**
  * How a session picks tokens. `temperature <= 0` (or below 1e-20) is greedy (argmax), fully
@@ -486,6 +464,55 @@ typedef struct pardec_sampling_params {
      */
     uint64_t seed;
 } pardec_sampling_params;
+
+/**
+ * How one request decodes. Get defaults from `pardec_request_params_default()`. The strings
+ * are only read during `pardec_conversations_submit`.
+ */
+typedef struct pardec_request_params {
+    /**
+     * `sizeof(pardec_request_params)` of the header the caller was built with.
+     */
+    size_t struct_size;
+    /**
+     * How this request picks tokens (default greedy); its branches derive their random
+     * streams from its seed. Penalties and biases are the session's.
+     */
+    struct pardec_sampling_params sampling;
+    /**
+     * NULL (the default) or "none": the model answers plainly. Otherwise a stream protocol
+     * under which the model forks by itself: a built-in name (`multiverse`, `aspd`,
+     * `parallel-r1`, `threadweaver`, `npr`, `titles`...) or a description in JSON.
+     */
+    const char *protocol;
+    /**
+     * Most tokens of the answer (default 256; under a protocol, the trunk's, branches apart).
+     */
+    uint32_t max_tokens;
+    /**
+     * Under a protocol: most tokens of each branch (default 256).
+     */
+    uint32_t max_branch_tokens;
+    /**
+     * The answer ends when one of these UTF-8 strings appears in it (under a protocol: in
+     * the text the trunk writes itself); `n_stop` entries, may be NULL when `n_stop` is 0.
+     */
+    const char *const *stop;
+    /**
+     * Number of stop strings (at most PARDEC_MAX_STOP_STRINGS).
+     */
+    size_t n_stop;
+    /**
+     * A plain answer's text leaves out the stop string that ended it (default true, as
+     * OpenAI's API does).
+     */
+    bool strip_stop;
+    /**
+     * A plain answer never samples an end-of-generation token: it runs to `max_tokens`
+     * (benchmarks).
+     */
+    bool ban_eog;
+} pardec_request_params;
 
 /**
  * One entry of `pardec_session_params.logit_bias`.
@@ -587,6 +614,216 @@ typedef struct pardec_session_params {
 } pardec_session_params;
 
 /**
+ * A node of a session's fork tree: `PARDEC_NODE_TRUNK` or a branch returned by
+ * `pardec_session_fork`. Node ids are never reused until `pardec_session_clear`.
+ */
+typedef uint32_t pardec_node;
+
+/**
+ * One of a step's most likely tokens.
+ */
+typedef struct pardec_top_logprob {
+    /**
+     * The token id.
+     */
+    int32_t token;
+    /**
+     * Its natural-log probability under the model.
+     */
+    float logprob;
+} pardec_top_logprob;
+
+/**
+ * One streamed event. Everything it points to is valid only during the callback.
+ */
+typedef struct pardec_event {
+    /**
+     * `sizeof(pardec_event)` as this library knows it: fields beyond a caller's own header
+     * are absent when this is smaller.
+     */
+    size_t struct_size;
+    /**
+     * What happened: a `pardec_event_kind` value, which says which fields below are set.
+     */
+    enum pardec_event_kind kind;
+    /**
+     * The node the event is about (`PARDEC_NODE_TRUNK` for the trunk and for DONE).
+     */
+    pardec_node node;
+    /**
+     * The node's label path, NUL-terminated: "" for the trunk, "1", "2", "2.1" ... for
+     * branches (branch 1 of the fork of branch 2).
+     */
+    const char *label;
+    /**
+     * TOKEN: the text piece, NUL-terminated; "" for other kinds.
+     */
+    const char *text;
+    /**
+     * Length of `text` in bytes.
+     */
+    size_t text_len;
+    /**
+     * TOKEN: the token id (-1 for a flush); -1 otherwise.
+     */
+    int32_t token;
+    /**
+     * END: why the node stopped; NONE otherwise.
+     */
+    enum pardec_stop_reason stop_reason;
+    /**
+     * END with STOP_STRING: the stop string that matched; NULL otherwise.
+     */
+    const char *stop_string;
+    /**
+     * DONE: the status the call returns; OK otherwise.
+     */
+    enum pardec_status status;
+    /**
+     * TOKEN, when the session records log-probabilities (`pardec_session_params.logprobs` is
+     * 0 or more) and this is not a flush: true, and the three fields below are set. Appended
+     * in 0.5: check `struct_size` before reading them.
+     */
+    bool has_logprob;
+    /**
+     * The token's natural-log probability under the model (<= 0).
+     */
+    float logprob;
+    /**
+     * The step's most likely tokens, most likely first (`n_top` entries; NULL when 0).
+     */
+    const struct pardec_top_logprob *top;
+    /**
+     * Entries of `top`.
+     */
+    size_t n_top;
+} pardec_event;
+
+/**
+ * Receives a request's events during `pardec_conversations_step`, on the calling thread.
+ * `request` is the id `pardec_conversations_submit` gave; the event's labels and nodes are
+ * the request's own ("" is its answer; "1", "2" its branches). Return true to go on, false to
+ * cancel that request after this step (its cells and ids are freed; no outcome is reported
+ * for it unless it ended in the same step). The callback must not unwind and must not call
+ * functions of the same handle (they return PARDEC_STATUS_BUSY).
+ */
+typedef bool (*pardec_request_callback)(void *user_data,
+                                        uint64_t request,
+                                        const struct pardec_event *event);
+
+/**
+ * How a finished request went: filled by `pardec_conversations_next_outcome`. Pass
+ * `sizeof(pardec_outcome_info)` as its size.
+ */
+typedef struct pardec_outcome_info {
+    /**
+     * The request, as `pardec_conversations_submit` numbered it.
+     */
+    uint64_t request;
+    /**
+     * OK, or the error that ended it part-way (the text holds what was decoded before; the
+     * report's "error" says more).
+     */
+    enum pardec_status status;
+    /**
+     * Why the answer ended.
+     */
+    enum pardec_stop_reason stop_reason;
+    /**
+     * Tokens in the prompt.
+     */
+    uint64_t prompt_tokens;
+    /**
+     * Of them, reused from an earlier request's cells (not decoded again).
+     */
+    uint64_t reused_tokens;
+    /**
+     * Tokens the model sampled for this request, branches included.
+     */
+    uint64_t generated_tokens;
+    /**
+     * Steps in which the request decoded at least one token (its critical path).
+     */
+    uint64_t steps;
+    /**
+     * Parallel blocks the model opened in the answer.
+     */
+    uint64_t blocks;
+    /**
+     * Seconds from submission to admission.
+     */
+    double queued_seconds;
+    /**
+     * Seconds from admission to the end.
+     */
+    double decoding_seconds;
+} pardec_outcome_info;
+
+/**
+ * How to load a model. Get defaults from `pardec_model_params_default()`.
+ */
+typedef struct pardec_model_params {
+    /**
+     * `sizeof(pardec_model_params)` of the header the caller was built with.
+     */
+    size_t struct_size;
+    /**
+     * Layers to offload to the GPU; -1: llama.cpp's default (all layers when a GPU backend
+     * is compiled in, or RPC servers are named). Ignored by CPU builds without servers.
+     */
+    int32_t n_gpu_layers;
+    /**
+     * RPC servers to put the layers on, `"host:port,host:port"` (NULL or empty: none). Needs
+     * a build with the RPC backend; an unreachable server fails the load with RPC.
+     */
+    const char *rpc_servers;
+} pardec_model_params;
+
+/**
+ * One chat message for `pardec_model_apply_chat_template`.
+ */
+typedef struct pardec_chat_message {
+    /**
+     * "system", "user" or "assistant" (UTF-8).
+     */
+    const char *role;
+    /**
+     * The message text (UTF-8).
+     */
+    const char *content;
+} pardec_chat_message;
+
+/**
+ * The vocabulary's special tokens; -1 where it has none.
+ */
+typedef struct pardec_special_tokens {
+    /**
+     * Beginning of sequence.
+     */
+    int32_t bos;
+    /**
+     * End of sequence.
+     */
+    int32_t eos;
+    /**
+     * End of turn (chat models).
+     */
+    int32_t eot;
+    /**
+     * Separator.
+     */
+    int32_t sep;
+    /**
+     * Newline.
+     */
+    int32_t nl;
+    /**
+     * Padding.
+     */
+    int32_t pad;
+} pardec_special_tokens;
+
+/**
  * Limits of one generation run: the trunk's (`pardec_session_generate`) or each branch's
  * (`pardec_session_fork`). Get defaults from `pardec_run_limits_default()`. The arrays are
  * only read during the call they are passed to.
@@ -664,12 +901,6 @@ typedef struct pardec_block_info {
      */
     enum pardec_join_state join_state;
 } pardec_block_info;
-
-/**
- * A node of a session's fork tree: `PARDEC_NODE_TRUNK` or a branch returned by
- * `pardec_session_fork`. Node ids are never reused until `pardec_session_clear`.
- */
-typedef uint32_t pardec_node;
 
 /**
  * One branch of a result. Pointers are owned by the result.
@@ -788,20 +1019,6 @@ typedef struct pardec_stats {
 } pardec_stats;
 
 /**
- * One of a step's most likely tokens.
- */
-typedef struct pardec_top_logprob {
-    /**
-     * The token id.
-     */
-    int32_t token;
-    /**
-     * Its natural-log probability under the model.
-     */
-    float logprob;
-} pardec_top_logprob;
-
-/**
  * A generated token's log-probability (see `pardec_session_params.logprobs`). Pointers are
  * owned by the result.
  */
@@ -827,72 +1044,6 @@ typedef struct pardec_token_logprob {
      */
     size_t n_top;
 } pardec_token_logprob;
-
-/**
- * One streamed event. Everything it points to is valid only during the callback.
- */
-typedef struct pardec_event {
-    /**
-     * `sizeof(pardec_event)` as this library knows it: fields beyond a caller's own header
-     * are absent when this is smaller.
-     */
-    size_t struct_size;
-    /**
-     * What happened: a `pardec_event_kind` value, which says which fields below are set.
-     */
-    enum pardec_event_kind kind;
-    /**
-     * The node the event is about (`PARDEC_NODE_TRUNK` for the trunk and for DONE).
-     */
-    pardec_node node;
-    /**
-     * The node's label path, NUL-terminated: "" for the trunk, "1", "2", "2.1" ... for
-     * branches (branch 1 of the fork of branch 2).
-     */
-    const char *label;
-    /**
-     * TOKEN: the text piece, NUL-terminated; "" for other kinds.
-     */
-    const char *text;
-    /**
-     * Length of `text` in bytes.
-     */
-    size_t text_len;
-    /**
-     * TOKEN: the token id (-1 for a flush); -1 otherwise.
-     */
-    int32_t token;
-    /**
-     * END: why the node stopped; NONE otherwise.
-     */
-    enum pardec_stop_reason stop_reason;
-    /**
-     * END with STOP_STRING: the stop string that matched; NULL otherwise.
-     */
-    const char *stop_string;
-    /**
-     * DONE: the status the call returns; OK otherwise.
-     */
-    enum pardec_status status;
-    /**
-     * TOKEN, when the session records log-probabilities (`pardec_session_params.logprobs` is
-     * 0 or more) and this is not a flush: true, and the three fields below are set. Appended
-     * in 0.5: check `struct_size` before reading them.
-     */
-    bool has_logprob;
-    /**
-     * The token's natural-log probability under the model (<= 0).
-     */
-    float logprob;
-    /**
-     * The step's most likely tokens, most likely first (`n_top` entries; NULL when 0).
-     */
-    const struct pardec_top_logprob *top;
-    /**
-     * Entries of `top`.
-     */
-    size_t n_top;
-} pardec_event;
 
 /**
  * Receives events on the thread that made the call, before it returns. Return true to go
@@ -967,6 +1118,108 @@ enum pardec_status pardec_session_set_adapters(struct pardec_session *session,
                                                const struct pardec_adapter *const *adapters,
                                                const float *scales,
                                                size_t n);
+
+/**
+ * Fills `out` with the default conversations parameters. Pass
+ * `sizeof(pardec_conversations_params)` as `struct_size`.
+ *
+ * Errors: NULL_ARGUMENT, STRUCT_SIZE.
+ */
+enum pardec_status pardec_conversations_params_default(struct pardec_conversations_params *out,
+                                                       size_t struct_size);
+
+/**
+ * Fills `out` with the default request parameters (plain, greedy, 256 tokens). Pass
+ * `sizeof(pardec_request_params)` as `struct_size`.
+ *
+ * Errors: NULL_ARGUMENT, STRUCT_SIZE.
+ */
+enum pardec_status pardec_request_params_default(struct pardec_request_params *out,
+                                                 size_t struct_size);
+
+/**
+ * Creates conversations on a model, in a context of their own. `session_params` (NULL: the
+ * defaults) sizes the context: its `max_branches` must cover every request's sequence ids —
+ * `max_active * (1 + branches_per_request) + cached_prompts` (with NULL it is set so); its
+ * threads, penalties and biases apply to every request, its sampling to none (each request
+ * brings its own). `params` may be NULL for the defaults. `*out` receives a new handle, to release with
+ * `pardec_conversations_free`.
+ *
+ * Errors: NULL_ARGUMENT, STRUCT_SIZE, INVALID_ARGUMENT (sizes out of range, too few
+ * sequence ids), CONTEXT.
+ */
+enum pardec_status pardec_conversations_new(const struct pardec_model *model,
+                                            const struct pardec_session_params *session_params,
+                                            const struct pardec_conversations_params *params,
+                                            struct pardec_conversations **out);
+
+/**
+ * Releases conversations, their context and every request in them (NULL is ignored). Doing
+ * so from inside their own callback does nothing (`pardec_last_error()` says so).
+ */
+void pardec_conversations_free(struct pardec_conversations *conversations);
+
+/**
+ * Queues a request: `prompt` is the whole text the model continues (a chat rendered with
+ * `pardec_model_apply_chat_template`; special tokens in it are parsed as such; the model's
+ * start token is added if it wants one). It starts at a coming `pardec_conversations_step`,
+ * when there is room. `params` may be NULL (plain, greedy, 256 tokens). `*out_request`
+ * receives its id (never 0).
+ *
+ * Errors: NULL_ARGUMENT, INVALID_UTF8, STRUCT_SIZE, INVALID_ARGUMENT (an unknown protocol,
+ * sampling out of range), EMPTY_PROMPT, PROMPT_TOO_LONG (it could never fit the context with
+ * its budgets), BUSY.
+ */
+enum pardec_status pardec_conversations_submit(struct pardec_conversations *conversations,
+                                               const char *prompt,
+                                               const struct pardec_request_params *params,
+                                               uint64_t *out_request);
+
+/**
+ * Drops a request, queued or decoding, at once: its cells and ids are freed and no outcome
+ * is reported for it. `*out_found` (may be NULL) says whether it was there (false for one
+ * that finished: its outcome stays to be taken).
+ *
+ * Errors: NULL_ARGUMENT, BUSY.
+ */
+enum pardec_status pardec_conversations_cancel(struct pardec_conversations *conversations,
+                                               uint64_t request,
+                                               bool *out_found);
+
+/**
+ * One step: admits the waiting requests that fit, decodes one token of every running answer
+ * and branch in one batch, and lets each request fork, join or end. Events stream through
+ * `callback` (may be NULL) with their request's id; finished requests are kept for
+ * `pardec_conversations_next_outcome`. `*out_busy` (may be NULL) is false when nothing runs
+ * or waits any more (the call did nothing).
+ *
+ * A decode failure of the shared batch (DECODE, a lost RPC server) ends every running
+ * request with that error (their outcomes hold the text so far) and is returned; queued
+ * requests stay queued.
+ *
+ * Errors: NULL_ARGUMENT, BUSY, DECODE, RPC.
+ */
+enum pardec_status pardec_conversations_step(struct pardec_conversations *conversations,
+                                             pardec_request_callback callback,
+                                             void *user_data,
+                                             bool *out_busy);
+
+/**
+ * Takes the oldest outcome not yet taken. `*out_found` says whether there was one; only then
+ * are the other out-params written: `out_info` (may be NULL; pass
+ * `sizeof(pardec_outcome_info)` as `info_size`), `*out_text` (may be NULL) the answer, and
+ * `*out_report_json` (may be NULL) `{"error": null | "...", "blocks": [...], "warnings":
+ * [...]}` (blocks and warnings as in `pardec_session_generate_auto`; empty for a plain
+ * answer). Both strings are new: free them with `pardec_string_free`.
+ *
+ * Errors: NULL_ARGUMENT, STRUCT_SIZE, BUSY.
+ */
+enum pardec_status pardec_conversations_next_outcome(struct pardec_conversations *conversations,
+                                                     bool *out_found,
+                                                     struct pardec_outcome_info *out_info,
+                                                     size_t info_size,
+                                                     char **out_text,
+                                                     char **out_report_json);
 
 /**
  * Loads a GGUF model. `params` may be NULL for the defaults. On success `*out_model` holds a

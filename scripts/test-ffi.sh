@@ -74,14 +74,16 @@ python3 ffi-examples/check_output.py "${outputs[@]}"
 step "install for C users and build against the install from outside the checkout (scripts/test-install.sh)"
 bash scripts/test-install.sh
 
-step "misuse and thread tests"
+step "misuse, thread and conversations tests"
+"$OUT/conversations" "$PARDEC_MODEL" > "$LOGS/conversations.out" || { cat "$LOGS/conversations.out"; fail "conversations"; }
+tail -n 1 "$LOGS/conversations.out"
 "$OUT/misuse" "$PARDEC_MODEL"
 PARDEC_THREADS=2 "$OUT/misuse" "$PARDEC_MODEL" # also with a multi-threaded llama.cpp
 "$OUT/threads" "$PARDEC_MODEL" > "$LOGS/threads.out"
 head -1 "$LOGS/threads.out"
 
 if [[ "${PARDEC_FFI_VALGRIND:-1}" == 1 ]] && command -v valgrind > /dev/null; then
-    step "misuse and thread tests under valgrind (in parallel; minimal decoding)"
+    step "misuse, thread and conversations tests under valgrind (in parallel; minimal decoding)"
     # Definite leaks and memory errors fail; "possibly lost" and "still reachable" blocks are
     # thread stacks and caches of llama.cpp/OpenMP that live until exit.
     vg=(valgrind --quiet --leak-check=full --errors-for-leak-kinds=definite
@@ -92,6 +94,8 @@ if [[ "${PARDEC_FFI_VALGRIND:-1}" == 1 ]] && command -v valgrind > /dev/null; th
     PARDEC_TEST_VALGRIND=1 "${vg[@]}" "$OUT/threads" "$PARDEC_MODEL" > "$LOGS/valgrind-threads.log" 2>&1 &
     threads_pid=$!
     status=0
+    PARDEC_TEST_VALGRIND=1 "${vg[@]}" "$OUT/conversations" "$PARDEC_MODEL" > "$LOGS/valgrind-conversations.log" 2>&1 \
+        || { status=$?; cat "$LOGS/valgrind-conversations.log" >&2; echo "valgrind conversations: exit $status" >&2; }
     wait "$misuse_pid" || { status=$?; cat "$LOGS/valgrind-misuse.log" >&2; echo "valgrind misuse: exit $status" >&2; }
     wait "$threads_pid" || { s=$?; status=$s; cat "$LOGS/valgrind-threads.log" >&2; echo "valgrind threads: exit $s" >&2; }
     [[ $status == 0 ]] || fail "valgrind found errors or leaks (exit 99) or a test failed"

@@ -24,6 +24,11 @@ cargo target dir.
         print("".join(ev.text for ev in s.generate(max_tokens=24)))
         print(s.result().text, s.stats())
 
+    # Many requests in one context, each decoded a token per step in one shared batch.
+    with pardec.Conversations(llm, n_ctx=4096, max_active=4) as conv:
+        ids = [conv.submit([("user", q)], max_tokens=64) for q in ("Hi!", "Name a color.")]
+        print({i: o.text for i, o in conv.run().items()})
+
 Threads: a Model may be shared by sessions on any number of threads; a Session is used by one
 thread at a time (a call while it is busy raises PardecError with status BUSY). Callbacks run
 on the calling thread, before the call returns (a streamed chat completion decodes on a thread
@@ -54,6 +59,7 @@ from ._chat import (
     logprob_entry,
     normalize_messages,
 )
+from ._conversations import Conversations, Outcome
 from ._errors import Cancelled, ClosedError, PardecError, Status
 from ._lib import LibraryNotFoundError, LibraryVersionWarning, candidate_paths
 from ._library import json_object_grammar, json_schema_grammar, library_path, version
@@ -74,7 +80,7 @@ from ._types import _STOP_REASONS as _STOP_REASONS
 __all__ = [
     "TRUNK", "Status", "PardecError", "Cancelled", "ClosedError", "LibraryNotFoundError",
     "LibraryVersionWarning", "Event", "Stats", "Branch", "Block", "Result", "TokenLogprob",
-    "Model", "Adapter", "Session", "Generation", "version", "library_path", "candidate_paths",
+    "Model", "Adapter", "Session", "Generation", "Conversations", "Outcome", "version", "library_path", "candidate_paths",
     "json_object_grammar", "json_schema_grammar",
     "ChatCompletionStream", "ChatCompletion", "ChatCompletionChunk", "ChatCompletionChoice",
     "ChatCompletionChunkChoice", "ChatCompletionDelta", "ChatCompletionLogprobs",

@@ -361,10 +361,60 @@ class pardec_event(Structure):
 # typedef bool (*pardec_callback)(void *user_data, const struct pardec_event *event);
 pardec_callback = CFUNCTYPE(c_bool, c_void_p, POINTER(pardec_event))
 
+# typedef bool (*pardec_request_callback)(void *user_data, uint64_t request,
+#                                         const struct pardec_event *event);
+pardec_request_callback = CFUNCTYPE(c_bool, c_void_p, c_uint64, POINTER(pardec_event))
+
+
+class pardec_conversations_params(Structure):
+    """``struct pardec_conversations_params`` of include/pardec.h."""
+
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("max_active", c_uint32),
+        ("branches_per_request", c_uint32),
+        ("cached_prompts", c_uint32),
+    ]
+
+
+class pardec_request_params(Structure):
+    """``struct pardec_request_params`` of include/pardec.h."""
+
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("sampling", pardec_sampling_params),
+        ("protocol", c_char_p),
+        ("max_tokens", c_uint32),
+        ("max_branch_tokens", c_uint32),
+        ("stop", POINTER(c_char_p)),
+        ("n_stop", c_size_t),
+        ("strip_stop", c_bool),
+        ("ban_eog", c_bool),
+    ]
+
+
+class pardec_outcome_info(Structure):
+    """``struct pardec_outcome_info`` of include/pardec.h."""
+
+    _fields_ = [
+        ("request", c_uint64),
+        ("status", c_int),  # enum pardec_status
+        ("stop_reason", c_int),  # enum pardec_stop_reason
+        ("prompt_tokens", c_uint64),
+        ("reused_tokens", c_uint64),
+        ("generated_tokens", c_uint64),
+        ("steps", c_uint64),
+        ("blocks", c_uint64),
+        ("queued_seconds", c_double),
+        ("decoding_seconds", c_double),
+    ]
+
+
 model_p = c_void_p  # struct pardec_model *
 session_p = c_void_p  # struct pardec_session *
 result_p = c_void_p  # struct pardec_result *
 adapter_p = c_void_p  # struct pardec_adapter *
+conversations_p = c_void_p  # struct pardec_conversations *
 
 
 def _declare(L: ctypes.CDLL) -> None:
@@ -519,6 +569,34 @@ def _declare(L: ctypes.CDLL) -> None:
     #     char **out_report_json);
     fn("pardec_session_generate_auto_stop", pardec_status, session_p, c_char_p, c_size_t, c_size_t, c_char_p,
        POINTER(c_char_p), c_size_t, pardec_callback, c_void_p, char_pp)
+    # enum pardec_status pardec_conversations_params_default(struct pardec_conversations_params *out,
+    #                                                        size_t struct_size);
+    fn("pardec_conversations_params_default", pardec_status, POINTER(pardec_conversations_params), c_size_t)
+    # enum pardec_status pardec_request_params_default(struct pardec_request_params *out, size_t struct_size);
+    fn("pardec_request_params_default", pardec_status, POINTER(pardec_request_params), c_size_t)
+    # enum pardec_status pardec_conversations_new(const struct pardec_model *model,
+    #     const struct pardec_session_params *session_params,
+    #     const struct pardec_conversations_params *params, struct pardec_conversations **out);
+    fn("pardec_conversations_new", pardec_status, model_p, POINTER(pardec_session_params),
+       POINTER(pardec_conversations_params), POINTER(conversations_p))
+    # void pardec_conversations_free(struct pardec_conversations *conversations);
+    fn("pardec_conversations_free", None, conversations_p)
+    # enum pardec_status pardec_conversations_submit(struct pardec_conversations *conversations,
+    #     const char *prompt, const struct pardec_request_params *params, uint64_t *out_request);
+    fn("pardec_conversations_submit", pardec_status, conversations_p, c_char_p, POINTER(pardec_request_params),
+       POINTER(c_uint64))
+    # enum pardec_status pardec_conversations_cancel(struct pardec_conversations *conversations,
+    #     uint64_t request, bool *out_found);
+    fn("pardec_conversations_cancel", pardec_status, conversations_p, c_uint64, POINTER(c_bool))
+    # enum pardec_status pardec_conversations_step(struct pardec_conversations *conversations,
+    #     pardec_request_callback callback, void *user_data, bool *out_busy);
+    fn("pardec_conversations_step", pardec_status, conversations_p, pardec_request_callback, c_void_p,
+       POINTER(c_bool))
+    # enum pardec_status pardec_conversations_next_outcome(struct pardec_conversations *conversations,
+    #     bool *out_found, struct pardec_outcome_info *out_info, size_t info_size, char **out_text,
+    #     char **out_report_json);
+    fn("pardec_conversations_next_outcome", pardec_status, conversations_p, POINTER(c_bool),
+       POINTER(pardec_outcome_info), c_size_t, char_pp, char_pp)
     # const char *pardec_grammar_json_object(void);
     fn("pardec_grammar_json_object", c_char_p)
     # enum pardec_status pardec_grammar_from_json_schema(const char *schema, char **out_gbnf);
@@ -543,6 +621,9 @@ FUNCTIONS: List[str] = [
     "pardec_model_tokenize", "pardec_model_token_piece", "pardec_model_detokenize", "pardec_model_special_tokens",
     "pardec_model_token_is_eog", "pardec_session_generate_auto_stop", "pardec_grammar_json_object",
     "pardec_grammar_from_json_schema",
+    "pardec_conversations_params_default", "pardec_request_params_default", "pardec_conversations_new",
+    "pardec_conversations_free", "pardec_conversations_submit", "pardec_conversations_cancel",
+    "pardec_conversations_step", "pardec_conversations_next_outcome",
 ]
 
 #: Every struct mirrored here, by C name (tests compare their fields with the header).
@@ -553,5 +634,6 @@ STRUCTS: Dict[str, Type[Structure]] = {
         pardec_session_params,
         pardec_run_limits, pardec_block_info, pardec_branch_info, pardec_stats, pardec_event,
         pardec_top_logprob, pardec_token_logprob, pardec_special_tokens,
+        pardec_conversations_params, pardec_request_params, pardec_outcome_info,
     )
 }

@@ -198,7 +198,7 @@ pub(crate) trait Versioned: Copy {
     const SIZES: &'static [usize];
 }
 
-fn check_size<T: Versioned>(size: usize) -> FfiResult<()> {
+pub(crate) fn check_size<T: Versioned>(size: usize) -> FfiResult<()> {
     debug_assert_eq!(T::SIZES.last(), Some(&std::mem::size_of::<T>()));
     if T::SIZES.contains(&size) {
         Ok(())

@@ -137,9 +137,10 @@ impl CObserver {
     }
 }
 
-impl Observer for CObserver {
-    fn on_event(&mut self, event: &Event<'_>) -> bool {
-        let Some(cb) = self.callback else { return true };
+impl CObserver {
+    /// The C view of `event`, pointing into this observer's buffers (valid until the next
+    /// event); None for events the ABI has no kind for.
+    pub(super) fn c_event(&mut self, event: &Event<'_>) -> Option<pardec_event> {
         // Exhaustive on purpose: a new event kind needs an ABI decision.
         let ev = match *event {
             Event::Token { node, label, token, text, logprob } => {
@@ -164,7 +165,7 @@ impl Observer for CObserver {
             }
             // No kind for it in the ABI (see the variant's docs): the caller reads the text in
             // the result.
-            Event::Forced { .. } => return true,
+            Event::Forced { .. } => return None,
             Event::End { node, label, reason } => {
                 let mut ev = self.blank(pardec_event_kind::End);
                 fill_c_buf(&mut self.label, label);
@@ -183,7 +184,17 @@ impl Observer for CObserver {
                 ev
             }
         };
-        unsafe { cb(self.user_data, &ev) }
+        Some(ev)
+    }
+}
+
+impl Observer for CObserver {
+    fn on_event(&mut self, event: &Event<'_>) -> bool {
+        let Some(cb) = self.callback else { return true };
+        match self.c_event(event) {
+            Some(ev) => unsafe { cb(self.user_data, &ev) },
+            None => true,
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! (`cbindgen.toml`; `tests/ffi_header.rs` fails when the checked-in header is stale).
 //!
 //! Conventions (also in the header's preamble):
-//! - opaque handles `pardec_model`, `pardec_adapter`, `pardec_session`, `pardec_result`, each with a `_free` that
+//! - opaque handles `pardec_model`, `pardec_adapter`, `pardec_session`, `pardec_conversations`, `pardec_result`, each with a `_free` that
 //!   accepts NULL;
 //! - every fallible function returns a `pardec_status` and writes its out-params only on
 //!   success; `pardec_last_error()` gives the detail on the calling thread;
@@ -20,6 +20,7 @@
 
 mod adapter;
 mod boundary;
+mod conversations;
 mod events;
 mod model;
 mod node;
@@ -31,6 +32,7 @@ mod status;
 use std::ffi::c_char;
 
 pub use adapter::*;
+pub use conversations::*;
 pub use events::*;
 pub use model::*;
 pub use node::*;

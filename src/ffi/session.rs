@@ -513,19 +513,7 @@ pub unsafe extern "C" fn pardec_session_generate_auto_stop(
             stop: stop_strings_arg(stop, n_stop, "stop")?,
             ..Default::default()
         };
-        let spec = if protocol == "apr" {
-            None
-        } else if protocol.trim_start().starts_with('{') {
-            Some(
-                crate::protocol::ProtocolSpec::from_json(protocol)
-                    .map_err(|e| crate::Error::InvalidArgument(format!("protocol JSON: {e}")))?,
-            )
-        } else {
-            Some(
-                crate::protocol::ProtocolSpec::builtin(protocol)
-                    .ok_or_else(|| crate::Error::InvalidArgument(format!("unknown protocol {protocol:?}")))?,
-            )
-        };
+        let spec = if protocol == "apr" { None } else { Some(protocol_spec_arg(protocol)?) };
         let mut report = crate::auto::AutoReport::default();
         let outcome = with_session(session, |s| {
             streaming(callback, user_data, |obs| {
@@ -549,6 +537,19 @@ pub unsafe extern "C" fn pardec_session_generate_auto_stop(
         }
         outcome
     })
+}
+
+/// A stream protocol given by name (a built-in) or as a JSON description (text starting with
+/// `{`).
+pub(super) fn protocol_spec_arg(protocol: &str) -> FfiResult<crate::protocol::ProtocolSpec> {
+    let spec = if protocol.trim_start().starts_with('{') {
+        crate::protocol::ProtocolSpec::from_json(protocol)
+            .map_err(|e| crate::Error::InvalidArgument(format!("protocol JSON: {e}")))?
+    } else {
+        crate::protocol::ProtocolSpec::builtin(protocol)
+            .ok_or_else(|| crate::Error::InvalidArgument(format!("unknown protocol {protocol:?}")))?
+    };
+    Ok(spec)
 }
 
 /// Skeleton-of-Thought for plain instruct models: the model first writes a numbered skeleton
@@ -595,7 +596,7 @@ pub unsafe extern "C" fn pardec_session_generate_sot(
 ///
 /// # Safety
 /// `out` is NULL or writable.
-unsafe fn write_json(out: *mut *mut c_char, value: &impl serde::Serialize) -> FfiResult<()> {
+pub(super) unsafe fn write_json(out: *mut *mut c_char, value: &impl serde::Serialize) -> FfiResult<()> {
     if !out.is_null() {
         let json = serde_json::to_string(value).map_err(|e| FfiError::from(crate::Error::Internal(e.to_string())))?;
         *out = c_string(&json).into_raw();
