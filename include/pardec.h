@@ -512,6 +512,12 @@ typedef struct pardec_request_params {
      * (benchmarks).
      */
     bool ban_eog;
+    /**
+     * Plain answers: -1 (the default) records no log-probabilities; n in
+     * 0..=PARDEC_MAX_TOP_LOGPROBS records each answer token's and its step's n most likely
+     * tokens, in the outcome's report ("logprobs"). Needs host selection.
+     */
+    int32_t logprobs;
 } pardec_request_params;
 
 /**
@@ -1209,8 +1215,9 @@ enum pardec_status pardec_conversations_step(struct pardec_conversations *conver
  * are the other out-params written: `out_info` (may be NULL; pass
  * `sizeof(pardec_outcome_info)` as `info_size`), `*out_text` (may be NULL) the answer, and
  * `*out_report_json` (may be NULL) `{"error": null | "...", "blocks": [...], "warnings":
- * [...]}` (blocks and warnings as in `pardec_session_generate_auto`; empty for a plain
- * answer). Both strings are new: free them with `pardec_string_free`.
+ * [...], "logprobs": [{"pos", "token", "logprob", "top": [[token, logprob], ...]}]}` (blocks
+ * and warnings as in `pardec_session_generate_auto`, empty for a plain answer; logprobs when
+ * the request asked for them, up to the end of its text). Both strings are new: free them with `pardec_string_free`.
  *
  * Errors: NULL_ARGUMENT, STRUCT_SIZE, BUSY.
  */

@@ -25,7 +25,9 @@ use crate::auto::{AutoParams, AutoReport, AutoRun};
 use crate::error::{Error, Result};
 use crate::model::Token;
 use crate::protocol::ProtocolSpec;
-use crate::session::{Event, NodeId, Observer, RunLimits, SamplingParams, Session, StopReason};
+use crate::session::{
+    Event, NodeId, Observer, RunLimits, SamplingParams, Session, StopReason, TokenLogprob, MAX_TOP_LOGPROBS,
+};
 
 /// Forced tokens reserved per branch (its prefix, its share of the join text).
 const PER_BRANCH_FORCED: usize = 32;
@@ -59,10 +61,13 @@ pub struct Request {
     pub sampling: SamplingParams,
     /// Plain or under a protocol.
     pub mode: Mode,
+    /// Plain requests: record each answer token's log-probability with its step's this many
+    /// most likely tokens (0 to [`crate::MAX_TOP_LOGPROBS`]) into [`Outcome::logprobs`].
+    pub logprobs: Option<usize>,
 }
 
 /// What a finished request produced.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Outcome {
     /// The answer: what was decoded after the prompt (branches flattened into it under a
     /// protocol, tags included), without the stop string when the plain limits strip it.
@@ -85,6 +90,9 @@ pub struct Outcome {
     pub queued: Duration,
     /// From admission to the end.
     pub decoding: Duration,
+    /// When the request asked for them: the answer's tokens with their log-probabilities, up
+    /// to the end of `text` (a stripped stop string's tokens are left out).
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 /// Receives what requests do, per request.
@@ -239,6 +247,12 @@ impl Conversations {
         request.sampling.validate_for(self.session.model().n_vocab())?;
         if let Mode::Auto { spec, .. } = &request.mode {
             spec.validate().map_err(|e| Error::InvalidArgument(format!("protocol: {e}")))?;
+            if request.logprobs.is_some() {
+                return Err(Error::InvalidArgument("logprobs: for plain requests only".into()));
+            }
+        }
+        if let Some(n) = request.logprobs.filter(|&n| n > MAX_TOP_LOGPROBS) {
+            return Err(Error::InvalidArgument(format!("logprobs {n}: at most {MAX_TOP_LOGPROBS} alternatives")));
         }
         let need = self.reserve(&request);
         let n_ctx = self.session.n_ctx() as usize;
@@ -418,6 +432,12 @@ impl Conversations {
         // A reopened root is older than the nodes opened now.
         self.own(first, id);
         self.owner[root.index()] = Some(id);
+        // Also for a reopened root, which may have recorded them for its last request.
+        if let Err(e) = self.session.set_root_logprobs(root, request.logprobs) {
+            self.forget_owner(id);
+            let _ = self.session.close_root(root);
+            return Err(e);
+        }
         let answer_from = self.session.root_settled_bytes(root).map(|b| b.len()).unwrap_or(0);
         let mut active = Active {
             root,
@@ -500,6 +520,24 @@ impl Conversations {
         self.finish_as(id, error, None, sink);
     }
 
+    /// The log-probabilities a root recorded for its answer (the tokens after its
+    /// `prompt_tokens`), those starting within the answer's first `text_len` bytes.
+    fn answer_logprobs(&self, root: NodeId, prompt_tokens: usize, text_len: usize) -> Vec<TokenLogprob> {
+        let mut at = 0;
+        let mut piece = Vec::new();
+        let mut kept = Vec::new();
+        for lp in self.session.node_logprobs(root).iter().filter(|l| l.pos as usize >= prompt_tokens) {
+            if at >= text_len {
+                break;
+            }
+            piece.clear();
+            self.session.model().token_bytes(lp.token, &mut piece);
+            at += piece.len();
+            kept.push(lp.clone());
+        }
+        kept
+    }
+
     /// Bytes of a root's last token (where a stop string that ended it was completed).
     fn piece_len(&self, last: Option<&Token>) -> usize {
         let mut bytes = Vec::new();
@@ -523,6 +561,7 @@ impl Conversations {
             let keep = limits.returned_len(stop_reason.as_ref(), &[], text.as_bytes(), self.piece_len(tokens.last()));
             text.truncate(floor_char_boundary(&text, keep));
         }
+        let logprobs = self.answer_logprobs(root, active.prompt_tokens, text.len());
         let outcome = Outcome {
             text,
             stop_reason,
@@ -534,6 +573,7 @@ impl Conversations {
             report: active.run.map(AutoRun::into_report),
             queued: active.queued,
             decoding: active.admitted.elapsed(),
+            logprobs,
         };
         // Only a root that never forked can be reopened (`reusable_prefix` is 0 otherwise).
         let cacheable = self.params.cached_prompts > 0
@@ -602,18 +642,7 @@ impl Observer for OneRequest<'_> {
 }
 
 fn failed_outcome(error: Error, submitted: Instant) -> Outcome {
-    Outcome {
-        text: String::new(),
-        stop_reason: None,
-        error: Some(error),
-        prompt_tokens: 0,
-        reused_tokens: 0,
-        generated_tokens: 0,
-        steps: 0,
-        report: None,
-        queued: submitted.elapsed(),
-        decoding: Duration::ZERO,
-    }
+    Outcome { error: Some(error), queued: submitted.elapsed(), ..Default::default() }
 }
 
 fn floor_char_boundary(text: &str, mut at: usize) -> usize {

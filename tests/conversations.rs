@@ -36,6 +36,7 @@ fn plain(prompt: &str, max_tokens: usize) -> Request {
         prompt: prompt.bytes().map(i32::from).collect(),
         sampling: SamplingParams::default(),
         mode: Mode::Plain(RunLimits { max_tokens, ban_eog: true, ..Default::default() }),
+        logprobs: None,
     }
 }
 
@@ -216,6 +217,7 @@ fn an_answer_that_opens_block_after_block_is_cut_at_its_reservation_before_the_c
             spec: Box::new(ProtocolSpec { close_unfinished: true, ..ProtocolSpec::builtin("multiverse").unwrap() }),
             params: AutoParams { max_tokens, max_branch_tokens: 20, ..Default::default() },
         },
+        logprobs: None,
     };
     assert!(matches!(conv.submit(forking(1500)), Err(Error::PromptTooLong { .. })));
     // Its reservation holds the trunk's budget and one block's branches; this answer opens
@@ -233,5 +235,43 @@ fn an_answer_that_opens_block_after_block_is_cut_at_its_reservation_before_the_c
     assert!(blocks >= 3, "it opened block after block ({blocks})");
     assert!(cut.generated_tokens < 700, "cut before its trunk's budget ran out");
     assert!(most <= n_ctx as u64 && most > 600, "{most} cells at most");
+    let _ = std::fs::remove_file(path);
+}
+
+#[test]
+fn a_request_records_its_log_probabilities_as_a_session_does() {
+    let (model, path) = tiny_model();
+    let mut conv = conversations(&model, 2048, 2);
+    let mut sink = Collect::default();
+    let (prompt, n) = PROMPTS[0];
+    let asked = conv.submit(Request { logprobs: Some(3), ..plain(prompt, n) }).unwrap();
+    let beside = conv.submit(plain(PROMPTS[1].0, PROMPTS[1].1)).unwrap();
+    run(&mut conv, &mut sink);
+    let got = &sink.done[&asked].logprobs;
+    // The anchor: a session that records every token's, on the same prompt alone.
+    let mut s = Session::new(
+        &model,
+        SessionParams { n_ctx: 2048, n_threads: 2, kv_type: KvType::F32, logprobs: Some(3), ..Default::default() },
+    )
+    .unwrap();
+    s.prompt_tokens(&plain(prompt, 0).prompt).unwrap();
+    s.generate(&RunLimits { max_tokens: n, ban_eog: true, ..Default::default() }, &mut Silent).unwrap();
+    let want = s.node_logprobs(pardec::NodeId::TRUNK);
+    assert_eq!(got.len(), n);
+    assert_eq!(got.iter().map(|l| l.token).collect::<Vec<_>>(), want.iter().map(|l| l.token).collect::<Vec<_>>());
+    for (g, w) in got.iter().zip(want) {
+        assert!((g.logprob - w.logprob).abs() < 1e-3 && g.top.len() == 3, "{g:?} vs {w:?}");
+    }
+    // Control: the request beside it asked for none, and got none.
+    assert!(sink.done[&beside].logprobs.is_empty());
+    // A protocol request cannot ask for them (its answer holds branches).
+    let forking = Request {
+        mode: Mode::Auto {
+            spec: Box::new(pardec::protocol::ProtocolSpec::builtin("multiverse").unwrap()),
+            params: pardec::auto::AutoParams::default(),
+        },
+        ..Request { logprobs: Some(1), ..plain(prompt, n) }
+    };
+    assert!(matches!(conv.submit(forking), Err(Error::InvalidArgument(_))));
     let _ = std::fs::remove_file(path);
 }

@@ -8,7 +8,7 @@ import json
 import threading
 import weakref
 from contextlib import contextmanager
-from ctypes import byref, c_bool, c_char_p, c_uint32, c_uint64, c_void_p, sizeof
+from ctypes import byref, c_bool, c_char_p, c_int32, c_uint32, c_uint64, c_void_p, sizeof
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
@@ -16,7 +16,7 @@ from . import _lib as _c
 from ._chat import MessageLike
 from ._errors import Cancelled, ClosedError, PardecError, Status, _as_status, _check, _handle, _take_string
 from ._params import _c_int, _encode, _number, _SessionParams, _stop_strings
-from ._types import Event, _STOP_REASONS, _event_from_c
+from ._types import Event, TokenLogprob, _STOP_REASONS, _event_from_c
 
 if TYPE_CHECKING:
     from ._model import Model
@@ -51,6 +51,9 @@ class Outcome:
     #: Under a protocol: ``{"blocks": [...], "warnings": [...]}`` as from
     #: :meth:`Session.generate_auto`; empty lists for a plain answer.
     report: Dict[str, Any] = field(default_factory=dict)
+    #: When the request asked (``logprobs=n``): the answer's tokens with their
+    #: log-probabilities, up to the end of ``text``.
+    logprobs: List[TokenLogprob] = field(default_factory=list)
 
 
 #: The :class:`Session` keywords that size and shape the shared context (sampling comes with
@@ -184,13 +187,15 @@ class Conversations:
                top_p: Optional[float] = None, min_p: Optional[float] = None, seed: Optional[int] = None,
                stop: Union[str, Sequence[str]] = (), protocol: Optional[str] = None,
                max_branch_tokens: Optional[int] = None, strip_stop: bool = True,
-               ban_eog: bool = False) -> int:
+               ban_eog: bool = False, logprobs: Optional[int] = None) -> int:
         """Queues a request and returns its id. ``prompt`` is the text the model continues
         (special tokens parsed) or chat messages (rendered with the model's template, the
         assistant's turn opened). ``protocol`` None or "none": a plain answer; else a stream
         protocol (a built-in name or JSON) under which the model forks by itself, each branch
         up to ``max_branch_tokens``. ``stop`` ends the answer (left out of a plain answer's
-        text unless ``strip_stop`` is False). Sampling not given is greedy. Raises
+        text unless ``strip_stop`` is False). ``logprobs`` n (plain answers, 0 to 100) records
+        each answer token's log-probability and its step's n most likely tokens
+        (:attr:`Outcome.logprobs`). Sampling not given is greedy. Raises
         PardecError: PROMPT_TOO_LONG when it could never fit the context, INVALID_ARGUMENT
         for an unknown protocol or sampling out of range."""
         text = prompt if isinstance(prompt, str) else self.model.chat(prompt)
@@ -214,6 +219,8 @@ class Conversations:
         p.n_stop = len(stops)
         p.strip_stop = bool(strip_stop)
         p.ban_eog = bool(ban_eog)
+        if logprobs is not None:
+            p.logprobs = _c_int(logprobs, c_int32, "logprobs")
         request = c_uint64(0)
         with self._use() as ptr:
             _check(L.pardec_conversations_submit(ptr, _encode(text, "prompt"), byref(p), byref(request)))
@@ -280,4 +287,6 @@ def _outcome(info: _c.pardec_outcome_info, text: str, report: Mapping[str, Any])
         queued_seconds=info.queued_seconds,
         decoding_seconds=info.decoding_seconds,
         report={"blocks": report.get("blocks", []), "warnings": report.get("warnings", [])},
+        logprobs=[TokenLogprob(pos=e["pos"], token=e["token"], logprob=e["logprob"],
+                               top=[(t, lp) for t, lp in e["top"]]) for e in report.get("logprobs", [])],
     )

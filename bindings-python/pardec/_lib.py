@@ -390,6 +390,7 @@ class pardec_request_params(Structure):
         ("n_stop", c_size_t),
         ("strip_stop", c_bool),
         ("ban_eog", c_bool),
+        ("logprobs", c_int32),
     ]
 
 

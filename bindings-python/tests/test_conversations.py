@@ -142,3 +142,21 @@ def test_close_twice_and_use_after_close(model):
     assert c.closed
     with pytest.raises(pardec.ClosedError):
         c.submit("hi")
+
+
+def test_log_probabilities_of_a_request_match_a_session_s(model, conv):
+    ask = model.chat([("user", "Name three fruits.")])
+    asked = conv.submit(ask, max_tokens=8, ban_eog=True, logprobs=2)
+    beside = conv.submit([("user", "Name a city.")], max_tokens=8)
+    out = conv.run()
+    with pardec.Session(model, n_ctx=512, n_threads=1, logprobs=2) as s:
+        s.prompt(ask)
+        s.generate_text(max_tokens=8, ban_eog=True)
+        want = s.logprobs()
+    got = out[asked].logprobs
+    assert [e.token for e in got] == [e.token for e in want] and len(got) == 8
+    assert all(abs(g.logprob - w.logprob) < 1e-4 and len(g.top) == 2 for g, w in zip(got, want))
+    assert out[beside].logprobs == []  # control: not asked, none recorded
+    with pytest.raises(PardecError) as e:
+        conv.submit(ask, protocol="multiverse", logprobs=1)
+    assert e.value.status == Status.INVALID_ARGUMENT

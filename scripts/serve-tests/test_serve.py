@@ -151,6 +151,35 @@ def test_completions_endpoint_and_models(server):
     assert [m.id for m in client.models.list().data]
 
 
+def test_log_probabilities_of_a_plain_answer(server):
+    client = server.client()
+    plain = {"protocol": "none"}
+    r = chat(client, "Name three fruits.", logprobs=True, top_logprobs=3, extra_body=plain)
+    text, entries = r.choices[0].message.content, r.choices[0].logprobs.content
+    assert len(entries) == r.usage.completion_tokens
+    assert "".join(e.token for e in entries).startswith(text) and text
+    for e in entries:
+        assert e.logprob <= 0 and len(e.top_logprobs) == 3 and bytes(e.bytes).decode("utf-8", "replace") == e.token
+        # Greedy: the chosen token is the most likely one.
+        assert e.top_logprobs[0].token == e.token and abs(e.top_logprobs[0].logprob - e.logprob) < 1e-5
+    # Streamed: the entries arrive (all in the last chunk) and are the same.
+    streamed = []
+    for chunk in chat(client, "Name three fruits.", logprobs=True, top_logprobs=3, extra_body=plain, stream=True):
+        for c in chunk.choices:
+            if c.logprobs and c.logprobs.content:
+                streamed.extend(c.logprobs.content)
+    assert [(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in entries]
+    # The legacy completions shape.
+    c = client.completions.create(model="any", prompt="The capital of France is", max_tokens=6, temperature=0,
+                                  logprobs=2, extra_body=plain)
+    lp = c.choices[0].logprobs
+    assert "".join(lp.tokens) == c.choices[0].text and len(lp.top_logprobs) == len(lp.tokens) >= 1
+    assert all(len(t) == 2 and max(t.values()) <= 0 for t in lp.top_logprobs)
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(len(lp.tokens))]
+    # Control: not asked, none given.
+    assert chat(client, "Name three fruits.", extra_body=plain).choices[0].logprobs is None
+
+
 def test_bad_requests_get_4xx_json_and_the_server_serves_the_next(server):
     big = "word " * 20000
     cases = [
@@ -162,6 +191,11 @@ def test_bad_requests_get_4xx_json_and_the_server_serves_the_next(server):
         ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": "ten"}, 400),
         ({"messages": [{"role": "user", "content": "hi"}], "temperature": 9}, 400),
         ({"messages": [{"role": "user", "content": "hi"}], "n": 3}, 400),
+        # The server's protocol forks answers: log-probabilities need "protocol": "none".
+        ({"messages": [{"role": "user", "content": "hi"}], "logprobs": True}, 400),
+        ({"messages": [{"role": "user", "content": "hi"}], "protocol": "none", "top_logprobs": 2}, 400),
+        ({"messages": [{"role": "user", "content": "hi"}], "protocol": "none", "logprobs": True,
+          "top_logprobs": 50}, 400),
         ({"messages": [{"role": "user", "content": "hi"}], "protocol": "nonsense"}, 400),
         ({"messages": [{"role": "user", "content": big}]}, 400),
         (b"x" * (2 << 20), 413),

@@ -95,6 +95,10 @@ pub struct pardec_request_params {
     /// A plain answer never samples an end-of-generation token: it runs to `max_tokens`
     /// (benchmarks).
     pub ban_eog: bool,
+    /// Plain answers: -1 (the default) records no log-probabilities; n in
+    /// 0..=PARDEC_MAX_TOP_LOGPROBS records each answer token's and its step's n most likely
+    /// tokens, in the outcome's report ("logprobs"). Needs host selection.
+    pub logprobs: i32,
 }
 
 impl Versioned for pardec_request_params {
@@ -114,6 +118,7 @@ impl Default for pardec_request_params {
             n_stop: 0,
             strip_stop: true,
             ban_eog: false,
+            logprobs: -1,
         }
     }
 }
@@ -144,6 +149,14 @@ impl pardec_request_params {
                     ..Default::default()
                 },
             }),
+        }
+    }
+
+    fn logprobs(&self) -> FfiResult<Option<usize>> {
+        match self.logprobs {
+            -1 => Ok(None),
+            n if n >= 0 => Ok(Some(n as usize)), // the engine checks the upper bound
+            n => Err(FfiError::invalid(format!("logprobs {n}: use -1 (off) or a count >= 0"))),
         }
     }
 
@@ -407,11 +420,12 @@ pub unsafe extern "C" fn pardec_conversations_submit(
             read_versioned(params, pardec_request_params::default())?
         };
         let mode = params.mode()?;
+        let logprobs = params.logprobs()?;
         let id = with_conversations(conversations, |state| {
             let session = state.conversations.session();
             let tokens = session.model().tokenize(prompt, true)?;
             let sampling = params.sampling(&session.params().sampling);
-            Ok(state.conversations.submit(Request { prompt: tokens, sampling, mode })?)
+            Ok(state.conversations.submit(Request { prompt: tokens, sampling, mode, logprobs })?)
         })?;
         *out = id;
         Ok(())
@@ -482,8 +496,9 @@ pub unsafe extern "C" fn pardec_conversations_step(
 /// are the other out-params written: `out_info` (may be NULL; pass
 /// `sizeof(pardec_outcome_info)` as `info_size`), `*out_text` (may be NULL) the answer, and
 /// `*out_report_json` (may be NULL) `{"error": null | "...", "blocks": [...], "warnings":
-/// [...]}` (blocks and warnings as in `pardec_session_generate_auto`; empty for a plain
-/// answer). Both strings are new: free them with `pardec_string_free`.
+/// [...], "logprobs": [{"pos", "token", "logprob", "top": [[token, logprob], ...]}]}` (blocks
+/// and warnings as in `pardec_session_generate_auto`, empty for a plain answer; logprobs when
+/// the request asked for them, up to the end of its text). Both strings are new: free them with `pardec_string_free`.
 ///
 /// Errors: NULL_ARGUMENT, STRUCT_SIZE, BUSY.
 #[no_mangle]
@@ -515,6 +530,7 @@ pub unsafe extern "C" fn pardec_conversations_next_outcome(
                 "error": outcome.error.as_ref().map(|e| e.to_string()),
                 "blocks": report.blocks,
                 "warnings": report.warnings,
+                "logprobs": outcome.logprobs,
             }),
         )?;
         if !out_text.is_null() {

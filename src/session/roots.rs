@@ -15,7 +15,7 @@ use super::penalties::PenaltyWindow;
 use super::report::{report, settled_bytes, Transcript};
 use super::sampling::{BranchSampler, SamplingParams};
 use super::tree::{Item, Node};
-use super::{NodeId, Session, StopReason};
+use super::{NodeId, Selection, Session, StopReason, MAX_TOP_LOGPROBS};
 
 impl Session {
     /// Opens a conversation: a new root holding `tokens` as its prompt (decoded here, with
@@ -88,6 +88,28 @@ impl Session {
         self.refill_window(idx);
         self.append_tokens(root, &tokens[keep..])?;
         Ok(keep)
+    }
+
+    /// Records the log-probability of every token `root` samples from now on, with its
+    /// step's `top` most likely tokens (as [`SessionParams::logprobs`](super::SessionParams::logprobs) does for a whole
+    /// session; [`Session::node_logprobs`] reads them); `None` stops recording. Its branches
+    /// record none. Needs host selection.
+    pub fn set_root_logprobs(&mut self, root: NodeId, top: Option<usize>) -> Result<()> {
+        let idx = self.root_index(root)?;
+        if let Some(n) = top {
+            if n > MAX_TOP_LOGPROBS {
+                return Err(Error::InvalidArgument(format!(
+                    "logprobs {n}: at most {MAX_TOP_LOGPROBS} alternatives per token"
+                )));
+            }
+            if !matches!(self.params.selection, Selection::Host) {
+                return Err(Error::InvalidArgument(
+                    "log-probabilities need the full logit row of every step: use Selection::Host".into(),
+                ));
+            }
+        }
+        self.nodes[idx].set_logprobs_top(top);
+        Ok(())
     }
 
     /// Closes a conversation: stops whatever of it still runs (its pending tokens are never

@@ -384,7 +384,7 @@ pub(super) fn sample_next(
         node.stop_at_eog();
         return;
     };
-    let logprob = match (params.logprobs, scores) {
+    let logprob = match (params.logprobs.or(node.logprobs_top()), scores) {
         (Some(n), Scores::Full(row)) if !model.is_eog(token) => Some(super::logprobs::token_logprob(row, token, n)),
         _ => None,
     };

@@ -119,6 +119,9 @@ pub(crate) struct Node {
     pending_logprob: Option<TokenLogprob>,
     /// Log-probabilities of the node's generated tokens, in order (`SessionParams::logprobs`).
     logprobs: Vec<TokenLogprob>,
+    /// Log-probabilities recorded for this node alone, with this many alternatives, where the
+    /// session records none (a root whose request asked for them).
+    logprobs_top: Option<usize>,
     utf8: Utf8Stream,
     open_block: Option<usize>,
     /// False once joined or discarded: its sequence id went back to the pool.
@@ -155,6 +158,7 @@ impl Node {
             pending_logprob: None,
             grammar: None,
             logprobs: Vec::new(),
+            logprobs_top: None,
             utf8: Utf8Stream::default(),
             open_block: None,
             alive: true,
@@ -316,6 +320,16 @@ impl Node {
 
     pub(super) fn set_sampling(&mut self, sampling: &SamplingParams) {
         self.sampler = BranchSampler::new(sampling, &self.path);
+    }
+
+    /// Alternatives per token this node records log-probabilities with, itself (see
+    /// `logprobs_top`); the session's setting comes first.
+    pub(super) fn logprobs_top(&self) -> Option<usize> {
+        self.logprobs_top
+    }
+
+    pub(super) fn set_logprobs_top(&mut self, top: Option<usize>) {
+        self.logprobs_top = top;
     }
 
     /// An empty penalty window of `capacity` tokens (the caller refills it from the text).

@@ -2,7 +2,7 @@
 //! checked, with the field named in the error), and the bodies and stream chunks back.
 //!
 //! Fields OpenAI defines that pardec does not implement are refused when set to anything but
-//! their neutral value (`n` > 1, `logprobs`), never silently ignored; fields pardec does not
+//! their neutral value (`n` > 1), never silently ignored; fields pardec does not
 //! know (`user`, `metadata`, ...) are ignored, as OpenAI-compatible servers do.
 
 use pardec::auto::AutoParams;
@@ -102,9 +102,7 @@ pub(crate) fn parse(endpoint: Endpoint, body: &[u8], d: &Defaults, model: &Model
             return Err(ApiError::invalid("n", "n must be 1: one answer per request"));
         }
     }
-    if opt_bool(&o, "logprobs")?.unwrap_or(false) || o.get("top_logprobs").is_some_and(|v| !v.is_null()) {
-        return Err(ApiError::invalid("logprobs", "log-probabilities are not served yet"));
-    }
+    let logprobs = logprobs(endpoint, &o)?;
     let max_tokens = match (opt_uint(&o, "max_completion_tokens")?, opt_uint(&o, "max_tokens")?) {
         (Some(n), _) | (None, Some(n)) => n,
         (None, None) => d.max_tokens as u64,
@@ -139,6 +137,12 @@ pub(crate) fn parse(endpoint: Endpoint, body: &[u8], d: &Defaults, model: &Model
                 "response_format applies to plain answers only: send \"protocol\": \"none\"",
             ))
         }
+        Some(_) if logprobs.is_some() => {
+            return Err(ApiError::invalid(
+                "logprobs",
+                "log-probabilities apply to plain answers only (a forked answer's text holds its branches): send \"protocol\": \"none\"",
+            ))
+        }
         Some(_) if ignore_eos => {
             return Err(ApiError::invalid(
                 "ignore_eos",
@@ -166,7 +170,44 @@ pub(crate) fn parse(endpoint: Endpoint, body: &[u8], d: &Defaults, model: &Model
         Some(Value::String(s)) => s.clone(),
         _ => d.model_name.clone(),
     };
-    Ok(Parsed { request: Request { prompt, sampling, mode }, stops, stream, include_usage, model: model_name })
+    Ok(Parsed {
+        request: Request { prompt, sampling, mode, logprobs },
+        stops,
+        stream,
+        include_usage,
+        model: model_name,
+    })
+}
+
+/// Most alternatives per token a request may ask for (OpenAI's limit for `top_logprobs`).
+const MAX_TOP_LOGPROBS: u64 = 20;
+
+/// The log-probabilities asked for, as alternatives per token: chat's `logprobs` (bool) with
+/// `top_logprobs`, or the completions endpoint's `logprobs` (a count).
+fn logprobs(endpoint: Endpoint, o: &Map<String, Value>) -> Result<Option<usize>, ApiError> {
+    let top = match endpoint {
+        Endpoint::Chat => {
+            let asked = opt_bool(o, "logprobs")?.unwrap_or(false);
+            match (asked, opt_uint(o, "top_logprobs")?) {
+                (false, Some(_)) => {
+                    return Err(ApiError::invalid("top_logprobs", "top_logprobs needs \"logprobs\": true"))
+                }
+                (false, None) => return Ok(None),
+                (true, top) => top.unwrap_or(0),
+            }
+        }
+        Endpoint::Completion => match opt_uint(o, "logprobs")? {
+            None => return Ok(None),
+            Some(n) => n,
+        },
+    };
+    if top > MAX_TOP_LOGPROBS {
+        return Err(ApiError::invalid(
+            "top_logprobs",
+            format!("at most {MAX_TOP_LOGPROBS} alternatives per token, not {top}"),
+        ));
+    }
+    Ok(Some(top as usize))
 }
 
 /// The chat's messages through the model's template.
@@ -356,15 +397,16 @@ pub(crate) struct Reply {
 impl Reply {
     /// The whole answer (not streamed).
     pub(crate) fn complete(&self, f: &Finished) -> Value {
+        let logprobs = self.logprobs(f);
         let choice = match self.endpoint {
             Endpoint::Chat => json!({
                 "index": 0,
                 "message": {"role": "assistant", "content": f.text},
-                "logprobs": null,
+                "logprobs": logprobs,
                 "finish_reason": f.finish_reason,
             }),
             Endpoint::Completion => {
-                json!({"index": 0, "text": f.text, "logprobs": null, "finish_reason": f.finish_reason})
+                json!({"index": 0, "text": f.text, "logprobs": logprobs, "finish_reason": f.finish_reason})
             }
         };
         json!({
@@ -398,11 +440,58 @@ impl Reply {
         json!({"id": self.id, "object": self.object(true), "created": self.created, "model": self.model, "choices": [choice]})
     }
 
-    /// The chunk that ends the answer: its finish reason, and pardec's statistics.
+    /// The chunk that ends the answer: its finish reason, every token's log-probabilities
+    /// when asked for (the content chunks carry text settled across tokens, so the entries
+    /// come together here), and pardec's statistics.
     pub(crate) fn last_chunk(&self, f: &Finished) -> Value {
         let mut c = self.chunk(None, false, Some(f.finish_reason));
+        c["choices"][0]["logprobs"] = self.logprobs(f);
         c["pardec"] = pardec_stats(f);
         c
+    }
+
+    /// The answer's log-probabilities in the endpoint's shape (null when not asked for):
+    /// chat's `{"content": [{"token", "logprob", "bytes", "top_logprobs"}]}`, or the legacy
+    /// completions' `{"tokens", "token_logprobs", "top_logprobs", "text_offset"}`.
+    fn logprobs(&self, f: &Finished) -> Value {
+        let Some(tokens) = &f.logprobs else { return Value::Null };
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        match self.endpoint {
+            Endpoint::Chat => {
+                let entry =
+                    |bytes: &[u8], logprob: f32| json!({"token": text(bytes), "logprob": logprob, "bytes": bytes});
+                let content: Vec<Value> = tokens
+                    .iter()
+                    .map(|t| {
+                        let mut e = entry(&t.bytes, t.logprob);
+                        e["top_logprobs"] = t.top.iter().map(|(b, l)| entry(b, *l)).collect();
+                        e
+                    })
+                    .collect();
+                json!({"content": content, "refusal": null})
+            }
+            Endpoint::Completion => {
+                // Character offsets into the completion's text (no prompt: nothing is echoed).
+                let mut offset = 0;
+                let offsets: Vec<usize> = tokens
+                    .iter()
+                    .map(|t| {
+                        let at = offset;
+                        offset += text(&t.bytes).chars().count();
+                        at
+                    })
+                    .collect();
+                json!({
+                    "tokens": tokens.iter().map(|t| text(&t.bytes)).collect::<Vec<_>>(),
+                    "token_logprobs": tokens.iter().map(|t| t.logprob).collect::<Vec<_>>(),
+                    "top_logprobs": tokens
+                        .iter()
+                        .map(|t| t.top.iter().map(|(b, l)| (text(b), json!(l))).collect::<Map<_, _>>())
+                        .collect::<Vec<_>>(),
+                    "text_offset": offsets,
+                })
+            }
+        }
     }
 
     /// OpenAI's usage chunk (`stream_options.include_usage`): no choices.

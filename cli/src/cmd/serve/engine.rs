@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pardec::conversations::{Conversations, Outcome, Request, RequestId, Sink};
-use pardec::{Error, Event, StopReason};
+use pardec::{Error, Event, Model, StopReason, TokenLogprob};
 use tokio::sync::{mpsc, oneshot};
 
 use super::metrics::Metrics;
@@ -70,10 +70,38 @@ pub(crate) struct Finished {
     pub(crate) warnings: usize,
     pub(crate) queued_ms: f64,
     pub(crate) decode_ms: f64,
+    /// The answer's tokens with their log-probabilities, when the request asked for them.
+    pub(crate) logprobs: Option<Vec<TokenChoice>>,
+}
+
+/// One sampled token of an answer that asked for log-probabilities.
+#[derive(Debug)]
+pub(crate) struct TokenChoice {
+    /// The token's bytes (a character may be split over tokens).
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) logprob: f32,
+    /// The step's most likely tokens, most likely first: bytes and log-probability.
+    pub(crate) top: Vec<(Vec<u8>, f32)>,
+}
+
+impl TokenChoice {
+    fn new(lp: &TokenLogprob, model: &Model) -> TokenChoice {
+        let bytes = |t| {
+            let mut b = Vec::new();
+            model.token_bytes(t, &mut b);
+            b
+        };
+        TokenChoice {
+            bytes: bytes(lp.token),
+            logprob: lp.logprob,
+            top: lp.top.iter().map(|&(t, l)| (bytes(t), l)).collect(),
+        }
+    }
 }
 
 impl Finished {
-    fn from_outcome(o: Outcome) -> Finished {
+    /// `model` renders the tokens of `logprobs` when they were asked for.
+    fn from_outcome(o: Outcome, model: &Model, logprobs: bool) -> Finished {
         let length = matches!(o.stop_reason, Some(StopReason::MaxTokens | StopReason::KvCacheFull));
         Finished {
             finish_reason: if length { "length" } else { "stop" },
@@ -85,6 +113,7 @@ impl Finished {
             warnings: o.report.as_ref().map_or(0, |r| r.warnings.len()),
             queued_ms: o.queued.as_secs_f64() * 1e3,
             decode_ms: o.decoding.as_secs_f64() * 1e3,
+            logprobs: logprobs.then(|| o.logprobs.iter().map(|lp| TokenChoice::new(lp, model)).collect()),
             text: o.text,
             error: o.error,
         }
@@ -99,18 +128,26 @@ struct Client {
     sent: usize,
     /// Bytes held back at the end of the settled text: a stop string may begin there.
     hold: usize,
+    /// Whether it asked for log-probabilities.
+    logprobs: bool,
 }
 
 /// Sends the library's per-request events to their clients.
 struct Fanout<'a> {
     clients: &'a mut HashMap<RequestId, Client>,
+    /// Renders tokens for log-probabilities.
+    model: &'a Model,
     metrics: &'a Metrics,
+    /// Tokens sampled in this step, all requests and branches.
+    sampled: u64,
 }
 
 impl Sink for Fanout<'_> {
     fn event(&mut self, id: RequestId, event: &Event<'_>) {
-        if matches!(event, Event::Fork { .. }) {
-            self.metrics.forks.inc();
+        match event {
+            Event::Fork { .. } => self.metrics.forks.inc(),
+            Event::Token { token, .. } if *token >= 0 => self.sampled += 1,
+            _ => {}
         }
         let Some(client) = self.clients.get(&id).filter(|c| c.stream) else { return };
         let note = match *event {
@@ -131,7 +168,7 @@ impl Sink for Fanout<'_> {
     fn finished(&mut self, id: RequestId, outcome: Outcome) {
         let Some(client) = self.clients.remove(&id) else { return };
         self.metrics.finished(&outcome);
-        let finished = Finished::from_outcome(outcome);
+        let finished = Finished::from_outcome(outcome, self.model, client.logprobs);
         // What the stream has not sent yet: the final text is the settled text with any stop
         // string cut off, so it extends what was sent.
         if let Some(rest) = finished.text.get(client.sent..).filter(|r| client.stream && !r.is_empty()) {
@@ -144,6 +181,7 @@ impl Sink for Fanout<'_> {
 /// Runs until every command sender is gone and nothing is left to decode.
 pub(crate) fn run(mut conversations: Conversations, commands: Receiver<Command>, metrics: Arc<Metrics>) {
     let mut clients: HashMap<RequestId, Client> = HashMap::new();
+    let model = conversations.session().model().clone();
     let mut open = true;
     loop {
         // Idle: wait for work (waking now and then to publish the load).
@@ -173,13 +211,13 @@ pub(crate) fn run(mut conversations: Conversations, commands: Receiver<Command>,
             clients.remove(&id);
             metrics.hung_up.inc();
         }
-        let mut fanout = Fanout { clients: &mut clients, metrics: &metrics };
-        let before = conversations.session().stats();
+        let mut fanout = Fanout { clients: &mut clients, model: &model, metrics: &metrics, sampled: 0 };
         if let Err(e) = conversations.step(&mut fanout) {
             // Every running request has finished with the error; the server goes on.
             eprintln!("pardec serve: a decode step failed: {e}");
         }
-        metrics.stepped(&before, &conversations);
+        let sampled = fanout.sampled;
+        metrics.stepped(sampled, conversations.load());
         send_settled(&conversations, &mut clients);
     }
 }
@@ -194,10 +232,11 @@ fn take(
     match command {
         Command::Submit(submission) => {
             let Submission { request, stops, stream, notes, reply } = *submission;
+            let logprobs = request.logprobs.is_some();
             match conversations.submit(request) {
                 Ok(id) => {
                     let hold = stops.iter().map(|s| s.len().saturating_sub(1)).max().unwrap_or(0);
-                    clients.insert(id, Client { notes, stream, sent: 0, hold });
+                    clients.insert(id, Client { notes, stream, sent: 0, hold, logprobs });
                     metrics.requests.inc();
                     let _ = reply.send(Ok(()));
                 }
@@ -208,21 +247,11 @@ fn take(
             }
         }
         Command::CancelAll => {
+            let model = conversations.session().model().clone();
             for (id, client) in clients.drain() {
                 conversations.cancel(id);
-                let _ = client.notes.send(Note::Done(Box::new(Finished {
-                    text: String::new(),
-                    finish_reason: "stop",
-                    error: Some(Error::Cancelled),
-                    prompt_tokens: 0,
-                    reused_tokens: 0,
-                    completion_tokens: 0,
-                    steps: 0,
-                    blocks: 0,
-                    warnings: 0,
-                    queued_ms: 0.0,
-                    decode_ms: 0.0,
-                })));
+                let cancelled = Outcome { error: Some(Error::Cancelled), ..Default::default() };
+                let _ = client.notes.send(Note::Done(Box::new(Finished::from_outcome(cancelled, &model, false))));
             }
         }
     }

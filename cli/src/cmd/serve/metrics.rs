@@ -5,8 +5,7 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use pardec::conversations::{Conversations, Outcome};
-use pardec::Stats;
+use pardec::conversations::{Load, Outcome};
 
 /// A number that only grows.
 #[derive(Default)]
@@ -81,12 +80,13 @@ impl Metrics {
         self.completion_tokens.add(o.generated_tokens as u64);
     }
 
-    /// One step ran; `before` is the session's statistics before it.
-    pub(crate) fn stepped(&self, before: &Stats, conversations: &Conversations) {
-        let after = conversations.session().stats();
-        self.steps.add(after.steps.saturating_sub(before.steps));
-        self.step_tokens.add(after.tokens_total.saturating_sub(before.tokens_total));
-        let load = conversations.load();
+    /// One step ran and sampled `sampled` tokens (a step that sampled none — all prefill,
+    /// or nothing admitted — is not counted); `load` is the state after it.
+    pub(crate) fn stepped(&self, sampled: u64, load: Load) {
+        if sampled > 0 {
+            self.steps.inc();
+            self.step_tokens.add(sampled);
+        }
         self.active.set(load.active as u64);
         self.queued.set(load.queued as u64);
         self.cached.set(load.cached as u64);

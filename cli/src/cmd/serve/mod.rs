@@ -30,7 +30,7 @@ use metrics::Metrics;
 
 pub(crate) fn cmd_serve(args: &ServeArgs) -> CliResult<()> {
     if args.sampling.logprobs.is_some() {
-        return Err(usage("--logprobs: log-probabilities are not served yet"));
+        return Err(usage("--logprobs: a request asks for log-probabilities itself (\"logprobs\": true)"));
     }
     if args.parallel == 0 {
         return Err(usage("--parallel must be at least 1"));
