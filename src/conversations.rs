@@ -147,6 +147,8 @@ pub struct Load {
 
 struct Active {
     root: NodeId,
+    /// How it decodes, until its run begins (its prompt is queued for the next step).
+    starting: Option<Mode>,
     run: Option<AutoRun>,
     limits: Option<RunLimits>,
     reserve: usize,
@@ -229,6 +231,9 @@ impl Conversations {
     /// Raw bytes: the last character may be incomplete. None for a request not decoding.
     pub fn settled_answer(&self, id: RequestId) -> Option<Vec<u8>> {
         let active = self.active.get(&id)?;
+        if active.starting.is_some() {
+            return Some(Vec::new());
+        }
         let bytes = self.session.root_settled_bytes(active.root).ok()?;
         Some(bytes.get(active.answer_from..).unwrap_or_default().to_vec())
     }
@@ -312,6 +317,11 @@ impl Conversations {
         }
         let ids: Vec<RequestId> = self.active.keys().copied().collect();
         for id in ids {
+            // A request whose prompt this step decoded begins now; it acts from the next.
+            if self.active.get(&id).is_some_and(|a| a.starting.is_some()) {
+                self.begin(id, sink);
+                continue;
+            }
             match self.after_step(id, sink) {
                 Ok(false) if self.over_budget(id) => self.finish_cut(id, sink),
                 Ok(false) => {}
@@ -367,7 +377,7 @@ impl Conversations {
                 self.queue.push_front((id, request, submitted));
                 return;
             }
-            if let Err(e) = self.start(id, request, need, submitted, sink) {
+            if let Err(e) = self.start(id, request, need, submitted) {
                 sink.finished(id, failed_outcome(e, submitted));
             }
         }
@@ -406,20 +416,16 @@ impl Conversations {
             .max_by_key(|&(_, n)| n)
     }
 
-    fn start(
-        &mut self,
-        id: RequestId,
-        request: Request,
-        reserve: usize,
-        submitted: Instant,
-        sink: &mut dyn Sink,
-    ) -> Result<()> {
+    /// Admits request `id`: opens its root (or reopens the cached one its prompt starts
+    /// with), its prompt queued for the next step's batch. Its run begins after that step
+    /// ([`Conversations::begin`]).
+    fn start(&mut self, id: RequestId, request: Request, reserve: usize, submitted: Instant) -> Result<()> {
         let (queued, admitted) = (submitted.elapsed(), Instant::now());
         let first = self.session.nodes_opened();
         let (root, reused) = match self.best_cached(&request.prompt) {
             Some((root, _)) => {
                 self.cache.retain(|(r, _)| *r != root);
-                match self.session.reopen_root(root, &request.prompt, &request.sampling) {
+                match self.session.reopen_root_queued(root, &request.prompt, &request.sampling) {
                     Ok(reused) => (root, reused),
                     Err(e) => {
                         let _ = self.session.close_root(root);
@@ -427,7 +433,7 @@ impl Conversations {
                     }
                 }
             }
-            None => (self.session.open_root(&request.prompt, &request.sampling)?, 0),
+            None => (self.session.open_root_queued(&request.prompt, &request.sampling)?, 0),
         };
         // A reopened root is older than the nodes opened now.
         self.own(first, id);
@@ -438,22 +444,38 @@ impl Conversations {
             let _ = self.session.close_root(root);
             return Err(e);
         }
-        let answer_from = self.session.root_settled_bytes(root).map(|b| b.len()).unwrap_or(0);
-        let mut active = Active {
+        // The root's text is its prompt's tokens' bytes; the answer follows.
+        let mut bytes = Vec::new();
+        for &t in &request.prompt {
+            self.session.model().token_bytes(t, &mut bytes);
+        }
+        let active = Active {
             root,
+            starting: Some(request.mode),
             run: None,
             limits: None,
             reserve,
             prompt_tokens: request.prompt.len(),
             reused_tokens: reused,
-            answer_from,
+            answer_from: bytes.len(),
             generated: 0,
             steps: 0,
             stepped: false,
             queued,
             admitted,
         };
-        let started = match request.mode {
+        self.active.insert(id, active);
+        Ok(())
+    }
+
+    /// Begins request `id`'s run once its prompt is decoded: a plain answer or a protocol run
+    /// samples its first token (decoded in the next step). False when it could not begin (it
+    /// is then finished with the error).
+    fn begin(&mut self, id: RequestId, sink: &mut dyn Sink) -> bool {
+        let Some(active) = self.active.get_mut(&id) else { return false };
+        let Some(mode) = active.starting.take() else { return true };
+        let root = active.root;
+        let started = match mode {
             Mode::Plain(limits) => {
                 let r = self.session.resume(root, &limits);
                 active.limits = Some(limits);
@@ -465,15 +487,18 @@ impl Conversations {
                 let before = self.session.nodes_opened();
                 let r = AutoRun::start(&mut self.session, root, &spec, &params, &mut one);
                 active.generated += one.generated;
+                let run = r.map(|run| active.run = Some(run));
                 self.own(before, id);
-                r.map(|run| active.run = Some(run))
+                run
             }
         };
-        self.active.insert(id, active);
-        if let Err(e) = started {
-            self.finish(id, Some(e), sink);
+        match started {
+            Ok(()) => true,
+            Err(e) => {
+                self.finish(id, Some(e), sink);
+                false
+            }
         }
-        Ok(())
     }
 
     /// Marks the nodes opened from index `from` on as request `id`'s.

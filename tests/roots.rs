@@ -188,3 +188,46 @@ fn closing_roots_returns_cells_and_ids_and_misuse_is_an_error() {
     s.open_root(&B, &greedy).unwrap();
     let _ = std::fs::remove_file(path);
 }
+
+/// Prompts queued for the next step (`open_root_queued`) are decoded in the batch of the
+/// running roots' tokens, and each root then answers as one opened on its own; until that
+/// step it cannot generate. Control: with the sibling leak, the two roots queued together
+/// (same positions, so a leaked token extends both) differ from alone.
+#[test]
+fn queued_prompts_decode_in_the_next_step_and_answer_as_alone() {
+    let (model, path) = tiny_model();
+    let want = alone(&model, &C, 12);
+    let run = |leak: bool| {
+        let mut s = session(&model, leak);
+        let greedy = SamplingParams::default();
+        let b = s.open_root(&B, &greedy).unwrap();
+        s.resume(b, &limits(4)).unwrap();
+        for _ in 0..3 {
+            s.step(&mut Silent).unwrap();
+        }
+        let a = s.open_root_queued(&A[..5], &greedy).unwrap();
+        let c = s.open_root_queued(&C, &greedy).unwrap();
+        assert!(s.is_prefilling(c));
+        assert!(matches!(s.resume(c, &limits(12)), Err(Error::InvalidState(_))));
+        let prefill_before = s.stats().tokens_prefill;
+        assert!(s.step(&mut Silent).unwrap()); // B's last token and both prompts, one batch
+        assert!(!s.is_prefilling(c) && !s.is_running(b));
+        assert_eq!(s.stats().tokens_prefill - prefill_before, 10);
+        s.resume(a, &limits(12)).unwrap();
+        s.resume(c, &limits(12)).unwrap();
+        s.run(&mut Silent).unwrap();
+        s.logit_trace(c).to_vec()
+    };
+    let got = run(false);
+    assert_eq!(got.len(), want.len());
+    let err = max_rel_err(&got, &want);
+    assert!(err < MATCH_TOL, "queued prompt's rows differ from alone: {err:e}");
+    let leaked = max_rel_err(&run(true), &want);
+    assert!(leaked > MISMATCH_MIN, "control did not differ: {leaked:e}");
+    // A prompt queued alone is a step of its own; closed before it, it is dropped.
+    let mut s = session(&model, false);
+    let c = s.open_root_queued(&C, &SamplingParams::default()).unwrap();
+    s.close_root(c).unwrap();
+    assert!(!s.step(&mut Silent).unwrap(), "a closed root's prompt was still decoded");
+    let _ = std::fs::remove_file(path);
+}

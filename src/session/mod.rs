@@ -390,6 +390,15 @@ struct BatchEntry {
     token: Token,
     pos: i32,
     logits: bool,
+    /// A token of a prompt queued for this step (see `roots.rs`), not a running node's.
+    queued_prompt: bool,
+}
+
+/// A root's prompt tokens waiting for the next step (see [`Session::open_root_queued`]).
+#[derive(Debug)]
+struct QueuedPrefill {
+    node: usize,
+    tokens: Vec<Token>,
 }
 
 /// A decoding session: one llama.cpp context holding a trunk and its branches.
@@ -411,10 +420,13 @@ pub struct Session {
     nodes: Vec<Node>,
     blocks: Vec<Block>,
     counters: Counters,
+    /// Prompts decoded in the next step's batch, beside the running nodes' tokens.
+    queued: Vec<QueuedPrefill>,
     /// Reused per step: no allocation on the hot path.
     entries: Vec<BatchEntry>,
     seq_scratch: Vec<i32>,
     text_scratch: String,
+    bytes_scratch: Vec<u8>,
     script: Option<Box<dyn TokenScript>>,
     /// The next token of each row of the current chunk, chosen ahead from full rows (in
     /// parallel for wide steps); `NO_PICK` where the node samples at commit instead.
@@ -565,9 +577,11 @@ impl Session {
             nodes: Vec::new(),
             blocks: Vec::new(),
             counters: Counters::default(),
+            queued: Vec::new(),
             entries: Vec::with_capacity(n_batch),
             seq_scratch: Vec::with_capacity(n_seq_max as usize),
             text_scratch: String::new(),
+            bytes_scratch: Vec::new(),
             script: None,
             picks: Vec::with_capacity(n_batch),
             selection_threads: selection_threads(threads.max(1) as usize)?,
@@ -579,6 +593,7 @@ impl Session {
     }
 
     fn reset_tree(&mut self) {
+        self.queued.clear();
         self.nodes.clear();
         self.blocks.clear();
         self.pool = SeqPool::new(self.n_seq_max);
@@ -654,6 +669,10 @@ impl Session {
     fn idle_node(&self, node: NodeId, what: &str) -> Result<usize> {
         let idx = self.live_node(node)?;
         match self.nodes[idx].state() {
+            NodeState::Idle if self.queued.iter().any(|q| q.node == idx) => Err(Error::InvalidState(format!(
+                "cannot {what} node {:?}: its prompt is queued for the next step",
+                self.nodes[idx].label()
+            ))),
             NodeState::Idle => Ok(idx),
             NodeState::Waiting => Err(Error::InvalidState(format!(
                 "cannot {what} node {:?}: it has an open block (join it first)",

@@ -170,6 +170,7 @@ impl Session {
                     token: t,
                     pos: pos0 + i as i32,
                     logits: scores.is_some() || i + 1 == tokens.len(),
+                    queued_prompt: false,
                 });
             }
         }

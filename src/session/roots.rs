@@ -15,7 +15,16 @@ use super::penalties::PenaltyWindow;
 use super::report::{report, settled_bytes, Transcript};
 use super::sampling::{BranchSampler, SamplingParams};
 use super::tree::{Item, Node};
-use super::{NodeId, Selection, Session, StopReason, MAX_TOP_LOGPROBS};
+use super::{NodeId, QueuedPrefill, Selection, Session, StopReason, MAX_TOP_LOGPROBS};
+
+/// When a root's prompt is decoded.
+#[derive(Debug, Clone, Copy)]
+enum Prefill {
+    /// Here, in a decode of its own.
+    Now,
+    /// In the next step's batch.
+    NextStep,
+}
 
 impl Session {
     /// Opens a conversation: a new root holding `tokens` as its prompt (decoded here, with
@@ -25,6 +34,20 @@ impl Session {
     /// like the trunk. Fails with [`Error::TooManyBranches`] when no sequence id is free and
     /// [`Error::PromptTooLong`] when the KV cache cannot hold the prompt; nothing changes then.
     pub fn open_root(&mut self, tokens: &[Token], sampling: &SamplingParams) -> Result<NodeId> {
+        self.open_root_with(tokens, sampling, Prefill::Now)
+    }
+
+    /// [`Session::open_root`], with the prompt decoded in the next [`Session::step`]'s batch,
+    /// beside the tokens of the nodes running then, instead of in a decode of its own (as
+    /// llama-server mixes prompts into its batches: the weights are read once for both). The
+    /// root can generate after that step ([`Session::is_prefilling`] says when); closing it
+    /// before drops its prompt. If the step fails, the root is left without the prompt (and
+    /// cannot generate): close it.
+    pub fn open_root_queued(&mut self, tokens: &[Token], sampling: &SamplingParams) -> Result<NodeId> {
+        self.open_root_with(tokens, sampling, Prefill::NextStep)
+    }
+
+    fn open_root_with(&mut self, tokens: &[Token], sampling: &SamplingParams, when: Prefill) -> Result<NodeId> {
         if tokens.is_empty() {
             return Err(Error::EmptyPrompt);
         }
@@ -35,13 +58,29 @@ impl Session {
         let window = PenaltyWindow::new(sampling.window_capacity(self.n_ctx));
         let idx = self.nodes.len();
         self.nodes.push(Node::new(seq, BranchSampler::new(&sampling, &[]), window));
-        if let Err(e) = self.append_tokens(NodeId(idx), tokens) {
+        if let Err(e) = self.prefill_root(idx, tokens, when) {
             self.ctx.seq_rm(seq, -1);
             self.pool.give_back(seq);
             self.nodes.truncate(idx);
             return Err(e);
         }
         Ok(NodeId(idx))
+    }
+
+    /// Decodes `tokens` into root `idx` now, or queues them for the next step.
+    fn prefill_root(&mut self, idx: usize, tokens: &[Token], when: Prefill) -> Result<()> {
+        match when {
+            Prefill::Now => self.append_tokens(NodeId(idx), tokens),
+            Prefill::NextStep => {
+                self.queued.push(QueuedPrefill { node: idx, tokens: tokens.to_vec() });
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether `node`'s prompt is queued for the next step ([`Session::open_root_queued`]).
+    pub fn is_prefilling(&self, node: NodeId) -> bool {
+        self.queued.iter().any(|q| q.node == node.0)
     }
 
     /// How many tokens of `tokens` an idle root already holds at its start, in text before
@@ -65,6 +104,22 @@ impl Session {
     /// cells, decodes the new tail and samples from now on with `sampling`. Returns how many
     /// tokens were reused. Only a root without branches can be reopened.
     pub fn reopen_root(&mut self, root: NodeId, tokens: &[Token], sampling: &SamplingParams) -> Result<usize> {
+        self.reopen_root_with(root, tokens, sampling, Prefill::Now)
+    }
+
+    /// [`Session::reopen_root`], with the new tokens decoded in the next step's batch (as
+    /// [`Session::open_root_queued`]).
+    pub fn reopen_root_queued(&mut self, root: NodeId, tokens: &[Token], sampling: &SamplingParams) -> Result<usize> {
+        self.reopen_root_with(root, tokens, sampling, Prefill::NextStep)
+    }
+
+    fn reopen_root_with(
+        &mut self,
+        root: NodeId,
+        tokens: &[Token],
+        sampling: &SamplingParams,
+        when: Prefill,
+    ) -> Result<usize> {
         let idx = self.root_index(root)?;
         if tokens.is_empty() {
             return Err(Error::EmptyPrompt);
@@ -86,7 +141,7 @@ impl Session {
         self.nodes[idx].set_sampling(&sampling);
         self.nodes[idx].reset_window(sampling.window_capacity(self.n_ctx));
         self.refill_window(idx);
-        self.append_tokens(root, &tokens[keep..])?;
+        self.prefill_root(idx, &tokens[keep..], when)?;
         Ok(keep)
     }
 
@@ -117,6 +172,7 @@ impl Session {
     /// it, and returns their sequence ids. The root's handle is invalid afterwards.
     pub fn close_root(&mut self, root: NodeId) -> Result<()> {
         let idx = self.root_index(root)?;
+        self.queued.retain(|q| q.node != idx);
         for i in idx..self.nodes.len() {
             if !self.nodes[i].is_alive() || self.root_of_index(i) != idx {
                 continue;
@@ -181,7 +237,8 @@ impl Session {
 
     /// Refuses `n` more tokens when the KV cache cannot hold them.
     fn check_room(&self, n: usize) -> Result<()> {
-        let need = self.kv_cells_used() as usize + n;
+        let queued: usize = self.queued.iter().map(|q| q.tokens.len()).sum();
+        let need = self.kv_cells_used() as usize + queued + n;
         if need > self.n_ctx as usize {
             return Err(Error::PromptTooLong { tokens: need, n_ctx: self.n_ctx as usize });
         }

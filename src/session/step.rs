@@ -11,7 +11,7 @@ use crate::llama::{Batch, LlamaContext, Sampled};
 use crate::model::{Model, Token};
 
 use super::sampling::Scores;
-use super::tree::{Node, StopReason};
+use super::tree::{Node, Origin, StopReason};
 use super::{BatchEntry, Event, NodeId, Observer, RunLimits, Session, SessionParams, TokenScript, NO_PICK};
 
 impl Session {
@@ -115,7 +115,26 @@ impl Session {
         for (i, n) in self.nodes.iter().enumerate() {
             if let Some(token) = n.pending() {
                 parallel |= n.depth() > 0;
-                self.entries.push(BatchEntry { node: i, token, pos: n.next_pos(), logits: true });
+                self.entries.push(BatchEntry { node: i, token, pos: n.next_pos(), logits: true, queued_prompt: false });
+            }
+        }
+        let sampled_rows = self.entries.len();
+        // Queued prompts after the running nodes' tokens (which `preselect` pairs with nodes
+        // in node order), each with logits for its last token only.
+        let queued = std::mem::take(&mut self.queued);
+        let mut prompt_starts = Vec::with_capacity(queued.len());
+        for q in &queued {
+            let pos0 = self.nodes[q.node].next_pos();
+            prompt_starts.push((q.node, pos0));
+            for (i, &token) in q.tokens.iter().enumerate() {
+                let logits = i + 1 == q.tokens.len();
+                self.entries.push(BatchEntry {
+                    node: q.node,
+                    token,
+                    pos: pos0 + i as i32,
+                    logits,
+                    queued_prompt: true,
+                });
             }
         }
         if self.entries.is_empty() {
@@ -141,7 +160,12 @@ impl Session {
             // Every decoded row is committed even after one fails (its token is committed
             // before its scores are read), so each node's text stays what its KV cells hold.
             for (row, entry) in chunk.iter().enumerate() {
-                match self.commit_step_token(entry, row as i32, observer) {
+                let committed = if entry.queued_prompt {
+                    self.commit_queued_token(entry, row as i32).map(|()| true)
+                } else {
+                    self.commit_step_token(entry, row as i32, observer)
+                };
+                match committed {
                     Ok(true) => {}
                     Ok(false) => cancelled = true,
                     Err(e) => failure = Some(e),
@@ -152,14 +176,26 @@ impl Session {
             }
         }
         self.entries = entries;
-        self.counters.steps += 1;
         let elapsed = started.elapsed();
         self.counters.host_time += elapsed.saturating_sub(device_time);
-        if parallel {
+        if sampled_rows == 0 {
+            // Only prompts: a prefill, not a step.
+            self.counters.prefill_time += elapsed;
+        } else if parallel {
+            self.counters.steps += 1;
             self.counters.parallel_time += elapsed;
             self.counters.parallel_steps += 1;
         } else {
+            self.counters.steps += 1;
             self.counters.serial_time += elapsed;
+        }
+        if failure.is_some() {
+            // A queued prompt is all or nothing: its root is left without it.
+            for &(idx, pos0) in &prompt_starts {
+                let seq = self.nodes[idx].seq();
+                self.ctx.seq_rm(seq, pos0);
+                self.rollback_node(idx, pos0, true);
+            }
         }
         if let Some(e) = failure {
             let reason = match e {
@@ -194,7 +230,7 @@ impl Session {
         }
         let Session { ctx, nodes, picks, selection_threads, .. } = self;
         // `step` lists its entries in node order, so one walk pairs every row with its node.
-        let mut rows = chunk.iter().enumerate().peekable();
+        let mut rows = chunk.iter().enumerate().filter(|(_, e)| !e.queued_prompt).peekable();
         let mut work: Vec<(usize, &mut Node, &[f32])> = Vec::with_capacity(chunk.len());
         for (i, node) in nodes.iter_mut().enumerate() {
             let Some((row, _)) = rows.next_if(|(_, e)| e.node == i) else {
@@ -234,6 +270,22 @@ impl Session {
         for (row, token) in results.into_iter().flatten() {
             picks[row] = token;
         }
+    }
+
+    /// Commits one decoded token of a queued prompt; the prompt's last keeps its logits for
+    /// the root's first sample.
+    fn commit_queued_token(&mut self, entry: &BatchEntry, row: i32) -> Result<()> {
+        let mut bytes = std::mem::take(&mut self.bytes_scratch);
+        bytes.clear();
+        self.model.token_bytes(entry.token, &mut bytes);
+        self.nodes[entry.node].push_token(Origin::Forced, entry.token, &bytes);
+        self.bytes_scratch = bytes;
+        self.counters.prefill_tokens += 1;
+        if entry.logits {
+            let scores = row_scores(&self.ctx, self.device_candidates.is_some(), row)?;
+            self.nodes[entry.node].save_scores(scores);
+        }
+        Ok(())
     }
 
     /// Commits one decoded step token and samples the node's next one. Returns the
@@ -322,8 +374,9 @@ impl Session {
         for entry in chunk {
             self.seq_scratch.clear();
             self.seq_scratch.push(self.nodes[entry.node].seq());
-            // Roots (`open_root`) are siblings too: the leak reaches every conversation.
-            if self.params.leak_between_siblings && entry.node != 0 {
+            // Roots (`open_root`) are siblings too: the leak reaches every conversation (but
+            // not a queued prompt, which is decoded beside them, not among them).
+            if self.params.leak_between_siblings && entry.node != 0 && !entry.queued_prompt {
                 self.add_running_siblings(entry.node);
             }
             if !self.batch.add(entry.token, entry.pos, &self.seq_scratch, entry.logits) {

@@ -159,7 +159,14 @@ pub(crate) fn parse(endpoint: Endpoint, body: &[u8], d: &Defaults, model: &Model
             },
         },
         None => {
-            Mode::Plain(RunLimits { max_tokens, stop: stops.clone(), strip_stop: true, grammar, ..Default::default() })
+            Mode::Plain(RunLimits {
+                max_tokens,
+                stop: stops.clone(),
+                strip_stop: true,
+                ban_eog: ignore_eos,
+                grammar,
+                ..Default::default()
+            })
         }
     };
     let prompt = model.tokenize(&prompt_text, true).map_err(ApiError::from_pardec)?;
