@@ -154,7 +154,7 @@ static void misuse(pardec_model *model) {
     EXPECT(pardec_conversations_submit(conv, "", NULL, &id), PARDEC_STATUS_EMPTY_PROMPT);
     rp.protocol = "no-such-protocol";
     EXPECT(pardec_conversations_submit(conv, "hi", &rp, &id), PARDEC_STATUS_INVALID_ARGUMENT);
-    rp.protocol = "sot"; /* not a stream protocol */
+    rp.protocol = "apr"; /* APR's sub-searches are not served by conversations */
     EXPECT(pardec_conversations_submit(conv, "hi", &rp, &id), PARDEC_STATUS_INVALID_ARGUMENT);
     rp.protocol = "{not json";
     EXPECT(pardec_conversations_submit(conv, "hi", &rp, &id), PARDEC_STATUS_INVALID_ARGUMENT);

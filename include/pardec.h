@@ -480,9 +480,13 @@ typedef struct pardec_request_params {
      */
     struct pardec_sampling_params sampling;
     /**
-     * NULL (the default) or "none": the model answers plainly. Otherwise a stream protocol
-     * under which the model forks by itself: a built-in name (`multiverse`, `aspd`,
-     * `parallel-r1`, `threadweaver`, `npr`, `titles`...) or a description in JSON.
+     * NULL (the default) or "none": the model answers plainly. "sot": Skeleton-of-Thought
+     * for any instruct model — the prompt is then the question alone (pardec writes the
+     * request in the chat template), the model writes a skeleton of at most `max_tokens`
+     * (up to 120), and each point is expanded as a branch of `max_branch_tokens`; the
+     * outcome's text is the assembled answer. Otherwise a stream protocol under which the
+     * model forks by itself: a built-in name (`multiverse`, `aspd`, `parallel-r1`,
+     * `threadweaver`, `npr`, `titles`...) or a description in JSON.
      */
     const char *protocol;
     /**

@@ -21,10 +21,11 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use crate::auto::sot::{SotParams, SotRun};
 use crate::auto::{AutoParams, AutoReport, AutoRun};
 use crate::error::{Error, Result};
 use crate::model::Token;
-use crate::protocol::ProtocolSpec;
+use crate::protocol::{ProtocolSpec, SkeletonFormat};
 use crate::session::{
     Event, NodeId, Observer, RunLimits, SamplingParams, Session, StopReason, TokenLogprob, MAX_TOP_LOGPROBS,
 };
@@ -48,6 +49,31 @@ pub enum Mode {
         /// Its budgets and stops.
         params: AutoParams,
     },
+    /// Skeleton-of-Thought: the model writes a skeleton of points, which are expanded as
+    /// branches ([`SotRun`]). The prompt must be the format's request for the question
+    /// ([`crate::auto::sot::sot_prompt`]) followed by its primer; the outcome's text is the
+    /// assembled answer.
+    Sot {
+        /// The skeleton format (boxed, as a spec).
+        format: Box<SkeletonFormat>,
+        /// Its budgets.
+        params: SotParams,
+    },
+}
+
+/// A request's protocol run, stepped with the others.
+enum Run {
+    Auto(AutoRun),
+    Sot(SotRun),
+}
+
+impl Run {
+    fn after_step(&mut self, session: &mut Session, observer: &mut dyn Observer) -> Result<bool> {
+        match self {
+            Run::Auto(run) => run.after_step(session, observer),
+            Run::Sot(run) => run.after_step(session, observer),
+        }
+    }
 }
 
 /// One request: a prompt (already rendered and tokenized, start token included where the
@@ -72,7 +98,8 @@ pub struct Outcome {
     /// The answer: what was decoded after the prompt (branches flattened into it under a
     /// protocol, tags included), without the stop string when the plain limits strip it.
     pub text: String,
-    /// Why the answer ended (the root's last stop).
+    /// Why the answer ended (the root's last stop; None for a Skeleton-of-Thought answer
+    /// assembled from its expansions).
     pub stop_reason: Option<StopReason>,
     /// Set when decoding failed part-way: `text` holds what was decoded before.
     pub error: Option<Error>,
@@ -149,7 +176,7 @@ struct Active {
     root: NodeId,
     /// How it decodes, until its run begins (its prompt is queued for the next step).
     starting: Option<Mode>,
-    run: Option<AutoRun>,
+    run: Option<Run>,
     limits: Option<RunLimits>,
     reserve: usize,
     prompt_tokens: usize,
@@ -227,11 +254,13 @@ impl Conversations {
     }
 
     /// The answer of a decoding request as far as it is settled (see
-    /// [`Session::root_settled_bytes`]): what a stream can send without taking anything back.
+    /// [`Session::root_settled_bytes`]): what a stream can send without taking anything back
+    /// (nothing of a Skeleton-of-Thought answer, which is assembled at its end).
     /// Raw bytes: the last character may be incomplete. None for a request not decoding.
     pub fn settled_answer(&self, id: RequestId) -> Option<Vec<u8>> {
         let active = self.active.get(&id)?;
-        if active.starting.is_some() {
+        // Skeleton-of-Thought's answer is assembled at its end: nothing of it settles before.
+        if active.starting.is_some() || matches!(active.run, Some(Run::Sot(_))) {
             return Some(Vec::new());
         }
         let bytes = self.session.root_settled_bytes(active.root).ok()?;
@@ -252,9 +281,9 @@ impl Conversations {
         request.sampling.validate_for(self.session.model().n_vocab())?;
         if let Mode::Auto { spec, .. } = &request.mode {
             spec.validate().map_err(|e| Error::InvalidArgument(format!("protocol: {e}")))?;
-            if request.logprobs.is_some() {
-                return Err(Error::InvalidArgument("logprobs: for plain requests only".into()));
-            }
+        }
+        if !matches!(request.mode, Mode::Plain(_)) && request.logprobs.is_some() {
+            return Err(Error::InvalidArgument("logprobs: for plain requests only".into()));
         }
         if let Some(n) = request.logprobs.filter(|&n| n > MAX_TOP_LOGPROBS) {
             return Err(Error::InvalidArgument(format!("logprobs {n}: at most {MAX_TOP_LOGPROBS} alternatives")));
@@ -362,6 +391,13 @@ impl Conversations {
             Mode::Auto { spec, params } => {
                 let branches = spec.max_branches.min(self.params.branches_per_request);
                 params.max_tokens + branches * (params.max_branch_tokens + PER_BRANCH_FORCED) + PER_BRANCH_FORCED
+            }
+            // The skeleton, the expansion instruction, then the points as branches — or, for
+            // an unusable skeleton, a serial answer of a few points' length.
+            Mode::Sot { params, .. } => {
+                let branches = self.params.branches_per_request;
+                let expanded = branches * (params.point_tokens + PER_BRANCH_FORCED);
+                params.skeleton_tokens + 2 * PER_BRANCH_FORCED + expanded.max(params.point_tokens * branches.max(3))
             }
         };
         request.prompt.len() + answer + (1 + self.params.branches_per_request) * (1 + PER_BRANCH_FORCED)
@@ -487,9 +523,13 @@ impl Conversations {
                 let before = self.session.nodes_opened();
                 let r = AutoRun::start(&mut self.session, root, &spec, &params, &mut one);
                 active.generated += one.generated;
-                let run = r.map(|run| active.run = Some(run));
+                let run = r.map(|run| active.run = Some(Run::Auto(run)));
                 self.own(before, id);
                 run
+            }
+            Mode::Sot { format, params } => {
+                let r = SotRun::start(&mut self.session, root, &format, &params, self.params.branches_per_request);
+                r.map(|run| active.run = Some(Run::Sot(run)))
             }
         };
         match started {
@@ -579,9 +619,17 @@ impl Conversations {
         let root = active.root;
         let flat = self.session.root_transcript(root).map(|t| t.text).unwrap_or_default();
         let cut = reason.is_some();
-        let stop_reason = reason.or_else(|| self.session.stop_reason(root).cloned());
+        let stop_reason = match &active.run {
+            // Its root stopped at the skeleton's end; the answer is the joined expansions.
+            Some(Run::Sot(run)) if reason.is_none() && !run.answer().serial_fallback => None,
+            _ => reason.or_else(|| self.session.stop_reason(root).cloned()),
+        };
         let tokens = self.session.node_tokens(root);
-        let mut text = flat.get(active.answer_from..).unwrap_or("").to_string();
+        let mut text = match &active.run {
+            // Skeleton-of-Thought's answer is its points with their expansions, assembled.
+            Some(Run::Sot(run)) => run.answer().answer.clone(),
+            _ => flat.get(active.answer_from..).unwrap_or("").to_string(),
+        };
         if let Some(limits) = &active.limits {
             let keep = limits.returned_len(stop_reason.as_ref(), &[], text.as_bytes(), self.piece_len(tokens.last()));
             text.truncate(floor_char_boundary(&text, keep));
@@ -595,7 +643,11 @@ impl Conversations {
             reused_tokens: active.reused_tokens,
             generated_tokens: active.generated,
             steps: active.steps,
-            report: active.run.map(AutoRun::into_report),
+            report: match active.run {
+                Some(Run::Auto(run)) => Some(run.into_report()),
+                Some(Run::Sot(run)) => Some(run.into_answer().report),
+                None => None,
+            },
             queued: active.queued,
             decoding: active.admitted.elapsed(),
             logprobs,

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
 from . import _lib as _c
-from ._chat import MessageLike
+from ._chat import MessageLike, normalize_messages
 from ._errors import Cancelled, ClosedError, PardecError, Status, _as_status, _check, _handle, _take_string
 from ._params import _c_int, _encode, _number, _SessionParams, _stop_strings
 from ._types import Event, TokenLogprob, _STOP_REASONS, _event_from_c
@@ -190,15 +190,25 @@ class Conversations:
                ban_eog: bool = False, logprobs: Optional[int] = None) -> int:
         """Queues a request and returns its id. ``prompt`` is the text the model continues
         (special tokens parsed) or chat messages (rendered with the model's template, the
-        assistant's turn opened). ``protocol`` None or "none": a plain answer; else a stream
-        protocol (a built-in name or JSON) under which the model forks by itself, each branch
-        up to ``max_branch_tokens``. ``stop`` ends the answer (left out of a plain answer's
+        assistant's turn opened). ``protocol`` None or "none": a plain answer; "sot":
+        Skeleton-of-Thought for any instruct model (``prompt`` is the question, or one user
+        message; the skeleton takes up to ``max_tokens``, at most 120; the text is the
+        assembled answer); else a stream protocol (a built-in name or JSON) under which the
+        model forks by itself, each branch up to ``max_branch_tokens``. ``stop`` ends the answer (left out of a plain answer's
         text unless ``strip_stop`` is False). ``logprobs`` n (plain answers, 0 to 100) records
         each answer token's log-probability and its step's n most likely tokens
         (:attr:`Outcome.logprobs`). Sampling not given is greedy. Raises
         PardecError: PROMPT_TOO_LONG when it could never fit the context, INVALID_ARGUMENT
         for an unknown protocol or sampling out of range."""
-        text = prompt if isinstance(prompt, str) else self.model.chat(prompt)
+        if isinstance(prompt, str):
+            text = prompt
+        elif protocol == "sot":
+            pairs = normalize_messages(prompt)
+            if len(pairs) != 1 or pairs[0][0] != "user":
+                raise ValueError("skeleton-of-thought answers one question: give one user message")
+            text = pairs[0][1]
+        else:
+            text = self.model.chat(prompt)
         L = _c.lib()
         p = _c.pardec_request_params()
         _check(L.pardec_request_params_default(byref(p), sizeof(p)))

@@ -96,7 +96,7 @@ def test_bad_requests_are_refused_by_name(model, conv):
         conv.submit("hi", protocol="no-such-protocol")
     assert e.value.status == Status.INVALID_ARGUMENT and "no-such-protocol" in e.value.message
     with pytest.raises(PardecError) as e:
-        conv.submit("hi", protocol="sot")
+        conv.submit("hi", protocol="apr")
     assert e.value.status == Status.INVALID_ARGUMENT
     with pytest.raises(PardecError) as e:
         conv.submit("hi", max_tokens=10**6)
@@ -161,3 +161,31 @@ def test_log_probabilities_of_a_request_match_a_session_s(model, conv):
     with pytest.raises(PardecError) as e:
         conv.submit(ask, protocol="multiverse", logprobs=1)
     assert e.value.status == Status.INVALID_ARGUMENT
+
+
+def test_skeleton_of_thought_expands_its_points_as_branches(model, conv):
+    question = "What are the benefits of regular exercise?"
+    sot = conv.submit(question, protocol="sot", max_tokens=120, max_branch_tokens=24)
+    plain = conv.submit([("user", "Name a city.")], max_tokens=8)
+    events = []
+    while conv.step(lambda request, ev: events.append((request, ev.kind, ev.label))):
+        pass
+    out = {o.request: o for o in conv.outcomes()}
+    got = out[sot]
+    assert got.error is None and out[plain].error is None
+    # One block, one branch per point, and the answer is the points with their expansions, in
+    # order (the prompt's batch shapes differ from a session's, so the text may differ from
+    # Session.generate_sot's by a rounding flip: its structure may not).
+    assert got.blocks == 1 and len(got.report["blocks"]) == 1
+    titles = got.report["blocks"][0]["titles"]
+    lines = got.text.split("\n")
+    # At most branches_per_request (2) points are expanded.
+    assert len(titles) == 2 and len(lines) == len(titles)
+    assert all(line.startswith(f"{i + 1}.") and t in line for i, (line, t) in enumerate(zip(lines, titles)))
+    assert all(len(line) > len(t) + 20 for line, t in zip(lines, titles))  # expanded
+    assert got.stop_reason is None
+    branch_tokens = [label for request, kind, label in events if request == sot and kind == "token" and label]
+    assert set(branch_tokens) == {str(i + 1) for i in range(len(titles))}
+    assert ("fork" in {k for r, k, _ in events if r == sot}) and not any(r == plain and k == "fork" for r, k, _ in events)
+    with pytest.raises(ValueError):
+        conv.submit([("user", "a"), ("assistant", "b"), ("user", "c")], protocol="sot")

@@ -382,7 +382,7 @@ pub(crate) struct ServeArgs {
     pub(crate) model: ModelOpts,
     #[arg(long, value_name = "PATH[:SCALE]", value_parser = parse_lora, help = LORA_HELP)]
     pub(crate) lora: Vec<LoraArg>,
-    /// The model forks under this protocol unless a request says otherwise: none, or multiverse, aspd, parallel-r1, threadweaver, npr, titles, ... (a built-in name or a protocol JSON file)
+    /// The model forks under this protocol unless a request says otherwise: none; sot (Skeleton-of-Thought: any instruct model writes a skeleton whose points are expanded as branches of --max-branch-tokens); or multiverse, aspd, parallel-r1, threadweaver, npr, titles, ... (a built-in name or a protocol JSON file)
     #[arg(long, value_name = "P", default_value = "none")]
     pub(crate) protocol: String,
     /// Address to listen on

@@ -143,6 +143,29 @@ def test_a_forking_answer_streams_its_branches_and_its_content_matches_the_whole
     assert any(e["event"] == "join" for e in events)
 
 
+def test_skeleton_of_thought_is_served_for_one_question(server):
+    client = server.client()
+    r = chat(client, "What are the benefits of regular exercise?", max_tokens=120, extra_body={"protocol": "sot"})
+    text, info = r.choices[0].message.content, r.model_extra["pardec"]
+    lines = text.split("\n")
+    assert info["blocks"] == 1 and len(lines) >= 2, text
+    assert all(line.startswith(f"{i + 1}.") for i, line in enumerate(lines)), text
+    assert r.choices[0].finish_reason == "stop" and info["tokens_per_step"] > 1
+    # Streamed: the branches' events, then the assembled answer.
+    events, parts = [], []
+    for chunk in chat(client, "What are the benefits of regular exercise?", max_tokens=120, stream=True,
+                      extra_body={"protocol": "sot"}):
+        if chunk.model_extra.get("pardec") and "event" in chunk.model_extra["pardec"]:
+            events.append(chunk.model_extra["pardec"]["event"])
+        parts.extend(c.delta.content or "" for c in chunk.choices)
+    assert "".join(parts) == text and "fork" in events and "join" in events
+    # SoT answers one question: a conversation with other turns is refused, not cut.
+    status, reply = server.raw("POST", "/v1/chat/completions", {"protocol": "sot", "messages": [
+        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": "Tips?"}]})
+    assert status == 400 and reply["error"]["param"] == "messages"
+
+
 def test_completions_endpoint_and_models(server):
     client = server.client()
     r = client.completions.create(model="any", prompt="The capital of France is", max_tokens=8, temperature=0,

@@ -73,68 +73,176 @@ pub fn generate_sot(
     if question.trim().is_empty() {
         return Err(Error::EmptyPrompt);
     }
-    let mut report = AutoReport::default();
     let (prompt, _template_error) = sot_prompt(session.model(), question, format);
     session.prompt(&prompt)?;
     if !format.primer.is_empty() {
         session.append_text(NodeId::TRUNK, &format.primer)?;
     }
-    let skeleton = session.generate(&RunLimits::tokens(params.skeleton_tokens), observer)?;
-    let parsed = format.parse(&format!("{}{}", format.primer, skeleton));
-    let (points, warnings, fallback) = match parsed {
-        Ok(s) => (s.points, s.warnings, false),
-        Err(f) => (f.points, f.warnings, true),
-    };
-    for w in warnings {
-        if !report.warn("", w, observer) {
-            return Err(Error::Cancelled);
+    let mut run = SotRun::start(session, NodeId::TRUNK, format, params, usize::MAX)?;
+    loop {
+        let stepped = session.step(observer)?;
+        let phase = run.phase;
+        if run.after_step(session, observer)? {
+            return Ok(run.into_answer());
+        }
+        if !stepped && run.phase == phase {
+            return Err(Error::Internal("skeleton-of-thought stalled: nothing runs and the answer is not done".into()));
         }
     }
-    session.append_text(NodeId::TRUNK, &format.expand_instruction)?;
-    if fallback {
-        let limit = params.point_tokens * points.len().max(3);
-        let answer = session.generate(&RunLimits::tokens(limit), observer)?;
-        return Ok(SotAnswer { points, answer: answer.trim().to_string(), serial_fallback: true, report });
-    }
-    let stop = if format.point_end.is_empty() { Vec::new() } else { vec![format.point_end.clone()] };
-    let specs: Vec<BranchSpec> = points
-        .iter()
-        .enumerate()
-        .map(|(i, p)| BranchSpec {
-            prefix: format.point_prefix(i, p),
-            limits: RunLimits { max_tokens: params.point_tokens, stop: stop.clone(), ..Default::default() },
-            ..Default::default()
+}
+
+/// Where a Skeleton-of-Thought answer stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// The node writes the skeleton.
+    Skeleton,
+    /// The points are expanded as branches.
+    Expanding,
+    /// The skeleton was unusable: the node writes the answer serially.
+    Serial,
+    Done,
+}
+
+/// One Skeleton-of-Thought answer on a node (the trunk, or a conversation's root) whose text
+/// holds the request ([`sot_prompt`]) and the format's primer, advanced by its caller: after
+/// every [`Session::step`], [`SotRun::after_step`] moves it on — the skeleton parsed, its
+/// points forked as branches, the branches joined.
+#[derive(Debug)]
+pub struct SotRun {
+    node: NodeId,
+    format: SkeletonFormat,
+    params: SotParams,
+    /// Most points expanded at once (the caller's share of sequence ids).
+    max_branches: usize,
+    phase: Phase,
+    /// Bytes of the node's generated text that are the skeleton (the serial answer follows).
+    skeleton_len: usize,
+    branches: Vec<NodeId>,
+    answer: SotAnswer,
+}
+
+impl SotRun {
+    /// Starts the skeleton on `node` (idle, its text holding the request and the primer).
+    pub fn start(
+        session: &mut Session,
+        node: NodeId,
+        format: &SkeletonFormat,
+        params: &SotParams,
+        max_branches: usize,
+    ) -> Result<SotRun> {
+        session.resume(node, &RunLimits::tokens(params.skeleton_tokens))?;
+        Ok(SotRun {
+            node,
+            format: format.clone(),
+            params: params.clone(),
+            max_branches,
+            phase: Phase::Skeleton,
+            skeleton_len: 0,
+            branches: Vec::new(),
+            answer: SotAnswer {
+                points: Vec::new(),
+                answer: String::new(),
+                serial_fallback: false,
+                report: AutoReport::default(),
+            },
         })
-        .collect();
-    // More points than free sequence ids: expand the first ones, say so.
-    let free = session.free_branch_slots();
-    let specs = if specs.len() > free {
-        let w = crate::protocol::Warning {
-            kind: crate::protocol::WarningKind::TooManyBranches,
-            at: 0,
-            message: format!("{} points but {free} free branch slots: expanding the first {free}", specs.len()),
+    }
+
+    /// Acts on the last step; true once the answer is complete.
+    pub fn after_step(&mut self, session: &mut Session, observer: &mut dyn Observer) -> Result<bool> {
+        match self.phase {
+            Phase::Skeleton if !session.is_running(self.node) => self.expand(session, observer),
+            Phase::Expanding if self.branches.iter().all(|&b| !session.is_running(b)) => self.join(session, observer),
+            Phase::Serial if !session.is_running(self.node) => {
+                let text = session.node_generated_text(self.node);
+                self.answer.answer = text.get(self.skeleton_len..).unwrap_or("").trim().to_string();
+                self.phase = Phase::Done;
+                Ok(true)
+            }
+            Phase::Done => Ok(true),
+            _ => Ok(false),
+        }
+    }
+
+    /// The skeleton is written: parse it, then fork its points (or fall back to a serial answer).
+    fn expand(&mut self, session: &mut Session, observer: &mut dyn Observer) -> Result<bool> {
+        let skeleton = session.node_generated_text(self.node);
+        self.skeleton_len = skeleton.len();
+        let format = &self.format;
+        let (points, warnings, fallback) = match format.parse(&format!("{}{}", format.primer, skeleton)) {
+            Ok(s) => (s.points, s.warnings, false),
+            Err(f) => (f.points, f.warnings, true),
         };
-        if !report.warn("", w, observer) {
+        for w in warnings {
+            if !self.answer.report.warn("", w, observer) {
+                return Err(Error::Cancelled);
+            }
+        }
+        session.append_text(self.node, &format.expand_instruction)?;
+        if fallback {
+            let limit = self.params.point_tokens * points.len().max(3);
+            session.resume(self.node, &RunLimits::tokens(limit))?;
+            self.answer.points = points;
+            self.answer.serial_fallback = true;
+            self.phase = Phase::Serial;
+            return Ok(false);
+        }
+        let stop = if format.point_end.is_empty() { Vec::new() } else { vec![format.point_end.clone()] };
+        let mut specs: Vec<BranchSpec> = points
+            .iter()
+            .enumerate()
+            .map(|(i, p)| BranchSpec {
+                prefix: format.point_prefix(i, p),
+                limits: RunLimits { max_tokens: self.params.point_tokens, stop: stop.clone(), ..Default::default() },
+                ..Default::default()
+            })
+            .collect();
+        // More points than free sequence ids: expand the first ones, say so.
+        let free = session.free_branch_slots().min(self.max_branches);
+        if specs.len() > free {
+            let w = crate::protocol::Warning {
+                kind: crate::protocol::WarningKind::TooManyBranches,
+                at: 0,
+                message: format!("{} points but {free} free branch slots: expanding the first {free}", specs.len()),
+            };
+            if !self.answer.report.warn("", w, observer) {
+                return Err(Error::Cancelled);
+            }
+            specs.truncate(free);
+        }
+        self.answer.points = points.into_iter().take(specs.len()).collect();
+        self.branches = session.fork(self.node, &specs)?;
+        let paths: Vec<String> = self.branches.iter().map(|&id| session.label(id).unwrap_or("").to_string()).collect();
+        let label = session.label(self.node).unwrap_or("").to_string();
+        if !observer.on_event(&Event::Fork { parent: self.node, label: &label, branches: &paths }) {
             return Err(Error::Cancelled);
         }
-        specs[..free].to_vec()
-    } else {
-        specs
-    };
-    let points: Vec<String> = points.into_iter().take(specs.len()).collect();
-    let ids = session.fork(NodeId::TRUNK, &specs)?;
-    let paths: Vec<String> = ids.iter().map(|&id| session.label(id).unwrap_or("").to_string()).collect();
-    if !observer.on_event(&Event::Fork { parent: NodeId::TRUNK, label: "", branches: &paths }) {
-        return Err(Error::Cancelled);
+        let labels = (1..=paths.len()).map(|i| i.to_string()).collect();
+        self.answer.report.blocks.push(AutoBlock { parent: label, labels, titles: self.answer.points.clone(), paths });
+        self.phase = Phase::Expanding;
+        Ok(false)
     }
-    session.run(observer)?;
-    let expansions: Vec<String> = ids.iter().map(|&id| session.node_generated_text(id)).collect();
-    session.join(NodeId::TRUNK, JoinMode::All, Some("\n"))?;
-    if !observer.on_event(&Event::Join { parent: NodeId::TRUNK, label: "", kept: ids.len() }) {
-        return Err(Error::Cancelled);
+
+    /// Every point is expanded: join them and assemble the answer.
+    fn join(&mut self, session: &mut Session, observer: &mut dyn Observer) -> Result<bool> {
+        let expansions: Vec<String> = self.branches.iter().map(|&id| session.node_generated_text(id)).collect();
+        session.join(self.node, JoinMode::All, Some("\n"))?;
+        let label = session.label(self.node).unwrap_or("").to_string();
+        if !observer.on_event(&Event::Join { parent: self.node, label: &label, kept: self.branches.len() }) {
+            return Err(Error::Cancelled);
+        }
+        self.answer.answer = self.format.assemble(&self.answer.points, &expansions);
+        self.phase = Phase::Done;
+        Ok(true)
     }
-    let labels = (1..=points.len()).map(|i| i.to_string()).collect();
-    report.blocks.push(AutoBlock { parent: String::new(), labels, titles: points.clone(), paths });
-    let answer = format.assemble(&points, &expansions);
-    Ok(SotAnswer { points, answer, serial_fallback: false, report })
+
+    /// The answer so far: complete once [`SotRun::after_step`] said so.
+    pub fn answer(&self) -> &SotAnswer {
+        &self.answer
+    }
+
+    /// The answer, taken.
+    pub fn into_answer(self) -> SotAnswer {
+        self.answer
+    }
 }

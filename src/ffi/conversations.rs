@@ -18,8 +18,10 @@ use super::params::{pardec_sampling_params, pardec_session_params, stop_strings_
 use super::result::{pardec_stop_reason, stop_reason_code};
 use super::session::{protocol_spec_arg, write_json};
 use super::status::pardec_status;
+use crate::auto::sot::SotParams;
 use crate::auto::AutoParams;
 use crate::conversations::{Conversations, ConversationsParams, Mode, Outcome, Request, RequestId, Sink};
+use crate::protocol::SkeletonFormat;
 use crate::session::MAX_SEQUENCES;
 use crate::{Event, RunLimits, SamplingParams, Session};
 
@@ -76,9 +78,13 @@ pub struct pardec_request_params {
     /// How this request picks tokens (default greedy); its branches derive their random
     /// streams from its seed. Penalties and biases are the session's.
     pub sampling: pardec_sampling_params,
-    /// NULL (the default) or "none": the model answers plainly. Otherwise a stream protocol
-    /// under which the model forks by itself: a built-in name (`multiverse`, `aspd`,
-    /// `parallel-r1`, `threadweaver`, `npr`, `titles`...) or a description in JSON.
+    /// NULL (the default) or "none": the model answers plainly. "sot": Skeleton-of-Thought
+    /// for any instruct model — the prompt is then the question alone (pardec writes the
+    /// request in the chat template), the model writes a skeleton of at most `max_tokens`
+    /// (up to 120), and each point is expanded as a branch of `max_branch_tokens`; the
+    /// outcome's text is the assembled answer. Otherwise a stream protocol under which the
+    /// model forks by itself: a built-in name (`multiverse`, `aspd`, `parallel-r1`,
+    /// `threadweaver`, `npr`, `titles`...) or a description in JSON.
     pub protocol: *const c_char,
     /// Most tokens of the answer (default 256; under a protocol, the trunk's, branches apart).
     pub max_tokens: u32,
@@ -137,9 +143,16 @@ impl pardec_request_params {
                 ban_eog: self.ban_eog,
                 ..Default::default()
             })),
-            Some(name @ ("apr" | "sot")) => Err(FfiError::invalid(format!(
-                "protocol {name:?}: conversations decode stream protocols only (use a pardec_session for it)"
-            ))),
+            Some("apr") => Err(FfiError::invalid(
+                "protocol \"apr\": conversations do not decode APR's sub-searches (use a pardec_session)",
+            )),
+            Some("sot") => Ok(Mode::Sot {
+                format: Box::new(SkeletonFormat::sot()),
+                params: SotParams {
+                    skeleton_tokens: SotParams::default().skeleton_tokens.min(max_tokens),
+                    point_tokens: self.max_branch_tokens as usize,
+                },
+            }),
             Some(protocol) => Ok(Mode::Auto {
                 spec: Box::new(protocol_spec_arg(protocol)?),
                 params: AutoParams {
@@ -423,7 +436,16 @@ pub unsafe extern "C" fn pardec_conversations_submit(
         let logprobs = params.logprobs()?;
         let id = with_conversations(conversations, |state| {
             let session = state.conversations.session();
-            let tokens = session.model().tokenize(prompt, true)?;
+            let tokens = match &mode {
+                Mode::Sot { format, .. } => {
+                    if prompt.trim().is_empty() {
+                        return Err(crate::Error::EmptyPrompt.into());
+                    }
+                    let (request, _template_error) = crate::auto::sot::sot_prompt(session.model(), prompt, format);
+                    session.model().tokenize(&(request + &format.primer), true)?
+                }
+                _ => session.model().tokenize(prompt, true)?,
+            };
             let sampling = params.sampling(&session.params().sampling);
             Ok(state.conversations.submit(Request { prompt: tokens, sampling, mode, logprobs })?)
         })?;

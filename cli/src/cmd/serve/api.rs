@@ -5,9 +5,10 @@
 //! their neutral value (`n` > 1), never silently ignored; fields pardec does not
 //! know (`user`, `metadata`, ...) are ignored, as OpenAI-compatible servers do.
 
+use pardec::auto::sot::SotParams;
 use pardec::auto::AutoParams;
 use pardec::conversations::{Mode, Request};
-use pardec::protocol::ProtocolSpec;
+use pardec::protocol::{ProtocolSpec, SkeletonFormat};
 use pardec::{Error, Grammar, Model, RunLimits, SamplingParams};
 use serde_json::{json, Map, Value};
 
@@ -18,10 +19,32 @@ pub(crate) struct Defaults {
     pub(crate) sampling: SamplingParams,
     pub(crate) max_tokens: usize,
     pub(crate) max_branch_tokens: usize,
-    /// The server's protocol (None: plain).
-    pub(crate) protocol: Option<ProtocolSpec>,
+    /// The server's protocol.
+    pub(crate) protocol: Protocol,
     pub(crate) model_name: String,
     pub(crate) n_ctx: usize,
+}
+
+/// How an answer is decoded.
+#[derive(Debug, Clone)]
+pub(crate) enum Protocol {
+    /// Serially, as the model answers plainly.
+    Plain,
+    /// Under a stream protocol: the model forks by itself (boxed: a spec is large).
+    Stream(Box<ProtocolSpec>),
+    /// Skeleton-of-Thought: a skeleton of points, each expanded as a branch.
+    Sot,
+}
+
+impl Protocol {
+    /// A protocol by name: `none`, `sot` or a built-in stream protocol.
+    pub(crate) fn by_name(name: &str) -> Option<Protocol> {
+        match name {
+            "none" => Some(Protocol::Plain),
+            "sot" => Some(Protocol::Sot),
+            _ => ProtocolSpec::builtin(name).map(|spec| Protocol::Stream(Box::new(spec))),
+        }
+    }
 }
 
 /// A 4xx or 5xx answer: `{"error": {"message", "type", "param", "code"}}`.
@@ -87,9 +110,20 @@ pub(crate) fn parse(endpoint: Endpoint, body: &[u8], d: &Defaults, model: &Model
     let Value::Object(o) = value else {
         return Err(ApiError::new(400, "invalid_request_error", "invalid_json", "the body must be a JSON object"));
     };
-    let prompt_text = match endpoint {
-        Endpoint::Chat => chat_prompt(&o, model)?,
-        Endpoint::Completion => completion_prompt(&o)?,
+    let protocol = match o.get("protocol") {
+        None | Some(Value::Null) => d.protocol.clone(),
+        Some(Value::String(s)) => Protocol::by_name(s).ok_or_else(|| {
+            ApiError::invalid(
+                "protocol",
+                format!("unknown protocol {s:?}: none, sot, {}", ProtocolSpec::builtin_names().join(", ")),
+            )
+        })?,
+        Some(_) => return Err(ApiError::invalid("protocol", "protocol must be a string")),
+    };
+    let prompt_text = match (&protocol, endpoint) {
+        (Protocol::Sot, _) => sot_prompt(&o, endpoint, model)?,
+        (_, Endpoint::Chat) => chat_prompt(&o, model)?,
+        (_, Endpoint::Completion) => completion_prompt(&o)?,
     };
     let stream = opt_bool(&o, "stream")?.unwrap_or(false);
     let include_usage = match o.get("stream_options") {
@@ -119,38 +153,38 @@ pub(crate) fn parse(endpoint: Endpoint, body: &[u8], d: &Defaults, model: &Model
     let ignore_eos = opt_bool(&o, "ignore_eos")?.unwrap_or(false);
     let sampling = sampling(&o, &d.sampling)?;
     let grammar = response_format(&o)?;
-    let protocol = match o.get("protocol") {
-        None | Some(Value::Null) => d.protocol.clone(),
-        Some(Value::String(s)) if s == "none" => None,
-        Some(Value::String(s)) => Some(ProtocolSpec::builtin(s).ok_or_else(|| {
-            ApiError::invalid(
-                "protocol",
-                format!("unknown protocol {s:?}: none, {}", ProtocolSpec::builtin_names().join(", ")),
-            )
-        })?),
-        Some(_) => return Err(ApiError::invalid("protocol", "protocol must be a string")),
-    };
+    let forks = !matches!(protocol, Protocol::Plain);
     let mode = match protocol {
-        Some(_) if grammar.is_some() => {
+        _ if forks && grammar.is_some() => {
             return Err(ApiError::invalid(
                 "response_format",
                 "response_format applies to plain answers only: send \"protocol\": \"none\"",
             ))
         }
-        Some(_) if logprobs.is_some() => {
+        _ if forks && logprobs.is_some() => {
             return Err(ApiError::invalid(
                 "logprobs",
                 "log-probabilities apply to plain answers only (a forked answer's text holds its branches): send \"protocol\": \"none\"",
             ))
         }
-        Some(_) if ignore_eos => {
+        _ if forks && ignore_eos => {
             return Err(ApiError::invalid(
                 "ignore_eos",
                 "ignore_eos applies to plain answers only: send \"protocol\": \"none\"",
             ))
         }
-        Some(spec) => Mode::Auto {
-            spec: Box::new(spec),
+        Protocol::Sot if !stops.is_empty() => {
+            return Err(ApiError::invalid("stop", "a skeleton-of-thought answer takes no stop strings"))
+        }
+        Protocol::Sot => Mode::Sot {
+            format: Box::new(SkeletonFormat::sot()),
+            params: SotParams {
+                skeleton_tokens: SotParams::default().skeleton_tokens.min(max_tokens),
+                point_tokens: d.max_branch_tokens,
+            },
+        },
+        Protocol::Stream(spec) => Mode::Auto {
+            spec,
             params: AutoParams {
                 max_tokens,
                 max_branch_tokens: d.max_branch_tokens,
@@ -158,7 +192,7 @@ pub(crate) fn parse(endpoint: Endpoint, body: &[u8], d: &Defaults, model: &Model
                 ..Default::default()
             },
         },
-        None => {
+        Protocol::Plain => {
             Mode::Plain(RunLimits {
                 max_tokens,
                 stop: stops.clone(),
@@ -259,6 +293,35 @@ fn chat_prompt(o: &Map<String, Value>, model: &Model) -> Result<String, ApiError
     }
     let refs: Vec<(&str, &str)> = pairs.iter().map(|(r, c)| (r.as_str(), c.as_str())).collect();
     model.apply_chat_template(&refs).map_err(ApiError::from_pardec)
+}
+
+/// Skeleton-of-Thought's prompt: its request for the question (a chat's one user message,
+/// or a completion's prompt) in the model's chat template, and its primer. SoT answers one
+/// question: a chat with other turns is refused rather than answered without them.
+fn sot_prompt(o: &Map<String, Value>, endpoint: Endpoint, model: &Model) -> Result<String, ApiError> {
+    let question = match endpoint {
+        Endpoint::Completion => completion_prompt(o)?,
+        Endpoint::Chat => {
+            let messages = o.get("messages").and_then(Value::as_array);
+            match messages.map(Vec::as_slice) {
+                Some([m]) if m.get("role").and_then(Value::as_str) == Some("user") => {
+                    m.get("content").and_then(Value::as_str).unwrap_or_default().to_string()
+                }
+                _ => {
+                    return Err(ApiError::invalid(
+                        "messages",
+                        "skeleton-of-thought answers one question: send one user message with text content",
+                    ))
+                }
+            }
+        }
+    };
+    if question.trim().is_empty() {
+        return Err(ApiError::from_pardec(Error::EmptyPrompt));
+    }
+    let format = SkeletonFormat::sot();
+    let (prompt, _template_error) = pardec::auto::sot::sot_prompt(model, &question, &format);
+    Ok(prompt + &format.primer)
 }
 
 /// The completion's prompt: a string, or an array holding one.

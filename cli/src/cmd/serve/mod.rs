@@ -23,7 +23,7 @@ use crate::args::ServeArgs;
 use crate::error::{usage, CliError, CliResult};
 use crate::params::{load_model, stream_spec, SessionArgs};
 
-use api::Defaults;
+use api::{Defaults, Protocol};
 use engine::Command;
 use http::AppState;
 use metrics::Metrics;
@@ -48,11 +48,12 @@ pub(crate) fn cmd_serve(args: &ServeArgs) -> CliResult<()> {
         )));
     }
     let protocol = match args.protocol.as_str() {
-        "none" => None,
-        "sot" | "apr" => {
-            return Err(usage(format!("--protocol {}: only stream protocols are served yet", args.protocol)))
+        "apr" => {
+            return Err(usage("--protocol apr: APR's sub-searches are not served (only stream protocols and sot)"))
         }
-        name => Some(stream_spec(name)?),
+        "none" => Protocol::Plain,
+        "sot" => Protocol::Sot,
+        name => Protocol::Stream(Box::new(stream_spec(name)?)),
     };
     let model = load_model(&args.model, true)?;
     let mut params =
