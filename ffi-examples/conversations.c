@@ -17,31 +17,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "pardec.h"
-
-static int failures = 0;
-static int checks = 0;
-
-#define EXPECT(call, want)                                                                     \
-    do {                                                                                       \
-        pardec_status got_ = (call);                                                           \
-        checks++;                                                                              \
-        if (got_ != (want)) {                                                                  \
-            failures++;                                                                        \
-            fprintf(stderr, "FAIL %s:%d: %s\n  want %s (%d), got %s (%d): %s\n", __FILE__,      \
-                    __LINE__, #call, #want, (int)(want), pardec_status_str(got_), (int)got_,    \
-                    pardec_last_error());                                                      \
-        }                                                                                      \
-    } while (0)
-
-#define ASSERT(cond)                                                                           \
-    do {                                                                                       \
-        checks++;                                                                              \
-        if (!(cond)) {                                                                         \
-            failures++;                                                                        \
-            fprintf(stderr, "FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);                    \
-        }                                                                                      \
-    } while (0)
 
 #define MAX_REQUESTS 8
 /* Tokens per answer: 12, or 5 under valgrind (PARDEC_TEST_VALGRIND=1), which decodes ~50x slower. */

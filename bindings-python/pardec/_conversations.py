@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import ctypes
 import json
-import threading
-import weakref
-from contextlib import contextmanager
 from ctypes import byref, c_bool, c_char_p, c_int32, c_uint32, c_uint64, c_void_p, sizeof
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 from . import _lib as _c
 from ._chat import MessageLike, normalize_messages
-from ._errors import Cancelled, ClosedError, PardecError, Status, _as_status, _check, _handle, _take_string
+from ._errors import Cancelled, PardecError, Status, _as_status, _check, _handle, _take_string
+from ._handle import ExclusiveHandle
 from ._params import _c_int, _encode, _number, _SessionParams, _stop_strings
 from ._types import Event, TokenLogprob, _STOP_REASONS, _event_from_c
 
@@ -98,7 +96,7 @@ class _RequestCallback:
         _check(status)
 
 
-class Conversations:
+class Conversations(ExclusiveHandle):
     """Many requests decoding together in one context (``pardec_conversations``).
 
     Every :meth:`step` decodes one token of every running request and of each of its branches
@@ -118,6 +116,8 @@ class Conversations:
     Threads: one thread at a time (a call while another runs raises BUSY); a server keeps one
     decoding thread that submits, steps and cancels.
     """
+
+    _what = "conversations"
 
     def __init__(self, model: Model, *, max_active: Optional[int] = None,
                  branches_per_request: Optional[int] = None, cached_prompts: Optional[int] = None,
@@ -142,45 +142,7 @@ class Conversations:
         with model._use() as mp:
             _check(L.pardec_conversations_new(mp, byref(session.c), byref(params), byref(out)))
         self.model = model
-        self._ptr: Optional[int] = out.value
-        self._lock = threading.Lock()
-        self._finalizer = weakref.finalize(self, _free_conversations, _handle(out))
-        self._finalizer.atexit = False
-
-    @contextmanager
-    def _use(self) -> Iterator[int]:
-        if not self._lock.acquire(blocking=False):
-            raise PardecError(Status.BUSY, "the conversations are in use (a call from their callback, or another thread)")
-        try:
-            if self._ptr is None:
-                raise ClosedError("conversations")
-            yield self._ptr
-        finally:
-            self._lock.release()
-
-    def close(self) -> None:
-        """Releases the context and every request in it. Closing twice is allowed."""
-        if not self._lock.acquire(blocking=False):
-            raise PardecError(Status.BUSY, "cannot close the conversations while a call is running")
-        try:
-            if self._ptr is not None:
-                self._ptr = None
-                self._finalizer()
-        finally:
-            self._lock.release()
-
-    @property
-    def closed(self) -> bool:
-        """Whether :meth:`close` was called."""
-        return self._ptr is None
-
-    def __enter__(self) -> "Conversations":
-        """The conversations themselves; leaving the block closes them."""
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        """Closes the conversations."""
-        self.close()
+        self._own(_handle(out), _free_conversations)
 
     def submit(self, prompt: Union[str, Sequence[MessageLike]], *, max_tokens: int = 256,
                temperature: Optional[float] = None, top_k: Optional[int] = None,

@@ -7,9 +7,6 @@ import contextlib
 import ctypes
 import json
 import sys
-import threading
-import weakref
-from contextlib import contextmanager
 from ctypes import byref, c_bool, c_char_p, c_float, c_size_t, c_uint32, c_void_p, sizeof
 from typing import (
     TYPE_CHECKING,
@@ -17,7 +14,6 @@ from typing import (
     Callable,
     Dict,
     Iterable,
-    Iterator,
     List,
     Mapping,
     Optional,
@@ -27,7 +23,8 @@ from typing import (
 )
 
 from . import _lib as _c
-from ._errors import Cancelled, ClosedError, PardecError, Status, _check, _handle, _take_string
+from ._handle import ExclusiveHandle
+from ._errors import Cancelled, PardecError, Status, _check, _handle, _take_string
 from ._params import (
     _JOIN_ALL,
     _JOIN_DISCARD,
@@ -67,7 +64,7 @@ def _free_session(ptr: int) -> None:
     _c.lib().pardec_session_free(ptr)
 
 
-class Session:
+class Session(ExclusiveHandle):
     """A decoding session (``pardec_session``): a trunk and its branches in one llama.cpp context.
 
     Keyword arguments override ``pardec_session_params_default()``; those not given come from
@@ -87,6 +84,8 @@ class Session:
     These need host selection (``device_candidates`` 0); values out of range raise
     :class:`PardecError` with status INVALID_ARGUMENT.
     """
+
+    _what = "session"
 
     def __init__(
         self,
@@ -130,12 +129,7 @@ class Session:
             _check(L.pardec_session_new(mp, byref(params.c), byref(out)))
         self.model = model
         self._n_ctx: int = params.c.n_ctx
-        self._ptr: Optional[int] = out.value
-        # Held for the duration of every call. Never waited on: a second caller (another
-        # thread, or a callback re-entering) gets BUSY, as from the C API.
-        self._lock = threading.Lock()
-        self._finalizer = weakref.finalize(self, _free_session, _handle(out))
-        self._finalizer.atexit = False
+        self._own(_handle(out), _free_session)
         if adapters is None:
             adapters = model._default_adapters()
         if adapters:
@@ -145,42 +139,6 @@ class Session:
     def n_ctx(self) -> int:
         """The KV cells of the session's context (its ``n_ctx`` parameter)."""
         return self._n_ctx
-
-    @contextmanager
-    def _use(self) -> Iterator[int]:
-        if not self._lock.acquire(blocking=False):
-            raise PardecError(Status.BUSY, "the session is in use (a call from its own callback, or another thread)")
-        try:
-            if self._ptr is None:
-                raise ClosedError("session")
-            yield self._ptr
-        finally:
-            self._lock.release()
-
-    def close(self) -> None:
-        """Releases the session and its context. Closing twice is allowed; closing while a
-        call is running (from a callback or another thread) raises BUSY."""
-        if not self._lock.acquire(blocking=False):
-            raise PardecError(Status.BUSY, "cannot close the session while a call is running")
-        try:
-            if self._ptr is not None:
-                self._ptr = None
-                self._finalizer()
-        finally:
-            self._lock.release()
-
-    @property
-    def closed(self) -> bool:
-        """Whether :meth:`close` was called."""
-        return self._ptr is None
-
-    def __enter__(self) -> "Session":
-        """The session itself; leaving the block closes it."""
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        """Closes the session."""
-        self.close()
 
     # --- text in ---
 

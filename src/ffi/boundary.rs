@@ -10,6 +10,9 @@
 use std::cell::RefCell;
 use std::ffi::{c_char, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::Mutex;
 
 use super::status::pardec_status;
 use crate::error::Error;
@@ -114,6 +117,60 @@ pub(crate) fn guard_void(body: impl FnOnce()) {
 /// gives "" instead of unwinding.
 pub(crate) fn guard_str(body: impl FnOnce() -> *const c_char) -> *const c_char {
     catch_unwind(AssertUnwindSafe(body)).unwrap_or(c"".as_ptr())
+}
+
+/// The state behind a handle that one call at a time may use (a session, conversations): a
+/// call that finds it in use gets BUSY instead of waiting (a callback re-entering would
+/// deadlock), and once a call panicked inside it, its state may be inconsistent, so every later
+/// call gets PANIC.
+pub(crate) struct Exclusive<T> {
+    inner: Mutex<T>,
+    poisoned: AtomicBool,
+    /// What the handle is, for the errors ("session", "conversations").
+    what: &'static str,
+}
+
+impl<T> Exclusive<T> {
+    pub(crate) fn new(value: T, what: &'static str) -> Self {
+        Exclusive { inner: Mutex::new(value), poisoned: AtomicBool::new(false), what }
+    }
+
+    /// Runs `f` with the state, or refuses with BUSY or PANIC.
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut T) -> FfiResult<R>) -> FfiResult<R> {
+        if self.poisoned.load(Ordering::SeqCst) {
+            return Err(FfiError::new(
+                pardec_status::Panic,
+                format!("an earlier call panicked inside this {}; free it and create a new one", self.what),
+            ));
+        }
+        let mut state = self.inner.try_lock().ok_or_else(|| {
+            FfiError::new(
+                pardec_status::Busy,
+                format!(
+                    "the {} is in use (a call from inside its own callback, or from another thread at the same time)",
+                    self.what
+                ),
+            )
+        })?;
+        let _poison = PoisonOnUnwind(&self.poisoned);
+        f(&mut state)
+    }
+
+    /// Whether a call is inside it now (freeing it then would pull the state from under it).
+    pub(crate) fn is_locked(&self) -> bool {
+        self.inner.is_locked()
+    }
+}
+
+/// Marks a handle poisoned if dropped during a panic.
+struct PoisonOnUnwind<'a>(&'a AtomicBool);
+
+impl Drop for PoisonOnUnwind<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
 }
 
 /// A Rust string as a C string. Interior NUL bytes (which C cannot represent and which would

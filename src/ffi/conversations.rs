@@ -1,16 +1,9 @@
 //! Conversations handles: many requests decoding together in one context
 //! ([`crate::conversations::Conversations`]), for C callers that serve several users.
 
-use std::collections::VecDeque;
-use std::ffi::{c_char, c_void};
-use std::mem::size_of;
-use std::sync::atomic::{AtomicBool, Ordering};
-
-use parking_lot::Mutex;
-
 use super::boundary::{
     c_string, check_size, guard, guard_void, opt_str_arg, out_arg, read_versioned, set_last_error, str_arg,
-    write_versioned, FfiError, FfiResult, Versioned,
+    write_versioned, Exclusive, FfiError, FfiResult, Versioned,
 };
 use super::events::{pardec_event, CObserver};
 use super::model::{model_arg, pardec_model};
@@ -24,6 +17,9 @@ use crate::conversations::{Conversations, ConversationsParams, Mode, Outcome, Re
 use crate::protocol::SkeletonFormat;
 use crate::session::MAX_SEQUENCES;
 use crate::{Event, RunLimits, SamplingParams, Session};
+use std::collections::VecDeque;
+use std::ffi::{c_char, c_void};
+use std::mem::size_of;
 
 /// Sizes of a `pardec_conversations`. Get defaults from `pardec_conversations_params_default()`.
 #[repr(C)]
@@ -235,9 +231,7 @@ struct State {
 /// is inside it (from its callback, or another thread) returns PARDEC_STATUS_BUSY. A server
 /// keeps one decoding thread that submits, steps and cancels.
 pub struct pardec_conversations {
-    inner: Mutex<State>,
-    /// Set when a call panicked inside: later calls are refused with PARDEC_STATUS_PANIC.
-    poisoned: AtomicBool,
+    inner: Exclusive<State>,
 }
 
 /// Runs `f` with exclusive access to the state behind `p`.
@@ -248,34 +242,7 @@ unsafe fn with_conversations<R>(
     p: *const pardec_conversations,
     f: impl FnOnce(&mut State) -> FfiResult<R>,
 ) -> FfiResult<R> {
-    let handle = p.as_ref().ok_or_else(|| FfiError::null("conversations"))?;
-    if handle.poisoned.load(Ordering::SeqCst) {
-        return Err(FfiError::new(
-            pardec_status::Panic,
-            "an earlier call panicked inside these conversations; free them and create new ones",
-        ));
-    }
-    let mut state = handle.inner.try_lock().ok_or_else(|| {
-        FfiError::new(
-            pardec_status::Busy,
-            "the conversations are in use (a call from inside their own callback, or from another thread at the same time)",
-        )
-    })?;
-    let poison = PoisonOnUnwind(&handle.poisoned);
-    let r = f(&mut state);
-    drop(poison);
-    r
-}
-
-/// Marks the handle poisoned if dropped during a panic.
-struct PoisonOnUnwind<'a>(&'a AtomicBool);
-
-impl Drop for PoisonOnUnwind<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.0.store(true, Ordering::SeqCst);
-        }
-    }
+    p.as_ref().ok_or_else(|| FfiError::null("conversations"))?.inner.with(f)
 }
 
 /// Receives a request's events during `pardec_conversations_step`, on the calling thread.
@@ -384,10 +351,7 @@ pub unsafe extern "C" fn pardec_conversations_new(
         let session = Session::new(&model.model, session_params)?;
         let conversations = Conversations::new(session, params)?;
         let state = State { conversations, finished: VecDeque::new() };
-        *out = Box::into_raw(Box::new(pardec_conversations {
-            inner: Mutex::new(state),
-            poisoned: AtomicBool::new(false),
-        }));
+        *out = Box::into_raw(Box::new(pardec_conversations { inner: Exclusive::new(state, "conversations") }));
         Ok(())
     })
 }

@@ -1,13 +1,8 @@
 //! Session handles: prompt, generate, fork, run, join.
 
-use std::ffi::{c_char, c_void};
-use std::sync::atomic::{AtomicBool, Ordering};
-
-use parking_lot::Mutex;
-
 use super::boundary::{
     array_arg, c_string, guard, guard_void, opt_str_arg, out_arg, read_versioned, set_last_error, str_arg,
-    write_versioned, FfiError, FfiResult,
+    write_versioned, Exclusive, FfiError, FfiResult,
 };
 use super::events::{pardec_callback, streaming, CObserver};
 use super::model::{model_arg, pardec_model};
@@ -17,6 +12,7 @@ use super::result::{pardec_result, pardec_stats};
 use super::status::pardec_status;
 use crate::session::MAX_SEQUENCES;
 use crate::{BranchSpec, JoinMode, JoinRule, Session};
+use std::ffi::{c_char, c_void};
 
 /// Most branches in one fork (llama.cpp's sequence limit, minus the trunk).
 pub const PARDEC_MAX_FORK_BRANCHES: usize = 255;
@@ -31,21 +27,7 @@ const _: () = assert!(PARDEC_MAX_FORK_BRANCHES == MAX_SEQUENCES as usize - 1);
 /// another thread uses it is undefined behaviour. Many sessions on many threads may share one
 /// model.
 pub struct pardec_session {
-    inner: Mutex<Session>,
-    /// Set when a call panicked inside the session: its state may be inconsistent, so later
-    /// calls are refused with PARDEC_STATUS_PANIC.
-    poisoned: AtomicBool,
-}
-
-/// Marks the session poisoned if dropped during a panic.
-struct PoisonOnUnwind<'a>(&'a AtomicBool);
-
-impl Drop for PoisonOnUnwind<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.0.store(true, Ordering::SeqCst);
-        }
-    }
+    inner: Exclusive<Session>,
 }
 
 /// Runs `f` with exclusive access to the session behind `p`.
@@ -56,21 +38,7 @@ pub(crate) unsafe fn with_session<R>(
     p: *const pardec_session,
     f: impl FnOnce(&mut Session) -> FfiResult<R>,
 ) -> FfiResult<R> {
-    let handle = p.as_ref().ok_or_else(|| FfiError::null("session"))?;
-    if handle.poisoned.load(Ordering::SeqCst) {
-        return Err(FfiError::new(
-            pardec_status::Panic,
-            "an earlier call panicked inside this session; free it and create a new one",
-        ));
-    }
-    let mut session = handle.inner.try_lock().ok_or_else(|| {
-        FfiError::new(
-            pardec_status::Busy,
-            "the session is in use (a call from inside its own callback, or from another thread at the same time)",
-        )
-    })?;
-    let _poison = PoisonOnUnwind(&handle.poisoned);
-    f(&mut session)
+    p.as_ref().ok_or_else(|| FfiError::null("session"))?.inner.with(f)
 }
 
 // ----- lifecycle --------------------------------------------------------------------------
@@ -95,7 +63,7 @@ pub unsafe extern "C" fn pardec_session_new(
         };
         // SAFETY: the header documents `logit_bias` as `n_logit_bias` readable entries.
         let session = Session::new(&model.model, params.to_rust()?)?;
-        let handle = pardec_session { inner: Mutex::new(session), poisoned: AtomicBool::new(false) };
+        let handle = pardec_session { inner: Exclusive::new(session, "session") };
         *out = Box::into_raw(Box::new(handle));
         Ok(())
     })
