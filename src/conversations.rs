@@ -1,10 +1,11 @@
 //! Many requests in one context: continuous batching over the roots of a [`Session`].
 //!
-//! Each request is a conversation of its own ([`Session::open_root`]). Every call of
+//! Each request is a conversation of its own ([`Session::open_root_queued`]). Every call of
 //! [`Conversations::step`] admits what waits and fits, decodes one token of every running
-//! node of every request in one batch, then lets each request act on what it wrote (a
-//! protocol forks and joins; a plain answer ends) and hands finished ones back. A request
-//! leaves at the step it ends; the next one joins at the following step.
+//! node of every request in one batch — with the prompts of the requests just admitted in
+//! the same batch — then lets each request act on what it wrote (a protocol forks and joins;
+//! a plain answer ends; a request whose prompt was decoded begins) and hands finished ones
+//! back. A request leaves at the step it ends; the next one joins at the following step.
 //!
 //! Budgets, so that no request ever takes what another needs mid-answer:
 //! - **KV cells**: a request is admitted only when the cells it may fill (prompt, answer

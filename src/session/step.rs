@@ -1,7 +1,7 @@
 //! Generation, one parallel step at a time: the pending token of every running node goes into
-//! one batch (split only beyond `n_batch`), is decoded, committed to its node's text, and the
-//! node's next token is chosen (ahead, over threads, from full rows; or from the backend's
-//! candidates). Also the raw `llama_decode` baseline the benchmark compares with.
+//! one batch (split only beyond `n_batch`), with the prompts queued for it (`roots.rs`), is
+//! decoded, committed to its node's text, and the node's next token is chosen (ahead, over
+//! threads, from full rows; or from the backend's candidates). Also the raw `llama_decode` baseline the benchmark compares with.
 
 use std::time::Instant;
 
@@ -178,8 +178,9 @@ impl Session {
         self.entries = entries;
         let elapsed = started.elapsed();
         self.counters.host_time += elapsed.saturating_sub(device_time);
+        // A step that carried queued prompts is timed as a step (their tokens count as
+        // prefilled); one of prompts only is a prefill.
         if sampled_rows == 0 {
-            // Only prompts: a prefill, not a step.
             self.counters.prefill_time += elapsed;
         } else if parallel {
             self.counters.steps += 1;
