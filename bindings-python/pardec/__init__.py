@@ -63,7 +63,7 @@ from ._conversations import Conversations, Outcome
 from ._errors import Cancelled, ClosedError, PardecError, Status
 from ._lib import LibraryNotFoundError, LibraryVersionWarning, candidate_paths
 from ._library import json_object_grammar, json_schema_grammar, library_path, version
-from ._model import DEFAULT_ADAPTER_PROTOCOL, PLAIN, Adapter, Model
+from ._model import DEFAULT_ADAPTER_PROTOCOL, PLAIN, SOT, Adapter, Model
 from ._session import Generation, Session
 from ._types import TRUNK, Block, Branch, Event, Result, Stats, TokenLogprob
 from ._types import StrPath as StrPath
@@ -85,7 +85,7 @@ __all__ = [
     "ChatCompletionStream", "ChatCompletion", "ChatCompletionChunk", "ChatCompletionChoice",
     "ChatCompletionChunkChoice", "ChatCompletionDelta", "ChatCompletionLogprobs",
     "ChatCompletionTokenLogprob", "ChatCompletionTopLogprob", "ChatMessage", "CompletionUsage",
-    "PardecInfo", "MessageLike", "DEFAULT_ADAPTER_PROTOCOL", "PLAIN",
+    "PardecInfo", "MessageLike", "DEFAULT_ADAPTER_PROTOCOL", "PLAIN", "SOT",
 ]
 
 #: The package's version; the loaded library's ``pardec_version()`` has the same major.minor

@@ -78,6 +78,9 @@ DEFAULT_ADAPTER_PROTOCOL = "multiverse"
 #: ``protocol=PLAIN``: plain generation (no auto mode), even with an adapter.
 PLAIN = "plain"
 
+#: ``protocol=SOT``: Skeleton-of-Thought, for any instruct model (no adapter needed).
+SOT = "sot"
+
 #: ``create_chat_completion`` keywords of llama_cpp and OpenAI that pardec does not implement,
 #: with the values that mean "off" (accepted, so code that passes the defaults keeps working).
 _NEUTRAL_COMPLETION_KWARGS: Dict[str, Tuple[Any, ...]] = {
@@ -473,8 +476,11 @@ class Model:
 
         ``protocol`` picks the parallel part: None (the default) is
         :data:`DEFAULT_ADAPTER_PROTOCOL` when the model has a LoRA adapter (``lora_path``),
-        else plain generation; :data:`PLAIN` is plain generation; any other value is a
-        protocol of :meth:`Session.generate_auto` (a built-in name such as "multiverse" or a
+        else plain generation; :data:`PLAIN` is plain generation; :data:`SOT` ("sot") is
+        Skeleton-of-Thought for one user message (a skeleton of up to ``max_tokens``, at most
+        120, its points expanded as branches of ``max_branch_tokens``; a stream sends the
+        assembled answer at its end); any other value is a protocol of
+        :meth:`Session.generate_auto` (a built-in name such as "multiverse" or a
         JSON description), whose ``max_branch_tokens`` (default 96) bounds each branch and
         ``response_prefix`` starts the answer. ``completion_tokens`` counts every sampled
         token, the branches' too.
@@ -508,11 +514,17 @@ class Model:
                 raise ValueError(f"top_logprobs must be >= 0, not {top_logprobs}")
             if top_logprobs > 0 and not logprobs:
                 raise ValueError("top_logprobs needs logprobs=True")
-        prompt = self.chat(messages)
         stops = [stop] if isinstance(stop, str) else list(stop or ())
         for s in stops:
             _encode(s, "stop string")
         chosen = self._choose_protocol(protocol)
+        if chosen == SOT:
+            # Skeleton-of-Thought writes its own request for the question: the prompt is it.
+            prompt = _sot_question(messages)
+            if stops or response_prefix is not None:
+                raise ValueError("protocol='sot' takes no stop strings and no response_prefix")
+        else:
+            prompt = self.chat(messages)
         if chosen is not None and logprobs:
             raise ValueError("logprobs apply to plain generation only (protocol=pardec.PLAIN): in auto "
                              "mode the content interleaves branches and text the protocol forces")
@@ -554,7 +566,9 @@ class Model:
         request = ChatRequest(
             id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()),
             model=model if model is not None else self.model_path, run=run, stop=stops,
-            response_prefix=response_prefix or "", logprob_entry=entry_fn)
+            response_prefix=response_prefix or "", logprob_entry=entry_fn,
+            # A SoT answer is assembled at its end: a stream gets it then, whole.
+            live=chosen != SOT)
         if stream:
             return ChatCompletionStream(request)
         return request.completion(run(lambda ev: True))
@@ -598,6 +612,8 @@ class Model:
                         entries.append(made)
             return on_event(ev)
 
+        if protocol == SOT:
+            return self._run_sot(prompt, session_kw, max_tokens, max_branch_tokens, watch)
         report: Optional[Dict[str, Any]] = None
         full = False
         with Session(self, **session_kw) as s:
@@ -637,6 +653,31 @@ class Model:
                            stats=stats.as_dict(), report=report,
                            logprobs=content_logprobs(entries, len(content.encode("utf-8", "surrogatepass")))
                            if logprob_entry is not None else None)
+
+
+    def _run_sot(self, question: str, session_kw: Mapping[str, Any], max_tokens: Optional[int],
+                 point_tokens: int, on_event: Callable[[Event], bool]) -> ChatOutcome:
+        """A chat completion by Skeleton-of-Thought: a skeleton of points for ``question`` (up
+        to ``max_tokens``, at most 120), each point expanded as a branch of ``point_tokens``;
+        the content is the assembled answer. ``prompt_tokens`` counts every forced token (the
+        request, the expansion instruction, the point prefixes)."""
+        skeleton = min(max_tokens, 120) if max_tokens is not None else 0  # 0: the default (120)
+        with Session(self, **session_kw) as s:
+            answer = s.generate_sot(question, skeleton_tokens=skeleton, point_tokens=point_tokens,
+                                    on_event=on_event)
+            stats = s.stats()
+        return ChatOutcome(content=answer["answer"], finish_reason="stop", prompt_tokens=stats.tokens_prefill,
+                           completion_tokens=stats.tokens_total, protocol=SOT, stats=stats.as_dict(),
+                           report=answer["report"], logprobs=None)
+
+
+def _sot_question(messages: Sequence[MessageLike]) -> str:
+    """The one question a Skeleton-of-Thought answer is for: a chat of one user message
+    (other turns would be left out of its request, so they are refused)."""
+    pairs = normalize_messages(messages)
+    if len(pairs) != 1 or pairs[0][0] != "user":
+        raise ValueError("protocol='sot' answers one question: give one user message")
+    return pairs[0][1]
 
 
 def _chat_logit_bias(bias: Any) -> Dict[int, float]:

@@ -270,6 +270,27 @@ def test_a_protocol_decodes_in_parallel_and_reports_it(llm):
     assert out["usage"]["completion_tokens"] == info["stats"]["tokens_total"]
 
 
+def test_skeleton_of_thought_needs_no_adapter(llm):
+    ask = [{"role": "user", "content": "What are the benefits of regular exercise?"}]
+    out = llm.create_chat_completion(ask, protocol=pardec.SOT, max_tokens=120, max_branch_tokens=24)
+    content, info = out["choices"][0]["message"]["content"], out["pardec"]
+    lines = content.split("\n")
+    assert info["protocol"] == "sot" and len(info["report"]["blocks"]) == 1
+    titles = info["report"]["blocks"][0]["titles"]
+    assert len(lines) == len(titles) >= 2
+    assert all(line.startswith(f"{i + 1}.") and t in line for i, (line, t) in enumerate(zip(lines, titles)))
+    assert info["stats"]["tokens_branch"] > 0 and out["choices"][0]["finish_reason"] == "stop"
+    # Streamed: the assembled answer arrives whole at the end, and is the same.
+    chunks = list(llm.create_chat_completion(ask, protocol="sot", max_tokens=120, max_branch_tokens=24,
+                                             stream=True))
+    assert content_of(chunks) == content
+    # One question: other turns would be left out of SoT's request, so they are refused.
+    with pytest.raises(ValueError):
+        llm.create_chat_completion(ask + [{"role": "assistant", "content": "x"}, ask[0]], protocol="sot")
+    with pytest.raises(ValueError):
+        llm.create_chat_completion(ask, protocol="sot", stop=["\n"])
+
+
 # ----- streaming ---------------------------------------------------------------------------
 
 
