@@ -166,6 +166,23 @@ def test_skeleton_of_thought_is_served_for_one_question(server):
     assert status == 400 and reply["error"]["param"] == "messages"
 
 
+def test_n_answers_each_on_its_own_random_stream(server):
+    client = server.client()
+    plain = {"protocol": "none"}
+    r = chat(client, "Name three fruits.", n=3, temperature=1.0, seed=7, max_tokens=16, extra_body=plain)
+    assert [c.index for c in r.choices] == [0, 1, 2]
+    texts = [c.message.content for c in r.choices]
+    assert all(texts) and len(set(texts)) > 1, texts  # sampled: different streams
+    per_choice = [c["tokens_per_step"] * c["steps"] for c in r.model_extra["pardec"]["choices"]]
+    assert abs(r.usage.completion_tokens - sum(per_choice)) < 1e-6 and len(per_choice) == 3
+    # Answer i is the single answer with seed + i.
+    one = chat(client, "Name three fruits.", temperature=1.0, seed=8, max_tokens=16, extra_body=plain)
+    assert one.choices[0].message.content == texts[1]
+    # Greedy: the same answer n times.
+    g = chat(client, "Name three fruits.", n=2, max_tokens=8, extra_body=plain)
+    assert g.choices[0].message.content == g.choices[1].message.content
+
+
 def test_completions_endpoint_and_models(server):
     client = server.client()
     r = client.completions.create(model="any", prompt="The capital of France is", max_tokens=8, temperature=0,
@@ -213,7 +230,9 @@ def test_bad_requests_get_4xx_json_and_the_server_serves_the_next(server):
         ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 10**12}, 400),
         ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": "ten"}, 400),
         ({"messages": [{"role": "user", "content": "hi"}], "temperature": 9}, 400),
-        ({"messages": [{"role": "user", "content": "hi"}], "n": 3}, 400),
+        ({"messages": [{"role": "user", "content": "hi"}], "n": 9}, 400),
+        ({"messages": [{"role": "user", "content": "hi"}], "n": 0}, 400),
+        ({"messages": [{"role": "user", "content": "hi"}], "n": 2, "stream": True}, 400),
         # The server's protocol forks answers: log-probabilities need "protocol": "none".
         ({"messages": [{"role": "user", "content": "hi"}], "logprobs": True}, 400),
         ({"messages": [{"role": "user", "content": "hi"}], "protocol": "none", "top_logprobs": 2}, 400),

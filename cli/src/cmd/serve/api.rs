@@ -2,7 +2,7 @@
 //! checked, with the field named in the error), and the bodies and stream chunks back.
 //!
 //! Fields OpenAI defines that pardec does not implement are refused when set to anything but
-//! their neutral value (`n` > 1), never silently ignored; fields pardec does not
+//! their neutral value (`n` > 1 with `stream`), never silently ignored; fields pardec does not
 //! know (`user`, `metadata`, ...) are ignored, as OpenAI-compatible servers do.
 
 use pardec::auto::sot::SotParams;
@@ -95,6 +95,8 @@ pub(crate) enum Endpoint {
 /// A request, checked and ready for the decoding thread.
 pub(crate) struct Parsed {
     pub(crate) request: Request,
+    /// Answers wanted (`n`): as many requests, the seed of answer i being the request's + i.
+    pub(crate) choices: usize,
     pub(crate) stops: Vec<String>,
     pub(crate) stream: bool,
     pub(crate) include_usage: bool,
@@ -131,10 +133,12 @@ pub(crate) fn parse(endpoint: Endpoint, body: &[u8], d: &Defaults, model: &Model
         Some(Value::Object(so)) => opt_bool(so, "include_usage")?.unwrap_or(false),
         Some(_) => return Err(ApiError::invalid("stream_options", "stream_options must be an object")),
     };
-    if let Some(n) = opt_uint(&o, "n")? {
-        if n != 1 {
-            return Err(ApiError::invalid("n", "n must be 1: one answer per request"));
-        }
+    let n = opt_uint(&o, "n")?.unwrap_or(1);
+    if !(1..=MAX_CHOICES as u64).contains(&n) {
+        return Err(ApiError::invalid("n", format!("n must be 1 to {MAX_CHOICES}, not {n}")));
+    }
+    if n > 1 && stream {
+        return Err(ApiError::invalid("n", "n > 1 is answered whole: send \"stream\": false (or n: 1)"));
     }
     let logprobs = logprobs(endpoint, &o)?;
     let max_tokens = match (opt_uint(&o, "max_completion_tokens")?, opt_uint(&o, "max_tokens")?) {
@@ -213,12 +217,16 @@ pub(crate) fn parse(endpoint: Endpoint, body: &[u8], d: &Defaults, model: &Model
     };
     Ok(Parsed {
         request: Request { prompt, sampling, mode, logprobs },
+        choices: n as usize,
         stops,
         stream,
         include_usage,
         model: model_name,
     })
 }
+
+/// Most answers one request may ask for (`n`): each decodes as a request of its own.
+const MAX_CHOICES: usize = 8;
 
 /// Most alternatives per token a request may ask for (OpenAI's limit for `top_logprobs`).
 const MAX_TOP_LOGPROBS: u64 = 20;
@@ -465,28 +473,45 @@ pub(crate) struct Reply {
 }
 
 impl Reply {
-    /// The whole answer (not streamed).
-    pub(crate) fn complete(&self, f: &Finished) -> Value {
-        let logprobs = self.logprobs(f);
-        let choice = match self.endpoint {
-            Endpoint::Chat => json!({
-                "index": 0,
-                "message": {"role": "assistant", "content": f.text},
-                "logprobs": logprobs,
-                "finish_reason": f.finish_reason,
-            }),
-            Endpoint::Completion => {
-                json!({"index": 0, "text": f.text, "logprobs": logprobs, "finish_reason": f.finish_reason})
-            }
-        };
+    /// The whole answer (not streamed): one choice per finished request (`n`). The prompt is
+    /// counted once; `pardec` holds the first answer's statistics, and every answer's under
+    /// `choices` when there are several.
+    pub(crate) fn complete(&self, answers: &[Finished]) -> Value {
+        let choices: Vec<Value> = answers
+            .iter()
+            .enumerate()
+            .map(|(index, f)| {
+                let logprobs = self.logprobs(f);
+                match self.endpoint {
+                    Endpoint::Chat => json!({
+                        "index": index,
+                        "message": {"role": "assistant", "content": f.text},
+                        "logprobs": logprobs,
+                        "finish_reason": f.finish_reason,
+                    }),
+                    Endpoint::Completion => {
+                        json!({"index": index, "text": f.text, "logprobs": logprobs, "finish_reason": f.finish_reason})
+                    }
+                }
+            })
+            .collect();
+        let first = &answers[0];
+        let mut total = usage(first);
+        let completion: usize = answers.iter().map(|f| f.completion_tokens).sum();
+        total["completion_tokens"] = completion.into();
+        total["total_tokens"] = (first.prompt_tokens + completion).into();
+        let mut stats = pardec_stats(first);
+        if answers.len() > 1 {
+            stats["choices"] = answers.iter().map(pardec_stats).collect();
+        }
         json!({
             "id": self.id,
             "object": self.object(false),
             "created": self.created,
             "model": self.model,
-            "choices": [choice],
-            "usage": usage(f),
-            "pardec": pardec_stats(f),
+            "choices": choices,
+            "usage": total,
+            "pardec": stats,
         })
     }
 

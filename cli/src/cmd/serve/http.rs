@@ -156,39 +156,69 @@ async fn serve_request(state: Shared, endpoint: Endpoint, body: Result<Bytes, By
         }
         Err(e) => return error_response(&ApiError::new(500, "server_error", "internal_error", e.to_string())),
     };
-    let Parsed { request, stops, stream, include_usage, model } = parsed;
+    let Parsed { request, choices, stops, stream, include_usage, model } = parsed;
+    // One request per answer wanted (`n`), each on its own random stream.
+    let mut answers = Vec::with_capacity(choices);
+    for i in 0..choices {
+        let mut request = request.clone();
+        request.sampling.seed = request.sampling.seed.wrapping_add(i as u64);
+        match submit(&state, request, stops.clone(), stream).await {
+            Ok(notes) => answers.push(notes),
+            // The ones already queued are cancelled as their receivers drop with `answers`.
+            Err(e) => return error_response(&e),
+        }
+    }
+    let reply = Reply { id: response_id(endpoint), created: unix_now(), model, endpoint };
+    if stream {
+        let notes = answers.pop().expect("one answer when streamed");
+        return stream_response(reply, notes, include_usage);
+    }
+    whole_response(reply, answers).await
+}
+
+/// Queues one request on the decoding thread; its notes come on the returned receiver.
+async fn submit(
+    state: &Shared,
+    request: pardec::conversations::Request,
+    stops: Vec<String>,
+    stream: bool,
+) -> Result<mpsc::UnboundedReceiver<Note>, ApiError> {
     let (notes_tx, notes) = mpsc::unbounded_channel();
     let (reply_tx, reply) = oneshot::channel();
     let stopping = || ApiError::new(503, "server_error", "shutting_down", "the server is shutting down");
     let submission = Submission { request, stops, stream, notes: notes_tx, reply: reply_tx };
     if state.commands.send(Command::Submit(Box::new(submission))).is_err() {
-        return error_response(&stopping());
+        return Err(stopping());
     }
     match reply.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return error_response(&ApiError::from_pardec(e)),
-        Err(_) => return error_response(&stopping()),
+        Ok(Ok(())) => Ok(notes),
+        Ok(Err(e)) => Err(ApiError::from_pardec(e)),
+        Err(_) => Err(stopping()),
     }
-    let reply = Reply { id: response_id(endpoint), created: unix_now(), model, endpoint };
-    if stream {
-        return stream_response(reply, notes, include_usage);
-    }
-    whole_response(reply, notes).await
 }
 
-/// Waits for the end (the only note a request that is not streamed gets) and answers at once.
-/// A client that hangs up drops this future and with it the notes' receiver: the decoding
-/// thread cancels the request.
-async fn whole_response(reply: Reply, mut notes: mpsc::UnboundedReceiver<Note>) -> Response {
-    while let Some(note) = notes.recv().await {
-        if let Note::Done(f) = note {
-            if let Some(e) = failure(&f) {
-                return error_response(&e);
+/// Waits for every answer's end (the only note a request that is not streamed gets) and
+/// answers at once. A client that hangs up drops this future and with it the notes'
+/// receivers: the decoding thread cancels the requests.
+async fn whole_response(reply: Reply, answers: Vec<mpsc::UnboundedReceiver<Note>>) -> Response {
+    let mut finished = Vec::with_capacity(answers.len());
+    for mut notes in answers {
+        let done = loop {
+            match notes.recv().await {
+                Some(Note::Done(f)) => break Some(f),
+                Some(_) => continue,
+                None => break None,
             }
-            return json_response(200, &reply.complete(&f));
+        };
+        let Some(f) = done else {
+            return error_response(&ApiError::new(500, "server_error", "internal_error", "the decoding thread ended"));
+        };
+        if let Some(e) = failure(&f) {
+            return error_response(&e);
         }
+        finished.push(*f);
     }
-    error_response(&ApiError::new(500, "server_error", "internal_error", "the decoding thread ended"))
+    json_response(200, &reply.complete(&finished))
 }
 
 /// A finished request's error as an HTTP error, unless it kept an answer worth sending.
