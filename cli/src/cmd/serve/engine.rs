@@ -217,18 +217,6 @@ pub(crate) fn run(mut conversations: Conversations, commands: Receiver<Command>,
             eprintln!("pardec serve: a decode step failed: {e}");
         }
         let sampled = fanout.sampled;
-        if std::env::var_os("PARDEC_DEBUG_STATS").is_some() && conversations.session().stats().steps % 500 == 0 {
-            let st = conversations.session().stats();
-            eprintln!(
-                "DEBUG steps {} tokens {} prefill_tokens {} serial {:.2}s parallel {:.2}s prefill {:.2}s",
-                st.steps,
-                st.tokens_total,
-                st.tokens_prefill,
-                st.serial_seconds,
-                st.parallel_seconds,
-                st.prefill_seconds
-            );
-        }
         metrics.stepped(sampled, conversations.load());
         send_settled(&conversations, &mut clients);
     }
