@@ -146,9 +146,10 @@ impl Session {
     }
 
     /// Records the log-probability of every token `root` samples from now on, with its
-    /// step's `top` most likely tokens (as [`SessionParams::logprobs`](super::SessionParams::logprobs) does for a whole
-    /// session; [`Session::node_logprobs`] reads them); `None` stops recording. Its branches
-    /// record none. Needs host selection.
+    /// step's `top` most likely tokens (as
+    /// [`SessionParams::logprobs`](super::SessionParams::logprobs) does for a whole session;
+    /// [`Session::node_logprobs`] reads them); `None` stops recording. Its branches record
+    /// none. Needs host selection.
     pub fn set_root_logprobs(&mut self, root: NodeId, top: Option<usize>) -> Result<()> {
         let idx = self.root_index(root)?;
         if let Some(n) = top {
