@@ -13,7 +13,7 @@ from . import _lib as _c
 from ._chat import MessageLike, normalize_messages
 from ._errors import Cancelled, PardecError, Status, _as_status, _check, _handle, _take_string
 from ._handle import ExclusiveHandle
-from ._params import _c_int, _encode, _number, _SessionParams, _stop_strings
+from ._params import _c_int, _encode, _SessionParams, _set_sampling, _stop_strings
 from ._types import Event, TokenLogprob, _STOP_REASONS, _event_from_c
 
 if TYPE_CHECKING:
@@ -177,13 +177,8 @@ class Conversations(ExclusiveHandle):
         p.max_tokens = _c_int(max_tokens, c_uint32, "max_tokens")
         if max_branch_tokens is not None:
             p.max_branch_tokens = _c_int(max_branch_tokens, c_uint32, "max_branch_tokens")
-        for name, value in (("temperature", temperature), ("top_p", top_p), ("min_p", min_p)):
-            if value is not None:
-                setattr(p.sampling, name, _number(value, name))
-        if top_k is not None:
-            p.sampling.top_k = _c_int(top_k, c_uint32, "top_k")
-        if seed is not None:
-            p.sampling.seed = _c_int(seed, c_uint64, "seed")
+        _set_sampling(p.sampling, {"temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p,
+                                   "seed": seed})
         protocol_c = _encode(protocol, "protocol") if protocol is not None else None
         p.protocol = protocol_c
         stops = _stop_strings(stop)

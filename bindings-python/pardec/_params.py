@@ -179,10 +179,7 @@ def _session_params(kw: Mapping[str, Any]) -> _c.pardec_session_params:
     flash_attn = kw.get("flash_attn")
     if flash_attn is not None:
         p.flash_attn = 1 if flash_attn else 0
-    for name in ("temperature", "top_p", "min_p"):
-        value = kw.get(name)
-        if value is not None:
-            setattr(p.sampling, name, _number(value, name))
+    _set_sampling(p.sampling, kw)
     for name in ("repeat_penalty", "frequency_penalty", "presence_penalty"):
         value = kw.get(name)
         if value is not None:
@@ -193,13 +190,22 @@ def _session_params(kw: Mapping[str, Any]) -> _c.pardec_session_params:
     logprobs = kw.get("logprobs")
     if logprobs is not None:
         p.logprobs = _c_int(logprobs, c_int32, "logprobs")
+    return p
+
+
+def _set_sampling(sampling: _c.pardec_sampling_params, kw: Mapping[str, Any]) -> None:
+    """Sets the values of ``kw`` that are not None (``temperature``, ``top_k``, ``top_p``,
+    ``min_p``, ``seed``) on a ``pardec_sampling_params``, each checked against its C type."""
+    for name in ("temperature", "top_p", "min_p"):
+        value = kw.get(name)
+        if value is not None:
+            setattr(sampling, name, _number(value, name))
     top_k = kw.get("top_k")
     if top_k is not None:
-        p.sampling.top_k = _c_int(top_k, c_uint32, "top_k")
+        sampling.top_k = _c_int(top_k, c_uint32, "top_k")
     seed = kw.get("seed")
     if seed is not None:
-        p.sampling.seed = _c_int(seed, c_uint64, "seed")
-    return p
+        sampling.seed = _c_int(seed, c_uint64, "seed")
 
 
 # ----- model parameters --------------------------------------------------------------------

@@ -26,6 +26,14 @@ impl Default for SotParams {
     }
 }
 
+impl SotParams {
+    /// The budgets of an answer allowed `max_tokens` (a request's): the skeleton takes up to
+    /// that, at most the default's 120; each point `point_tokens`.
+    pub fn for_answer(max_tokens: usize, point_tokens: usize) -> SotParams {
+        SotParams { skeleton_tokens: SotParams::default().skeleton_tokens.min(max_tokens), point_tokens }
+    }
+}
+
 /// The answer and how it was made.
 #[derive(Debug, Clone, Serialize)]
 pub struct SotAnswer {
@@ -54,6 +62,17 @@ pub fn sot_prompt(model: &Model, question: &str, format: &SkeletonFormat) -> (St
         Ok(prompt) => (prompt, None),
         Err(e) => (request, Some(e)),
     }
+}
+
+/// The whole text a conversation's root starts from for a Skeleton-of-Thought answer
+/// ([`crate::conversations::Mode::Sot`]): [`sot_prompt`] and the format's primer.
+/// [`Error::EmptyPrompt`] for a blank question.
+pub fn sot_request_text(model: &Model, question: &str, format: &SkeletonFormat) -> Result<String> {
+    if question.trim().is_empty() {
+        return Err(Error::EmptyPrompt);
+    }
+    let (prompt, _template_error) = sot_prompt(model, question, format);
+    Ok(prompt + &format.primer)
 }
 
 /// Answers `question` with a skeleton and parallel point expansions. The session must be

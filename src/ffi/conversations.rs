@@ -7,16 +7,16 @@ use super::boundary::{
 };
 use super::events::{pardec_event, CObserver};
 use super::model::{model_arg, pardec_model};
-use super::params::{pardec_sampling_params, pardec_session_params, stop_strings_arg};
+use super::params::{logprobs_arg, pardec_sampling_params, pardec_session_params, stop_strings_arg};
 use super::result::{pardec_stop_reason, stop_reason_code};
 use super::session::{protocol_spec_arg, write_json};
 use super::status::pardec_status;
-use crate::auto::sot::SotParams;
+use crate::auto::sot::{sot_request_text, SotParams};
 use crate::auto::AutoParams;
 use crate::conversations::{Conversations, ConversationsParams, Mode, Outcome, Request, RequestId, Sink};
 use crate::protocol::SkeletonFormat;
 use crate::session::MAX_SEQUENCES;
-use crate::{Event, RunLimits, SamplingParams, Session};
+use crate::{Event, RunLimits, Session};
 use std::collections::VecDeque;
 use std::ffi::{c_char, c_void};
 use std::mem::size_of;
@@ -144,10 +144,7 @@ impl pardec_request_params {
             )),
             Some("sot") => Ok(Mode::Sot {
                 format: Box::new(SkeletonFormat::sot()),
-                params: SotParams {
-                    skeleton_tokens: SotParams::default().skeleton_tokens.min(max_tokens),
-                    point_tokens: self.max_branch_tokens as usize,
-                },
+                params: SotParams::for_answer(max_tokens, self.max_branch_tokens as usize),
             }),
             Some(protocol) => Ok(Mode::Auto {
                 spec: Box::new(protocol_spec_arg(protocol)?),
@@ -158,26 +155,6 @@ impl pardec_request_params {
                     ..Default::default()
                 },
             }),
-        }
-    }
-
-    fn logprobs(&self) -> FfiResult<Option<usize>> {
-        match self.logprobs {
-            -1 => Ok(None),
-            n if n >= 0 => Ok(Some(n as usize)), // the engine checks the upper bound
-            n => Err(FfiError::invalid(format!("logprobs {n}: use -1 (off) or a count >= 0"))),
-        }
-    }
-
-    fn sampling(&self, session: &SamplingParams) -> SamplingParams {
-        let s = &self.sampling;
-        SamplingParams {
-            temperature: s.temperature,
-            top_k: s.top_k as usize,
-            top_p: s.top_p,
-            min_p: s.min_p,
-            seed: s.seed,
-            ..session.clone()
         }
     }
 }
@@ -397,20 +374,17 @@ pub unsafe extern "C" fn pardec_conversations_submit(
             read_versioned(params, pardec_request_params::default())?
         };
         let mode = params.mode()?;
-        let logprobs = params.logprobs()?;
+        let logprobs = logprobs_arg(params.logprobs)?;
         let id = with_conversations(conversations, |state| {
             let session = state.conversations.session();
             let tokens = match &mode {
                 Mode::Sot { format, .. } => {
-                    if prompt.trim().is_empty() {
-                        return Err(crate::Error::EmptyPrompt.into());
-                    }
-                    let (request, _template_error) = crate::auto::sot::sot_prompt(session.model(), prompt, format);
-                    session.model().tokenize(&(request + &format.primer), true)?
+                    session.model().tokenize(&sot_request_text(session.model(), prompt, format)?, true)?
                 }
                 _ => session.model().tokenize(prompt, true)?,
             };
-            let sampling = params.sampling(&session.params().sampling);
+            // The request's sampling over the session's penalties and biases.
+            let sampling = params.sampling.over(session.params().sampling.clone());
             Ok(state.conversations.submit(Request { prompt: tokens, sampling, mode, logprobs })?)
         })?;
         *out = id;

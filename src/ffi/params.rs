@@ -98,6 +98,31 @@ pub struct pardec_sampling_params {
     pub seed: u64,
 }
 
+impl pardec_sampling_params {
+    /// `base` with these sampling choices (temperature, top-k/p, min-p, seed); the rest of
+    /// `base` (penalties, biases) stays.
+    pub(crate) fn over(&self, base: SamplingParams) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k as usize,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            seed: self.seed,
+            ..base
+        }
+    }
+}
+
+/// A `logprobs` field: -1 records none, n >= 0 that many alternatives per token (the engine
+/// checks the upper bound).
+pub(crate) fn logprobs_arg(n: i32) -> FfiResult<Option<usize>> {
+    match n {
+        -1 => Ok(None),
+        n if n >= 0 => Ok(Some(n as usize)),
+        n => Err(FfiError::invalid(format!("logprobs {n}: use -1 (off) or a count >= 0"))),
+    }
+}
+
 /// How a session's context is made. Get defaults from `pardec_session_params_default()`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
@@ -249,12 +274,7 @@ impl pardec_session_params {
             1 => Some(true),
             x => return Err(FfiError::invalid(format!("flash_attn {x}: use -1, 0 or 1"))),
         };
-        let logprobs = match self.logprobs {
-            -1 => None,
-            n if n >= 0 => Some(n as usize), // the session checks the upper bound
-            n => return Err(FfiError::invalid(format!("logprobs {n}: use -1 (off) or a count >= 0"))),
-        };
-        let s = &self.sampling;
+        let logprobs = logprobs_arg(self.logprobs)?;
         Ok(SessionParams {
             n_ctx: self.n_ctx,
             n_batch: self.n_batch,
@@ -263,18 +283,14 @@ impl pardec_session_params {
             n_threads: self.n_threads,
             kv_type,
             flash_attn,
-            sampling: SamplingParams {
-                temperature: s.temperature,
-                top_k: s.top_k as usize,
-                top_p: s.top_p,
-                min_p: s.min_p,
-                seed: s.seed,
+            sampling: self.sampling.over(SamplingParams {
                 repeat_penalty: self.repeat_penalty,
                 frequency_penalty: self.frequency_penalty,
                 presence_penalty: self.presence_penalty,
                 penalty_last_n: self.penalty_last_n,
                 logit_bias: biases.iter().map(|b| (b.token, b.bias)).collect(),
-            },
+                ..SamplingParams::default()
+            }),
             selection: match self.device_candidates {
                 0 => Selection::Host,
                 candidates => Selection::Device { candidates },

@@ -182,10 +182,7 @@ pub(crate) fn parse(endpoint: Endpoint, body: &[u8], d: &Defaults, model: &Model
         }
         Protocol::Sot => Mode::Sot {
             format: Box::new(SkeletonFormat::sot()),
-            params: SotParams {
-                skeleton_tokens: SotParams::default().skeleton_tokens.min(max_tokens),
-                point_tokens: d.max_branch_tokens,
-            },
+            params: SotParams::for_answer(max_tokens, d.max_branch_tokens),
         },
         Protocol::Stream(spec) => Mode::Auto {
             spec,
@@ -324,12 +321,7 @@ fn sot_prompt(o: &Map<String, Value>, endpoint: Endpoint, model: &Model) -> Resu
             }
         }
     };
-    if question.trim().is_empty() {
-        return Err(ApiError::from_pardec(Error::EmptyPrompt));
-    }
-    let format = SkeletonFormat::sot();
-    let (prompt, _template_error) = pardec::auto::sot::sot_prompt(model, &question, &format);
-    Ok(prompt + &format.primer)
+    pardec::auto::sot::sot_request_text(model, &question, &SkeletonFormat::sot()).map_err(ApiError::from_pardec)
 }
 
 /// The completion's prompt: a string, or an array holding one.
